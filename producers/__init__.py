@@ -1,0 +1,2 @@
+"""The edges other people run: the publisher SDK for upstream systems (and, later, the
+channel-worker SDK)."""

@@ -1,0 +1,210 @@
+"""The ``dripstream`` command: everything an operator does, as thin wrappers.
+
+Commands import the Faust app lazily: ``dev`` sets the environment for the processes it
+starts before anything reads the settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["main"]
+
+cli = typer.Typer(help="dripstream: Kafka-native marketing automation.", no_args_is_help=True)
+
+
+@cli.command()
+def worker() -> None:
+    """Run a stream worker (agents and tables) against DRIPSTREAM_BROKER."""
+    from faust.worker import Worker
+
+    from streams.app import app, settings
+    from streams.topics import ensure_topics
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    import agents  # noqa: F401  (registers the agents with the app)
+
+    Worker(app, loglevel=settings.log_level, loop=loop).execute_from_commandline()
+
+
+@cli.command()
+def topics(
+    create: Annotated[bool, typer.Option(help="create missing topics first")] = True,
+) -> None:
+    """Create (if missing) and describe dripstream's topics."""
+    from streams.settings import Settings
+    from streams.topics import describe_topics, ensure_topics
+
+    settings = Settings()
+
+    async def run() -> list[dict[str, object]]:
+        if create:
+            for name in await ensure_topics(settings):
+                typer.echo(f"created {name}")
+        return await describe_topics(settings)
+
+    for row in asyncio.run(run()):
+        typer.echo(json.dumps(row))
+
+
+@cli.command()
+def publish(
+    event: Annotated[str, typer.Argument(help="a CloudEvents JSON object, or - for stdin")],
+) -> None:
+    """Validate one JSON event and publish it to <prefix>contact-events."""
+    from producers.publisher import Publisher
+    from streams.events import Rejected
+    from streams.settings import Settings
+
+    settings = Settings()
+    text = sys.stdin.read() if event == "-" else event
+    try:
+        envelope = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}") from None
+
+    async def run() -> None:
+        async with Publisher(
+            settings.bootstrap_servers, topic_prefix=settings.topic_prefix,
+            **settings.kafka_security(),
+        ) as pub:
+            await pub.send(envelope)
+
+    try:
+        asyncio.run(run())
+    except Rejected as exc:
+        typer.echo(f"rejected: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"published {envelope.get('type')} {envelope.get('id')}")
+
+
+@cli.command()
+def contact(account: str, contact_id: str) -> None:
+    """Print a contact's state from the Redis read model."""
+    from redis.asyncio import Redis
+
+    from streams.settings import Settings
+    from tables.readmodel import ReadModel
+
+    settings = Settings()
+
+    async def run() -> dict[str, Any] | None:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return await ReadModel(redis, settings.topic_prefix).get_contact(account, contact_id)
+        finally:
+            await redis.aclose()
+
+    state = asyncio.run(run())
+    if state is None:
+        typer.echo(f"no contact {account}:{contact_id}", err=True)
+        raise typer.Exit(1)
+    typer.echo(json.dumps(state, indent=2))
+
+
+@cli.command()
+def dev(
+    demo: Annotated[bool, typer.Option(help="publish sample events and show their effect")] = False,
+    port: Annotated[int, typer.Option(help="broker port (0: a free one)")] = 0,
+) -> None:
+    """Run everything on this machine: Tansu broker, Redis (unless DRIPSTREAM_REDIS_URL), worker."""
+    from streams.embedded import EmbeddedBroker, EmbeddedRedis
+
+    env = dict(os.environ)
+    started: list[Any] = []
+    broker = EmbeddedBroker(port or None).start()
+    started.append(broker)
+    env["DRIPSTREAM_BROKER"] = broker.url
+    env["DRIPSTREAM_PROFILE"] = "embedded"
+    if "DRIPSTREAM_REDIS_URL" not in env:
+        redis = EmbeddedRedis().start()
+        started.append(redis)
+        env["DRIPSTREAM_REDIS_URL"] = redis.url
+    from streams.settings import Settings
+    from streams.topics import ensure_topics
+
+    asyncio.run(ensure_topics(Settings(broker=broker.url)))
+    env.setdefault("DRIPSTREAM_DATABASE_URL", f"sqlite:///{Path('dripstream-dev.db').resolve()}")
+    os.environ.update(env)
+
+    typer.echo(f"broker   {broker.url}  (Tansu, in memory)")
+    typer.echo(f"redis    {env['DRIPSTREAM_REDIS_URL']}")
+    typer.echo(f"database {env['DRIPSTREAM_DATABASE_URL']}")
+    worker_proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env)
+    typer.echo(f"worker   pid {worker_proc.pid}; Ctrl-C stops everything")
+    try:
+        if demo:
+            _demo()
+        worker_proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if worker_proc.poll() is None:
+            worker_proc.send_signal(signal.SIGTERM)
+            try:
+                worker_proc.wait(15)
+            except subprocess.TimeoutExpired:
+                worker_proc.kill()
+        for service in reversed(started):
+            service.stop()
+        typer.echo("stopped")
+
+
+def _demo() -> None:
+    """Publish a signup and a purchase, then wait for the contact in the read model."""
+    from redis.asyncio import Redis
+
+    from producers.publisher import Publisher
+    from streams.settings import Settings
+    from tables.readmodel import ReadModel
+
+    settings = Settings()
+
+    async def run() -> dict[str, Any] | None:
+        async with Publisher(settings.bootstrap_servers, topic_prefix=settings.topic_prefix) as p:
+            await p.publish("demo", "c-1", "contact.created", {
+                "phone": "+14155550101", "timezone": "America/Los_Angeles",
+                "attributes": {"first_name": "Ada"}, "consent": {"sms": True},
+            })
+            await p.publish("demo", "c-1", "purchase.completed",
+                            {"order_id": "o-1", "amount": "19.90", "currency": "USD"})
+        redis = Redis.from_url(settings.redis_url)
+        model = ReadModel(redis, settings.topic_prefix)
+        deadline = time.monotonic() + 60
+        try:
+            while time.monotonic() < deadline:
+                state = await model.get_contact("demo", "c-1")
+                if state and state["version"] >= 2:
+                    return state
+                await asyncio.sleep(0.2)
+            return None
+        finally:
+            await redis.aclose()
+
+    typer.echo("demo: published contact.created and purchase.completed for demo:c-1 …")
+    state = asyncio.run(run())
+    if state is None:
+        typer.echo("demo: the worker did not apply the events within 60 s", err=True)
+    else:
+        typer.echo("demo: contact state from the read model (`dripstream contact demo c-1`):")
+        typer.echo(json.dumps(state, indent=2))
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

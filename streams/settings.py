@@ -1,0 +1,103 @@
+"""dripstream's settings: one class, read from ``DRIPSTREAM_*`` environment variables.
+
+Two profiles exist. ``production`` keeps Kafka's usual consumer-group timings (real Kafka
+rejects sessions under 6 s) and Faust's 1.5 s fetch wait. ``embedded`` is for the Tansu
+broker that ``dripstream dev`` and the tests start: fast group joins, a short fetch wait,
+and the end-offset correction of :mod:`streams.tansu`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+Profile = Literal["production", "embedded"]
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure, with the defaults a developer expects."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIPSTREAM_", frozen=True)
+
+    broker: str = Field("kafka://127.0.0.1:9092", description="Faust broker URL(s), ';'-separated")
+    topic_prefix: str = Field("dripstream.", pattern=r"^[A-Za-z0-9._-]*$")
+    partitions: int = Field(8, ge=1, description="partitions of every keyed topic and table")
+    replication_factor: int = Field(1, ge=1)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    database_url: str = "sqlite:///./dripstream.db"
+    store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
+    data_dir: Path = Path("./data")
+    profile: Profile = "production"
+    app_id: str | None = Field(None, description="consumer group; defaults to <prefix>worker")
+    fetch_max_wait_ms: int | None = Field(None, ge=0, description="default 1500, embedded 10")
+    dedupe_window_s: float = Field(24 * 3600, gt=0, description="duplicate-event window")
+    web_enabled: bool = False
+    web_port: int = 6066
+    log_level: str = "info"
+
+    # Kafka security, passed through to the clients (real clusters only).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.store.split("://")[0] not in ("memory", "rocksdb", "aerospike"):
+            raise ValueError(f"store must be memory:// or rocksdb://, got {self.store!r}")
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            raise ValueError("SASL security needs DRIPSTREAM_SASL_USERNAME/PASSWORD")
+        return self
+
+    @cached_property
+    def group_id(self) -> str:
+        return self.app_id or f"{self.topic_prefix}worker"
+
+    @property
+    def embedded(self) -> bool:
+        return self.profile == "embedded"
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        if self.fetch_max_wait_ms is not None:
+            return self.fetch_max_wait_ms
+        return 10 if self.embedded else 1500
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        """``host:port`` list for plain aiokafka clients, from the Faust broker URL."""
+        servers = []
+        for url in self.broker.split(";"):
+            servers.append(url.split("://", 1)[-1].strip().rstrip("/"))
+        return servers
+
+    def kafka_security(self) -> dict[str, object]:
+        """Keyword arguments for aiokafka clients (producer, consumer, admin)."""
+        import ssl
+
+        kwargs: dict[str, object] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            ctx = ssl.create_default_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+            if self.ssl_certfile:
+                ctx.load_cert_chain(
+                    str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+                )
+            kwargs["ssl_context"] = ctx
+        if self.security_protocol.startswith("SASL"):
+            kwargs["sasl_mechanism"] = self.sasl_mechanism
+            kwargs["sasl_plain_username"] = self.sasl_username
+            kwargs["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        return kwargs

@@ -1,0 +1,118 @@
+"""The topic map: every topic dripstream reads or writes, with its partitioning and cleanup.
+
+Keyed topics (contact id as key) all have ``DRIPSTREAM_PARTITIONS`` partitions so that a
+contact's events, state, executions and sends land on the same partition number and are
+handled, in order, by the one worker that owns it. Faust's table changelogs follow the same
+count. ``dripstream topics create`` and every worker start call :func:`ensure_topics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streams.settings import Settings
+
+__all__ = ["TOPICS", "PartitionCountError", "TopicSpec", "describe_topics", "ensure_topics", "topic_name"]
+
+DAY_MS = 24 * 3600 * 1000
+
+
+class PartitionCountError(RuntimeError):
+    """An existing topic has another partition count than the settings ask for."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    suffix: str
+    compacted: bool
+    retention_ms: int | None
+    purpose: str
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("contact-events", False, 7 * DAY_MS, "CloudEvents from upstream publishers"),
+    TopicSpec("dead-letter", False, 30 * DAY_MS, "rejected input: original bytes + reason"),
+    TopicSpec("definitions", True, None, "workflow/campaign/keyword definitions (planned)"),
+    TopicSpec("control", False, 7 * DAY_MS, "pause/resume/cancel commands (planned)"),
+    TopicSpec("audit", False, 30 * DAY_MS, "every send that did not go out, with reason"),
+    TopicSpec("send.sms", False, 7 * DAY_MS, "send commands for SMS channel workers"),
+    TopicSpec("send.mms", False, 7 * DAY_MS, "send commands for MMS channel workers"),
+    TopicSpec("send.email", False, 7 * DAY_MS, "send commands for email channel workers"),
+)
+
+
+def topic_name(settings: Settings, suffix: str) -> str:
+    return f"{settings.topic_prefix}{suffix}"
+
+
+def _config(spec: TopicSpec) -> dict[str, str]:
+    config = {"cleanup.policy": "compact" if spec.compacted else "delete"}
+    if spec.retention_ms is not None:
+        config["retention.ms"] = str(spec.retention_ms)
+    return config
+
+
+def _admin(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, **settings.kafka_security()
+    )
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the topics of :data:`TOPICS` that do not exist yet; return the names created."""
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                name=topic_name(settings, spec.suffix),
+                num_partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs=_config(spec),
+            )
+            for spec in TOPICS
+            if topic_name(settings, spec.suffix) not in existing
+        ]
+        if missing:
+            await admin.create_topics(missing)
+        present = [n for n in (topic_name(settings, s.suffix) for s in TOPICS) if n in existing]
+        wrong = {
+            t["topic"]: len(t["partitions"])
+            for t in (await admin.describe_topics(present) if present else [])
+            if len(t["partitions"]) != settings.partitions
+        }
+        if wrong:
+            raise PartitionCountError(
+                f"topics {wrong} do not have DRIPSTREAM_PARTITIONS={settings.partitions} "
+                "partitions; keyed topics and table changelogs must match (was a topic "
+                "auto-created by a producer before `dripstream topics` ran?)"
+            )
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+async def describe_topics(settings: Settings) -> list[dict[str, object]]:
+    """Partition counts as the broker reports them, beside the intended configuration."""
+    admin = _admin(settings)
+    await admin.start()
+    try:
+        names = [topic_name(settings, spec.suffix) for spec in TOPICS]
+        existing = set(await admin.list_topics())
+        found = await admin.describe_topics([n for n in names if n in existing])
+        partitions = {t["topic"]: len(t["partitions"]) for t in found}
+        return [
+            {
+                "topic": name,
+                "exists": name in existing,
+                "partitions": partitions.get(name),
+                "config": _config(spec),
+                "purpose": spec.purpose,
+            }
+            for name, spec in zip(names, TOPICS, strict=True)
+        ]
+    finally:
+        await admin.close()

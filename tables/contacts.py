@@ -1,0 +1,127 @@
+"""Contact state: what dripstream knows about one contact of one account.
+
+Pure logic, no Faust: :func:`apply_event` takes the stored state (a plain dict, as the
+Faust table holds it), a validated event and ``now``, and returns the next state. The
+duplicate-event marks live inside the same dict, so a state change and its dedupe mark
+are one table write: a crash can never store one without the other.
+
+State key: ``"<account>:<contact id>"``. Account ids cannot contain ``:``, so two accounts'
+``c-1`` never share a key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from streams.events import (
+    ContactEvent,
+    ContactProfile,
+    GroupMembership,
+    Tagged,
+)
+
+__all__ = ["ACTIVITY_TYPES", "Applied", "apply_event", "contact_key", "public_view"]
+
+#: Events that show the contact doing something; they move ``last_activity_at``.
+#: System reports (message.sent/delivered/failed/bounced, campaign.*, contact.inactive)
+#: and operator actions (tags, groups, profile updates) do not.
+ACTIVITY_TYPES = frozenset(
+    {"contact.created", "keyword.received", "purchase.completed", "message.clicked",
+     "message.opened"}
+)
+
+ContactState = dict[str, Any]
+
+
+def contact_key(account: str, contact_id: str) -> str:
+    return f"{account}:{contact_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    state: ContactState
+    duplicate: bool
+
+
+def _new_state(event: ContactEvent, now: datetime) -> ContactState:
+    return {
+        "account": event.account,
+        "contact_id": event.contact_id,
+        "phone": None,
+        "email": None,
+        "timezone": None,
+        "locale": None,
+        "attributes": {},
+        "consent": {},
+        "groups": [],
+        "tags": [],
+        "created_at": now.isoformat(),
+        "updated_at": now.isoformat(),
+        "last_event_at": None,
+        "last_activity_at": None,
+        "version": 0,
+        "seen": {},
+    }
+
+
+def _later(current: str | None, candidate: datetime) -> str:
+    if current is None or datetime.fromisoformat(current) < candidate:
+        return candidate.isoformat()
+    return current
+
+
+def apply_event(
+    state: ContactState | None, event: ContactEvent, now: datetime, dedupe_window_s: float
+) -> Applied:
+    """Return the contact's state after ``event``; a repeat of a recent event id changes nothing.
+
+    An event for a contact never seen before creates it: upstream systems may report a
+    purchase or a delivery before (or without) a ``contact.created``.
+    """
+    if state is not None and event.id in state["seen"]:
+        return Applied(state, duplicate=True)
+    new = _new_state(event, now) if state is None else _copy(state)
+
+    horizon = now.timestamp() - dedupe_window_s
+    new["seen"] = {k: t for k, t in new["seen"].items() if t >= horizon}
+    new["seen"][event.id] = now.timestamp()
+
+    data = event.data
+    if isinstance(data, ContactProfile):
+        for field in ("phone", "email", "timezone", "locale"):
+            if field in data.model_fields_set:
+                new[field] = getattr(data, field)
+        new["attributes"].update(data.attributes)
+        new["consent"].update(data.consent)
+    elif isinstance(data, Tagged) and event.type == "contact.tagged":
+        new["tags"] = sorted({*new["tags"], data.tag})
+    elif isinstance(data, GroupMembership):
+        groups = set(new["groups"])
+        if event.type == "contact.added_to_group":
+            groups.add(data.group)
+        else:
+            groups.discard(data.group)
+        new["groups"] = sorted(groups)
+
+    new["updated_at"] = now.isoformat()
+    new["last_event_at"] = _later(new["last_event_at"], event.time)
+    if event.type in ACTIVITY_TYPES or event.type.startswith("custom."):
+        new["last_activity_at"] = _later(new["last_activity_at"], event.time)
+    new["version"] += 1
+    return Applied(new, duplicate=False)
+
+
+def _copy(state: ContactState) -> ContactState:
+    new = dict(state)
+    for field in ("attributes", "consent", "seen"):
+        new[field] = dict(state[field])
+    for field in ("groups", "tags"):
+        new[field] = list(state[field])
+    return new
+
+
+def public_view(state: ContactState) -> ContactState:
+    """The state as operators and the read model see it (without the dedupe marks)."""
+    return {k: v for k, v in state.items() if k != "seen"}
