@@ -87,6 +87,8 @@ async def ingest(stream: Any) -> None:
         )
         if applied.duplicate:
             log.info("duplicate event %s/%s ignored", parsed.account, parsed.id)
-            continue
-        contacts[key] = applied.state
+        else:
+            contacts[key] = applied.state
+        # Also on a duplicate: a crash between the table write and the Redis write is
+        # healed by the redelivery (the read model keeps the newest version only).
         await project(applied.state)

@@ -85,9 +85,22 @@ class Publisher:
         await self._producer.send_and_wait(self.topic, value=value, key=key)
         return parsed
 
-    async def send_raw(self, value: bytes, key: bytes | None) -> None:
-        """Send bytes as they are (tests and tools that need to send invalid input)."""
-        await self._producer.send_and_wait(self.topic, value=value, key=key)
+    async def send_many(self, events: list[dict[str, Any]]) -> None:
+        """Validate and send many events, letting the producer batch them; returns when all
+        are acknowledged. Nothing is sent if any event is invalid."""
+        encoded = [encode_event(e) for e in events]
+        for value in encoded:
+            parse_event(value)
+        pending = [
+            await self._producer.send(self.topic, value=v, key=str(e["subject"]).encode())
+            for v, e in zip(encoded, events, strict=True)
+        ]
+        for future in pending:
+            await future
+
+    async def send_raw(self, value: bytes, key: bytes | None) -> Any:
+        """Send bytes as they are (for tools and tests); returns aiokafka's RecordMetadata."""
+        return await self._producer.send_and_wait(self.topic, value=value, key=key)
 
     async def publish(
         self, account: str, contact_id: str, event_type: str, data: dict[str, Any] | None = None,

@@ -5,7 +5,7 @@ of the partition's last record batch + 1, not the true end: ten records written 
 batch report an end of 1. Faust reads end offsets to know when table recovery is done, so
 a restarted worker stops replaying its changelog early (counters come back short) and a
 rocksdb worker refuses to start. The high watermark inside a Fetch response is correct,
-so :func:`end_offsets` asks for it with a one-byte, zero-wait Fetch per leader.
+so :func:`end_offsets` asks for it with a one-byte, short-wait Fetch per leader.
 
 Used only when ``DRIPSTREAM_PROFILE=embedded`` (see :mod:`streams.app`); real Kafka answers
 ListOffsets correctly and never runs this code. ``tests/test_tansu_recovery.py`` restarts a
@@ -45,8 +45,9 @@ async def end_offsets(
 
     result: dict[TopicPartition, int] = {}
     for leader, topics in by_leader.items():
+        # Tansu answers a zero-wait Fetch with no partitions at all; 10 ms is enough.
         request = FetchRequest(
-            max_wait_time=0, min_bytes=0, max_bytes=1, isolation_level=0,
+            max_wait_time=10, min_bytes=0, max_bytes=1, isolation_level=0,
             topics=list(topics.items()),
         )
         response = await client.send(leader, request)
@@ -57,6 +58,8 @@ async def end_offsets(
                 if error_code and error.__name__ != "OffsetOutOfRangeError":
                     raise error(f"fetching high watermark of {topic}[{partition}]")
                 result[TopicPartition(topic, partition)] = highwater
+    if missing := [tp for tp in partitions if tp not in result]:
+        raise RuntimeError(f"the broker's Fetch response left out {missing}")
     # Never answer less than the broker's own (possibly short) answer.
     listed = await consumer.end_offsets(partitions)
     return {tp: max(result.get(tp, 0), listed.get(tp, 0)) for tp in partitions}

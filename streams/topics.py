@@ -14,7 +14,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.settings import Settings
 
-__all__ = ["TOPICS", "PartitionCountError", "TopicSpec", "describe_topics", "ensure_topics", "topic_name"]
+__all__ = [
+    "TOPICS",
+    "PartitionCountError",
+    "TopicSpec",
+    "describe_topics",
+    "ensure_topics",
+    "topic_name",
+]
 
 DAY_MS = 24 * 3600 * 1000
 

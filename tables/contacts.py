@@ -22,7 +22,7 @@ from streams.events import (
     Tagged,
 )
 
-__all__ = ["ACTIVITY_TYPES", "Applied", "apply_event", "contact_key", "public_view"]
+__all__ = ["ACTIVITY_TYPES", "MAX_SEEN", "Applied", "apply_event", "contact_key", "public_view"]
 
 #: Events that show the contact doing something; they move ``last_activity_at``.
 #: System reports (message.sent/delivered/failed/bounced, campaign.*, contact.inactive)
@@ -33,6 +33,10 @@ ACTIVITY_TYPES = frozenset(
 )
 
 ContactState = dict[str, Any]
+
+#: At most this many event ids are remembered per contact (the newest), whatever the
+#: window: the marks travel with every state write, so they must stay small.
+MAX_SEEN = 256
 
 
 def contact_key(account: str, contact_id: str) -> str:
@@ -85,7 +89,8 @@ def apply_event(
     new = _new_state(event, now) if state is None else _copy(state)
 
     horizon = now.timestamp() - dedupe_window_s
-    new["seen"] = {k: t for k, t in new["seen"].items() if t >= horizon}
+    seen = [(k, t) for k, t in new["seen"].items() if t >= horizon][-(MAX_SEEN - 1):]
+    new["seen"] = dict(seen)
     new["seen"][event.id] = now.timestamp()
 
     data = event.data

@@ -1,0 +1,86 @@
+"""Real services for integration tests, found or started once per session, lazily.
+
+Broker, in order: ``DRIPSTREAM_TEST_BROKER`` (a bootstrap ``host:port``); a testcontainers
+Kafka when a Docker engine answers; otherwise an embedded Tansu started here. Redis:
+``DRIPSTREAM_TEST_REDIS_URL``, else the local server on 6379, else an embedded Valkey.
+Each test gets its own topic prefix (and so its own consumer group, changelogs and Redis
+keys), so tests never see each other's data. Pure tests request none of this.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from streams.embedded import EmbeddedBroker, EmbeddedRedis
+from tests.stack import Stack
+
+
+@dataclass(frozen=True)
+class Broker:
+    bootstrap: str
+    embedded: bool  # Tansu: use the embedded profile (fast joins, end-offset correction)
+
+
+def _docker_answers() -> bool:
+    """True if a Docker engine answers a ping on its local socket (testcontainers needs one)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return True  # a remote engine was configured explicitly: let testcontainers try it
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(2)
+            sock.connect(host.removeprefix("unix://"))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            status_line = sock.recv(64).split(b"\r\n", 1)[0]
+            return status_line.startswith(b"HTTP/1.") and b" 200" in status_line
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    if given := os.environ.get("DRIPSTREAM_TEST_BROKER"):
+        yield Broker(given.split("://")[-1], embedded=False)
+    elif _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield Broker(kafka.get_bootstrap_server(), embedded=False)
+    else:
+        log = tmp_path_factory.mktemp("tansu") / "tansu.log"
+        tansu = EmbeddedBroker(log_path=log).start()
+        try:
+            yield Broker(tansu.bootstrap, embedded=True)
+        finally:
+            tansu.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("DRIPSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        yield url
+    except redis.ConnectionError:
+        server = EmbeddedRedis().start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+async def stack(broker: Broker, redis_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    s = Stack(broker.bootstrap, redis_url, tmp_path, embedded=broker.embedded)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()

@@ -1,0 +1,146 @@
+"""A per-test dripstream deployment: its own topics, worker processes and Redis keys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer
+from redis.asyncio import Redis
+
+from producers.publisher import Publisher
+from streams.settings import Settings
+from streams.topics import ensure_topics, topic_name
+from tables.readmodel import ReadModel
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 30.0, what: str = "condition"
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+class Stack:
+    def __init__(
+        self, bootstrap: str, redis_url: str, tmp_path: Path, *, embedded: bool,
+        partitions: int = 4,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.tmp_path = tmp_path
+        self.settings = Settings(
+            broker=f"kafka://{bootstrap}",
+            topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+            partitions=partitions,
+            redis_url=redis_url,
+            profile="embedded" if embedded else "production",
+            data_dir=tmp_path / "data",
+        )
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.redis = Redis.from_url(redis_url)
+        self.read_model = ReadModel(self.redis, self.settings.topic_prefix)
+        self.publisher = Publisher(bootstrap, topic_prefix=self.settings.topic_prefix)
+
+    @property
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            **os.environ,
+            "DRIPSTREAM_BROKER": s.broker,
+            "DRIPSTREAM_TOPIC_PREFIX": s.topic_prefix,
+            "DRIPSTREAM_PARTITIONS": str(s.partitions),
+            "DRIPSTREAM_REDIS_URL": s.redis_url,
+            "DRIPSTREAM_PROFILE": s.profile,
+            "DRIPSTREAM_DATA_DIR": str(s.data_dir),
+            "DRIPSTREAM_LOG_LEVEL": "info",
+        }
+
+    def topic(self, suffix: str) -> str:
+        return topic_name(self.settings, suffix)
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings)
+        await self.publisher.__aenter__()
+
+    async def stop(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        await self.publisher.__aexit__(None, None, None)
+        await self.redis.aclose()
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        n = len(self.workers)
+        with open(self.tmp_path / f"worker-{n}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            )
+        self.workers.append(proc)
+        return proc
+
+    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        proc.send_signal(sig)
+        proc.wait(30)
+
+    def worker_log(self, n: int = 0) -> str:
+        return (self.tmp_path / f"worker-{n}.log").read_text(errors="replace")
+
+    async def contact(self, account: str, contact_id: str) -> dict[str, Any] | None:
+        return await self.read_model.get_contact(account, contact_id)
+
+    async def wait_contact(
+        self, account: str, contact_id: str, version: int, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """The contact's read-model state once it has reached ``version``."""
+        seen: list[dict[str, Any] | None] = [None]
+
+        async def probe() -> dict[str, Any] | None:
+            seen[0] = state = await self.contact(account, contact_id)
+            return state if state and state["version"] >= version else None
+
+        try:
+            return await eventually(probe, timeout=timeout, what=f"version {version}")
+        except AssertionError:
+            raise AssertionError(
+                f"{account}:{contact_id} did not reach version {version} in {timeout}s; "
+                f"read model has {seen[0]!r}"
+            ) from None
+
+    async def read_topic(self, suffix: str, count: int, timeout: float = 30.0) -> list[Any]:
+        """The first ``count`` records of a topic, read from the start by a fresh consumer."""
+        consumer = AIOKafkaConsumer(
+            self.topic(suffix), bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+        )
+        await consumer.start()
+        records: list[Any] = []
+        try:
+            deadline = time.monotonic() + timeout
+            while len(records) < count and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for part in batch.values():
+                    records.extend(part)
+        finally:
+            await consumer.stop()
+        assert len(records) >= count, f"{suffix}: {len(records)} records, wanted {count}"
+        return records
