@@ -1,8 +1,8 @@
 """Faust agents: thin loops that decode, call plain logic in ``tables``, and emit.
 
-Importing this package registers every agent with :data:`streams.app.app`.
+Importing this package registers every agent, task and timer with :data:`streams.app.app`.
 """
 
-from agents import ingest
+from agents import contacts, timers
 
-__all__ = ["ingest"]
+__all__ = ["contacts", "timers"]

@@ -20,12 +20,15 @@ from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 
 from streams import tansu
+from streams.clock import Clock
 from streams.settings import Settings
 from streams.topics import topic_name
 
-__all__ = ["App", "app", "settings", "topics"]
+__all__ = ["App", "app", "clock", "settings", "topics"]
 
 settings = Settings()
+#: The workers' only clock (see streams/clock.py).
+clock = Clock(settings.clock_offset_file)
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):

@@ -36,6 +36,9 @@ def worker() -> None:
     loop.run_until_complete(ensure_topics(settings))
     import agents  # noqa: F401  (registers the agents with the app)
 
+    if settings.clock_offset_file is not None:
+        typer.echo(f"WARNING: test clock shifted by {settings.clock_offset_file}", err=True)
+
     Worker(app, loglevel=settings.log_level, loop=loop).execute_from_commandline()
 
 
@@ -88,6 +91,72 @@ def publish(
         typer.echo(f"rejected: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"published {envelope.get('type')} {envelope.get('id')}")
+
+
+def _producer_run(coro_factory: Any) -> Any:
+    from aiokafka import AIOKafkaProducer
+
+    from streams.settings import Settings
+
+    settings = Settings()
+
+    async def run() -> Any:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, acks="all", **settings.kafka_security()
+        )
+        await producer.start()
+        try:
+            return await coro_factory(producer, settings.topic_prefix)
+        finally:
+            await producer.stop()
+
+    return asyncio.run(run())
+
+
+@cli.command()
+def define(
+    path: Annotated[str, typer.Argument(help="a workflow definition JSON file, or - for stdin")],
+) -> None:
+    """Validate a workflow definition and publish it to <prefix>definitions."""
+    from producers.admin import publish_definition
+    from streams.definitions import DefinitionError
+
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    try:
+        definition = json.loads(text)
+        wf = _producer_run(lambda p, prefix: publish_definition(p, prefix, definition))
+    except json.JSONDecodeError as exc:
+        typer.echo(f"invalid: not JSON: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except DefinitionError as exc:
+        for error in exc.errors:
+            typer.echo(f"invalid: {error}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"published workflow {wf.account}/{wf.id} v{wf.version}")
+
+
+@cli.command()
+def control(
+    action: Annotated[str, typer.Argument(help="pause | resume | cancel | cancel_all")],
+    account: Annotated[str, typer.Option()],
+    contact: Annotated[str | None, typer.Option(help="contact id (not for cancel_all)")] = None,
+    execution: Annotated[str | None, typer.Option(help="execution id")] = None,
+    workflow: Annotated[str | None, typer.Option(help="workflow id (cancel_all)")] = None,
+) -> None:
+    """Pause, resume or cancel an execution, or cancel all executions of a workflow."""
+    from pydantic import ValidationError
+
+    from producers.admin import send_control
+    from streams.commands import Control
+
+    try:
+        command = Control(action=action, account=account, contact_id=contact,
+                          execution_id=execution, workflow_id=workflow)
+    except ValidationError as exc:
+        typer.echo(f"invalid: {exc.errors(include_url=False)[0]['msg']}", err=True)
+        raise typer.Exit(2) from None
+    _producer_run(lambda p, prefix: send_control(p, prefix, command))
+    typer.echo(f"sent {action}")
 
 
 @cli.command()

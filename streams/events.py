@@ -49,6 +49,7 @@ RejectReason = Literal[
     "invalid_data",  # `data` does not fit the type's model
     "invalid_timezone",  # `data.timezone` is not an IANA zone name
     "key_mismatch",  # the Kafka key is not the event's `subject`
+    "wrong_partition",  # not on the partition Kafka's default (murmur2) partitioner gives
 ]
 
 
@@ -152,6 +153,7 @@ _DATA_MODELS: dict[str, type[_Data]] = {
     "contact.created": ContactProfile,
     "contact.updated": ContactProfile,
     "contact.tagged": Tagged,
+    "contact.untagged": Tagged,
     "contact.added_to_group": GroupMembership,
     "contact.removed_from_group": GroupMembership,
     "message.sent": MessageEvent,
@@ -167,7 +169,8 @@ _DATA_MODELS: dict[str, type[_Data]] = {
     "contact.inactive": ContactInactive,
 }
 
-#: The 16 named v1 types; ``custom.<name>`` is the 17th.
+#: The named v1 types: the original system's 16 plus ``contact.untagged`` (what a
+#: workflow's remove_tag step emits); ``custom.<name>`` is the open-ended one.
 EVENT_TYPES: tuple[str, ...] = tuple(_DATA_MODELS)
 
 

@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     app_id: str | None = Field(None, description="consumer group; defaults to <prefix>worker")
     fetch_max_wait_ms: int | None = Field(None, ge=0, description="default 1500, embedded 10")
     dedupe_window_s: float = Field(24 * 3600, gt=0, description="duplicate-event window")
+    max_causation_depth: int = Field(5, ge=1, description="loop guard for emitted events")
+    timer_interval_s: float = Field(1.0, gt=0, description="how often due waits are checked")
+    timer_max_per_tick: int = Field(500, ge=1, description="wake-ups sent per tick (catch-up)")
+    clock_offset_file: Path | None = Field(
+        None, description="tests only: a file holding seconds added to the clock"
+    )
     web_enabled: bool = False
     web_port: int = 6066
     log_level: str = "info"

@@ -11,6 +11,7 @@ State key: ``"<account>:<contact id>"``. Account ids cannot contain ``:``, so tw
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,10 +20,19 @@ from streams.events import (
     ContactEvent,
     ContactProfile,
     GroupMembership,
+    PurchaseCompleted,
     Tagged,
 )
 
-__all__ = ["ACTIVITY_TYPES", "MAX_SEEN", "Applied", "apply_event", "contact_key", "public_view"]
+__all__ = [
+    "ACTIVITY_TYPES",
+    "MAX_SEEN",
+    "Applied",
+    "apply_event",
+    "contact_key",
+    "copy_state",
+    "public_view",
+]
 
 #: Events that show the contact doing something; they move ``last_activity_at``.
 #: System reports (message.sent/delivered/failed/bounced, campaign.*, contact.inactive)
@@ -65,8 +75,15 @@ def _new_state(event: ContactEvent, now: datetime) -> ContactState:
         "updated_at": now.isoformat(),
         "last_event_at": None,
         "last_activity_at": None,
+        "purchases": 0,
+        "last_purchase_at": None,
         "version": 0,
         "seen": {},
+        # Workflow executions (tables/executions.py) live in the same value, so one table
+        # write covers an event's effect on the profile, its dedupe mark and its workflows.
+        "executions": {},
+        "runs": {},
+        "next_due": None,
     }
 
 
@@ -86,7 +103,7 @@ def apply_event(
     """
     if state is not None and event.id in state["seen"]:
         return Applied(state, duplicate=True)
-    new = _new_state(event, now) if state is None else _copy(state)
+    new = _new_state(event, now) if state is None else copy_state(state)
 
     horizon = now.timestamp() - dedupe_window_s
     seen = [(k, t) for k, t in new["seen"].items() if t >= horizon][-(MAX_SEEN - 1):]
@@ -100,8 +117,16 @@ def apply_event(
                 new[field] = getattr(data, field)
         new["attributes"].update(data.attributes)
         new["consent"].update(data.consent)
-    elif isinstance(data, Tagged) and event.type == "contact.tagged":
-        new["tags"] = sorted({*new["tags"], data.tag})
+    elif isinstance(data, Tagged):
+        tags = set(new["tags"])
+        if event.type == "contact.tagged":
+            tags.add(data.tag)
+        else:
+            tags.discard(data.tag)
+        new["tags"] = sorted(tags)
+    elif isinstance(data, PurchaseCompleted):
+        new["purchases"] = new.get("purchases", 0) + 1
+        new["last_purchase_at"] = _later(new.get("last_purchase_at"), event.time)
     elif isinstance(data, GroupMembership):
         groups = set(new["groups"])
         if event.type == "contact.added_to_group":
@@ -118,15 +143,22 @@ def apply_event(
     return Applied(new, duplicate=False)
 
 
-def _copy(state: ContactState) -> ContactState:
+def copy_state(state: ContactState) -> ContactState:
+    """A copy that can be changed without touching ``state`` (the table's value)."""
     new = dict(state)
     for field in ("attributes", "consent", "seen"):
         new[field] = dict(state[field])
     for field in ("groups", "tags"):
         new[field] = list(state[field])
+    new["executions"] = copy.deepcopy(state.get("executions", {}))
+    new["runs"] = copy.deepcopy(state.get("runs", {}))
+    new.setdefault("next_due", None)
     return new
 
 
+_PRIVATE = ("seen", "executions", "runs", "next_due")
+
+
 def public_view(state: ContactState) -> ContactState:
-    """The state as operators and the read model see it (without the dedupe marks)."""
-    return {k: v for k, v in state.items() if k != "seen"}
+    """The profile as operators and the read model see it (no dedupe marks, no executions)."""
+    return {k: v for k, v in state.items() if k not in _PRIVATE}

@@ -1,0 +1,77 @@
+"""Payloads dripstream writes or reads besides contact events (the pydantic edge).
+
+- :class:`SendCommand` on ``<prefix>send.<channel>``: the channel-worker contract.
+- :class:`Control` on ``<prefix>control``: pause / resume / cancel an execution, or cancel
+  every execution of a workflow.
+- :class:`AuditRecord` on ``<prefix>audit``: every send that did not go out, and every
+  trigger the loop guard stopped.
+- wake-ups on ``<prefix>wakeups`` are internal (``{"account", "contact_id"}``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from streams.events import ACCOUNT_PATTERN
+
+__all__ = ["AuditRecord", "Control", "Origin", "SendCommand"]
+
+
+class Origin(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: Literal["workflow"]
+    workflow_id: str
+    version: int
+    execution_id: str
+    step_id: str
+
+
+class SendCommand(BaseModel):
+    """One message for a channel worker to deliver, once, to the provider."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    message_id: str = Field(description="deterministic: a re-emitted send has the same id")
+    channel: Literal["sms", "mms", "email"]
+    account: str
+    contact_id: str
+    to: str = Field(description="E.164 phone (sms, mms) or email address")
+    body: str
+    subject: str | None = Field(None, description="email only")
+    media_urls: list[str] | None = Field(None, description="mms only")
+    transactional: bool = False
+    origin: Origin
+    created_at: AwareDatetime
+    expires_at: AwareDatetime = Field(description="do not deliver after this")
+
+
+class Control(BaseModel):
+    """An operator's command; per-execution ones are keyed by contact id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Literal["pause", "resume", "cancel", "cancel_all"]
+    account: str = Field(pattern=ACCOUNT_PATTERN)
+    contact_id: str | None = None
+    execution_id: str | None = None
+    workflow_id: str | None = Field(None, description="cancel_all only")
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.action == "cancel_all":
+            if not self.workflow_id:
+                raise ValueError("cancel_all needs workflow_id")
+        elif not (self.contact_id and self.execution_id):
+            raise ValueError(f"{self.action} needs contact_id and execution_id")
+
+
+class AuditRecord(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    account: str
+    contact_id: str
+    reason: str
+    at: AwareDatetime
+    message_id: str | None = None

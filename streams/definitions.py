@@ -1,0 +1,339 @@
+"""Workflow definitions: the JSON form operators publish, and its validation.
+
+Definitions travel on the compacted ``<prefix>definitions`` topic (key
+``workflow:<account>:<id>``), written by ``dripstream define`` now and the admin API later.
+:func:`parse_definition` validates one and raises :class:`DefinitionError` listing every
+problem with its path (unknown step references, unreachable steps, cycles, bad time
+zones, bad durations, templates naming unknown fields). Workers run only valid ones.
+``docs/workflows.md`` documents the format with examples.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import time as dtime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES
+
+__all__ = [
+    "Criterion",
+    "DefinitionError",
+    "Workflow",
+    "parse_definition",
+    "parse_duration",
+    "template_fields",
+]
+
+_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_TEMPLATE = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*([^}]*?)\s*)?\}\}")
+_IDENT = r"^[A-Za-z0-9_.-]{1,64}$"
+_CRITERION_FIELD = re.compile(r"^(event\.(type|data(\.[^.]+)+)|contact\.[^.]+(\.[^.]+)*)$")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+PROFILE_FIELDS = ("contact_id", "account", "phone", "email", "timezone", "locale")
+
+
+class DefinitionError(ValueError):
+    """An invalid definition; ``errors`` lists each problem as ``"path: message"``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def parse_duration(text: str) -> int:
+    """``"2d"``, ``"1h30m"``, ``"45s"``, ``"1w"`` → seconds (> 0)."""
+    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    if not text or match is None or not any(match.groups()):
+        raise ValueError(f"invalid duration {text!r}: use e.g. 30m, 2d, 1d12h, 1w")
+    w, d, h, m, s = (int(g or 0) for g in match.groups())
+    seconds = (((w * 7 + d) * 24 + h) * 60 + m) * 60 + s
+    if seconds <= 0:
+        raise ValueError(f"duration {text!r} must be longer than 0")
+    return seconds
+
+
+Duration = Annotated[str, Field(description="e.g. 30m, 2d, 1d12h, 1w")]
+
+
+def _event_type(value: str) -> str:
+    if value not in EVENT_TYPES and not CUSTOM_TYPE.match(value) and value != "contact.untagged":
+        raise ValueError(f"unknown event type {value!r}")
+    return value
+
+
+class Criterion(BaseModel):
+    """One condition. ``field`` is ``event.data.<path>``, ``event.type`` or
+    ``contact.<field or attribute>``; ``in_group`` / ``has_tag`` take only ``value``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    field: str | None = None
+    op: Literal[
+        "eq", "ne", "gt", "gte", "lt", "lte", "contains", "in", "exists", "not_exists",
+        "in_group", "not_in_group", "has_tag", "not_has_tag",
+    ]
+    value: Any = None
+
+    @field_validator("field")
+    @classmethod
+    def _field_root(cls, value: str | None) -> str | None:
+        if value is not None and not _CRITERION_FIELD.match(value):
+            raise ValueError(
+                f"unknown field {value!r}: use event.type, event.data.<path> or contact.<name>"
+            )
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        membership = self.op in ("in_group", "not_in_group", "has_tag", "not_has_tag")
+        if membership and not isinstance(self.value, str):
+            raise ValueError(f"{self.op} needs a string value (the group or tag)")
+        if not membership and self.field is None:
+            raise ValueError(f"{self.op} needs a field")
+        if self.op == "in" and not isinstance(self.value, list):
+            raise ValueError("in needs a list value")
+
+
+class Trigger(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: str
+    keyword: str | None = Field(None, description="keyword.received only; case-insensitive")
+    criteria: list[Criterion] = Field(default_factory=list)
+
+    _check_event = field_validator("event")(_event_type)
+
+
+class Goal(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event: str
+    criteria: list[Criterion] = Field(default_factory=list)
+
+    _check_event = field_validator("event")(_event_type)
+
+
+class Reentry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Literal["once_at_a_time", "once_ever", "after_days"] = "once_at_a_time"
+    days: int | None = Field(None, ge=1)
+
+    def model_post_init(self, __context: Any) -> None:
+        if (self.policy == "after_days") != (self.days is not None):
+            raise ValueError("days is required with (and only with) policy after_days")
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    next: str | None = None
+
+    def targets(self) -> list[tuple[str, str]]:
+        return [("next", self.next)] if self.next else []
+
+
+class Send(_Step):
+    kind: Literal["send_sms", "send_mms", "send_email"]
+    body: str = Field(min_length=1)
+    subject: str | None = None
+    media_urls: list[str] = Field(default_factory=list)
+    transactional: bool = False
+    max_lateness: Duration | None = None
+    expires_after: Duration = "1d"
+
+    @property
+    def channel(self) -> str:
+        return self.kind.removeprefix("send_")
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.kind == "send_email" and not self.subject:
+            raise ValueError("send_email needs a subject")
+        if self.kind == "send_mms" and not self.media_urls:
+            raise ValueError("send_mms needs at least one media_urls entry")
+        if self.kind != "send_email" and self.subject:
+            raise ValueError(f"{self.kind} has no subject")
+        if self.max_lateness:
+            parse_duration(self.max_lateness)
+        parse_duration(self.expires_after)
+
+
+class Wait(_Step):
+    kind: Literal["wait"]
+    duration: Duration
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class WaitUntil(_Step):
+    kind: Literal["wait_until"]
+    time: str = Field(description="local time of day, HH:MM")
+    weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        try:
+            dtime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"invalid time of day {value!r}: use HH:MM") from None
+        return value
+
+
+class Membership(_Step):
+    kind: Literal["add_to_group", "remove_from_group"]
+    group: str = Field(min_length=1, max_length=128)
+
+
+class Tagging(_Step):
+    kind: Literal["add_tag", "remove_tag"]
+    tag: str = Field(min_length=1, max_length=128)
+
+
+class Branch(_Step):
+    kind: Literal["branch"]
+    condition: list[Criterion] = Field(min_length=1, description="all must hold")
+    true: str
+    false: str
+
+    def targets(self) -> list[tuple[str, str]]:
+        return [("true", self.true), ("false", self.false)]
+
+
+class WaitForEvent(_Step):
+    kind: Literal["wait_for_event"]
+    event: str
+    criteria: list[Criterion] = Field(default_factory=list)
+    timeout: Duration
+    timeout_next: str | None = None
+
+    _check_event = field_validator("event")(_event_type)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    def targets(self) -> list[tuple[str, str]]:
+        out = super().targets()
+        return out + ([("timeout_next", self.timeout_next)] if self.timeout_next else [])
+
+
+class Exit(_Step):
+    kind: Literal["exit"]
+
+
+Step = Annotated[
+    Send | Wait | WaitUntil | Membership | Tagging | Branch | WaitForEvent | Exit,
+    Field(discriminator="kind"),
+]
+
+
+class Workflow(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["workflow"] = "workflow"
+    id: str = Field(pattern=_IDENT)
+    account: str = Field(pattern=ACCOUNT_PATTERN)
+    name: str = Field(min_length=1)
+    version: int = Field(ge=1)
+    active: bool = True
+    timezone: str = Field("UTC", description="fallback zone for contacts without one")
+    trigger: Trigger
+    goals: list[Goal] = Field(default_factory=list)
+    reentry: Reentry = Field(default_factory=Reentry)
+    start: str
+    steps: dict[str, Step] = Field(min_length=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown IANA time zone {value!r}") from None
+        return value
+
+    @property
+    def key(self) -> str:
+        return f"workflow:{self.account}:{self.id}"
+
+
+def template_fields(text: str) -> list[str]:
+    return [m.group(1) for m in _TEMPLATE.finditer(text)]
+
+
+def _template_errors(where: str, text: str) -> list[str]:
+    errors = []
+    for field in template_fields(text):
+        ok = re.match(r"^contact\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$", field) or re.match(
+            r"^event\.(type|id|time|data(\.[A-Za-z0-9_]+)+)$", field
+        )
+        if not ok:
+            errors.append(
+                f"{where}: unknown template field {{{{{field}}}}}: use contact.<name> or "
+                "event.data.<path> (event.type, event.id, event.time)"
+            )
+    if text.count("{{") != len(template_fields(text)):
+        errors.append(f"{where}: unbalanced or empty {{{{ }}}} in template")
+    return errors
+
+
+def _graph_errors(wf: Workflow) -> list[str]:
+    errors = []
+    if wf.start not in wf.steps:
+        errors.append(f"start: unknown step {wf.start!r}")
+    for sid, step in wf.steps.items():
+        for attr, target in step.targets():
+            if target not in wf.steps:
+                errors.append(f"steps.{sid}.{attr}: unknown step {target!r}")
+        if isinstance(step, Send):
+            errors += _template_errors(f"steps.{sid}.body", step.body)
+            if step.subject:
+                errors += _template_errors(f"steps.{sid}.subject", step.subject)
+    if errors:
+        return errors
+    # Reachability and cycles by depth-first search from start.
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles: list[str] = []
+
+    def visit(sid: str, path: list[str]) -> None:
+        state[sid] = 1
+        for _, target in wf.steps[sid].targets():
+            if state.get(target) == 1:
+                start = path.index(target) if target in path else len(path)
+                cycles.append(" -> ".join([*path[start:], sid, target]))
+            elif target not in state:
+                visit(target, [*path, sid])
+        state[sid] = 2
+
+    visit(wf.start, [])
+    errors += [f"steps: cycle {c}" for c in cycles]
+    errors += [f"steps.{sid}: unreachable from start {wf.start!r}" for sid in wf.steps
+               if sid not in state]
+    if wf.trigger.keyword is not None and wf.trigger.event != "keyword.received":
+        errors.append("trigger.keyword: only for trigger event keyword.received")
+    return errors
+
+
+def parse_definition(raw: dict[str, Any]) -> Workflow:
+    """Validate a workflow definition; raise :class:`DefinitionError` with every problem."""
+    try:
+        wf = Workflow.model_validate(raw)
+    except ValidationError as exc:
+        raise DefinitionError([
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: "
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors(include_url=False)
+        ]) from None
+    if errors := _graph_errors(wf):
+        raise DefinitionError(errors)
+    return wf

@@ -1,0 +1,358 @@
+"""Workflow executions: the pure state machine behind the workflow agent.
+
+A contact's executions live inside the contact's own state (the ``contacts`` table value),
+so an event's effect on the profile, its dedupe mark and every execution it moved are one
+table write. Functions here take that state (a fresh copy, which they update), the
+workflow definitions as plain dicts, and ``now``; they return :class:`Effects` — send
+commands, contact events and audit records for the agent to emit. They read no clock and
+do no I/O, so a test drives days of waiting by passing later ``now`` values.
+
+Idempotence: an execution only moves from the step it is at. A wake-up finds nothing due
+if it comes twice, or early (``due_at`` is in the future: for example after a resume moved
+it); a control command repeated finds the execution already paused/resumed/cancelled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from datetime import time as dtime
+from typing import Any
+
+from streams.definitions import parse_duration
+from tables import gate
+from tables.schedule import contact_zone, next_local_time
+from tables.triggers import MISSING, criteria_hold, resolve, trigger_matches
+
+__all__ = [
+    "ACTIVE",
+    "Effects",
+    "cancel_all",
+    "control",
+    "message_id",
+    "next_due",
+    "on_event",
+    "on_wakeup",
+]
+
+#: Statuses of an execution that has not ended.
+ACTIVE = ("running", "waiting", "paused")
+#: Finished executions kept per contact (the newest); re-entry uses ``runs`` instead.
+KEEP_FINISHED = 20
+_TEMPLATE = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*([^}]*?)\s*)?\}\}")
+
+#: ``lookup(account, workflow_id, version)`` → the definition dict, or None.
+Lookup = Callable[[str, str, int], dict[str, Any] | None]
+
+
+@dataclass
+class Effects:
+    sends: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+
+    def __iadd__(self, other: Effects) -> Effects:
+        self.sends += other.sends
+        self.events += other.events
+        self.audit += other.audit
+        return self
+
+
+def message_id(account: str, execution_id: str, step_id: str, seq: int) -> str:
+    """The same logical send always gets the same id; a retry never a new one."""
+    digest = hashlib.sha256(f"{account}\x1f{execution_id}\x1f{step_id}\x1f{seq}".encode())
+    return "msg-" + digest.hexdigest()[:32]
+
+
+def render(template: str, contact: dict[str, Any], event: dict[str, Any]) -> str:
+    """Fill ``{{contact.first_name}}`` / ``{{event.data.order_id | your order}}``."""
+
+    def one(match: re.Match[str]) -> str:
+        path, default = match.group(1), match.group(2) or ""
+        value = resolve(path, event, contact)
+        if value is MISSING or value is None or isinstance(value, dict | list):
+            return default
+        return str(value) or default
+
+    return _TEMPLATE.sub(one, template)
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat()
+
+
+def _history(ex: dict[str, Any], step: str, outcome: str, now: datetime, **extra: Any) -> None:
+    ex["history"].append({"step": step, "outcome": outcome, "at": _iso(now), **extra})
+
+
+def _audit(
+    contact: dict[str, Any], now: datetime, reason: str, **extra: Any
+) -> dict[str, Any]:
+    return {"account": contact["account"], "contact_id": contact["contact_id"],
+            "reason": reason, "at": _iso(now), **extra}
+
+
+def _end(ex: dict[str, Any], status: str, reason: str, now: datetime) -> None:
+    ex.update(status=status, ended_reason=reason, ended_at=_iso(now), due_at=None,
+              waiting_for=None, remaining_s=None)
+    _history(ex, ex["step"], status, now, reason=reason)
+
+
+def _goto(ex: dict[str, Any], target: str | None, now: datetime) -> None:
+    if target is None:
+        _end(ex, "completed", "end", now)
+    else:
+        ex["step"] = target
+
+
+def _origin(ex: dict[str, Any], step_id: str) -> dict[str, Any]:
+    return {"kind": "workflow", "workflow_id": ex["workflow_id"], "version": ex["version"],
+            "execution_id": ex["id"], "step_id": step_id}
+
+
+def _send(
+    ex: dict[str, Any], wf: dict[str, Any], sid: str, step: dict[str, Any],
+    contact: dict[str, Any], now: datetime, fx: Effects,
+) -> None:
+    channel = step["kind"].removeprefix("send_")
+    to = contact.get("email") if channel == "email" else contact.get("phone")
+    mid = message_id(contact["account"], ex["id"], sid, ex["seq"])
+    command: dict[str, Any] = {
+        "message_id": mid,
+        "channel": channel,
+        "account": contact["account"],
+        "contact_id": contact["contact_id"],
+        "to": to,
+        "body": render(step["body"], contact, ex["trigger"]),
+        "transactional": step.get("transactional", False),
+        "origin": _origin(ex, sid),
+        "created_at": _iso(now),
+        "expires_at": _iso(now + timedelta(seconds=parse_duration(step["expires_after"]))),
+    }
+    if channel == "email":
+        command["subject"] = render(step["subject"], contact, ex["trigger"])
+    if channel == "mms":
+        command["media_urls"] = list(step["media_urls"])
+    late = step.get("max_lateness")
+    scheduled = datetime.fromisoformat(ex["scheduled_at"])
+    if late and now > scheduled + timedelta(seconds=parse_duration(late)):
+        reason: str | None = "too_late"
+    else:
+        reason = gate.check(command, contact, now)
+    if reason is None:
+        fx.sends.append(command)
+        _history(ex, sid, "sent", now, message_id=mid)
+    else:
+        fx.audit.append(_audit(contact, now, reason, message_id=mid, channel=channel,
+                               origin=_origin(ex, sid)))
+        _history(ex, sid, "not_sent", now, message_id=mid, reason=reason)
+
+
+_STATE_EVENTS = {
+    "add_tag": ("contact.tagged", "tag"),
+    "remove_tag": ("contact.untagged", "tag"),
+    "add_to_group": ("contact.added_to_group", "group"),
+    "remove_from_group": ("contact.removed_from_group", "group"),
+}
+
+
+def _run(
+    ex: dict[str, Any], wf: dict[str, Any], contact: dict[str, Any], now: datetime
+) -> Effects:
+    """Advance a running execution until it waits or ends (the graph has no cycles)."""
+    fx = Effects()
+    while ex["status"] == "running":
+        sid = ex["step"]
+        step = wf["steps"][sid]
+        kind = step["kind"]
+        ex["seq"] += 1
+        if kind.startswith("send_"):
+            _send(ex, wf, sid, step, contact, now, fx)
+            _goto(ex, step.get("next"), now)
+        elif kind in ("wait", "wait_until", "wait_for_event"):
+            if kind == "wait":
+                due = now + timedelta(seconds=parse_duration(step["duration"]))
+            elif kind == "wait_until":
+                zone = contact_zone(contact, wf["timezone"])
+                due = next_local_time(now, zone, dtime.fromisoformat(step["time"]),
+                                      step.get("weekdays"))
+            else:
+                due = now + timedelta(seconds=parse_duration(step["timeout"]))
+                ex["waiting_for"] = {"event": step["event"], "criteria": step["criteria"]}
+            ex.update(status="waiting", due_at=_iso(due))
+            _history(ex, sid, "waiting", now, until=_iso(due))
+        elif kind in _STATE_EVENTS:
+            event_type, attr = _STATE_EVENTS[kind]
+            fx.events.append({
+                "specversion": "1.0",
+                "id": f"{ex['id']}/{sid}/{ex['seq']}",
+                "source": f"urn:dripstream:workflow:{wf['id']}",
+                "type": event_type,
+                "subject": contact["contact_id"],
+                "time": _iso(now),
+                "account": contact["account"],
+                "causationdepth": ex["depth"] + 1,
+                "data": {attr: step[attr]},
+            })
+            _history(ex, sid, "emitted", now, event=event_type)
+            _goto(ex, step.get("next"), now)
+        elif kind == "branch":
+            result = criteria_hold(step["condition"], ex["trigger"], contact)
+            _history(ex, sid, "true" if result else "false", now)
+            ex["step"] = step["true"] if result else step["false"]
+        else:  # exit
+            _end(ex, "completed", "exit", now)
+    return fx
+
+
+def _prune(contact: dict[str, Any]) -> None:
+    finished = [e for e in contact["executions"].values() if e["status"] not in ACTIVE]
+    finished.sort(key=lambda e: e["ended_at"])
+    for ex in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+        del contact["executions"][ex["id"]]
+
+
+def next_due(contact: dict[str, Any]) -> str | None:
+    """The earliest wake-up any of the contact's executions waits for."""
+    dues = [e["due_at"] for e in contact["executions"].values()
+            if e["status"] == "waiting" and e["due_at"]]
+    return min(dues, key=datetime.fromisoformat) if dues else None
+
+
+def _finish(contact: dict[str, Any]) -> None:
+    _prune(contact)
+    contact["next_due"] = next_due(contact)
+
+
+def _may_start(contact: dict[str, Any], wf: dict[str, Any], now: datetime) -> bool:
+    running = any(e["workflow_id"] == wf["id"] and e["status"] in ACTIVE
+                  for e in contact["executions"].values())
+    runs = contact["runs"].get(wf["id"])
+    policy = wf["reentry"]
+    if policy["policy"] == "once_ever":
+        return runs is None
+    if running:
+        return False
+    if policy["policy"] == "after_days" and runs is not None:
+        last = datetime.fromisoformat(runs["last_started_at"])
+        return now >= last + timedelta(days=policy["days"])
+    return True
+
+
+def on_event(
+    contact: dict[str, Any], event: dict[str, Any], workflows: list[dict[str, Any]],
+    lookup: Lookup, now: datetime, max_depth: int,
+) -> Effects:
+    """Apply an accepted contact event to the contact's executions (``contact`` already
+    holds the profile change this event made). ``workflows``: the account's active
+    definitions, newest version of each."""
+    fx = Effects()
+    for ex in list(contact["executions"].values()):
+        if ex["status"] not in ACTIVE:
+            continue
+        wf = lookup(contact["account"], ex["workflow_id"], ex["version"])
+        if wf is None:
+            continue
+        waiting = ex.get("waiting_for")
+        if (ex["status"] == "waiting" and waiting and waiting["event"] == event["type"]
+                and criteria_hold(waiting["criteria"], event, contact)):
+            step = wf["steps"][ex["step"]]
+            _history(ex, ex["step"], "event_received", now, event_id=event["id"])
+            ex.update(status="running", due_at=None, waiting_for=None, scheduled_at=_iso(now))
+            _goto(ex, step.get("next"), now)
+            fx += _run(ex, wf, contact, now)
+        if ex["status"] in ACTIVE and any(
+            g["event"] == event["type"] and criteria_hold(g["criteria"], event, contact)
+            for g in wf["goals"]
+        ):
+            _end(ex, "completed", "goal_reached", now)
+
+    matching = [wf for wf in workflows if trigger_matches(wf, event, contact)]
+    depth = int(event.get("causationdepth", 0))
+    if matching and depth >= max_depth:
+        fx.audit.append(_audit(contact, now, "loop_guard", event_id=event["id"],
+                               event_type=event["type"], depth=depth,
+                               workflows=[wf["id"] for wf in matching]))
+        matching = []
+    for wf in matching:
+        if not _may_start(contact, wf, now):
+            continue
+        eid = f"{wf['id']}/{event['id']}"
+        if eid in contact["executions"]:
+            continue  # this event already started it (a replay)
+        ex = {
+            "id": eid, "workflow_id": wf["id"], "version": wf["version"],
+            "status": "running", "step": wf["start"], "seq": 0, "depth": depth,
+            "started_at": _iso(now), "scheduled_at": _iso(now), "ended_at": None,
+            "ended_reason": None, "due_at": None, "remaining_s": None, "waiting_for": None,
+            "trigger": {k: event[k] for k in ("id", "type", "time", "data")},
+            "history": [],
+        }
+        contact["executions"][eid] = ex
+        runs = contact["runs"].setdefault(wf["id"], {"count": 0})
+        runs.update(last_started_at=_iso(now), count=runs["count"] + 1)
+        fx += _run(ex, wf, contact, now)
+    _finish(contact)
+    return fx
+
+
+def on_wakeup(contact: dict[str, Any], lookup: Lookup, now: datetime) -> Effects:
+    """Fire every wait that is due at ``now`` (none early; a repeat finds nothing due)."""
+    fx = Effects()
+    for ex in list(contact["executions"].values()):
+        if ex["status"] != "waiting" or not ex["due_at"]:
+            continue
+        due = datetime.fromisoformat(ex["due_at"])
+        if due > now:
+            continue
+        wf = lookup(contact["account"], ex["workflow_id"], ex["version"])
+        if wf is None:
+            _end(ex, "failed", "definition_missing", now)
+            continue
+        step = wf["steps"][ex["step"]]
+        timed_out = step["kind"] == "wait_for_event"
+        _history(ex, ex["step"], "timed_out" if timed_out else "waited", now,
+                 due_at=ex["due_at"])
+        ex.update(status="running", due_at=None, waiting_for=None, scheduled_at=_iso(due))
+        _goto(ex, step.get("timeout_next") if timed_out else step.get("next"), now)
+        fx += _run(ex, wf, contact, now)
+    _finish(contact)
+    return fx
+
+
+def control(contact: dict[str, Any], action: str, execution_id: str, now: datetime) -> bool:
+    """Pause, resume or cancel one execution; False if it was not in a state to do so."""
+    ex = contact["executions"].get(execution_id)
+    if ex is None:
+        return False
+    changed = False
+    if action == "pause" and ex["status"] == "waiting":
+        remaining = datetime.fromisoformat(ex["due_at"]) - now
+        ex.update(status="paused", due_at=None,
+                  remaining_s=max(remaining.total_seconds(), 0.0))
+        _history(ex, ex["step"], "paused", now)
+        changed = True
+    elif action == "resume" and ex["status"] == "paused":
+        due = now + timedelta(seconds=ex["remaining_s"])
+        ex.update(status="waiting", due_at=_iso(due), remaining_s=None)
+        _history(ex, ex["step"], "resumed", now, until=_iso(due))
+        changed = True
+    elif action == "cancel" and ex["status"] in ACTIVE:
+        _end(ex, "cancelled", "cancelled", now)
+        changed = True
+    _finish(contact)
+    return changed
+
+
+def cancel_all(contact: dict[str, Any], workflow_id: str, now: datetime) -> int:
+    """Cancel every active execution of ``workflow_id``; return how many."""
+    count = 0
+    for ex in contact["executions"].values():
+        if ex["workflow_id"] == workflow_id and ex["status"] in ACTIVE:
+            _end(ex, "cancelled", "cancelled_all", now)
+            count += 1
+    _finish(contact)
+    return count

@@ -1,0 +1,49 @@
+"""Local-time maths for waits: pure functions of ``now`` (aware) and a zone.
+
+The two DST traps are handled explicitly: a local time that does not exist (the
+spring-forward gap) is moved forward by the gap (02:30 → 03:30), and a local time that
+happens twice (fall-back) means its first occurrence.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
+from zoneinfo import ZoneInfo
+
+__all__ = ["WEEKDAYS", "contact_zone", "local_to_utc", "next_local_time"]
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def contact_zone(contact: dict[str, object], fallback: str) -> ZoneInfo:
+    zone = contact.get("timezone")
+    return ZoneInfo(zone if isinstance(zone, str) and zone else fallback)
+
+
+def local_to_utc(naive: datetime, zone: ZoneInfo) -> datetime:
+    """The UTC instant of a wall-clock time in ``zone`` (gap: shifted forward; fold: first)."""
+    first = naive.replace(tzinfo=zone, fold=0)
+    round_trip = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
+    if round_trip != naive:  # in the gap: fold=0 maps by the offset before the change
+        return naive.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    return first.astimezone(UTC)
+
+
+def next_local_time(
+    now: datetime, zone: ZoneInfo, at: dtime, weekdays: list[str] | None = None
+) -> datetime:
+    """The first instant strictly after ``now`` whose local time in ``zone`` is ``at``,
+    on one of ``weekdays`` (all days if None). Returned in UTC."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    allowed = {WEEKDAYS.index(d) for d in weekdays} if weekdays else set(range(7))
+    local_day = now.astimezone(zone).date()
+    for offset in range(0, 8):
+        day = local_day + timedelta(days=offset)
+        if day.weekday() not in allowed:
+            continue
+        candidate = local_to_utc(datetime.combine(day, at), zone)
+        if candidate > now:
+            return candidate
+    raise AssertionError("unreachable: a weekday recurs within 8 days")

@@ -1,0 +1,208 @@
+"""The ``dripstream`` command as an operator runs it: a real process against real services."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from producers.publisher import build_event
+from streams.events import encode_event
+from streams.topics import TOPICS
+from tests.stack import ROOT, Stack
+
+pytestmark = pytest.mark.integration
+
+
+async def dripstream(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m streams.cli ARGS`` to completion (off the event loop)."""
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "streams.cli", *args],
+        env=env, cwd=ROOT, input=stdin, capture_output=True, text=True, timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "fresh_prefix",
+    [
+        # The topics exist already (the stack created them): only described.
+        False,
+        # A prefix never used: every topic is created first, then described.
+        True,
+    ],
+)
+async def test_topics_prints_one_json_line_per_topic(stack: Stack, fresh_prefix: bool) -> None:
+    """`topics` creates what is missing and prints each topic with its partition count."""
+    prefix = f"t{uuid.uuid4().hex[:10]}." if fresh_prefix else stack.settings.topic_prefix
+    names = [f"{prefix}{spec.suffix}" for spec in TOPICS]
+
+    result = await dripstream({**stack.env, "DRIPSTREAM_TOPIC_PREFIX": prefix}, "topics")
+
+    assert 0 == result.returncode, result.stderr
+    lines = result.stdout.splitlines()
+    created = [line.removeprefix("created ") for line in lines if line.startswith("created ")]
+    rows = [json.loads(line) for line in lines if not line.startswith("created ")]
+    assert (names if fresh_prefix else []) == created
+    assert {n: (True, stack.settings.partitions) for n in names} == {
+        row["topic"]: (row["exists"], row["partitions"]) for row in rows
+    }
+    assert len(names) == len(rows)
+
+
+async def test_publish_reaches_the_worker_and_contact_shows_it(stack: Stack) -> None:
+    """An event published as an argument or on stdin is applied by the worker; `contact`
+    prints the resulting state."""
+    stack.start_worker()
+    created = build_event("acme", "c-1", "contact.created", {"phone": "+14155550101"},
+                          event_id="cli-1")
+    tagged = build_event("acme", "c-1", "contact.tagged", {"tag": "vip"}, event_id="cli-2")
+
+    by_argument = await dripstream(stack.env, "publish", json.dumps(created))
+    by_stdin = await dripstream(stack.env, "publish", "-", stdin=json.dumps(tagged))
+
+    assert (0, "published contact.created cli-1") == (
+        by_argument.returncode, by_argument.stdout.strip()
+    ), by_argument.stderr
+    assert (0, "published contact.tagged cli-2") == (
+        by_stdin.returncode, by_stdin.stdout.strip()
+    ), by_stdin.stderr
+    state = await stack.wait_contact("acme", "c-1", 2)
+    assert ("+14155550101", ["vip"]) == (state["phone"], state["tags"])
+
+    shown = await dripstream(stack.env, "contact", "acme", "c-1")
+
+    assert 0 == shown.returncode, shown.stderr
+    assert state == json.loads(shown.stdout)
+
+
+def _unknown_type() -> str:
+    return json.dumps({**build_event("acme", "c-1", "contact.tagged", {"tag": "a"}),
+                       "type": "contact.exploded"})
+
+
+@pytest.mark.parametrize(
+    ("argument", "expected_stderr"),
+    [
+        # A type that is not part of the contract.
+        (_unknown_type(), "rejected: unknown_type"),
+        # A known type whose data does not fit its model.
+        (json.dumps(build_event("acme", "c-1", "purchase.completed", {"order_id": "o"})),
+         "rejected: invalid_data"),
+        # Not JSON at all: a usage error, before any connection is made.
+        ("{not json", "not JSON"),
+    ],
+)
+async def test_publish_invalid_event_exits_2_and_sends_nothing(
+    stack: Stack, argument: str, expected_stderr: str
+) -> None:
+    """An invalid event is refused with exit code 2, the reason on stderr, and not produced."""
+    result = await dripstream(stack.env, "publish", argument)
+
+    assert 2 == result.returncode
+    assert expected_stderr in result.stderr
+    assert "published" not in result.stdout
+    # Nothing went out: a marker for the same contact (same partition) is the first record.
+    marker = build_event("acme", "c-1", "contact.tagged", {"tag": "m"}, event_id="marker")
+    await stack.publisher.send(marker)
+    records = await stack.read_topic("contact-events", 1)
+    assert [(0, encode_event(marker))] == [(r.offset, r.value) for r in records]
+
+
+async def test_contact_unknown_exits_1(stack: Stack) -> None:
+    """`contact` for a contact the read model does not have exits 1 and says so on stderr."""
+    result = await dripstream(stack.env, "contact", "acme", "nobody")
+
+    assert (1, "") == (result.returncode, result.stdout)
+    assert "no contact acme:nobody" in result.stderr
+
+
+class _Lines:
+    """A process's stdout, line by line, readable with a deadline (a thread drains the pipe)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.seen: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        assert proc.stdout is not None
+        stdout = proc.stdout
+
+        def drain() -> None:
+            for line in stdout:
+                self._queue.put(line)
+            self._queue.put(None)
+
+        self.thread = threading.Thread(target=drain, daemon=True)
+        self.thread.start()
+
+    def read_until(self, text: str, deadline: float) -> bool:
+        """True once ``text`` has been printed; False at EOF or when the deadline passes."""
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                return False
+            if line is None:
+                return False
+            self.seen.append(line)
+            if text in "".join(self.seen):
+                return True
+        return False
+
+    def rest(self) -> str:
+        """Everything printed, once the process has closed its stdout."""
+        self.thread.join(10)
+        while not self._queue.empty():
+            if (line := self._queue.get()) is not None:
+                self.seen.append(line)
+        return "".join(self.seen)
+
+
+def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path) -> None:
+    """`dev --demo` starts its own broker, Redis and worker, shows the demo contact at
+    version 2, and on SIGINT stops everything and says so."""
+    env: dict[str, str] = {k: v for k, v in os.environ.items() if not k.startswith("DRIPSTREAM_")}
+    env["DRIPSTREAM_TOPIC_PREFIX"] = f"t{uuid.uuid4().hex[:10]}."
+    env["DRIPSTREAM_DATA_DIR"] = str(tmp_path / "data")
+    stderr = tmp_path / "dev.stderr"
+    # A session of its own, so a failed test can stop the broker, Redis and worker too.
+    with open(stderr, "w") as err, subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "dev", "--demo"],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True,
+        start_new_session=True,
+    ) as proc:
+        lines = _Lines(proc)
+        try:
+            shown = lines.read_until('"version": 2', time.monotonic() + 60)
+            assert shown, (
+                f"no demo state in 60 s; stdout: {''.join(lines.seen)!r}; stderr: "
+                + stderr.read_text()[-3000:]
+            )
+            # The state JSON ends with its closing brace; read up to it before stopping.
+            assert lines.read_until("\n}\n", time.monotonic() + 10)
+
+            proc.send_signal(signal.SIGINT)
+            returncode = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        output = lines.rest()
+
+    state = json.loads(output[output.index("{\n"):output.index("\n}\n") + 2])
+    assert ("demo", "c-1", 2) == (state["account"], state["contact_id"], state["version"])
+    assert "+14155550101" == state["phone"]
+    assert "stopped" == output.splitlines()[-1]
+    assert 0 == returncode
+    assert f"database sqlite:///{tmp_path.resolve() / 'dripstream-dev.db'}" in output
