@@ -10,13 +10,19 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
 from redis.asyncio import Redis
 
+from producers.admin import publish_definition, send_control
 from producers.publisher import Publisher
+from streams import tansu
+from streams.clock import Clock
+from streams.commands import Control
 from streams.settings import Settings
 from streams.topics import ensure_topics, topic_name
 from tables.readmodel import ReadModel
@@ -53,6 +59,8 @@ class Stack:
             redis_url=redis_url,
             profile="embedded" if embedded else "production",
             data_dir=tmp_path / "data",
+            clock_offset_file=tmp_path / "clock-offset",
+            timer_interval_s=0.2,
         )
         self.workers: list[subprocess.Popen[bytes]] = []
         self.redis = Redis.from_url(redis_url)
@@ -71,6 +79,8 @@ class Stack:
             "DRIPSTREAM_PROFILE": s.profile,
             "DRIPSTREAM_DATA_DIR": str(s.data_dir),
             "DRIPSTREAM_LOG_LEVEL": "info",
+            "DRIPSTREAM_CLOCK_OFFSET_FILE": str(s.clock_offset_file),
+            "DRIPSTREAM_TIMER_INTERVAL_S": str(s.timer_interval_s),
         }
 
     def topic(self, suffix: str) -> str:
@@ -79,6 +89,62 @@ class Stack:
     async def start(self) -> None:
         await ensure_topics(self.settings)
         await self.publisher.__aenter__()
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        await self.producer.start()
+
+    # -- the workers' clock (streams/clock.py): tests skip time instead of waiting ------
+    def skip(self, seconds: float) -> None:
+        """Move the workers' clock ``seconds`` ahead."""
+        path = self.settings.clock_offset_file
+        assert path is not None
+        current = float(path.read_text()) if path.exists() else 0.0
+        path.write_text(str(current + seconds))
+
+    def now(self) -> datetime:
+        return Clock(self.settings.clock_offset_file).now()
+
+    # -- admin ----------------------------------------------------------------------
+    async def define(self, definition: dict[str, Any]) -> None:
+        await publish_definition(self.producer, self.settings.topic_prefix, definition)
+
+    async def control(self, **command: Any) -> None:
+        await send_control(self.producer, self.settings.topic_prefix, Control(**command))
+
+    async def executions(self, account: str, contact_id: str) -> dict[str, Any]:
+        return await self.read_model.get_executions(account, contact_id)
+
+    async def wait_execution(
+        self, account: str, contact_id: str, predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 30.0, what: str = "execution state",
+    ) -> dict[str, Any]:
+        """The contact's only execution once ``predicate`` holds for it."""
+
+        async def probe() -> dict[str, Any] | None:
+            found = list((await self.executions(account, contact_id)).values())
+            return found[0] if len(found) == 1 and predicate(found[0]) else None
+
+        return await eventually(probe, timeout=timeout, what=f"{account}:{contact_id} {what}")
+
+    async def read_all(self, suffix: str) -> list[Any]:
+        """Every record of a topic up to its current end (a snapshot, no waiting)."""
+        topic = self.topic(suffix)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(self.settings.partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await (tansu.end_offsets(consumer, tps) if self.settings.embedded
+                          else consumer.end_offsets(tps))
+            records: list[Any] = []
+            deadline = time.monotonic() + 30
+            while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+                assert time.monotonic() < deadline, f"{suffix}: could not read to the end"
+                for part in (await consumer.getmany(timeout_ms=200)).values():
+                    records.extend(part)
+            return records
+        finally:
+            await consumer.stop()
 
     async def stop(self) -> None:
         for proc in self.workers:
@@ -86,6 +152,7 @@ class Stack:
                 proc.kill()
                 proc.wait()
         await self.publisher.__aexit__(None, None, None)
+        await self.producer.stop()
         await self.redis.aclose()
 
     def start_worker(self) -> subprocess.Popen[bytes]:
