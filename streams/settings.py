@@ -58,10 +58,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.store.split("://")[0] not in ("memory", "rocksdb", "aerospike"):
+        if self.store not in ("memory://", "rocksdb://"):
             raise ValueError(f"store must be memory:// or rocksdb://, got {self.store!r}")
-        if self.security_protocol.startswith("SASL") and not self.sasl_username:
-            raise ValueError("SASL security needs DRIPSTREAM_SASL_USERNAME/PASSWORD")
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError("SASL security needs DRIPSTREAM_SASL_USERNAME and _SASL_PASSWORD")
         return self
 
     @cached_property

@@ -101,11 +101,11 @@ def apply_event(
     An event for a contact never seen before creates it: upstream systems may report a
     purchase or a delivery before (or without) a ``contact.created``.
     """
-    if state is not None and event.id in state["seen"]:
+    horizon = now.timestamp() - dedupe_window_s
+    if state is not None and state["seen"].get(event.id, -1.0) >= horizon:
         return Applied(state, duplicate=True)
     new = _new_state(event, now) if state is None else copy_state(state)
 
-    horizon = now.timestamp() - dedupe_window_s
     seen = [(k, t) for k, t in new["seen"].items() if t >= horizon][-(MAX_SEEN - 1):]
     new["seen"] = dict(seen)
     new["seen"][event.id] = now.timestamp()

@@ -390,12 +390,6 @@ def test_same_id_after_window_applied_once_an_other_event_pruned_the_mark() -> N
     assert (False, 3) == (applied.duplicate, applied.state["version"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tables/contacts.py:104 (apply_event) checks `event.id in state['seen']` without "
-    "the window: a mark is only pruned when another event is applied, so a lone retry after "
-    "the window is still dropped (docs/contract.md: 'After the window an old id counts as new').",
-)
 @pytest.mark.parametrize(
     "elapsed",
     [

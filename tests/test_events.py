@@ -10,14 +10,30 @@ from typing import Any
 import orjson
 import pytest
 
+from streams.commands import SendCommand
 from streams.events import EVENT_TYPES, Rejected, parse_event
 
 CONTRACT = Path(__file__).resolve().parents[1] / "docs" / "contract.md"
 
 
-def _doc_examples() -> list[dict[str, Any]]:
-    blocks = re.findall(r"```json\n(.*?)```", CONTRACT.read_text(), flags=re.S)
+def _doc_blocks(section: str) -> list[dict[str, Any]]:
+    """The ```json blocks of one `## ` section of docs/contract.md."""
+    text = CONTRACT.read_text()
+    start = text.index(f"\n## {section}")
+    end = text.find("\n## ", start + 1)
+    blocks = re.findall(r"```json\n(.*?)```", text[start:end if end > 0 else None], flags=re.S)
     return [orjson.loads(b) for b in blocks]
+
+
+def _doc_examples() -> list[dict[str, Any]]:
+    return _doc_blocks("Contact events")
+
+
+def test_documented_send_command_is_valid() -> None:
+    """The channel-worker contract's example is a valid SendCommand."""
+    (example,) = _doc_blocks("Send commands")
+    command = SendCommand.model_validate(example)
+    assert command.origin.workflow_id == "welcome"
 
 
 def test_every_documented_example_parses() -> None:
