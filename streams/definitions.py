@@ -282,7 +282,8 @@ def _template_errors(where: str, text: str) -> list[str]:
                 f"{where}: unknown template field {{{{{field}}}}}: use contact.<name> or "
                 "event.data.<path> (event.type, event.id, event.time)"
             )
-    if text.count("{{") != len(template_fields(text)):
+    count = len(template_fields(text))
+    if text.count("{{") != count or text.count("}}") != count:
         errors.append(f"{where}: unbalanced or empty {{{{ }}}} in template")
     return errors
 
@@ -299,8 +300,10 @@ def _graph_errors(wf: Workflow) -> list[str]:
             errors += _template_errors(f"steps.{sid}.body", step.body)
             if step.subject:
                 errors += _template_errors(f"steps.{sid}.subject", step.subject)
+    if wf.trigger.keyword is not None and wf.trigger.event != "keyword.received":
+        errors.append("trigger.keyword: only for trigger event keyword.received")
     if errors:
-        return errors
+        return errors  # the graph walk needs every reference to resolve
     # Reachability and cycles by depth-first search from start.
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
     cycles: list[str] = []
@@ -319,9 +322,19 @@ def _graph_errors(wf: Workflow) -> list[str]:
     errors += [f"steps: cycle {c}" for c in cycles]
     errors += [f"steps.{sid}: unreachable from start {wf.start!r}" for sid in wf.steps
                if sid not in state]
-    if wf.trigger.keyword is not None and wf.trigger.event != "keyword.received":
-        errors.append("trigger.keyword: only for trigger event keyword.received")
     return errors
+
+
+_STEP_KINDS = {"send_sms", "send_mms", "send_email", "wait", "wait_until", "add_to_group",
+               "remove_from_group", "add_tag", "remove_tag", "branch", "wait_for_event", "exit"}
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    """pydantic's error location as a JSON path (without the union's tag in steps.<id>)."""
+    parts = list(loc)
+    if len(parts) > 2 and parts[0] == "steps" and parts[2] in _STEP_KINDS:
+        del parts[2]
+    return ".".join(str(p) for p in parts) or "(root)"
 
 
 def parse_definition(raw: dict[str, Any]) -> Workflow:
@@ -330,8 +343,7 @@ def parse_definition(raw: dict[str, Any]) -> Workflow:
         wf = Workflow.model_validate(raw)
     except ValidationError as exc:
         raise DefinitionError([
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: "
-            + e["msg"].removeprefix("Value error, ")
+            f"{_path(e['loc'])}: " + e["msg"].removeprefix("Value error, ")
             for e in exc.errors(include_url=False)
         ]) from None
     if errors := _graph_errors(wf):

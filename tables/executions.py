@@ -188,7 +188,8 @@ def _run(
             event_type, attr = _STATE_EVENTS[kind]
             fx.events.append({
                 "specversion": "1.0",
-                "id": f"{ex['id']}/{sid}/{ex['seq']}",
+                "id": "wf-" + hashlib.sha256(
+                    f"{ex['id']}\x1f{sid}\x1f{ex['seq']}".encode()).hexdigest()[:32],
                 "source": f"urn:dripstream:workflow:{wf['id']}",
                 "type": event_type,
                 "subject": contact["contact_id"],
@@ -258,6 +259,7 @@ def on_event(
             continue
         waiting = ex.get("waiting_for")
         if (ex["status"] == "waiting" and waiting and waiting["event"] == event["type"]
+                and datetime.fromisoformat(ex["due_at"]) > now  # else it timed out already
                 and criteria_hold(waiting["criteria"], event, contact)):
             step = wf["steps"][ex["step"]]
             _history(ex, ex["step"], "event_received", now, event_id=event["id"])

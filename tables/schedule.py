@@ -22,12 +22,13 @@ def contact_zone(contact: dict[str, object], fallback: str) -> ZoneInfo:
 
 
 def local_to_utc(naive: datetime, zone: ZoneInfo) -> datetime:
-    """The UTC instant of a wall-clock time in ``zone`` (gap: shifted forward; fold: first)."""
-    first = naive.replace(tzinfo=zone, fold=0)
-    round_trip = first.astimezone(UTC).astimezone(zone).replace(tzinfo=None)
-    if round_trip != naive:  # in the gap: fold=0 maps by the offset before the change
-        return naive.replace(tzinfo=zone, fold=1).astimezone(UTC)
-    return first.astimezone(UTC)
+    """The UTC instant of a wall-clock time in ``zone``.
+
+    ``fold=0`` gives both DST rules at once: a time in the spring-forward gap is read with
+    the offset from before the change, which lands it the gap's length later (02:30 →
+    03:30), and a time that happens twice means its first occurrence.
+    """
+    return naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
 
 
 def next_local_time(

@@ -50,6 +50,14 @@ def _number(value: Any) -> Decimal | None:
         return None
 
 
+def _equal(left: Any, right: Any) -> bool:
+    """Equal, numbers by value ("19.90" equals 19.9)."""
+    if left == right:
+        return True
+    a, b = _number(left), _number(right)
+    return a is not None and a == b
+
+
 def _compare(op: str, left: Any, right: Any) -> bool:
     a, b = _number(left), _number(right)
     if a is None or b is None:
@@ -74,16 +82,13 @@ def _holds(criterion: dict[str, Any], event: dict[str, Any], contact: dict[str, 
     if actual is MISSING:
         return False
     if op in ("eq", "ne"):
-        same = actual == expected or (
-            _number(actual) is not None and _number(actual) == _number(expected)
-        )
-        return bool(same == (op == "eq"))
+        return bool(_equal(actual, expected) == (op == "eq"))
     if op == "contains":
         if isinstance(actual, str) and isinstance(expected, str):
             return expected.lower() in actual.lower()
         return isinstance(actual, list | dict) and expected in actual
     if op == "in":
-        return isinstance(expected, list) and bool(actual in expected)
+        return isinstance(expected, list) and any(_equal(actual, e) for e in expected)
     return _compare(op, actual, expected)
 
 

@@ -7,7 +7,10 @@ publisher SDK, sent as bytes, parsed, and applied with :func:`tables.contacts.ap
 from __future__ import annotations
 
 import copy
+import json
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -64,6 +67,15 @@ def welcome_raw() -> dict[str, Any]:
     }
 
 
+def docs_example() -> dict[str, Any]:
+    """The complete example of docs/workflows.md (its first JSON block)."""
+    text = (Path(__file__).parents[2] / "docs" / "workflows.md").read_text()
+    block = re.search(r"```json\n(.*?)```", text, re.DOTALL)
+    assert block is not None, "docs/workflows.md has a JSON example"
+    raw: dict[str, Any] = json.loads(block.group(1))
+    return raw
+
+
 def definition(raw: dict[str, Any]) -> dict[str, Any]:
     """A definition as it reaches the engine: validated, then dumped to JSON-ready dicts."""
     return parse_definition(copy.deepcopy(raw)).model_dump(mode="json")
@@ -86,7 +98,7 @@ class Registry:
     def active(self, account: str) -> list[dict[str, Any]]:
         """The newest version of each active workflow of ``account``."""
         newest: dict[str, dict[str, Any]] = {}
-        for (acc, wf_id, version), d in sorted(self.by_key.items()):
+        for (acc, wf_id, _version), d in sorted(self.by_key.items()):
             if acc == account and d["active"]:
                 newest[wf_id] = d
         return list(newest.values())
