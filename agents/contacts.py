@@ -35,8 +35,10 @@ from streams.commands import Control
 from streams.events import ContactEvent, Rejected, parse_event
 from streams.topics import topic_name
 from tables import executions
+from tables.compliance import report_suppression
 from tables.contacts import apply_event, contact_key, copy_state, public_view
-from tables.definitions import Registry
+from tables.definitions import Registry, Suppressions
+from tables.keywords import on_keyword
 from tables.readmodel import ReadModel
 from tables.state import contacts
 
@@ -45,12 +47,14 @@ __all__ = ["contact_agent", "registry"]
 log = logging.getLogger(__name__)
 
 registry = Registry()
+suppressions = Suppressions()
 _read_model: ReadModel | None = None
 
 SEND_TOPICS = {ch: topic_name(settings, f"send.{ch}") for ch in ("sms", "mms", "email")}
 AUDIT = topic_name(settings, "audit")
 EVENTS = topic_name(settings, "contact-events")
 WAKEUPS = topic_name(settings, "wakeups")
+SUPPRESSIONS = topic_name(settings, "suppressions")
 
 
 def read_model() -> ReadModel:
@@ -63,6 +67,18 @@ def read_model() -> ReadModel:
 @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
 async def follow_definitions() -> None:
     await registry.follow(settings, topic_name(settings, "definitions"))
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def follow_suppressions() -> None:
+    await suppressions.follow(settings, SUPPRESSIONS)
+
+
+def compliance(account: str) -> executions.Compliance:
+    return executions.Compliance(
+        registry.policy(account),
+        lambda address: suppressions.reason(account, address) is not None,
+    )
 
 
 async def dead_letter(message: Any, error: Rejected) -> None:
@@ -94,6 +110,10 @@ async def emit(fx: executions.Effects, contact_id: str, partition: int) -> None:
     for record in fx.audit:
         pending.append(await app.producer.send(
             AUDIT, key, orjson.dumps(record), None, None, None))
+    for change in fx.suppressions:
+        pending.append(await app.producer.send(
+            SUPPRESSIONS, f"{change['account']}:{change['address']}".encode(),
+            orjson.dumps(change), None, None, None))
     if pending:
         await asyncio.gather(*pending)
     for record in fx.audit:
@@ -155,8 +175,16 @@ async def on_contact_event(message: Any) -> None:
         await project(applied.state)
         return
     state = applied.state
-    fx = executions.on_event(state, _event_dict(parsed), registry.active(parsed.account),
-                             registry.lookup, now, settings.max_causation_depth)
+    event = _event_dict(parsed)
+    rules = compliance(parsed.account)
+    fx, react = executions.Effects(), True
+    if parsed.type == "keyword.received":
+        fx, react = on_keyword(state, event, registry.keywords(parsed.account), rules, now)
+    if (change := report_suppression(state, event, now)) is not None:
+        fx.suppressions.append(change)
+    if react:
+        fx += executions.on_event(state, event, registry.active(parsed.account),
+                                  registry.lookup, now, settings.max_causation_depth, rules)
     await emit(fx, parsed.contact_id, message.partition)
     await store(key, state, message.partition)
 
@@ -168,7 +196,8 @@ async def on_wakeup(message: Any) -> None:
     if current is None:
         return
     state = copy_state(current)
-    fx = executions.on_wakeup(state, registry.lookup, clock.now())
+    fx = executions.on_wakeup(state, registry.lookup, clock.now(),
+                              compliance(wakeup["account"]))
     if state == current:  # nothing was due (a repeated or early wake-up)
         due_index.schedule(key, message.partition, state["next_due"])
         return
@@ -214,6 +243,7 @@ _inputs = app.topic(
 async def contact_agent(stream: Any) -> None:
     async for event in stream.events():
         await registry.ready.wait()
+        await suppressions.ready.wait()
         message = event.message
         if message.topic == EVENTS:
             await on_contact_event(message)

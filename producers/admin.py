@@ -12,20 +12,30 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from streams.commands import Control
-from streams.definitions import Workflow, parse_definition
+from streams.definitions import Definition, definition_key, parse_any
 
-__all__ = ["publish_definition", "send_control"]
+__all__ = ["publish_definition", "send_control", "suppress"]
 
 
 async def publish_definition(
     producer: AIOKafkaProducer, topic_prefix: str, definition: dict[str, Any]
-) -> Workflow:
-    """Validate (raises :class:`streams.definitions.DefinitionError`) and publish."""
-    wf = parse_definition(definition)
-    key = f"{wf.key}:{wf.version}".encode()
-    await producer.send_and_wait(f"{topic_prefix}definitions", key=key,
-                                 value=orjson.dumps(wf.model_dump(mode="json")))
-    return wf
+) -> Definition:
+    """Validate any kind (raises :class:`streams.definitions.DefinitionError`) and publish."""
+    parsed = parse_any(definition)
+    await producer.send_and_wait(f"{topic_prefix}definitions",
+                                 key=definition_key(parsed).encode(),
+                                 value=orjson.dumps(parsed.model_dump(mode="json")))
+    return parsed
+
+
+async def suppress(
+    producer: AIOKafkaProducer, topic_prefix: str, account: str, address: str,
+    reason: str = "manual", *, remove: bool = False,
+) -> None:
+    """Add an address to (or lift it from) an account's suppression list."""
+    record = {"account": account, "address": address, "reason": reason, "remove": remove}
+    await producer.send_and_wait(f"{topic_prefix}suppressions",
+                                 key=f"{account}:{address}".encode(), value=orjson.dumps(record))
 
 
 async def send_control(producer: AIOKafkaProducer, topic_prefix: str, command: Control) -> None:

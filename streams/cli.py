@@ -115,9 +115,9 @@ def _producer_run(coro_factory: Any) -> Any:
 
 @cli.command()
 def define(
-    path: Annotated[str, typer.Argument(help="a workflow definition JSON file, or - for stdin")],
+    path: Annotated[str, typer.Argument(help="a definition JSON file, or - for stdin")],
 ) -> None:
-    """Validate a workflow definition and publish it to <prefix>definitions."""
+    """Validate a definition (workflow, account policy, keyword) and publish it."""
     from producers.admin import publish_definition
     from streams.definitions import DefinitionError
 
@@ -132,7 +132,7 @@ def define(
         for error in exc.errors:
             typer.echo(f"invalid: {error}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"published workflow {wf.account}/{wf.id} v{wf.version}")
+    typer.echo(f"published {wf.kind} {wf.account}/{getattr(wf, 'id', 'policy')} v{wf.version}")
 
 
 @cli.command()
@@ -157,6 +157,20 @@ def control(
         raise typer.Exit(2) from None
     _producer_run(lambda p, prefix: send_control(p, prefix, command))
     typer.echo(f"sent {action}")
+
+
+@cli.command()
+def suppress(
+    account: str,
+    address: Annotated[str, typer.Argument(help="E.164 phone or email address")],
+    reason: Annotated[str, typer.Option(help="manual, opted_out, bounced, complained")] = "manual",
+    remove: Annotated[bool, typer.Option(help="lift a suppression of this reason")] = False,
+) -> None:
+    """Add an address to an account's suppression list (or lift it with --remove)."""
+    from producers.admin import suppress as send
+
+    _producer_run(lambda p, prefix: send(p, prefix, account, address, reason, remove=remove))
+    typer.echo(f"{'lifted' if remove else 'suppressed'} {account}:{address} ({reason})")
 
 
 @cli.command()

@@ -1,7 +1,10 @@
-"""Workflow definitions: the JSON form operators publish, and its validation.
+"""Definitions: the JSON operators publish, and its validation.
 
-Definitions travel on the compacted ``<prefix>definitions`` topic (key
-``workflow:<account>:<id>``), written by ``dripstream define`` now and the admin API later.
+Three kinds: ``workflow`` (a drip workflow), ``account`` (an account's compliance policy:
+caps, quiet hours, keyword lists, replies) and ``keyword`` (an account keyword such as
+JOIN). They travel on the compacted ``<prefix>definitions`` topic, one record per version
+(key ``<kind>:<account>:<id>:<version>``), written by ``dripstream define`` now and the
+admin API later.
 :func:`parse_definition` validates one and raises :class:`DefinitionError` listing every
 problem with its path (unknown step references, unreachable steps, cycles, bad time
 zones, bad durations, templates naming unknown fields). Workers run only valid ones.
@@ -20,9 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES
 
 __all__ = [
+    "AccountPolicy",
     "Criterion",
+    "Definition",
     "DefinitionError",
+    "Keyword",
     "Workflow",
+    "definition_key",
+    "parse_any",
     "parse_definition",
     "parse_duration",
     "template_fields",
@@ -119,7 +127,9 @@ class Goal(BaseModel):
 class Reentry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    policy: Literal["once_at_a_time", "once_ever", "after_days"] = "once_at_a_time"
+    policy: Literal["once_at_a_time", "once_ever", "after_days", "every_time"] = (
+        "once_at_a_time"
+    )
     days: int | None = Field(None, ge=1)
 
     def model_post_init(self, __context: Any) -> None:
@@ -250,6 +260,9 @@ class Workflow(BaseModel):
     trigger: Trigger
     goals: list[Goal] = Field(default_factory=list)
     reentry: Reentry = Field(default_factory=Reentry)
+    on_capped: Literal["drop", "defer"] = Field(
+        "drop", description="a send over a frequency cap: dropped (audited) or deferred"
+    )
     start: str
     steps: dict[str, Step] = Field(min_length=1)
 
@@ -265,6 +278,126 @@ class Workflow(BaseModel):
     @property
     def key(self) -> str:
         return f"workflow:{self.account}:{self.id}"
+
+
+Channel = Literal["sms", "mms", "email"]
+_QUIET_CHANNELS: tuple[Channel, ...] = ("sms", "mms")
+
+
+def _check_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA time zone {value!r}") from None
+    return value
+
+
+def _words(values: list[str]) -> list[str]:
+    out = [v.strip().upper() for v in values]
+    if any(not w or " " in w for w in out):
+        raise ValueError("keywords are single words")
+    return out
+
+
+class Caps(BaseModel):
+    """Sends per window; None means no cap for that window."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    day: int | None = Field(None, ge=0)
+    week: int | None = Field(None, ge=0)
+    month: int | None = Field(None, ge=0)
+
+
+class CapPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limits: Caps = Caps(day=5, week=20, month=50)
+    channels: dict[Literal["sms", "mms", "email"], Caps] = Field(default_factory=dict)
+    windows: Literal["calendar", "rolling"] = Field(
+        "calendar", description="calendar: local day / ISO week / month; rolling: 24h/7d/30d"
+    )
+
+
+class QuietHours(BaseModel):
+    """Marketing sends on ``channels`` go out only from ``send_from`` until ``send_until``,
+    contact-local time (a window may cross midnight: 22:00 → 06:00)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    send_from: str = "08:00"
+    send_until: str = "21:00"
+    channels: list[Channel] = Field(default_factory=lambda: list(_QUIET_CHANNELS))
+    policy: Literal["defer", "drop"] = "defer"
+
+    @field_validator("send_from", "send_until")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        try:
+            dtime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"invalid time of day {value!r}: use HH:MM") from None
+        return value
+
+
+class KeywordLists(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    opt_out: list[str] = Field(default_factory=lambda: [
+        "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"])
+    opt_in: list[str] = Field(default_factory=lambda: ["START", "UNSTOP", "YES", "SUBSCRIBE"])
+    help: list[str] = Field(default_factory=lambda: ["HELP", "INFO"])
+
+    _upper = field_validator("opt_out", "opt_in", "help")(_words)
+
+
+class Replies(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    opt_out: str = ("{brand}: You are unsubscribed and will receive no more messages. "
+                    "Reply START to resubscribe.")
+    opt_in: str = ("{brand}: You are subscribed again. Msg frequency varies. "
+                   "Msg & data rates may apply. Reply HELP for help, STOP to cancel.")
+    help: str = ("{brand}: Msg frequency varies. Msg & data rates may apply. "
+                 "Reply STOP to cancel. Support: {support}")
+
+
+class AccountPolicy(BaseModel):
+    """Per-account compliance settings (``kind: account``); defaults apply without one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["account"] = "account"
+    account: str = Field(pattern=ACCOUNT_PATTERN)
+    version: int = Field(1, ge=1)
+    brand: str = "dripstream"
+    support: str = "your sender"
+    timezone: str = Field("UTC", description="fallback zone for contacts without one")
+    caps: CapPolicy = Field(default_factory=CapPolicy)
+    quiet_hours: QuietHours | None = Field(default_factory=QuietHours)
+    keywords: KeywordLists = Field(default_factory=KeywordLists)
+    replies: Replies = Field(default_factory=Replies)
+
+    _check_zone = field_validator("timezone")(_check_zone)
+
+
+class Keyword(BaseModel):
+    """An account keyword such as JOIN or VIP (``kind: keyword``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["keyword"] = "keyword"
+    id: str = Field(pattern=_IDENT)
+    account: str = Field(pattern=ACCOUNT_PATTERN)
+    version: int = Field(1, ge=1)
+    active: bool = True
+    words: list[str] = Field(min_length=1)
+    to: list[str] = Field(default_factory=list, description="receiving numbers; empty: any")
+    reply: str | None = Field(None, description="sent back (transactional)")
+    group: str | None = Field(None, description="the opt-in group the contact joins")
+    consent: bool = Field(False, description="set SMS consent (an opt-in keyword)")
+
+    _upper = field_validator("words")(_words)
 
 
 def template_fields(text: str) -> list[str]:
@@ -337,15 +470,42 @@ def _path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in parts) or "(root)"
 
 
-def parse_definition(raw: dict[str, Any]) -> Workflow:
-    """Validate a workflow definition; raise :class:`DefinitionError` with every problem."""
+def _validate(model: type[BaseModel], raw: dict[str, Any]) -> Any:
     try:
-        wf = Workflow.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise DefinitionError([
             f"{_path(e['loc'])}: " + e["msg"].removeprefix("Value error, ")
             for e in exc.errors(include_url=False)
         ]) from None
+
+
+def parse_definition(raw: dict[str, Any]) -> Workflow:
+    """Validate a workflow definition; raise :class:`DefinitionError` with every problem."""
+    wf: Workflow = _validate(Workflow, raw)
     if errors := _graph_errors(wf):
         raise DefinitionError(errors)
     return wf
+
+
+Definition = Workflow | AccountPolicy | Keyword
+
+
+def parse_any(raw: dict[str, Any]) -> Definition:
+    """Validate a definition of any kind (``kind``: workflow, account, keyword)."""
+    kind = raw.get("kind", "workflow") if isinstance(raw, dict) else None
+    if kind == "workflow":
+        return parse_definition(raw)
+    if kind == "account":
+        policy: AccountPolicy = _validate(AccountPolicy, raw)
+        return policy
+    if kind == "keyword":
+        keyword: Keyword = _validate(Keyword, raw)
+        return keyword
+    raise DefinitionError([f"kind: unknown definition kind {kind!r}: workflow, account, keyword"])
+
+
+def definition_key(definition: Definition) -> str:
+    """The record key on the definitions topic: one record per version."""
+    ident = "policy" if isinstance(definition, AccountPolicy) else definition.id
+    return f"{definition.kind}:{definition.account}:{ident}:{definition.version}"

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
@@ -77,6 +77,9 @@ class ContactProfile(_Data):
     locale: str | None = Field(None, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
     attributes: dict[str, Any] = Field(default_factory=dict)
     consent: dict[Channel, bool] = Field(default_factory=dict)
+    caps: dict[Literal["day", "week", "month"], Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="this contact's own frequency caps (override the account's)"
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -117,7 +120,9 @@ class MessageFailed(MessageEvent):
 
 class MessageBounced(MessageEvent):
     reason: str = Field(min_length=1)
-    bounce_type: Literal["hard", "soft"] = "hard"
+    bounce_type: Literal["hard", "soft", "complaint"] = Field(
+        "hard", description="hard and complaint suppress the address; soft does not"
+    )
 
 
 class CampaignEvent(_Data):

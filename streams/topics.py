@@ -42,6 +42,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("contact-events", False, 7 * DAY_MS, "CloudEvents from upstream publishers"),
     TopicSpec("dead-letter", False, 30 * DAY_MS, "rejected input: original bytes + reason"),
     TopicSpec("definitions", True, None, "workflow (later campaign, keyword) definitions"),
+    TopicSpec("suppressions", True, None, "per account: addresses never to send to"),
     TopicSpec("control", False, 7 * DAY_MS, "pause/resume/cancel commands for executions"),
     TopicSpec("wakeups", False, DAY_MS, "internal: due waits, sent by the timer tick"),
     TopicSpec("audit", False, 30 * DAY_MS, "every send that did not go out, with reason"),

@@ -75,6 +75,8 @@ def _new_state(event: ContactEvent, now: datetime) -> ContactState:
         "updated_at": now.isoformat(),
         "last_event_at": None,
         "last_activity_at": None,
+        "caps": None,
+        "sends": [],
         "purchases": 0,
         "last_purchase_at": None,
         "version": 0,
@@ -112,7 +114,7 @@ def apply_event(
 
     data = event.data
     if isinstance(data, ContactProfile):
-        for field in ("phone", "email", "timezone", "locale"):
+        for field in ("phone", "email", "timezone", "locale", "caps"):
             if field in data.model_fields_set:
                 new[field] = getattr(data, field)
         new["attributes"].update(data.attributes)
@@ -152,6 +154,7 @@ def copy_state(state: ContactState) -> ContactState:
         new[field] = list(state[field])
     new["executions"] = copy.deepcopy(state.get("executions", {}))
     new["runs"] = copy.deepcopy(state.get("runs", {}))
+    new["sends"] = list(state.get("sends", []))
     new.setdefault("next_due", None)
     return new
 

@@ -1,16 +1,20 @@
-"""The definitions registry: every worker's copy of every workflow definition.
+"""What every worker holds in full: the definitions and the suppression lists.
 
-Each worker reads the whole compacted ``<prefix>definitions`` topic (all partitions, no
-consumer group) into memory, from the start, and keeps following it. The contact agent
-waits until the copy has caught up with the topic's end at start-up, so no event is
-matched against an incomplete set. (Faust's GlobalTable would do the reading, but its
-values must be written through Faust; definitions are written by the admin API and the
-CLI, outside any agent.)
+Each worker reads a whole compacted topic (all partitions, no consumer group) into
+memory, from the start, and keeps following it. The contact agent waits until both
+copies have caught up with their topics' ends at start-up, so no event is handled with
+an incomplete set. (Faust's GlobalTable would do the reading, but its values must be
+written through Faust; definitions are written by the admin API and the CLI.)
 
-Keys are ``workflow:<account>:<id>:<version>``: every version is kept (compaction keeps
-one record per key), because an execution finishes on the version it started with. The
-newest version decides whether a workflow is active. An invalid record is logged and
-ignored (``dripstream define`` and the admin API validate before writing).
+:class:`Registry` — ``<prefix>definitions``: workflows, account policies, account
+keywords. Keys are ``<kind>:<account>:<id>:<version>``: every version is kept (compaction
+keeps one record per key), because an execution finishes on the version it started with.
+The newest version decides what is active. An invalid record is logged and ignored
+(``dripstream define`` and the admin API validate before writing).
+
+:class:`Suppressions` — ``<prefix>suppressions``: per account, addresses that must never
+receive a send (opted out, hard-bounced, complained, manual). Key ``<account>:<address>``;
+a record with ``"remove": true`` lifts a suppression of the same reason.
 """
 
 from __future__ import annotations
@@ -24,48 +28,23 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from streams import tansu
-from streams.definitions import DefinitionError, parse_definition
+from streams.definitions import AccountPolicy, DefinitionError, parse_any
 from streams.settings import Settings
+from tables.compliance import default_policy
 
-__all__ = ["Registry"]
+__all__ = ["CompactedView", "Registry", "Suppressions"]
 
 log = logging.getLogger(__name__)
 
 
-class Registry:
+class CompactedView:
+    """A worker-local copy of a compacted topic: subclasses say how to apply a record."""
+
     def __init__(self) -> None:
-        self._versions: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
         self.ready = asyncio.Event()
 
-    # -- reading ------------------------------------------------------------------
-    def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
-        return self._versions.get((account, workflow_id), {}).get(version)
-
-    def active(self, account: str) -> list[dict[str, Any]]:
-        """The account's active workflows, newest version of each."""
-        out = []
-        for (acct, _), versions in self._versions.items():
-            if acct == account and versions:
-                newest = versions[max(versions)]
-                if newest["active"]:
-                    out.append(newest)
-        return out
-
-    # -- writing ------------------------------------------------------------------
     def apply(self, key: bytes | None, value: bytes | None) -> None:
-        if value is None:  # tombstone: forget that version
-            parts = (key or b"").decode().split(":")
-            if len(parts) == 4 and parts[3].isdigit():
-                self._versions.get((parts[1], parts[2]), {}).pop(int(parts[3]), None)
-            return
-        try:
-            wf = parse_definition(orjson.loads(value))
-        except (DefinitionError, orjson.JSONDecodeError) as exc:
-            log.error("ignoring invalid definition %r: %s", key, exc)
-            return
-        self._versions.setdefault((wf.account, wf.id), {})[wf.version] = wf.model_dump(
-            mode="json"
-        )
+        raise NotImplementedError
 
     async def follow(self, settings: Settings, topic: str) -> None:
         """Read ``topic`` from the start forever; set :attr:`ready` once caught up."""
@@ -90,10 +69,84 @@ class Registry:
                     pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)
                 ):
                     self.ready.set()
-                    log.info("definitions registry ready: %d workflows", len(self._versions))
+                    log.info("%s ready: %s", type(self).__name__, self)
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     for record in records:
                         self.apply(record.key, record.value)
         finally:
             await consumer.stop()
+
+
+class Registry(CompactedView):
+    """Every definition, every version, by (kind, account, id)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._versions: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
+
+    def __str__(self) -> str:
+        return f"{len(self._versions)} definitions"
+
+    def _newest(self, kind: str, account: str) -> list[dict[str, Any]]:
+        out = []
+        for (k, acct, _), versions in self._versions.items():
+            if k == kind and acct == account and versions:
+                out.append(versions[max(versions)])
+        return out
+
+    def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
+        return self._versions.get(("workflow", account, workflow_id), {}).get(version)
+
+    def active(self, account: str) -> list[dict[str, Any]]:
+        """The account's active workflows, newest version of each."""
+        return [wf for wf in self._newest("workflow", account) if wf["active"]]
+
+    def keywords(self, account: str) -> list[dict[str, Any]]:
+        return [kw for kw in self._newest("keyword", account) if kw["active"]]
+
+    def policy(self, account: str) -> dict[str, Any]:
+        """The account's newest policy, or the defaults."""
+        found = self._newest("account", account)
+        return found[0] if found else default_policy(account)
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        parts = (key or b"").decode().split(":")
+        if value is None:  # tombstone: forget that version
+            if len(parts) == 4 and parts[3].isdigit():
+                self._versions.get((parts[0], parts[1], parts[2]), {}).pop(int(parts[3]), None)
+            return
+        try:
+            definition = parse_any(orjson.loads(value))
+        except (DefinitionError, orjson.JSONDecodeError) as exc:
+            log.error("ignoring invalid definition %r: %s", key, exc)
+            return
+        ident = "policy" if isinstance(definition, AccountPolicy) else definition.id
+        self._versions.setdefault((definition.kind, definition.account, ident), {})[
+            definition.version] = definition.model_dump(mode="json")
+
+
+class Suppressions(CompactedView):
+    """(account, address) → reason."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reasons: dict[tuple[str, str], str] = {}
+
+    def __str__(self) -> str:
+        return f"{len(self._reasons)} suppressed addresses"
+
+    def reason(self, account: str, address: str) -> str | None:
+        return self._reasons.get((account, address))
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        account, _, address = (key or b"").decode().partition(":")
+        if value is None:
+            self._reasons.pop((account, address), None)
+            return
+        record = orjson.loads(value)
+        if record.get("remove"):
+            if self._reasons.get((account, address)) == record["reason"]:
+                del self._reasons[(account, address)]
+        else:
+            self._reasons[(account, address)] = record["reason"]

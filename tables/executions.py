@@ -24,11 +24,14 @@ from typing import Any
 
 from streams.definitions import parse_duration
 from tables import gate
+from tables.compliance import default_policy, record_send
 from tables.schedule import contact_zone, next_local_time
 from tables.triggers import MISSING, criteria_hold, resolve, trigger_matches
 
 __all__ = [
     "ACTIVE",
+    "DEFAULTS",
+    "Compliance",
     "Effects",
     "cancel_all",
     "control",
@@ -50,14 +53,19 @@ Lookup = Callable[[str, str, int], dict[str, Any] | None]
 
 @dataclass
 class Effects:
+    """What a step asks the agent to emit: send commands, contact events, audit records,
+    suppression-list changes."""
+
     sends: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
+    suppressions: list[dict[str, Any]] = field(default_factory=list)
 
     def __iadd__(self, other: Effects) -> Effects:
         self.sends += other.sends
         self.events += other.events
         self.audit += other.audit
+        self.suppressions += other.suppressions
         return self
 
 
@@ -113,13 +121,33 @@ def _origin(ex: dict[str, Any], step_id: str) -> dict[str, Any]:
             "execution_id": ex["id"], "step_id": step_id}
 
 
+@dataclass(frozen=True)
+class Compliance:
+    """The account's policy and its suppression list, as the send gate needs them."""
+
+    policy: dict[str, Any]
+    suppressed: Callable[[str], bool] = lambda address: False
+
+
+#: Defaults for an account with no policy of its own (tests, and accounts not configured).
+DEFAULTS = Compliance(default_policy())
+
+
 def _send(
     ex: dict[str, Any], wf: dict[str, Any], sid: str, step: dict[str, Any],
-    contact: dict[str, Any], now: datetime, fx: Effects,
-) -> None:
+    contact: dict[str, Any], now: datetime, fx: Effects, compliance: Compliance,
+) -> str:
+    """Emit, defer or drop one send step; returns the gate's action."""
     channel = step["kind"].removeprefix("send_")
     to = contact.get("email") if channel == "email" else contact.get("phone")
-    mid = message_id(contact["account"], ex["id"], sid, ex["seq"])
+    deferred = ex.pop("deferred", None)  # a deferred send keeps its id and lifetime
+    if deferred:
+        mid, created, expires = (deferred["message_id"], deferred["created_at"],
+                                 deferred["expires_at"])
+    else:
+        mid = message_id(contact["account"], ex["id"], sid, ex["seq"])
+        created = _iso(now)
+        expires = _iso(now + timedelta(seconds=parse_duration(step["expires_after"])))
     command: dict[str, Any] = {
         "message_id": mid,
         "channel": channel,
@@ -129,8 +157,8 @@ def _send(
         "body": render(step["body"], contact, ex["trigger"]),
         "transactional": step.get("transactional", False),
         "origin": _origin(ex, sid),
-        "created_at": _iso(now),
-        "expires_at": _iso(now + timedelta(seconds=parse_duration(step["expires_after"]))),
+        "created_at": created,
+        "expires_at": expires,
     }
     if channel == "email":
         command["subject"] = render(step["subject"], contact, ex["trigger"])
@@ -139,16 +167,30 @@ def _send(
     late = step.get("max_lateness")
     scheduled = datetime.fromisoformat(ex["scheduled_at"])
     if late and now > scheduled + timedelta(seconds=parse_duration(late)):
-        reason: str | None = "too_late"
+        decision = gate.Decision("drop", "too_late")
     else:
-        reason = gate.check(command, contact, now)
-    if reason is None:
+        decision = gate.decide(command, contact, compliance.policy,
+                               bool(to) and compliance.suppressed(str(to)), now,
+                               wf.get("on_capped", "drop"))
+    if decision.action == "send":
         fx.sends.append(command)
+        record_send(contact, command, now)
         _history(ex, sid, "sent", now, message_id=mid)
+    elif decision.action == "defer":
+        assert decision.until is not None
+        until = _iso(decision.until)
+        ex.update(status="waiting", due_at=until,
+                  deferred={"message_id": mid, "created_at": created, "expires_at": expires})
+        fx.audit.append(_audit(contact, now, decision.reason or "", message_id=mid,
+                               channel=channel, origin=_origin(ex, sid), action="defer",
+                               deferred_until=until))
+        _history(ex, sid, "deferred", now, message_id=mid, reason=decision.reason,
+                 until=until)
     else:
-        fx.audit.append(_audit(contact, now, reason, message_id=mid, channel=channel,
-                               origin=_origin(ex, sid)))
-        _history(ex, sid, "not_sent", now, message_id=mid, reason=reason)
+        fx.audit.append(_audit(contact, now, decision.reason or "", message_id=mid,
+                               channel=channel, origin=_origin(ex, sid), action="drop"))
+        _history(ex, sid, "not_sent", now, message_id=mid, reason=decision.reason)
+    return decision.action
 
 
 _STATE_EVENTS = {
@@ -160,7 +202,8 @@ _STATE_EVENTS = {
 
 
 def _run(
-    ex: dict[str, Any], wf: dict[str, Any], contact: dict[str, Any], now: datetime
+    ex: dict[str, Any], wf: dict[str, Any], contact: dict[str, Any], now: datetime,
+    compliance: Compliance,
 ) -> Effects:
     """Advance a running execution until it waits or ends (the graph has no cycles)."""
     fx = Effects()
@@ -168,10 +211,11 @@ def _run(
         sid = ex["step"]
         step = wf["steps"][sid]
         kind = step["kind"]
-        ex["seq"] += 1
+        if not ex.get("deferred"):  # a deferred send is re-run under its original seq
+            ex["seq"] += 1
         if kind.startswith("send_"):
-            _send(ex, wf, sid, step, contact, now, fx)
-            _goto(ex, step.get("next"), now)
+            if _send(ex, wf, sid, step, contact, now, fx, compliance) != "defer":
+                _goto(ex, step.get("next"), now)
         elif kind in ("wait", "wait_until", "wait_for_event"):
             if kind == "wait":
                 due = now + timedelta(seconds=parse_duration(step["duration"]))
@@ -233,6 +277,8 @@ def _may_start(contact: dict[str, Any], wf: dict[str, Any], now: datetime) -> bo
                   for e in contact["executions"].values())
     runs = contact["runs"].get(wf["id"])
     policy = wf["reentry"]
+    if policy["policy"] == "every_time":
+        return True
     if policy["policy"] == "once_ever":
         return runs is None
     if running:
@@ -245,7 +291,7 @@ def _may_start(contact: dict[str, Any], wf: dict[str, Any], now: datetime) -> bo
 
 def on_event(
     contact: dict[str, Any], event: dict[str, Any], workflows: list[dict[str, Any]],
-    lookup: Lookup, now: datetime, max_depth: int,
+    lookup: Lookup, now: datetime, max_depth: int, compliance: Compliance = DEFAULTS,
 ) -> Effects:
     """Apply an accepted contact event to the contact's executions (``contact`` already
     holds the profile change this event made). ``workflows``: the account's active
@@ -265,7 +311,7 @@ def on_event(
             _history(ex, ex["step"], "event_received", now, event_id=event["id"])
             ex.update(status="running", due_at=None, waiting_for=None, scheduled_at=_iso(now))
             _goto(ex, step.get("next"), now)
-            fx += _run(ex, wf, contact, now)
+            fx += _run(ex, wf, contact, now, compliance)
         if ex["status"] in ACTIVE and any(
             g["event"] == event["type"] and criteria_hold(g["criteria"], event, contact)
             for g in wf["goals"]
@@ -296,12 +342,14 @@ def on_event(
         contact["executions"][eid] = ex
         runs = contact["runs"].setdefault(wf["id"], {"count": 0})
         runs.update(last_started_at=_iso(now), count=runs["count"] + 1)
-        fx += _run(ex, wf, contact, now)
+        fx += _run(ex, wf, contact, now, compliance)
     _finish(contact)
     return fx
 
 
-def on_wakeup(contact: dict[str, Any], lookup: Lookup, now: datetime) -> Effects:
+def on_wakeup(
+    contact: dict[str, Any], lookup: Lookup, now: datetime, compliance: Compliance = DEFAULTS
+) -> Effects:
     """Fire every wait that is due at ``now`` (none early; a repeat finds nothing due)."""
     fx = Effects()
     for ex in list(contact["executions"].values()):
@@ -315,12 +363,17 @@ def on_wakeup(contact: dict[str, Any], lookup: Lookup, now: datetime) -> Effects
             _end(ex, "failed", "definition_missing", now)
             continue
         step = wf["steps"][ex["step"]]
+        if step["kind"].startswith("send_"):  # a deferred send: try it again
+            _history(ex, ex["step"], "retrying", now, due_at=ex["due_at"])
+            ex.update(status="running", due_at=None)
+            fx += _run(ex, wf, contact, now, compliance)
+            continue
         timed_out = step["kind"] == "wait_for_event"
         _history(ex, ex["step"], "timed_out" if timed_out else "waited", now,
                  due_at=ex["due_at"])
         ex.update(status="running", due_at=None, waiting_for=None, scheduled_at=_iso(due))
         _goto(ex, step.get("timeout_next") if timed_out else step.get("next"), now)
-        fx += _run(ex, wf, contact, now)
+        fx += _run(ex, wf, contact, now, compliance)
     _finish(contact)
     return fx
 

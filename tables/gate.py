@@ -1,20 +1,47 @@
-"""The send gate: the one function every send passes before it leaves.
+"""The send gate: the one decision every send passes before it leaves.
 
-Pure: a decision from (send command, contact state, now). ``None`` means send; otherwise
-the reason, which goes on ``<prefix>audit`` with the message id — no send is ever dropped
-without a record. Workflows use it now; campaigns and keyword replies will, and the
-compliance work adds frequency caps, quiet hours and suppression here.
+Pure: a :class:`Decision` from (send command, contact state, account policy, suppression,
+``now``). Workflows use it, keyword replies use it, campaigns will. Every send that does
+not go out now — dropped or deferred — goes on ``<prefix>audit`` with its reason; nothing is
+dropped silently. Checks, in order:
+
+1. ``no_destination`` — no phone / email on the contact;
+2. ``suppressed`` — the address is on the account's suppression list;
+3. ``opted_out`` / ``no_consent`` — SMS/MMS need consent true (MMS falls back to SMS);
+   email goes unless consent is false;
+4. ``expired`` — past the command's ``expires_at``;
+5. marketing sends only (not ``transactional``): quiet hours (``quiet_hours_deferred``, or
+   ``quiet_hours`` when the policy drops), then frequency caps (``frequency_capped``:
+   dropped, or deferred to when the windows have room, as the workflow chose).
+
+Compliance replies (``purpose`` ``opt_out_confirmation`` or ``help``) skip 2 and 3: they
+answer the number that just wrote in, whatever its consent.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-__all__ = ["REASONS", "check"]
+from tables.compliance import cap_until, quiet_until
+from tables.schedule import contact_zone
 
-#: Every reason the gate can give.
-REASONS = ("no_destination", "no_consent", "opted_out", "expired")
+__all__ = ["EXEMPT_PURPOSES", "REASONS", "Decision", "decide"]
+
+REASONS = ("no_destination", "suppressed", "no_consent", "opted_out", "expired",
+           "quiet_hours_deferred", "quiet_hours", "frequency_capped")
+EXEMPT_PURPOSES = ("opt_out_confirmation", "help")
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Literal["send", "drop", "defer"]
+    reason: str | None = None
+    until: datetime | None = None
+
+
+SEND = Decision("send")
 
 
 def _consent(contact: dict[str, Any], channel: str) -> bool | None:
@@ -25,19 +52,35 @@ def _consent(contact: dict[str, Any], channel: str) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
-def check(command: dict[str, Any], contact: dict[str, Any], now: datetime) -> str | None:
-    """Why ``command`` must not go out now, or None if it may.
-
-    SMS and MMS need explicit consent (``consent.sms`` true; MMS falls back to it); email
-    goes out unless the contact opted out (``consent.email`` false).
-    """
+def decide(
+    command: dict[str, Any], contact: dict[str, Any], policy: dict[str, Any],
+    suppressed: bool, now: datetime, on_capped: str = "drop",
+) -> Decision:
+    channel = command["channel"]
     if not command.get("to"):
-        return "no_destination"
-    consent = _consent(contact, command["channel"])
-    if consent is False:
-        return "opted_out"
-    if consent is None and command["channel"] in ("sms", "mms"):
-        return "no_consent"
+        return Decision("drop", "no_destination")
+    if command.get("purpose") not in EXEMPT_PURPOSES:
+        if suppressed:
+            return Decision("drop", "suppressed")
+        consent = _consent(contact, channel)
+        if consent is False:
+            return Decision("drop", "opted_out")
+        if consent is None and channel in ("sms", "mms"):
+            return Decision("drop", "no_consent")
     if now >= datetime.fromisoformat(command["expires_at"]):
-        return "expired"
-    return None
+        return Decision("drop", "expired")
+    if command.get("transactional"):
+        return SEND
+    zone = contact_zone(contact, policy["timezone"])
+    quiet = policy.get("quiet_hours")
+    if (opens := quiet_until(quiet, channel, zone, now)) is not None:
+        assert quiet is not None
+        if quiet["policy"] == "defer":
+            return Decision("defer", "quiet_hours_deferred", opens)
+        return Decision("drop", "quiet_hours")
+    capped, room = cap_until(contact.get("sends", []), policy, contact, channel, zone, now)
+    if capped:
+        if on_capped == "defer" and room is not None:
+            return Decision("defer", "frequency_capped", room)
+        return Decision("drop", "frequency_capped")
+    return SEND

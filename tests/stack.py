@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -87,6 +87,11 @@ class Stack:
         return topic_name(self.settings, suffix)
 
     async def start(self) -> None:
+        # The workers' clock starts at the next 12:00 UTC: quiet hours (08:00-21:00 in the
+        # contact's zone, UTC by default) never depend on when the suite runs.
+        real = datetime.now(UTC)
+        noon = real.replace(hour=12, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        self.set_time(noon)
         await ensure_topics(self.settings)
         await self.publisher.__aenter__()
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
@@ -99,6 +104,12 @@ class Stack:
         assert path is not None
         current = float(path.read_text()) if path.exists() else 0.0
         path.write_text(str(current + seconds))
+
+    def set_time(self, when: datetime) -> None:
+        """Put the workers' clock at ``when`` (it runs on from there)."""
+        path = self.settings.clock_offset_file
+        assert path is not None
+        path.write_text(str((when - datetime.now(UTC)).total_seconds()))
 
     def now(self) -> datetime:
         return Clock(self.settings.clock_offset_file).now()

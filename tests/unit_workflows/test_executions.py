@@ -374,7 +374,7 @@ def test_max_lateness(max_lateness: str | None, late_by: timedelta, sent: bool) 
     mid = message_id(ACCOUNT, EX, "hello", 2)
     audit = {"account": ACCOUNT, "contact_id": CONTACT, "reason": "too_late",
              "at": now.isoformat(), "message_id": mid, "channel": "sms",
-             "origin": origin("hello")}
+             "origin": origin("hello"), "action": "drop"}
     expected = (1, []) if sent else (0, [audit])
     assert expected == (len(fx.sends), fx.audit)
 

@@ -7,9 +7,16 @@ from typing import Any
 
 import pytest
 
-from tables.gate import REASONS, check
+from tables.compliance import default_policy
+from tables.gate import REASONS, decide
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+POLICY = default_policy("acme")
+
+
+def check(command: dict[str, Any], contact: dict[str, Any], now: datetime) -> str | None:
+    """The gate's reason for a contact with no sends yet, inside the send window."""
+    return decide(command, contact, POLICY, False, now).reason
 
 
 def command(channel: str, **changes: Any) -> dict[str, Any]:
@@ -70,5 +77,6 @@ def test_gate(cmd: dict[str, Any], consent: dict[str, bool], expected: str | Non
 
 
 def test_every_reason_is_listed() -> None:
-    """Every reason the table produces is one the gate declares."""
-    assert set(REASONS) == {row[2] for row in GATE} - {None}
+    """Every reason this table produces is one the gate declares (the compliance reasons
+    are covered in tests/unit_compliance)."""
+    assert {row[2] for row in GATE} - {None} <= set(REASONS)

@@ -1,0 +1,152 @@
+"""Compliance maths: frequency-cap windows, quiet hours, keyword classification.
+
+Pure functions of plain dicts and ``now``; :mod:`tables.gate` combines them into the send
+decision. A contact's sends of the last 32 days are kept in its state
+(``sends``: message id, time, channel), so a cap check and the count it makes are one
+agent step for that contact — two sends can never both squeeze under a cap — and a
+replayed send (same ``message_id``) is never counted twice. There are no counters to
+reset: windows are derived from the send times and ``now``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from streams.definitions import AccountPolicy
+from tables.schedule import local_to_utc, next_local_time
+
+__all__ = [
+    "KEEP_SENDS",
+    "calendar_window",
+    "cap_until",
+    "classify_keyword",
+    "default_policy",
+    "quiet_until",
+    "record_send",
+    "report_suppression",
+]
+
+#: How long sends are remembered: longer than any window (a calendar month, 30 days).
+KEEP_SENDS = timedelta(days=32)
+ROLLING = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=30)}
+
+
+def default_policy(account: str = "default") -> dict[str, Any]:
+    """The policy of an account that has not published one: 5/20/50 calendar caps,
+    SMS/MMS 08:00-21:00 local, the usual keyword lists."""
+    return AccountPolicy(account=account).model_dump(mode="json")
+
+
+def _midnight(day: date, zone: ZoneInfo) -> datetime:
+    return local_to_utc(datetime.combine(day, dtime(0)), zone)
+
+
+def calendar_window(now: datetime, zone: ZoneInfo, kind: str) -> tuple[datetime, datetime]:
+    """[start, end) in UTC of the contact-local day, ISO week (Monday start) or month."""
+    today = now.astimezone(zone).date()
+    if kind == "day":
+        first, after = today, today + timedelta(days=1)
+    elif kind == "week":
+        first = today - timedelta(days=today.weekday())
+        after = first + timedelta(days=7)
+    else:
+        first = today.replace(day=1)
+        after = (first + timedelta(days=32)).replace(day=1)
+    return _midnight(first, zone), _midnight(after, zone)
+
+
+def _limits(policy: dict[str, Any], contact: dict[str, Any], channel: str) -> list[
+    tuple[str | None, str, int]
+]:
+    """(channel or None for all channels, window, limit) for every cap that applies."""
+    caps = policy["caps"]
+    overall = {**caps["limits"], **{k: v for k, v in (contact.get("caps") or {}).items()
+                                     if k in ROLLING}}
+    out: list[tuple[str | None, str, int]] = [
+        (None, kind, n) for kind, n in overall.items() if n is not None
+    ]
+    per_channel = caps.get("channels", {}).get(channel) or {}
+    out += [(channel, kind, n) for kind, n in per_channel.items() if n is not None]
+    return out
+
+
+def cap_until(
+    sends: list[dict[str, Any]], policy: dict[str, Any], contact: dict[str, Any],
+    channel: str, zone: ZoneInfo, now: datetime,
+) -> tuple[bool, datetime | None]:
+    """(capped, when to look again). Not capped: (False, None). Capped: the earliest time
+    every window that is full now has room again (None: never, a cap of 0)."""
+    rolling = policy["caps"]["windows"] == "rolling"
+    times = sorted(
+        (datetime.fromisoformat(s["at"]), s["channel"]) for s in sends
+    )
+    later: list[datetime] = []
+    capped = False
+    for scope, kind, limit in _limits(policy, contact, channel):
+        if rolling:
+            start, end = now - ROLLING[kind], now
+        else:
+            start, end = calendar_window(now, zone, kind)
+        inside = [t for t, ch in times if start <= t <= now and scope in (None, ch)]
+        if len(inside) < limit:
+            continue
+        capped = True
+        if limit == 0:
+            return True, None
+        # Rolling: room once the oldest sends that fill the window age out of it.
+        later.append(inside[len(inside) - limit] + ROLLING[kind] if rolling else end)
+    return capped, (max(later) if capped and later else None)
+
+
+def record_send(contact: dict[str, Any], command: dict[str, Any], now: datetime) -> None:
+    """Count a send once per ``message_id``; forget sends older than :data:`KEEP_SENDS`."""
+    horizon = now - KEEP_SENDS
+    sends = [s for s in contact.get("sends", []) if datetime.fromisoformat(s["at"]) >= horizon]
+    if all(s["id"] != command["message_id"] for s in sends):
+        sends.append({"id": command["message_id"], "at": now.astimezone(UTC).isoformat(),
+                      "channel": command["channel"],
+                      "transactional": bool(command.get("transactional"))})
+    contact["sends"] = sends
+
+
+def quiet_until(
+    quiet: dict[str, Any] | None, channel: str, zone: ZoneInfo, now: datetime
+) -> datetime | None:
+    """When the send window next opens, if ``now`` is in quiet hours for ``channel``."""
+    if not quiet or channel not in quiet["channels"]:
+        return None
+    opens, closes = dtime.fromisoformat(quiet["send_from"]), dtime.fromisoformat(
+        quiet["send_until"])
+    if opens == closes:
+        return None
+    local = now.astimezone(zone).time()
+    allowed = opens <= local < closes if opens < closes else (local >= opens or local < closes)
+    return None if allowed else next_local_time(now, zone, opens)
+
+
+def classify_keyword(word: str, policy: dict[str, Any]) -> str | None:
+    """``opt_out``, ``opt_in``, ``help`` for the account's system words, else None."""
+    lists = policy["keywords"]
+    for kind in ("opt_out", "opt_in", "help"):
+        if word in lists[kind]:
+            return kind
+    return None
+
+
+def report_suppression(
+    contact: dict[str, Any], event: dict[str, Any], now: datetime
+) -> dict[str, Any] | None:
+    """A hard bounce or a complaint suppresses the address the message went to."""
+    if event["type"] != "message.bounced":
+        return None
+    reason = {"hard": "bounced", "complaint": "complained"}.get(event["data"].get("bounce_type"))
+    address = contact.get("email") if event["data"]["channel"] == "email" else contact.get(
+        "phone")
+    if reason is None or not address:
+        return None
+    return {"account": contact["account"], "address": address, "reason": reason,
+            "contact_id": contact["contact_id"], "at": now.isoformat(), "remove": False,
+            "message_id": event["data"]["message_id"]}

@@ -1,0 +1,132 @@
+"""Inbound keywords: opt-out, opt-in, HELP and account keywords (JOIN, VIP…).
+
+Pure: :func:`on_keyword` takes the contact's state (a fresh copy it updates), the
+``keyword.received`` event, the account's policy and keyword definitions, and ``now``;
+it returns the replies, events and suppression changes to emit, and whether workflows may
+react to the event (never for the system words STOP / START / HELP and their lists).
+
+- opt-out word: SMS and MMS consent revoked at once (so no marketing send for the contact
+  leaves the gate from now on, including sends already waiting or deferred), the phone
+  number suppressed for the account, one confirmation sent — only if the contact was not
+  already opted out (a second STOP gets no second text);
+- opt-in word: consent restored, the opt-out suppression lifted, a confirmation sent;
+- help word: the account's help text (brand, frequency, rates, support) sent;
+- account keyword (per receiving number if it names any): its group joined (as a
+  ``contact.added_to_group`` event), SMS consent set if it is an opt-in keyword, its reply
+  sent; then workflows whose trigger keyword matches start.
+Replies are transactional (no caps, no quiet hours); every reply passes the send gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from typing import Any
+
+from tables import gate
+from tables.compliance import classify_keyword, record_send
+from tables.executions import Compliance, Effects
+from tables.triggers import keyword_of
+
+__all__ = ["on_keyword"]
+
+
+def _reply(
+    contact: dict[str, Any], event: dict[str, Any], text: str, purpose: str, now: datetime,
+    compliance: Compliance, fx: Effects,
+) -> None:
+    digest = hashlib.sha256(f"{contact['account']}\x1f{event['id']}\x1freply".encode())
+    channel = event["data"].get("channel", "sms")
+    command = {
+        "message_id": "msg-" + digest.hexdigest()[:32],
+        "channel": channel,
+        "account": contact["account"],
+        "contact_id": contact["contact_id"],
+        "to": contact.get("phone") or event["data"].get("from"),
+        "body": text,
+        "transactional": True,
+        "purpose": purpose,
+        "reply_from": event["data"].get("to"),
+        "origin": {"kind": "keyword", "keyword": keyword_of(event["data"]["keyword"]),
+                   "event_id": event["id"]},
+        "created_at": now.isoformat(),
+        "expires_at": (now + timedelta(hours=1)).isoformat(),
+    }
+    to = command["to"]
+    decision = gate.decide(command, contact, compliance.policy,
+                           bool(to) and compliance.suppressed(str(to)), now)
+    if decision.action == "send":
+        fx.sends.append(command)
+        record_send(contact, command, now)
+    else:
+        fx.audit.append({"account": contact["account"], "contact_id": contact["contact_id"],
+                         "reason": decision.reason, "at": now.isoformat(),
+                         "message_id": command["message_id"], "channel": channel,
+                         "origin": command["origin"], "action": "drop"})
+
+
+def _suppression(contact: dict[str, Any], reason: str, now: datetime, remove: bool = False
+                 ) -> dict[str, Any]:
+    return {"account": contact["account"], "address": contact.get("phone"), "reason": reason,
+            "contact_id": contact["contact_id"], "at": now.isoformat(), "remove": remove}
+
+
+def on_keyword(
+    contact: dict[str, Any], event: dict[str, Any], keywords: list[dict[str, Any]],
+    compliance: Compliance, now: datetime,
+) -> tuple[Effects, bool]:
+    """Handle a ``keyword.received``; returns (effects, may workflows react)."""
+    fx = Effects()
+    policy = compliance.policy
+    word = keyword_of(str(event["data"].get("keyword") or event["data"].get("text") or ""))
+    kind = classify_keyword(word, policy)
+    fill = {"brand": policy["brand"], "support": policy["support"]}
+    consent = contact.setdefault("consent", {})
+    if kind == "opt_out":
+        already = consent.get("sms") is False
+        consent.update(sms=False, mms=False)
+        if contact.get("phone"):
+            fx.suppressions.append(_suppression(contact, "opted_out", now))
+        if not already:
+            _reply(contact, event, policy["replies"]["opt_out"].format(**fill),
+                   "opt_out_confirmation", now, compliance, fx)
+        return fx, False
+    if kind == "opt_in":
+        consent.update(sms=True, mms=True)
+        phone = contact.get("phone")
+        if phone:
+            fx.suppressions.append(_suppression(contact, "opted_out", now, remove=True))
+        # The lifted opt-out reaches the suppression list a moment later: answer now.
+        lifted = Compliance(policy, lambda address: address != phone
+                            and compliance.suppressed(address))
+        _reply(contact, event, policy["replies"]["opt_in"].format(**fill), "opt_in_confirmation",
+               now, lifted, fx)
+        return fx, False
+    if kind == "help":
+        _reply(contact, event, policy["replies"]["help"].format(**fill), "help", now,
+               compliance, fx)
+        return fx, False
+    to = event["data"].get("to")
+    for kw in keywords:
+        if not kw["active"] or word not in kw["words"] or (kw["to"] and to not in kw["to"]):
+            continue
+        if kw["consent"]:
+            consent.update(sms=True)
+        if kw["group"]:
+            fx.events.append({
+                "specversion": "1.0",
+                "id": "kw-" + hashlib.sha256(f"{event['id']}\x1f{kw['id']}".encode()
+                                            ).hexdigest()[:32],
+                "source": f"urn:dripstream:keyword:{kw['id']}",
+                "type": "contact.added_to_group",
+                "subject": contact["contact_id"],
+                "time": now.isoformat(),
+                "account": contact["account"],
+                "causationdepth": int(event.get("causationdepth", 0)) + 1,
+                "data": {"group": kw["group"]},
+            })
+        if kw["reply"]:
+            _reply(contact, event, kw["reply"].format(**fill), "keyword_reply", now,
+                   compliance, fx)
+        break
+    return fx, True
