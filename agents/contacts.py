@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from typing import Any, cast
 
 import orjson
 from aiokafka.partitioner import murmur2
+from faust.types import TP
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -33,6 +35,7 @@ from agents.timers import due_index
 from streams.app import app, clock, settings, topics
 from streams.commands import Control
 from streams.events import ContactEvent, Rejected, parse_event
+from streams.gapguard import GapGuard
 from streams.topics import topic_name
 from tables import executions
 from tables.compliance import report_suppression
@@ -55,6 +58,7 @@ AUDIT = topic_name(settings, "audit")
 EVENTS = topic_name(settings, "contact-events")
 WAKEUPS = topic_name(settings, "wakeups")
 SUPPRESSIONS = topic_name(settings, "suppressions")
+CONTROL = topic_name(settings, "control")
 
 
 def read_model() -> ReadModel:
@@ -234,9 +238,38 @@ async def on_control(message: Any) -> None:
 
 
 _inputs = app.topic(
-    EVENTS, WAKEUPS, topic_name(settings, "control"),
+    EVENTS, WAKEUPS, CONTROL,
     key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
 )
+
+
+_gaps = GapGuard()
+
+
+_last_record_at = 0.0
+
+
+@app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+async def heal_lost_input() -> None:
+    """Rewind partitions whose fetched records never reached the (idle) agent."""
+    if app.rebalancing or app.in_recovery or time.monotonic() - _last_record_at < 2.0:
+        return
+    consumer = cast(Any, app.consumer)
+    for tp in app.assignor.assigned_actives():
+        if tp.topic not in (EVENTS, WAKEUPS, CONTROL):
+            continue
+        fetched = consumer._thread.fetch_position(tp)
+        offset = _gaps.lost_behind(tp.topic, tp.partition, fetched, _committed(tp))
+        if offset is not None:
+            log.warning("input %s[%s]: fetched up to %s but the agent is at %s; reading again",
+                        tp.topic, tp.partition, fetched, offset)
+            await consumer.seek(tp, offset)
+
+
+def _committed(tp: TP) -> int | None:
+    """The consumer's committed offset for ``tp`` (Faust keeps it; it has no public API)."""
+    offset: int | None = cast(Any, app.consumer)._committed_offset.get(tp)
+    return offset
 
 
 @app.agent(_inputs)
@@ -245,6 +278,18 @@ async def contact_agent(stream: Any) -> None:
         await registry.ready.wait()
         await suppressions.ready.wait()
         message = event.message
+        global _last_record_at
+        _last_record_at = time.monotonic()
+        tp = TP(message.topic, message.partition)
+        verdict = _gaps.observe(message.topic, message.partition, message.offset,
+                                message.generation_id, _committed(tp))
+        if verdict.action == "rewind":
+            log.warning("input %s[%s]: offsets %s..%s never reached the agent; reading again",
+                        message.topic, message.partition, verdict.offset, message.offset - 1)
+            await app.consumer.seek(tp, verdict.offset)
+            continue
+        if verdict.action == "skip":
+            continue
         if message.topic == EVENTS:
             await on_contact_event(message)
         elif message.topic == WAKEUPS:

@@ -38,6 +38,17 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = settings.fetch_wait_ms
         return consumer
 
+    def fetch_position(self, tp: TP) -> int | None:
+        """The next offset the underlying aiokafka consumer will fetch for ``tp``."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        assignment = consumer._subscription.subscription.assignment
+        if assignment is None or tp not in assignment.tps:
+            return None
+        state = assignment.state_value(tp)
+        return int(state.position) if state.has_valid_position else None
+
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         if settings.embedded and not self.consumer.in_transaction:
             return await tansu.end_offsets(self._ensure_consumer(), partitions)
@@ -81,10 +92,14 @@ def _profile(s: Settings) -> dict[str, Any]:
     if s.embedded:
         # Tansu delays a group join by max(1 s, session/2): these make a worker ready in
         # ~2.5 s instead of ~31 s. Real Kafka rejects sessions under 6 s.
+        # Tansu sometimes never answers a Fetch (seen after a SIGKILLed member's restart,
+        # under CPU load): a short request timeout makes the client retry instead of
+        # waiting Faust's default 90 s.
         return {
             "broker_session_timeout": 2.0,
             "broker_heartbeat_interval": 0.5,
             "broker_rebalance_timeout": 2.0,
+            "broker_request_timeout": 5.0,
         }
     return {}
 

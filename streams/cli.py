@@ -39,6 +39,7 @@ def worker() -> None:
     if settings.clock_offset_file is not None:
         typer.echo(f"WARNING: test clock shifted by {settings.clock_offset_file}", err=True)
 
+
     Worker(app, loglevel=settings.log_level, loop=loop).execute_from_commandline()
 
 

@@ -136,6 +136,20 @@ class Stack:
 
         return await eventually(probe, timeout=timeout, what=f"{account}:{contact_id} {what}")
 
+    async def committed_any(self) -> bool:
+        """Has the workers' group committed an input offset on contact-events yet?"""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
+                                    group_id=self.settings.group_id, enable_auto_commit=False)
+        await consumer.start()  # not subscribed: reads the group's offsets without joining
+        try:
+            topic = self.topic("contact-events")
+            for p in range(self.settings.partitions):
+                if await consumer.committed(TopicPartition(topic, p)) is not None:
+                    return True
+            return False
+        finally:
+            await consumer.stop()
+
     async def read_all(self, suffix: str) -> list[Any]:
         """Every record of a topic up to its current end (a snapshot, no waiting)."""
         topic = self.topic(suffix)
