@@ -266,10 +266,12 @@ async def heal_lost_input() -> None:
             await consumer.seek(tp, offset)
 
 
-def _committed(tp: TP) -> int | None:
-    """The consumer's committed offset for ``tp`` (Faust keeps it; it has no public API)."""
+def _committed(tp: TP) -> int:
+    """Where the agent's input starts on ``tp``: the committed offset Faust keeps (it has
+    no public API for it), or 0 without one (a new group reads from the start; where
+    retention has removed offset 0, a rewind to it lands on the first stored record)."""
     offset: int | None = cast(Any, app.consumer)._committed_offset.get(tp)
-    return offset
+    return offset or 0
 
 
 @app.agent(_inputs)

@@ -256,7 +256,9 @@ class Workflow(BaseModel):
     name: str = Field(min_length=1)
     version: int = Field(ge=1)
     active: bool = True
-    timezone: str = Field("UTC", description="fallback zone for contacts without one")
+    timezone: str | None = Field(
+        None, description="zone for contacts without one; default: the account policy's"
+    )
     trigger: Trigger
     goals: list[Goal] = Field(default_factory=list)
     reentry: Reentry = Field(default_factory=Reentry)
@@ -268,11 +270,12 @@ class Workflow(BaseModel):
 
     @field_validator("timezone")
     @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r}") from None
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown IANA time zone {value!r}") from None
         return value
 
     @property
@@ -293,9 +296,10 @@ def _check_zone(value: str) -> str:
 
 
 def _words(values: list[str]) -> list[str]:
-    out = [v.strip().upper() for v in values]
-    if any(not w or " " in w for w in out):
-        raise ValueError("keywords are single words")
+    """Upper case, single spaces: "opt  out" -> "OPT OUT"."""
+    out = [" ".join(v.upper().split()) for v in values]
+    if any(not w for w in out):
+        raise ValueError("keywords must not be empty")
     return out
 
 
@@ -344,7 +348,8 @@ class KeywordLists(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     opt_out: list[str] = Field(default_factory=lambda: [
-        "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"])
+        "STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT",
+        "OPT OUT"])
     opt_in: list[str] = Field(default_factory=lambda: ["START", "UNSTOP", "YES", "SUBSCRIBE"])
     help: list[str] = Field(default_factory=lambda: ["HELP", "INFO"])
 

@@ -90,7 +90,10 @@ def cap_until(
             start, end = now - ROLLING[kind], now
         else:
             start, end = calendar_window(now, zone, kind)
-        inside = [t for t, ch in times if start <= t <= now and scope in (None, ch)]
+        # Rolling: a send exactly one window-length old has left the window (so the time
+        # returned below really has room); calendar: [start, end).
+        inside = [t for t, ch in times
+                  if (start < t if rolling else start <= t) and t <= now and scope in (None, ch)]
         if len(inside) < limit:
             continue
         capped = True
@@ -127,12 +130,16 @@ def quiet_until(
     return None if allowed else next_local_time(now, zone, opens)
 
 
-def classify_keyword(word: str, policy: dict[str, Any]) -> str | None:
-    """``opt_out``, ``opt_in``, ``help`` for the account's system words, else None."""
+def classify_keyword(text: str, policy: dict[str, Any]) -> str | None:
+    """``opt_out``, ``opt_in``, ``help`` if the message starts with one of the account's
+    system words or phrases ("STOP", "opt out"; case and spacing ignored), else None."""
+    words = text.upper().split()
     lists = policy["keywords"]
     for kind in ("opt_out", "opt_in", "help"):
-        if word in lists[kind]:
-            return kind
+        for entry in lists[kind]:
+            size = len(entry.split())
+            if words[:size] == entry.split():
+                return kind
     return None
 
 

@@ -171,7 +171,7 @@ def _send(
     else:
         decision = gate.decide(command, contact, compliance.policy,
                                bool(to) and compliance.suppressed(str(to)), now,
-                               wf.get("on_capped", "drop"))
+                               wf.get("on_capped", "drop"), wf.get("timezone"))
     if decision.action == "send":
         fx.sends.append(command)
         record_send(contact, command, now)
@@ -220,7 +220,7 @@ def _run(
             if kind == "wait":
                 due = now + timedelta(seconds=parse_duration(step["duration"]))
             elif kind == "wait_until":
-                zone = contact_zone(contact, wf["timezone"])
+                zone = contact_zone(contact, wf.get("timezone") or compliance.policy["timezone"])
                 due = next_local_time(now, zone, dtime.fromisoformat(step["time"]),
                                       step.get("weekdays"))
             else:

@@ -54,8 +54,9 @@ def _consent(contact: dict[str, Any], channel: str) -> bool | None:
 
 def decide(
     command: dict[str, Any], contact: dict[str, Any], policy: dict[str, Any],
-    suppressed: bool, now: datetime, on_capped: str = "drop",
+    suppressed: bool, now: datetime, on_capped: str = "drop", zone: str | None = None,
 ) -> Decision:
+    """``zone``: for contacts without a time zone (default: the policy's)."""
     channel = command["channel"]
     if not command.get("to"):
         return Decision("drop", "no_destination")
@@ -71,14 +72,14 @@ def decide(
         return Decision("drop", "expired")
     if command.get("transactional"):
         return SEND
-    zone = contact_zone(contact, policy["timezone"])
+    local = contact_zone(contact, zone or policy["timezone"])
     quiet = policy.get("quiet_hours")
-    if (opens := quiet_until(quiet, channel, zone, now)) is not None:
+    if (opens := quiet_until(quiet, channel, local, now)) is not None:
         assert quiet is not None
         if quiet["policy"] == "defer":
             return Decision("defer", "quiet_hours_deferred", opens)
         return Decision("drop", "quiet_hours")
-    capped, room = cap_until(contact.get("sends", []), policy, contact, channel, zone, now)
+    capped, room = cap_until(contact.get("sends", []), policy, contact, channel, local, now)
     if capped:
         if on_capped == "defer" and room is not None:
             return Decision("defer", "frequency_capped", room)

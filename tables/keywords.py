@@ -71,6 +71,15 @@ def _suppression(contact: dict[str, Any], reason: str, now: datetime, remove: bo
             "contact_id": contact["contact_id"], "at": now.isoformat(), "remove": remove}
 
 
+def _lifted(compliance: Compliance, phone: str | None) -> Compliance:
+    """The lifted opt-out reaches the suppression list a moment later: answer now."""
+
+    def suppressed(address: str) -> bool:
+        return address != phone and compliance.suppressed(address)
+
+    return Compliance(compliance.policy, suppressed)
+
+
 def on_keyword(
     contact: dict[str, Any], event: dict[str, Any], keywords: list[dict[str, Any]],
     compliance: Compliance, now: datetime,
@@ -78,8 +87,9 @@ def on_keyword(
     """Handle a ``keyword.received``; returns (effects, may workflows react)."""
     fx = Effects()
     policy = compliance.policy
-    word = keyword_of(str(event["data"].get("keyword") or event["data"].get("text") or ""))
-    kind = classify_keyword(word, policy)
+    text = str(event["data"].get("text") or event["data"].get("keyword") or "")
+    word = keyword_of(str(event["data"].get("keyword") or text))
+    kind = classify_keyword(text, policy) or classify_keyword(word, policy)
     fill = {"brand": policy["brand"], "support": policy["support"]}
     consent = contact.setdefault("consent", {})
     if kind == "opt_out":
@@ -96,11 +106,8 @@ def on_keyword(
         phone = contact.get("phone")
         if phone:
             fx.suppressions.append(_suppression(contact, "opted_out", now, remove=True))
-        # The lifted opt-out reaches the suppression list a moment later: answer now.
-        lifted = Compliance(policy, lambda address: address != phone
-                            and compliance.suppressed(address))
         _reply(contact, event, policy["replies"]["opt_in"].format(**fill), "opt_in_confirmation",
-               now, lifted, fx)
+               now, _lifted(compliance, phone), fx)
         return fx, False
     if kind == "help":
         _reply(contact, event, policy["replies"]["help"].format(**fill), "help", now,
@@ -110,8 +117,12 @@ def on_keyword(
     for kw in keywords:
         if not kw["active"] or word not in kw["words"] or (kw["to"] and to not in kw["to"]):
             continue
-        if kw["consent"]:
-            consent.update(sms=True)
+        if kw["consent"]:  # an opt-in keyword: as START, for this programme
+            consent.update(sms=True, mms=True)
+            phone = contact.get("phone")
+            if phone:
+                fx.suppressions.append(_suppression(contact, "opted_out", now, remove=True))
+                compliance = _lifted(compliance, phone)
         if kw["group"]:
             fx.events.append({
                 "specversion": "1.0",

@@ -33,7 +33,7 @@ def test_policy_defaults() -> None:
                         "channels": ["sms", "mms"], "policy": "defer"},
         "keywords": {
             "opt_out": ["STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE",
-                        "OPTOUT"],
+                        "OPTOUT", "OPT OUT"],
             "opt_in": ["START", "UNSTOP", "YES", "SUBSCRIBE"],
             "help": ["HELP", "INFO"],
         },
@@ -78,8 +78,6 @@ REFUSED = [
     (account(quiet_hours={"policy": "queue"}), "quiet_hours.policy"),
     # An unknown zone.
     (account(timezone="Mars/Olympus_Mons"), "timezone"),
-    # A multi-word system keyword.
-    (account(keywords={"opt_out": ["OPT OUT"]}), "keywords.opt_out"),
     # An empty keyword.
     (account(keywords={"help": [" "]}), "keywords.help"),
     # An unknown field.
@@ -88,8 +86,6 @@ REFUSED = [
     (account(version=0), "version"),
     # An account id with a colon (it would break the topic keys).
     (account(account="a:b"), "account"),
-    # A multi-word account keyword.
-    (keyword(words=["JOIN NOW"]), "words"),
     # A keyword with no words.
     (keyword(words=[]), "words"),
     # A keyword without an id.
@@ -162,3 +158,9 @@ def test_words_are_normalised() -> None:
 def test_definition_key(raw: dict[str, Any], key: str) -> None:
     """Each version of a definition has its own key ``<kind>:<account>:<id>:<version>``."""
     assert key == definition_key(parse_any(copy.deepcopy(raw)))
+
+
+def test_keyword_phrases_are_normalised() -> None:
+    """Words and phrases are stored upper case with single spaces ("opt  out" -> "OPT OUT")."""
+    policy = parse_any(account(keywords={"opt_out": ["opt  out", " stop "]}))
+    assert ["OPT OUT", "STOP"] == policy.keywords.opt_out  # type: ignore[union-attr]

@@ -135,10 +135,6 @@ def test_cap_until(
         caps("rolling", week=2, day=None),
     ],
 )
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tables/compliance.py cap_until counts a send exactly one window old as inside "
-    "(start <= t) but names that very instant as the time there is room, so a send "
-    "deferred to it is capped again and re-deferred to the same instant"))
 def test_rolling_window_has_room_at_the_time_returned(cap_policy: dict[str, Any]) -> None:
     """At the time a full rolling window is said to have room, it has room."""
     sends = records(*[NOW - timedelta(hours=h) for h in (5, 4, 3, 2, 1)])

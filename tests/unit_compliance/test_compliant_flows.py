@@ -155,10 +155,6 @@ def test_opt_out_while_deferred_drops_the_send(listed: bool, reason: str) -> Non
         react, fx.sends, [(a["reason"], a["action"]) for a in fx.audit], ex["status"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tables/compliance.py cap_until (rolling windows) names as the time of room the "
-    "instant the oldest send is exactly 24h old, which the window still counts "
-    "(start <= t), so the wake-up at that time defers the send again to the same instant"))
 def test_rolling_deferral_goes_out_at_its_wakeup() -> None:
     """With rolling windows, a capped send deferred by the gate goes out at the time the
     gate named."""
@@ -169,11 +165,6 @@ def test_rolling_deferral_goes_out_at_its_wakeup() -> None:
     assert (wed(9) + timedelta(days=1), 1) == (due, len(fx.sends))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a contact without a zone has two 'local times': waits use the workflow's "
-    "fallback zone (tables/executions.py:223) but the gate judges quiet hours and calendar "
-    "caps in the account policy's (tables/gate.py:74, default UTC), so a workflow in "
-    "America/Los_Angeles sending at 14:00 there is deferred to 08:00 UTC = 00:00 PST"))
 def test_zoneless_contact_gets_the_workflows_local_time() -> None:
     """For a contact with no zone, an SMS a Los Angeles workflow sends at 14:00 Los Angeles
     time goes out then, not at midnight Los Angeles time."""

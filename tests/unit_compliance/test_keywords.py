@@ -140,10 +140,6 @@ def test_second_stop_gets_no_second_confirmation() -> None:
         fx.sends, react, state["consent"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tables/keywords.py on_keyword classifies only the first word (keyword_of), and "
-    "streams/definitions.py _words forbids multi-word list entries, so the opt-out phrase "
-    "'opt out' (one of the words domain.md says must work) revokes nothing"))
 def test_opt_out_phrase() -> None:
     """Texting "opt out" opts the contact out, like STOP."""
     state, fx, react = handle(ada(), "Opt out")
@@ -274,14 +270,16 @@ WELCOME = "Acme: welcome to VIP! Help: help@acme.example"
 ACCOUNT_KEYWORDS: list[tuple[dict[str, Any], str, str, Effects, dict[str, bool]]] = [
     # JOIN on its short code: the group event (one level deeper), consent, the reply.
     (keyword(), "Join now", SHORT_CODE,
-     Effects(sends=[reply(WELCOME, "keyword_reply", "JOIN")], events=[joined()]),
-     {"sms": True}),
+     Effects(sends=[reply(WELCOME, "keyword_reply", "JOIN")], events=[joined()],
+             suppressions=[suppression(remove=True)]),
+     {"sms": True, "mms": True}),
     # JOIN to another number: this keyword does not match.
     (keyword(), "JOIN", OTHER_CODE, Effects(), {}),
     # A keyword for any number matches on every number.
     (keyword(to=[]), "join", OTHER_CODE,
      Effects(sends=[{**reply(WELCOME, "keyword_reply", "JOIN"), "reply_from": OTHER_CODE}],
-             events=[joined()]), {"sms": True}),
+             events=[joined()], suppressions=[suppression(remove=True)]),
+     {"sms": True, "mms": True}),
     # An inactive keyword does nothing.
     (keyword(active=False), "JOIN", SHORT_CODE, Effects(), {}),
     # Another word does nothing.
@@ -310,10 +308,6 @@ def test_group_event_is_valid_and_joins_the_group() -> None:
     assert (["vip"], 3) == (state["groups"], parsed.envelope.causationdepth)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: tables/keywords.py on_keyword: an opt-in account keyword (consent: true) sets "
-    "consent.sms but leaves the opt-out suppression (and mms=False) in place, so after an "
-    "earlier STOP its own reply and every later send are dropped as 'suppressed'"))
 def test_opt_in_keyword_after_stop() -> None:
     """Texting an opt-in keyword after STOP re-subscribes the contact: the opt-out is
     lifted and the keyword's reply is delivered."""

@@ -20,7 +20,7 @@ from streams.definitions import parse_definition
 from streams.events import ContactEvent, parse_event
 from tables.contacts import apply_event
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
+T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # a Monday, 09:00 in New York (not quiet hours)
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 SECOND = timedelta(seconds=1)

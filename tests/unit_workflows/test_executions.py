@@ -646,9 +646,9 @@ def test_missing_version_fails_the_execution() -> None:
 @pytest.mark.parametrize(
     ("at", "timezone", "time", "weekdays", "expected"),
     [
-        # No zone of her own: the workflow's (New York, 04:00 EST): 09:00 today, 14:00 UTC.
-        pytest.param(T0, None, "09:00", None, "2026-03-02T14:00:00+00:00", id="fallback"),
-        # Her own zone (Berlin, 10:00 CET): 09:00 has passed, so tomorrow (08:00 UTC).
+        # No zone of her own: the workflow's (New York, 09:00 EST now): 09:00 tomorrow.
+        pytest.param(T0, None, "09:00", None, "2026-03-03T14:00:00+00:00", id="fallback"),
+        # Her own zone (Berlin, 15:00 CET): 09:00 has passed, so tomorrow (08:00 UTC).
         pytest.param(T0, "Europe/Berlin", "09:00", None, "2026-03-03T08:00:00+00:00",
                      id="own-zone"),
         # Saturdays only, in New York: 2026-03-07 09:00 EST.
