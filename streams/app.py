@@ -116,7 +116,9 @@ app = App(
     # Table keys and values (plain str / dict) as JSON; topics set their own (raw).
     key_serializer="json",
     value_serializer="json",
-    producer_linger_ms=5,
+    # No linger: the agent waits for the acks of each record's effects before its table
+    # write, so lingering would add its full length to every record that sends.
+    producer_linger_ms=0,
     web_enabled=settings.web_enabled,
     web_port=settings.web_port,
     autodiscover=False,
