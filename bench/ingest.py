@@ -612,6 +612,8 @@ async def bench_ingest(cfg: Config, events: list[tuple[bytes, bytes]]) -> Result
 
 
 #: The bench account's one workflow: every new contact gets an SMS carrying its stamp.
+# No quiet hours: the bench runs at any hour and must measure sends, not deferrals.
+POLICY = {"kind": "account", "account": ACCOUNT, "quiet_hours": None}
 WORKFLOW = {
     "id": "bench-welcome", "account": ACCOUNT, "name": "bench welcome", "version": 1,
     "trigger": {"event": "contact.created"}, "start": "sms",
@@ -634,6 +636,7 @@ async def bench_workflow(cfg: Config, events: list[tuple[bytes, bytes]]) -> Resu
     producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap)
     await producer.start()
     try:
+        await publish_definition(producer, prefix, POLICY)
         await publish_definition(producer, prefix, WORKFLOW)
     finally:
         await producer.stop()
