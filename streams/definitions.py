@@ -16,11 +16,17 @@ from __future__ import annotations
 import re
 from datetime import time as dtime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
-from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES
+from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES, Zone
 
 __all__ = [
     "AccountPolicy",
@@ -65,6 +71,18 @@ def parse_duration(text: str) -> int:
 
 
 Duration = Annotated[str, Field(description="e.g. 30m, 2d, 1d12h, 1w")]
+
+
+def _check_time(value: str) -> str:
+    try:
+        dtime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"invalid time of day {value!r}: use HH:MM") from None
+    return value
+
+
+#: A local time of day, ``HH:MM``.
+TimeOfDay = Annotated[str, AfterValidator(_check_time)]
 
 
 def _event_type(value: str) -> str:
@@ -184,17 +202,8 @@ class Wait(_Step):
 
 class WaitUntil(_Step):
     kind: Literal["wait_until"]
-    time: str = Field(description="local time of day, HH:MM")
+    time: TimeOfDay = Field(description="local time of day, HH:MM")
     weekdays: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] | None = None
-
-    @field_validator("time")
-    @classmethod
-    def _time(cls, value: str) -> str:
-        try:
-            dtime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"invalid time of day {value!r}: use HH:MM") from None
-        return value
 
 
 class Membership(_Step):
@@ -256,7 +265,7 @@ class Workflow(BaseModel):
     name: str = Field(min_length=1)
     version: int = Field(ge=1)
     active: bool = True
-    timezone: str | None = Field(
+    timezone: Zone | None = Field(
         None, description="zone for contacts without one; default: the account policy's"
     )
     trigger: Trigger
@@ -268,16 +277,6 @@ class Workflow(BaseModel):
     start: str
     steps: dict[str, Step] = Field(min_length=1)
 
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown IANA time zone {value!r}") from None
-        return value
-
     @property
     def key(self) -> str:
         return f"workflow:{self.account}:{self.id}"
@@ -285,14 +284,6 @@ class Workflow(BaseModel):
 
 Channel = Literal["sms", "mms", "email"]
 _QUIET_CHANNELS: tuple[Channel, ...] = ("sms", "mms")
-
-
-def _check_zone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown IANA time zone {value!r}") from None
-    return value
 
 
 def _words(values: list[str]) -> list[str]:
@@ -329,19 +320,10 @@ class QuietHours(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    send_from: str = "08:00"
-    send_until: str = "21:00"
+    send_from: TimeOfDay = "08:00"
+    send_until: TimeOfDay = "21:00"
     channels: list[Channel] = Field(default_factory=lambda: list(_QUIET_CHANNELS))
     policy: Literal["defer", "drop"] = "defer"
-
-    @field_validator("send_from", "send_until")
-    @classmethod
-    def _time(cls, value: str) -> str:
-        try:
-            dtime.fromisoformat(value)
-        except ValueError:
-            raise ValueError(f"invalid time of day {value!r}: use HH:MM") from None
-        return value
 
 
 class KeywordLists(BaseModel):
@@ -377,13 +359,11 @@ class AccountPolicy(BaseModel):
     version: int = Field(1, ge=1)
     brand: str = "dripstream"
     support: str = "your sender"
-    timezone: str = Field("UTC", description="fallback zone for contacts without one")
+    timezone: Zone = Field("UTC", description="fallback zone for contacts without one")
     caps: CapPolicy = Field(default_factory=CapPolicy)
     quiet_hours: QuietHours | None = Field(default_factory=QuietHours)
     keywords: KeywordLists = Field(default_factory=KeywordLists)
     replies: Replies = Field(default_factory=Replies)
-
-    _check_zone = field_validator("timezone")(_check_zone)
 
 
 class Keyword(BaseModel):

@@ -18,12 +18,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
 )
 
 __all__ = [
@@ -53,6 +53,19 @@ RejectReason = Literal[
 ]
 
 
+def check_zone(value: str) -> str:
+    """An IANA zone name that this Python's zoneinfo knows."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA time zone {value!r}") from None
+    return value
+
+
+#: An IANA time zone name, e.g. ``Europe/Berlin``.
+Zone = Annotated[str, AfterValidator(check_zone)]
+
+
 class Rejected(Exception):
     """Input that cannot be accepted; ``reason`` is stable, ``detail`` is for people."""
 
@@ -73,23 +86,13 @@ class ContactProfile(_Data):
 
     phone: str | None = Field(None, pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")
     email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-    timezone: str | None = Field(None, description="IANA zone name, e.g. Europe/Berlin")
+    timezone: Zone | None = Field(None, description="IANA zone name, e.g. Europe/Berlin")
     locale: str | None = Field(None, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
     attributes: dict[str, Any] = Field(default_factory=dict)
     consent: dict[Channel, bool] = Field(default_factory=dict)
     caps: dict[Literal["day", "week", "month"], Annotated[int, Field(ge=0)]] | None = Field(
         None, description="this contact's own frequency caps (override the account's)"
     )
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                ZoneInfo(value)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise ValueError(f"unknown IANA time zone {value!r}") from None
-        return value
 
 
 class Tagged(_Data):
