@@ -11,20 +11,25 @@ of :mod:`tables.contacts` and :mod:`tables.executions`, then:
    table — one value, so one changelog record;
 3. projects it to the Redis read model and tells the timer index the next due time.
 
-A crash before (2) is durable replays the record: the same effects are computed again
-with the same ids (a send may be repeated, with its original ``message_id``; none is
-lost). A crash after (2) finds the dedupe mark and does nothing. There are no
-transactions (the embedded broker has none): this ordering is the guarantee.
+A crash before the table write is durable replays the record: the same effects are
+computed again with the same ids (a send may be repeated, with its original
+``message_id``; none is lost). A crash after it finds the dedupe mark and does nothing.
+There are no transactions (the embedded broker has none): this ordering is the guarantee.
+An exception must not reach Faust (which would ack the record and move on): a broker
+error exits the process so the record is redone; any other error dead-letters the record
+with reason ``processing_error``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any, cast
 
 import orjson
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 from pydantic import ValidationError
@@ -82,6 +87,7 @@ def compliance(account: str) -> executions.Compliance:
     return executions.Compliance(
         registry.policy(account),
         lambda address: suppressions.reason(account, address) is not None,
+        lambda address: suppressions.reason(account, address),
     )
 
 
@@ -151,7 +157,7 @@ def _event_dict(event: ContactEvent) -> dict[str, Any]:
     env = event.envelope
     return {"id": env.id, "type": env.type, "time": env.time.isoformat(),
             "account": env.account, "causationdepth": env.causationdepth,
-            "data": event.data.model_dump(mode="json")}
+            "data": event.data.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
 
 async def on_contact_event(message: Any) -> None:
@@ -292,9 +298,23 @@ async def contact_agent(stream: Any) -> None:
             continue
         if verdict.action == "skip":
             continue
-        if message.topic == EVENTS:
-            await on_contact_event(message)
-        elif message.topic == WAKEUPS:
-            await on_wakeup(message)
-        else:
-            await on_control(message)
+        try:
+            if message.topic == EVENTS:
+                await on_contact_event(message)
+            elif message.topic == WAKEUPS:
+                await on_wakeup(message)
+            else:
+                await on_control(message)
+        except (TimeoutError, KafkaError) as exc:
+            # Faust would ack the record and go on: its state change would be lost. Exit
+            # instead, as a crash would: the record is processed again after the restart.
+            log.critical("broker error on %s[%s]@%s: %r; exiting so it is redone",
+                         message.topic, message.partition, message.offset, exc)
+            os._exit(70)
+        except Exception as exc:
+            # A bug or an input the logic cannot handle: recorded with its bytes, not lost,
+            # and the contact's other records go on.
+            log.exception("processing %s[%s]@%s failed", message.topic, message.partition,
+                          message.offset)
+            await dead_letter(message, Rejected("processing_error",
+                                                f"{type(exc).__name__}: {exc}"))

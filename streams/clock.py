@@ -1,9 +1,10 @@
 """The clock: the one place the workers read the time.
 
-Pure logic takes ``now`` as an argument; agents call :func:`now`. Tests of multi-day
-workflows skip time instead of waiting: with ``DRIPSTREAM_CLOCK_OFFSET_FILE`` set (only
-allowed in the embedded profile) the file holds a number of seconds added to the real
-clock, which a test raises to jump ahead, as Temporal's time-skipping test server does.
+Pure logic takes ``now`` as an argument; agents call :meth:`Clock.now`. Tests of multi-day
+workflows skip time instead of waiting: with ``DRIPSTREAM_CLOCK_OFFSET_FILE`` set (tests
+only; a worker started with it prints a warning) the file holds a number of seconds added
+to the real clock, which a test raises to jump ahead, as Temporal's time-skipping test
+server does.
 """
 
 from __future__ import annotations

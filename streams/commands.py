@@ -20,13 +20,17 @@ __all__ = ["AuditRecord", "Control", "Origin", "SendCommand"]
 
 
 class Origin(BaseModel):
+    """What produced a send: a workflow step, or an inbound keyword."""
+
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    kind: Literal["workflow"]
-    workflow_id: str
-    version: int
-    execution_id: str
-    step_id: str
+    kind: Literal["workflow", "keyword"]
+    workflow_id: str | None = None
+    version: int | None = None
+    execution_id: str | None = None
+    step_id: str | None = None
+    keyword: str | None = None
+    event_id: str | None = None
 
 
 class SendCommand(BaseModel):
@@ -43,6 +47,10 @@ class SendCommand(BaseModel):
     subject: str | None = Field(None, description="email only")
     media_urls: list[str] | None = Field(None, description="mms only")
     transactional: bool = False
+    purpose: Literal[
+        "opt_out_confirmation", "opt_in_confirmation", "help", "keyword_reply"
+    ] | None = Field(None, description="keyword replies only")
+    reply_from: str | None = Field(None, description="keyword replies: the number written to")
     origin: Origin
     created_at: AwareDatetime
     expires_at: AwareDatetime = Field(description="do not deliver after this")

@@ -14,6 +14,7 @@ zones, bad durations, templates naming unknown fields). Workers run only valid o
 from __future__ import annotations
 
 import re
+import string
 from datetime import time as dtime
 from typing import Annotated, Any, Literal
 
@@ -43,11 +44,10 @@ __all__ = [
 ]
 
 _DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-_TEMPLATE = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*([^}]*?)\s*)?\}\}")
+#: ``{{ path }}`` or ``{{ path | default }}`` in a message template.
+TEMPLATE = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*([^}]*?)\s*)?\}\}")
 _IDENT = r"^[A-Za-z0-9_.-]{1,64}$"
 _CRITERION_FIELD = re.compile(r"^(event\.(type|data(\.[^.]+)+)|contact\.[^.]+(\.[^.]+)*)$")
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-PROFILE_FIELDS = ("contact_id", "account", "phone", "email", "timezone", "locale")
 
 
 class DefinitionError(ValueError):
@@ -75,10 +75,30 @@ Duration = Annotated[str, Field(description="e.g. 30m, 2d, 1d12h, 1w")]
 
 def _check_time(value: str) -> str:
     try:
-        dtime.fromisoformat(value)
+        parsed = dtime.fromisoformat(value)
     except ValueError:
         raise ValueError(f"invalid time of day {value!r}: use HH:MM") from None
+    if parsed.tzinfo is not None:
+        raise ValueError(f"time of day {value!r} must be local, without a UTC offset")
     return value
+
+
+REPLY_FIELDS = ("brand", "support")
+
+
+def _check_reply(value: str) -> str:
+    """Reply texts may name {brand} and {support}, nothing else."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(value) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"invalid reply text: {exc}") from None
+    if unknown := [n for n in names if n not in REPLY_FIELDS]:
+        raise ValueError(f"reply text names {unknown}: only {{brand}} and {{support}} exist")
+    return value
+
+
+#: A reply text with optional {brand} / {support}.
+ReplyText = Annotated[str, AfterValidator(_check_reply)]
 
 
 #: A local time of day, ``HH:MM``.
@@ -172,10 +192,6 @@ class Send(_Step):
     transactional: bool = False
     max_lateness: Duration | None = None
     expires_after: Duration = "1d"
-
-    @property
-    def channel(self) -> str:
-        return self.kind.removeprefix("send_")
 
     def model_post_init(self, __context: Any) -> None:
         if self.kind == "send_email" and not self.subject:
@@ -341,11 +357,11 @@ class KeywordLists(BaseModel):
 class Replies(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    opt_out: str = ("{brand}: You are unsubscribed and will receive no more messages. "
+    opt_out: ReplyText = ("{brand}: You are unsubscribed and will receive no more messages. "
                     "Reply START to resubscribe.")
-    opt_in: str = ("{brand}: You are subscribed again. Msg frequency varies. "
+    opt_in: ReplyText = ("{brand}: You are subscribed again. Msg frequency varies. "
                    "Msg & data rates may apply. Reply HELP for help, STOP to cancel.")
-    help: str = ("{brand}: Msg frequency varies. Msg & data rates may apply. "
+    help: ReplyText = ("{brand}: Msg frequency varies. Msg & data rates may apply. "
                  "Reply STOP to cancel. Support: {support}")
 
 
@@ -378,7 +394,7 @@ class Keyword(BaseModel):
     active: bool = True
     words: list[str] = Field(min_length=1)
     to: list[str] = Field(default_factory=list, description="receiving numbers; empty: any")
-    reply: str | None = Field(None, description="sent back (transactional)")
+    reply: ReplyText | None = Field(None, description="sent back (transactional)")
     group: str | None = Field(None, description="the opt-in group the contact joins")
     consent: bool = Field(False, description="set SMS consent (an opt-in keyword)")
 
@@ -386,7 +402,7 @@ class Keyword(BaseModel):
 
 
 def template_fields(text: str) -> list[str]:
-    return [m.group(1) for m in _TEMPLATE.finditer(text)]
+    return [m.group(1) for m in TEMPLATE.finditer(text)]
 
 
 def _template_errors(where: str, text: str) -> list[str]:

@@ -2,7 +2,7 @@
 
 Upstream publishers write these to ``<prefix>contact-events`` with the contact id as the
 Kafka key. :func:`parse_event` turns the raw bytes into a :class:`ContactEvent` or raises
-:class:`Rejected` with a machine-readable reason, which the ingest agent puts on the
+:class:`Rejected` with a machine-readable reason, which the contact agent puts on the
 dead-letter topic beside the original bytes. ``docs/contract.md`` documents every type
 with an example; a test parses each example with these models.
 """
@@ -50,6 +50,7 @@ RejectReason = Literal[
     "invalid_timezone",  # `data.timezone` is not an IANA zone name
     "key_mismatch",  # the Kafka key is not the event's `subject`
     "wrong_partition",  # not on the partition Kafka's default (murmur2) partitioner gives
+    "processing_error",  # valid, but processing it raised (a bug): kept for a replay
 ]
 
 
@@ -140,6 +141,10 @@ class KeywordReceived(_Data):
     text: str
     channel: Literal["sms", "mms"] = "sms"
     to: str = Field(min_length=1, description="the receiving number or short code")
+    from_: str | None = Field(
+        None, alias="from", pattern=r"^\+[1-9][0-9]{6,14}$",
+        description="the sender's number (E.164); replies and opt-outs go to it",
+    )
 
 
 class PurchaseCompleted(_Data):

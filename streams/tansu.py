@@ -8,8 +8,9 @@ rocksdb worker refuses to start. The high watermark inside a Fetch response is c
 so :func:`end_offsets` asks for it with a one-byte, short-wait Fetch per leader.
 
 Used only when ``DRIPSTREAM_PROFILE=embedded`` (see :mod:`streams.app`); real Kafka answers
-ListOffsets correctly and never runs this code. ``tests/test_tansu_recovery.py`` restarts a
-worker with a table and compares it to a recount, and fails if this stops working.
+ListOffsets correctly and never runs this code.
+``tests/integration/test_tansu_recovery.py`` restarts a worker with a table and compares it
+to a recount, and fails if this stops working.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Keyed topics (contact id as key) all have ``DRIPSTREAM_PARTITIONS`` partitions so that a
 contact's events, state, executions and sends land on the same partition number and are
 handled, in order, by the one worker that owns it. Faust's table changelogs follow the same
-count. ``dripstream topics create`` and every worker start call :func:`ensure_topics`.
+count. ``dripstream topics`` and every worker start call :func:`ensure_topics`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class TopicSpec:
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("contact-events", False, 7 * DAY_MS, "CloudEvents from upstream publishers"),
     TopicSpec("dead-letter", False, 30 * DAY_MS, "rejected input: original bytes + reason"),
-    TopicSpec("definitions", True, None, "workflow (later campaign, keyword) definitions"),
+    TopicSpec("definitions", True, None, "workflow, account-policy and keyword definitions"),
     TopicSpec("suppressions", True, None, "per account: addresses never to send to"),
     TopicSpec("control", False, 7 * DAY_MS, "pause/resume/cancel commands for executions"),
     TopicSpec("wakeups", False, DAY_MS, "internal: due waits, sent by the timer tick"),

@@ -110,7 +110,7 @@ def record_send(contact: dict[str, Any], command: dict[str, Any], now: datetime)
     sends = [s for s in contact.get("sends", []) if datetime.fromisoformat(s["at"]) >= horizon]
     if all(s["id"] != command["message_id"] for s in sends):
         sends.append({"id": command["message_id"], "at": now.astimezone(UTC).isoformat(),
-                      "channel": command["channel"],
+                      "channel": command["channel"], "to": command.get("to"),
                       "transactional": bool(command.get("transactional"))})
     contact["sends"] = sends
 
@@ -150,8 +150,11 @@ def report_suppression(
     if event["type"] != "message.bounced":
         return None
     reason = {"hard": "bounced", "complaint": "complained"}.get(event["data"].get("bounce_type"))
-    address = contact.get("email") if event["data"]["channel"] == "email" else contact.get(
-        "phone")
+    # The address the message went to (the profile may have changed since), else today's.
+    sent = [s.get("to") for s in contact.get("sends", [])
+            if s["id"] == event["data"]["message_id"] and s.get("to")]
+    address = sent[0] if sent else (
+        contact.get("email") if event["data"]["channel"] == "email" else contact.get("phone"))
     if reason is None or not address:
         return None
     return {"account": contact["account"], "address": address, "reason": reason,

@@ -122,8 +122,14 @@ class Registry(CompactedView):
             log.error("ignoring invalid definition %r: %s", key, exc)
             return
         ident = "policy" if isinstance(definition, AccountPolicy) else definition.id
-        self._versions.setdefault((definition.kind, definition.account, ident), {})[
-            definition.version] = definition.model_dump(mode="json")
+        versions = self._versions.setdefault((definition.kind, definition.account, ident), {})
+        value_dict = definition.model_dump(mode="json")
+        if versions.get(definition.version, value_dict) != value_dict:
+            # Versions are write-once: running executions rely on the steps they started on.
+            log.error("ignoring a changed %s v%d: publish a new version instead", key,
+                      definition.version)
+            return
+        versions[definition.version] = value_dict
 
 
 class Suppressions(CompactedView):
@@ -144,9 +150,14 @@ class Suppressions(CompactedView):
         if value is None:
             self._reasons.pop((account, address), None)
             return
-        record = orjson.loads(value)
+        try:
+            record = orjson.loads(value)
+            reason = str(record["reason"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            log.error("ignoring invalid suppression record %r: %r", key, exc)
+            return
         if record.get("remove"):
-            if self._reasons.get((account, address)) == record["reason"]:
+            if self._reasons.get((account, address)) == reason:
                 del self._reasons[(account, address)]
         else:
-            self._reasons[(account, address)] = record["reason"]
+            self._reasons[(account, address)] = reason

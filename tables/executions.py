@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from datetime import time as dtime
 from typing import Any
 
-from streams.definitions import parse_duration
+from streams.definitions import TEMPLATE, parse_duration
 from tables import gate
 from tables.compliance import default_policy, record_send
 from tables.schedule import contact_zone, next_local_time
@@ -45,7 +45,6 @@ __all__ = [
 ACTIVE = ("running", "waiting", "paused")
 #: Finished executions kept per contact (the newest); re-entry uses ``runs`` instead.
 KEEP_FINISHED = 20
-_TEMPLATE = re.compile(r"\{\{\s*([^}|]+?)\s*(?:\|\s*([^}]*?)\s*)?\}\}")
 
 #: ``lookup(account, workflow_id, version)`` → the definition dict, or None.
 Lookup = Callable[[str, str, int], dict[str, Any] | None]
@@ -85,7 +84,7 @@ def render(template: str, contact: dict[str, Any], event: dict[str, Any]) -> str
             return default
         return str(value) or default
 
-    return _TEMPLATE.sub(one, template)
+    return TEMPLATE.sub(one, template)
 
 
 def _iso(t: datetime) -> str:
@@ -123,10 +122,12 @@ def _origin(ex: dict[str, Any], step_id: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Compliance:
-    """The account's policy and its suppression list, as the send gate needs them."""
+    """The account's policy and its suppression list, as the send gate needs them.
+    ``reason`` says why an address is suppressed (None when unknown)."""
 
     policy: dict[str, Any]
     suppressed: Callable[[str], bool] = lambda address: False
+    reason: Callable[[str], str | None] = lambda address: None
 
 
 #: Defaults for an account with no policy of its own (tests, and accounts not configured).

@@ -42,7 +42,7 @@ def _reply(
         "channel": channel,
         "account": contact["account"],
         "contact_id": contact["contact_id"],
-        "to": contact.get("phone") or event["data"].get("from"),
+        "to": event["data"].get("from") or contact.get("phone"),
         "body": text,
         "transactional": True,
         "purpose": purpose,
@@ -65,19 +65,22 @@ def _reply(
                          "origin": command["origin"], "action": "drop"})
 
 
-def _suppression(contact: dict[str, Any], reason: str, now: datetime, remove: bool = False
-                 ) -> dict[str, Any]:
-    return {"account": contact["account"], "address": contact.get("phone"), "reason": reason,
+def _suppression(address: str, contact: dict[str, Any], reason: str, now: datetime,
+                 remove: bool = False) -> dict[str, Any]:
+    return {"account": contact["account"], "address": address, "reason": reason,
             "contact_id": contact["contact_id"], "at": now.isoformat(), "remove": remove}
 
 
 def _lifted(compliance: Compliance, phone: str | None) -> Compliance:
-    """The lifted opt-out reaches the suppression list a moment later: answer now."""
+    """The lifted opt-out reaches the suppression list a moment later: answer now. Only an
+    opt-out is lifted: a number suppressed for another reason stays suppressed."""
 
     def suppressed(address: str) -> bool:
-        return address != phone and compliance.suppressed(address)
+        if address == phone and compliance.reason(address) in (None, "opted_out"):
+            return False
+        return compliance.suppressed(address)
 
-    return Compliance(compliance.policy, suppressed)
+    return Compliance(compliance.policy, suppressed, compliance.reason)
 
 
 def on_keyword(
@@ -92,22 +95,23 @@ def on_keyword(
     kind = classify_keyword(text, policy) or classify_keyword(word, policy)
     fill = {"brand": policy["brand"], "support": policy["support"]}
     consent = contact.setdefault("consent", {})
+    # The number that wrote in (the contact's phone if the gateway did not say).
+    sender = event["data"].get("from") or contact.get("phone")
     if kind == "opt_out":
         already = consent.get("sms") is False
         consent.update(sms=False, mms=False)
-        if contact.get("phone"):
-            fx.suppressions.append(_suppression(contact, "opted_out", now))
+        if sender:
+            fx.suppressions.append(_suppression(sender, contact, "opted_out", now))
         if not already:
             _reply(contact, event, policy["replies"]["opt_out"].format(**fill),
                    "opt_out_confirmation", now, compliance, fx)
         return fx, False
     if kind == "opt_in":
         consent.update(sms=True, mms=True)
-        phone = contact.get("phone")
-        if phone:
-            fx.suppressions.append(_suppression(contact, "opted_out", now, remove=True))
+        if sender:
+            fx.suppressions.append(_suppression(sender, contact, "opted_out", now, remove=True))
         _reply(contact, event, policy["replies"]["opt_in"].format(**fill), "opt_in_confirmation",
-               now, _lifted(compliance, phone), fx)
+               now, _lifted(compliance, sender), fx)
         return fx, False
     if kind == "help":
         _reply(contact, event, policy["replies"]["help"].format(**fill), "help", now,
@@ -119,10 +123,10 @@ def on_keyword(
             continue
         if kw["consent"]:  # an opt-in keyword: as START, for this programme
             consent.update(sms=True, mms=True)
-            phone = contact.get("phone")
-            if phone:
-                fx.suppressions.append(_suppression(contact, "opted_out", now, remove=True))
-                compliance = _lifted(compliance, phone)
+            if sender:
+                fx.suppressions.append(_suppression(sender, contact, "opted_out", now,
+                                                    remove=True))
+                compliance = _lifted(compliance, sender)
         if kw["group"]:
             fx.events.append({
                 "specversion": "1.0",

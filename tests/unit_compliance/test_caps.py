@@ -162,11 +162,13 @@ def command(message_id: str, channel: str = "sms", **changes: Any) -> dict[str, 
 
 
 def test_record_send_writes_one_entry() -> None:
-    """A send is remembered by id, UTC time, channel and whether it was transactional."""
+    """A send is remembered by id, UTC time, channel, address and whether it was
+    transactional (the address lets a later bounce suppress the one it went to)."""
     contact: dict[str, Any] = {}
-    record_send(contact, command("m-1", "email", transactional=True), NOW)
+    sent = command("m-1", "email", transactional=True)
+    record_send(contact, sent, NOW)
     assert [{"id": "m-1", "at": "2026-03-04T20:00:00+00:00", "channel": "email",
-             "transactional": True}] == contact["sends"]
+             "to": sent.get("to"), "transactional": True}] == contact["sends"]
 
 
 @pytest.mark.parametrize(
