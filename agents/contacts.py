@@ -227,19 +227,22 @@ async def on_control(message: Any) -> None:
         # Sent to every partition; each owner cancels the executions it holds.
         for key, value in list(contacts.items()):
             if value.get("partition") == message.partition and value["account"] == command.account:
-                changed = copy_state(value)
-                if executions.cancel_all(changed, command.workflow_id, now):
+                changed, fx = copy_state(value), executions.Effects()
+                if executions.cancel_all(changed, command.workflow_id, now, fx):
+                    await emit(fx, changed["contact_id"], message.partition)
                     await store(key, changed, message.partition)
         return
     assert command.contact_id is not None and command.execution_id is not None
     key = contact_key(command.account, command.contact_id)
     current = contacts.get(key)
     state = copy_state(current) if current is not None else None
+    fx = executions.Effects()
     if state is None or not executions.control(state, command.action, command.execution_id,
-                                               now):
+                                               now, fx):
         log.warning("control %s for %s/%s: nothing to do", command.action, key,
                     command.execution_id)
         return
+    await emit(fx, command.contact_id, message.partition)
     await store(key, state, message.partition)
 
 

@@ -102,10 +102,18 @@ def _audit(
             "reason": reason, "at": _iso(now), **extra}
 
 
-def _end(ex: dict[str, Any], status: str, reason: str, now: datetime) -> None:
+def _end(
+    ex: dict[str, Any], status: str, reason: str, now: datetime,
+    contact: dict[str, Any] | None = None, fx: Effects | None = None,
+) -> None:
     ex.update(status=status, ended_reason=reason, ended_at=_iso(now), due_at=None,
               waiting_for=None, remaining_s=None)
     _history(ex, ex["step"], status, now, reason=reason)
+    deferred = ex.pop("deferred", None)
+    if deferred and contact is not None and fx is not None:
+        # A deferred send that will now never go out gets its final record.
+        fx.audit.append(_audit(contact, now, "execution_ended", message_id=deferred[
+            "message_id"], origin=_origin(ex, ex["step"]), action="drop", ended_reason=reason))
 
 
 def _goto(ex: dict[str, Any], target: str | None, now: datetime) -> None:
@@ -317,7 +325,7 @@ def on_event(
             g["event"] == event["type"] and criteria_hold(g["criteria"], event, contact)
             for g in wf["goals"]
         ):
-            _end(ex, "completed", "goal_reached", now)
+            _end(ex, "completed", "goal_reached", now, contact, fx)
 
     matching = [wf for wf in workflows if trigger_matches(wf, event, contact)]
     depth = int(event.get("causationdepth", 0))
@@ -361,7 +369,7 @@ def on_wakeup(
             continue
         wf = lookup(contact["account"], ex["workflow_id"], ex["version"])
         if wf is None:
-            _end(ex, "failed", "definition_missing", now)
+            _end(ex, "failed", "definition_missing", now, contact, fx)
             continue
         step = wf["steps"][ex["step"]]
         if step["kind"].startswith("send_"):  # a deferred send: try it again
@@ -379,8 +387,12 @@ def on_wakeup(
     return fx
 
 
-def control(contact: dict[str, Any], action: str, execution_id: str, now: datetime) -> bool:
-    """Pause, resume or cancel one execution; False if it was not in a state to do so."""
+def control(
+    contact: dict[str, Any], action: str, execution_id: str, now: datetime,
+    fx: Effects | None = None,
+) -> bool:
+    """Pause, resume or cancel one execution; False if it was not in a state to do so.
+    Audit records (a deferred send cancelled) are added to ``fx``."""
     ex = contact["executions"].get(execution_id)
     if ex is None:
         return False
@@ -397,18 +409,20 @@ def control(contact: dict[str, Any], action: str, execution_id: str, now: dateti
         _history(ex, ex["step"], "resumed", now, until=_iso(due))
         changed = True
     elif action == "cancel" and ex["status"] in ACTIVE:
-        _end(ex, "cancelled", "cancelled", now)
+        _end(ex, "cancelled", "cancelled", now, contact, fx)
         changed = True
     _finish(contact)
     return changed
 
 
-def cancel_all(contact: dict[str, Any], workflow_id: str, now: datetime) -> int:
+def cancel_all(
+    contact: dict[str, Any], workflow_id: str, now: datetime, fx: Effects | None = None
+) -> int:
     """Cancel every active execution of ``workflow_id``; return how many."""
     count = 0
     for ex in contact["executions"].values():
         if ex["workflow_id"] == workflow_id and ex["status"] in ACTIVE:
-            _end(ex, "cancelled", "cancelled_all", now)
+            _end(ex, "cancelled", "cancelled_all", now, contact, fx)
             count += 1
     _finish(contact)
     return count

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tables.executions import Compliance, Effects, on_event, on_wakeup
+from tables.executions import Compliance, Effects, control, on_event, on_wakeup
 from tables.keywords import on_keyword
 from tests.unit_compliance.support import ACCOUNT, LA, caps, local, policy
 from tests.unit_workflows.support import MAX_DEPTH, Registry, apply, created, definition
@@ -173,3 +173,16 @@ def test_zoneless_contact_gets_the_workflows_local_time() -> None:
     flow.state["timezone"] = None
     fx = flow.ping(0, wed(14))
     assert (1, []) == (len(fx.sends), [a.get("deferred_until") for a in fx.audit])
+
+
+def test_cancelling_a_deferred_send_records_its_end() -> None:
+    """A send deferred to the morning and then cancelled gets a final drop record
+    (execution_ended): every deferral ends in a send or a recorded drop."""
+    flow = Flow(promo_raw(), Compliance(policy()))
+    flow.ping(0, wed(22))
+    mid = flow.execution(0)["deferred"]["message_id"]
+    fx = Effects()
+    assert control(flow.state, "cancel", "promo/e-0", wed(23), fx)
+    assert [("execution_ended", "drop", mid, "cancelled")] == [
+        (a["reason"], a["action"], a["message_id"], a["ended_reason"]) for a in fx.audit]
+    assert Effects() == flow.wake(MORNING)  # and it never goes
