@@ -24,7 +24,8 @@ from typing import Any
 
 from streams.definitions import TEMPLATE, parse_duration
 from tables import gate
-from tables.compliance import default_policy, record_send
+from tables.compliance import record_send
+from tables.gate import DEFAULTS, Compliance
 from tables.schedule import contact_zone, next_local_time
 from tables.triggers import MISSING, criteria_hold, resolve, trigger_matches
 
@@ -33,7 +34,9 @@ __all__ = [
     "DEFAULTS",
     "Compliance",
     "Effects",
+    "audit_record",
     "cancel_all",
+    "contact_event",
     "control",
     "message_id",
     "next_due",
@@ -95,11 +98,31 @@ def _history(ex: dict[str, Any], step: str, outcome: str, now: datetime, **extra
     ex["history"].append({"step": step, "outcome": outcome, "at": _iso(now), **extra})
 
 
-def _audit(
+def audit_record(
     contact: dict[str, Any], now: datetime, reason: str, **extra: Any
 ) -> dict[str, Any]:
+    """An ``<prefix>audit`` record about ``contact``."""
     return {"account": contact["account"], "contact_id": contact["contact_id"],
             "reason": reason, "at": _iso(now), **extra}
+
+
+def contact_event(
+    contact: dict[str, Any], seed: str, source: str, event_type: str, data: dict[str, Any],
+    depth: int, now: datetime,
+) -> dict[str, Any]:
+    """A contact event dripstream emits (state steps, keywords). Its id is a hash of
+    ``seed``: the same cause always emits the same id, and it is short whatever the seed."""
+    return {
+        "specversion": "1.0",
+        "id": "ds-" + hashlib.sha256(seed.encode()).hexdigest()[:32],
+        "source": source,
+        "type": event_type,
+        "subject": contact["contact_id"],
+        "time": _iso(now),
+        "account": contact["account"],
+        "causationdepth": depth,
+        "data": data,
+    }
 
 
 def _end(
@@ -112,7 +135,7 @@ def _end(
     deferred = ex.pop("deferred", None)
     if deferred and contact is not None and fx is not None:
         # A deferred send that will now never go out gets its final record.
-        fx.audit.append(_audit(contact, now, "execution_ended", message_id=deferred[
+        fx.audit.append(audit_record(contact, now, "execution_ended", message_id=deferred[
             "message_id"], origin=_origin(ex, ex["step"]), action="drop", ended_reason=reason))
 
 
@@ -126,20 +149,6 @@ def _goto(ex: dict[str, Any], target: str | None, now: datetime) -> None:
 def _origin(ex: dict[str, Any], step_id: str) -> dict[str, Any]:
     return {"kind": "workflow", "workflow_id": ex["workflow_id"], "version": ex["version"],
             "execution_id": ex["id"], "step_id": step_id}
-
-
-@dataclass(frozen=True)
-class Compliance:
-    """The account's policy and its suppression list, as the send gate needs them.
-    ``reason`` says why an address is suppressed (None when unknown)."""
-
-    policy: dict[str, Any]
-    suppressed: Callable[[str], bool] = lambda address: False
-    reason: Callable[[str], str | None] = lambda address: None
-
-
-#: Defaults for an account with no policy of its own (tests, and accounts not configured).
-DEFAULTS = Compliance(default_policy())
 
 
 def _send(
@@ -190,13 +199,13 @@ def _send(
         until = _iso(decision.until)
         ex.update(status="waiting", due_at=until,
                   deferred={"message_id": mid, "created_at": created, "expires_at": expires})
-        fx.audit.append(_audit(contact, now, decision.reason or "", message_id=mid,
+        fx.audit.append(audit_record(contact, now, decision.reason or "", message_id=mid,
                                channel=channel, origin=_origin(ex, sid), action="defer",
                                deferred_until=until))
         _history(ex, sid, "deferred", now, message_id=mid, reason=decision.reason,
                  until=until)
     else:
-        fx.audit.append(_audit(contact, now, decision.reason or "", message_id=mid,
+        fx.audit.append(audit_record(contact, now, decision.reason or "", message_id=mid,
                                channel=channel, origin=_origin(ex, sid), action="drop"))
         _history(ex, sid, "not_sent", now, message_id=mid, reason=decision.reason)
     return decision.action
@@ -239,18 +248,10 @@ def _run(
             _history(ex, sid, "waiting", now, until=_iso(due))
         elif kind in _STATE_EVENTS:
             event_type, attr = _STATE_EVENTS[kind]
-            fx.events.append({
-                "specversion": "1.0",
-                "id": "wf-" + hashlib.sha256(
-                    f"{ex['id']}\x1f{sid}\x1f{ex['seq']}".encode()).hexdigest()[:32],
-                "source": f"urn:dripstream:workflow:{wf['id']}",
-                "type": event_type,
-                "subject": contact["contact_id"],
-                "time": _iso(now),
-                "account": contact["account"],
-                "causationdepth": ex["depth"] + 1,
-                "data": {attr: step[attr]},
-            })
+            fx.events.append(contact_event(
+                contact, f"{ex['id']}\x1f{sid}\x1f{ex['seq']}",
+                f"urn:dripstream:workflow:{wf['id']}", event_type, {attr: step[attr]},
+                ex["depth"] + 1, now))
             _history(ex, sid, "emitted", now, event=event_type)
             _goto(ex, step.get("next"), now)
         elif kind == "branch":
@@ -330,7 +331,7 @@ def on_event(
     matching = [wf for wf in workflows if trigger_matches(wf, event, contact)]
     depth = int(event.get("causationdepth", 0))
     if matching and depth >= max_depth:
-        fx.audit.append(_audit(contact, now, "loop_guard", event_id=event["id"],
+        fx.audit.append(audit_record(contact, now, "loop_guard", event_id=event["id"],
                                event_type=event["type"], depth=depth,
                                workflows=[wf["id"] for wf in matching]))
         matching = []

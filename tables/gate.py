@@ -20,14 +20,15 @@ answer the number that just wrote in, whatever its consent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from tables.compliance import cap_until, quiet_until
+from tables.compliance import cap_until, default_policy, quiet_until
 from tables.schedule import contact_zone
 
-__all__ = ["EXEMPT_PURPOSES", "REASONS", "Decision", "decide"]
+__all__ = ["DEFAULTS", "EXEMPT_PURPOSES", "REASONS", "Compliance", "Decision", "decide"]
 
 REASONS = ("no_destination", "suppressed", "no_consent", "opted_out", "expired",
            "quiet_hours_deferred", "quiet_hours", "frequency_capped")
@@ -42,6 +43,20 @@ class Decision:
 
 
 SEND = Decision("send")
+
+
+@dataclass(frozen=True)
+class Compliance:
+    """The account's policy and its suppression list, as the gate needs them.
+    ``reason`` says why an address is suppressed (None when unknown)."""
+
+    policy: dict[str, Any]
+    suppressed: Callable[[str], bool] = lambda address: False
+    reason: Callable[[str], str | None] = lambda address: None
+
+
+#: Defaults for an account with no policy of its own (tests, and accounts not configured).
+DEFAULTS = Compliance(default_policy())
 
 
 def _consent(contact: dict[str, Any], channel: str) -> bool | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from tables import gate
 from tables.compliance import classify_keyword, record_send
-from tables.executions import Compliance, Effects
+from tables.executions import Compliance, Effects, audit_record, contact_event
 from tables.triggers import keyword_of
 
 __all__ = ["on_keyword"]
@@ -59,10 +59,9 @@ def _reply(
         fx.sends.append(command)
         record_send(contact, command, now)
     else:
-        fx.audit.append({"account": contact["account"], "contact_id": contact["contact_id"],
-                         "reason": decision.reason, "at": now.isoformat(),
-                         "message_id": command["message_id"], "channel": channel,
-                         "origin": command["origin"], "action": "drop"})
+        fx.audit.append(audit_record(contact, now, decision.reason or "",
+                                     message_id=command["message_id"], channel=channel,
+                                     origin=command["origin"], action="drop"))
 
 
 def _suppression(address: str, contact: dict[str, Any], reason: str, now: datetime,
@@ -128,18 +127,10 @@ def on_keyword(
                                                     remove=True))
                 compliance = _lifted(compliance, sender)
         if kw["group"]:
-            fx.events.append({
-                "specversion": "1.0",
-                "id": "kw-" + hashlib.sha256(f"{event['id']}\x1f{kw['id']}".encode()
-                                            ).hexdigest()[:32],
-                "source": f"urn:dripstream:keyword:{kw['id']}",
-                "type": "contact.added_to_group",
-                "subject": contact["contact_id"],
-                "time": now.isoformat(),
-                "account": contact["account"],
-                "causationdepth": int(event.get("causationdepth", 0)) + 1,
-                "data": {"group": kw["group"]},
-            })
+            fx.events.append(contact_event(
+                contact, f"{event['id']}\x1f{kw['id']}", f"urn:dripstream:keyword:{kw['id']}",
+                "contact.added_to_group", {"group": kw["group"]},
+                int(event.get("causationdepth", 0)) + 1, now))
         if kw["reply"]:
             _reply(contact, event, kw["reply"].format(**fill), "keyword_reply", now,
                    compliance, fx)

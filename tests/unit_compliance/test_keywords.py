@@ -260,7 +260,7 @@ def keyword(**changes: Any) -> dict[str, Any]:
 
 def joined(event_id: str = "e-kw", depth: int = 3) -> dict[str, Any]:
     digest = hashlib.sha256(f"{event_id}\x1fjoin".encode()).hexdigest()[:32]
-    return {"specversion": "1.0", "id": "kw-" + digest, "source": "urn:dripstream:keyword:join",
+    return {"specversion": "1.0", "id": "ds-" + digest, "source": "urn:dripstream:keyword:join",
             "type": "contact.added_to_group", "subject": CONTACT, "time": NOON.isoformat(),
             "account": ACCOUNT, "causationdepth": depth, "data": {"group": "vip"}}
 

@@ -545,7 +545,7 @@ def onboard_raw() -> dict[str, Any]:
 def emitted_event_id(execution_id: str, step_id: str, seq: int) -> str:
     """Deterministic and bounded (a hash): a replay emits the same id, never a longer one."""
     digest = hashlib.sha256(f"{execution_id}\x1f{step_id}\x1f{seq}".encode()).hexdigest()
-    return "wf-" + digest[:32]
+    return "ds-" + digest[:32]
 
 
 def test_state_steps_emit_contact_events() -> None:
