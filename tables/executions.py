@@ -32,6 +32,7 @@ from tables.triggers import MISSING, criteria_hold, resolve, trigger_matches
 __all__ = [
     "ACTIVE",
     "DEFAULTS",
+    "MAX_ACTIVE",
     "Compliance",
     "Effects",
     "audit_record",
@@ -48,6 +49,9 @@ __all__ = [
 ACTIVE = ("running", "waiting", "paused")
 #: Finished executions kept per contact (the newest); re-entry uses ``runs`` instead.
 KEEP_FINISHED = 20
+#: Active executions one contact may have: the contact's value is one changelog record,
+#: so it must stay bounded (an every_time workflow with long waits could grow it forever).
+MAX_ACTIVE = 100
 
 #: ``lookup(account, workflow_id, version)`` → the definition dict, or None.
 Lookup = Callable[[str, str, int], dict[str, Any] | None]
@@ -337,6 +341,12 @@ def on_event(
         matching = []
     for wf in matching:
         if not _may_start(contact, wf, now):
+            continue
+        active = sum(1 for e in contact["executions"].values() if e["status"] in ACTIVE)
+        if active >= MAX_ACTIVE:
+            fx.audit.append(audit_record(contact, now, "too_many_executions",
+                                         event_id=event["id"], workflow_id=wf["id"],
+                                         active=active))
             continue
         eid = f"{wf['id']}/{event['id']}"
         if eid in contact["executions"]:

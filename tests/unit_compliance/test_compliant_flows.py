@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tables.executions import Compliance, Effects, control, on_event, on_wakeup
+from tables.executions import MAX_ACTIVE, Compliance, Effects, control, on_event, on_wakeup
 from tables.keywords import on_keyword
 from tests.unit_compliance.support import ACCOUNT, LA, caps, local, policy
 from tests.unit_workflows.support import MAX_DEPTH, Registry, apply, created, definition
@@ -186,3 +186,19 @@ def test_cancelling_a_deferred_send_records_its_end() -> None:
     assert [("execution_ended", "drop", mid, "cancelled")] == [
         (a["reason"], a["action"], a["message_id"], a["ended_reason"]) for a in fx.audit]
     assert Effects() == flow.wake(MORNING)  # and it never goes
+
+
+def test_active_executions_per_contact_are_bounded() -> None:
+    """Past MAX_ACTIVE waiting executions a trigger starts nothing and says so: the
+    contact's value stays bounded."""
+    raw = promo_raw()
+    raw["steps"] = {"hold": {"kind": "wait", "duration": "30d", "next": "offer"},
+                    "offer": raw["steps"]["offer"]}
+    raw["start"] = "hold"
+    flow = Flow(raw, Compliance(policy()))
+    for n in range(MAX_ACTIVE):
+        assert Effects() == flow.ping(n, wed(12))
+    fx = flow.ping(MAX_ACTIVE, wed(12))
+    assert [("too_many_executions", "promo", MAX_ACTIVE)] == [
+        (a["reason"], a["workflow_id"], a["active"]) for a in fx.audit]
+    assert MAX_ACTIVE == len(flow.state["executions"])
