@@ -55,7 +55,8 @@ class CompactedView:
         await consumer.start()
         try:
             partitions = consumer.partitions_for_topic(topic)
-            while not partitions:
+            while not partitions:  # the worker creates its topics at start; wait for them
+                await asyncio.sleep(0.5)
                 await consumer._client.force_metadata_update()
                 partitions = consumer.partitions_for_topic(topic)
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
