@@ -120,22 +120,12 @@ def apply_event(
         new["attributes"].update(data.attributes)
         new["consent"].update(data.consent)
     elif isinstance(data, Tagged):
-        tags = set(new["tags"])
-        if event.type == "contact.tagged":
-            tags.add(data.tag)
-        else:
-            tags.discard(data.tag)
-        new["tags"] = sorted(tags)
+        new["tags"] = _with(new["tags"], data.tag, event.type == "contact.tagged")
     elif isinstance(data, PurchaseCompleted):
         new["purchases"] = new.get("purchases", 0) + 1
         new["last_purchase_at"] = _later(new.get("last_purchase_at"), event.time)
     elif isinstance(data, GroupMembership):
-        groups = set(new["groups"])
-        if event.type == "contact.added_to_group":
-            groups.add(data.group)
-        else:
-            groups.discard(data.group)
-        new["groups"] = sorted(groups)
+        new["groups"] = _with(new["groups"], data.group, event.type == "contact.added_to_group")
 
     new["updated_at"] = now.isoformat()
     new["last_event_at"] = _later(new["last_event_at"], event.time)
@@ -143,6 +133,11 @@ def apply_event(
         new["last_activity_at"] = _later(new["last_activity_at"], event.time)
     new["version"] += 1
     return Applied(new, duplicate=False)
+
+
+def _with(members: list[str], item: str, present: bool) -> list[str]:
+    """``members`` as a sorted set, with ``item`` added (present) or removed."""
+    return sorted({*members, item} if present else set(members) - {item})
 
 
 def copy_state(state: ContactState) -> ContactState:
