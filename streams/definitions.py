@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import string
 from datetime import time as dtime
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -58,6 +59,7 @@ class DefinitionError(ValueError):
         self.errors = errors
 
 
+@lru_cache(maxsize=1024)
 def parse_duration(text: str) -> int:
     """``"2d"``, ``"1h30m"``, ``"45s"``, ``"1w"`` → seconds (> 0)."""
     match = _DURATION.match(text.strip()) if isinstance(text, str) else None
@@ -180,9 +182,6 @@ class _Step(BaseModel):
 
     next: str | None = None
 
-    def targets(self) -> list[tuple[str, str]]:
-        return [("next", self.next)] if self.next else []
-
 
 class Send(_Step):
     kind: Literal["send_sms", "send_mms", "send_email"]
@@ -238,9 +237,6 @@ class Branch(_Step):
     true: str
     false: str
 
-    def targets(self) -> list[tuple[str, str]]:
-        return [("true", self.true), ("false", self.false)]
-
 
 class WaitForEvent(_Step):
     kind: Literal["wait_for_event"]
@@ -256,10 +252,6 @@ class WaitForEvent(_Step):
     def _timeout(cls, value: str) -> str:
         parse_duration(value)
         return value
-
-    def targets(self) -> list[tuple[str, str]]:
-        out = super().targets()
-        return out + ([("timeout_next", self.timeout_next)] if self.timeout_next else [])
 
 
 class Exit(_Step):
@@ -422,45 +414,98 @@ def _template_errors(where: str, text: str) -> list[str]:
     return errors
 
 
-def _graph_errors(wf: Workflow) -> list[str]:
-    errors = []
-    if wf.start not in wf.steps:
-        errors.append(f"start: unknown step {wf.start!r}")
-    for sid, step in wf.steps.items():
-        for attr, target in step.targets():
-            if target not in wf.steps:
-                errors.append(f"steps.{sid}.{attr}: unknown step {target!r}")
-        if isinstance(step, Send):
-            errors += _template_errors(f"steps.{sid}.body", step.body)
-            if step.subject:
-                errors += _template_errors(f"steps.{sid}.subject", step.subject)
-    if wf.trigger.keyword is not None and wf.trigger.event != "keyword.received":
-        errors.append("trigger.keyword: only for trigger event keyword.received")
-    if errors:
-        return errors  # the graph walk needs every reference to resolve
-    # Reachability and cycles by depth-first search from start.
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    cycles: list[str] = []
-
-    def visit(sid: str, path: list[str]) -> None:
-        state[sid] = 1
-        for _, target in wf.steps[sid].targets():
-            if state.get(target) == 1:
-                start = path.index(target) if target in path else len(path)
-                cycles.append(" -> ".join([*path[start:], sid, target]))
-            elif target not in state:
-                visit(target, [*path, sid])
-        state[sid] = 2
-
-    visit(wf.start, [])
-    errors += [f"steps: cycle {c}" for c in cycles]
-    errors += [f"steps.{sid}: unreachable from start {wf.start!r}" for sid in wf.steps
-               if sid not in state]
-    return errors
-
-
 _STEP_KINDS = {"send_sms", "send_mms", "send_email", "wait", "wait_until", "add_to_group",
                "remove_from_group", "add_tag", "remove_tag", "branch", "wait_for_event", "exit"}
+_SEND_KINDS = {"send_sms", "send_mms", "send_email"}
+
+
+def _targets(step: Any) -> tuple[list[tuple[str, str]], bool]:
+    """A raw step's references as ``(field, step id)``, and whether all of them could be
+    read (an unreadable step may lead anywhere, so reachability cannot be judged)."""
+    kind = step.get("kind") if isinstance(step, dict) else None
+    if not isinstance(kind, str) or kind not in _STEP_KINDS:
+        return [], False
+    branch = kind == "branch"
+    fields = {"branch": ("true", "false"), "wait_for_event": ("next", "timeout_next")}
+    targets, complete = [], True
+    for field in fields.get(kind, ("next",)):
+        target = step.get(field)
+        if isinstance(target, str) and (target or branch):
+            targets.append((field, target))
+        elif branch or target not in (None, ""):
+            complete = False
+    return targets, complete
+
+
+def _walk(edges: dict[str, list[str]], root: str, state: dict[str, int]) -> list[str]:
+    """Depth-first from ``root`` over steps not seen yet (``state``: 1 = on the path,
+    2 = done); the cycles found. Iterative: a long chain of steps is valid and must not
+    hit Python's recursion limit."""
+    cycles: list[str] = []
+    if root in state:
+        return cycles
+    state[root] = 1
+    path, pending = [root], [iter(edges[root])]
+    while pending:
+        target = next(pending[-1], None)
+        if target is None:
+            state[path.pop()] = 2
+            pending.pop()
+        elif state.get(target) == 1:
+            cycles.append(" -> ".join([*path[path.index(target):], target]))
+        elif target not in state:
+            state[target] = 1
+            path.append(target)
+            pending.append(iter(edges[target]))
+    return cycles
+
+
+def _graph_errors(raw: dict[str, Any]) -> list[str]:
+    """Step references, cycles, reachability, templates and the trigger keyword, read from
+    the raw dict so they are reported beside any field error; parts that cannot be read
+    are skipped (field validation reports them)."""
+    errors: list[str] = []
+    raw_steps = raw.get("steps")
+    steps: dict[str, Any] = raw_steps if isinstance(raw_steps, dict) else {}
+    start = raw.get("start")
+    root = start if isinstance(start, str) and start in steps else None
+    if isinstance(start, str) and root is None and isinstance(raw_steps, dict):
+        errors.append(f"start: unknown step {start!r}")
+    edges: dict[str, list[str]] = {}
+    complete = root is not None
+    for sid, step in steps.items():
+        targets, readable = _targets(step)
+        complete = complete and readable
+        edges[sid] = []
+        for attr, target in targets:
+            if target in steps:
+                edges[sid].append(target)
+            else:
+                errors.append(f"steps.{sid}.{attr}: unknown step {target!r}")
+                complete = False
+        kind = step.get("kind") if isinstance(step, dict) else None
+        if isinstance(kind, str) and kind in _SEND_KINDS:
+            for attr in ("body", "subject"):
+                if isinstance(text := step.get(attr), str) and text:
+                    errors += _template_errors(f"steps.{sid}.{attr}", text)
+    trigger = raw.get("trigger")
+    if isinstance(trigger, dict) and trigger.get("keyword") is not None:
+        event = trigger.get("event")
+        if isinstance(event, str) and event != "keyword.received":
+            errors.append("trigger.keyword: only for trigger event keyword.received")
+    # Cycles from every step (start first), so a cycle shows even when start is unknown;
+    # reachability only when start and every reference resolve: a dangling reference may
+    # be a typo for the very step that then looks unreachable.
+    state: dict[str, int] = {}
+    cycles = _walk(edges, root, state) if root is not None else []
+    reached = set(state)
+    for sid in steps:
+        cycles += _walk(edges, sid, state)
+    errors += [f"steps: cycle {c}" for c in cycles]
+    if complete:
+        errors += [f"steps.{sid}: unreachable from start {root!r}" for sid in steps
+                   if sid not in reached]
+    return errors
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -471,20 +516,29 @@ def _path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in parts) or "(root)"
 
 
+def _messages(exc: ValidationError) -> list[str]:
+    return [f"{_path(e['loc'])}: " + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors(include_url=False)]
+
+
 def _validate(model: type[BaseModel], raw: dict[str, Any]) -> Any:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise DefinitionError([
-            f"{_path(e['loc'])}: " + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors(include_url=False)
-        ]) from None
+        raise DefinitionError(_messages(exc)) from None
 
 
 def parse_definition(raw: dict[str, Any]) -> Workflow:
-    """Validate a workflow definition; raise :class:`DefinitionError` with every problem."""
-    wf: Workflow = _validate(Workflow, raw)
-    if errors := _graph_errors(wf):
+    """Validate a workflow definition; raise :class:`DefinitionError` with every problem:
+    the field errors first, then the graph's, which are checked even when fields fail."""
+    errors: list[str] = []
+    try:
+        wf = Workflow.model_validate(raw)
+    except ValidationError as exc:
+        errors = _messages(exc)
+    graph = _graph_errors(raw) if isinstance(raw, dict) else []
+    errors += [e for e in graph if e not in errors]
+    if errors:
         raise DefinitionError(errors)
     return wf
 

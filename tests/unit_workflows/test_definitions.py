@@ -207,6 +207,82 @@ def test_keyword_problem_is_listed_beside_an_unknown_step() -> None:
     assert expected == errors_of(mutate)
 
 
+def test_field_and_graph_problems_are_listed_together() -> None:
+    """Field errors do not hide the graph's: a bad zone, a bad duration, an unknown start
+    and a cycle are all reported (the cycle found without start; no step is called
+    unreachable from a start that does not exist)."""
+
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["timezone"] = "Mars/Base"
+        raw["start"] = "x"
+        raw["steps"] = {"a": {"kind": "wait", "duration": "2x", "next": "b"},
+                        "b": {"kind": "send_sms", "body": "Hi", "next": "a"}}
+
+    expected = [
+        "timezone: unknown IANA time zone 'Mars/Base'",
+        f"steps.a.duration: invalid duration '2x': {DURATION_HINT}",
+        "start: unknown step 'x'",
+        "steps: cycle a -> b -> a",
+    ]
+    assert expected == errors_of(mutate)
+
+
+def test_cycle_away_from_start_is_reported_beside_a_field_error() -> None:
+    """A cycle that start does not lead to is found too, and its steps are unreachable."""
+
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["timezone"] = "Mars/Base"
+        raw["steps"]["x"] = {"kind": "add_tag", "tag": "t", "next": "y"}
+        raw["steps"]["y"] = {"kind": "exit", "next": "x"}
+
+    expected = [
+        "timezone: unknown IANA time zone 'Mars/Base'",
+        "steps: cycle x -> y -> x",
+        "steps.x: unreachable from start 'hello'",
+        "steps.y: unreachable from start 'hello'",
+    ]
+    assert expected == errors_of(mutate)
+
+
+@pytest.mark.parametrize(
+    ("bad_step", "message"),
+    [
+        # Not an object at all.
+        pytest.param("oops", "Input should be a valid dictionary or object to extract fields "
+                     "from", id="not-an-object"),
+        # A kind that does not exist: where it leads cannot be known.
+        pytest.param({"kind": "sleep", "next": "check"}, "Input tag 'sleep' found using 'kind' "
+                     "does not match any of the expected tags", id="unknown-kind"),
+    ],
+)
+def test_unreadable_step_is_skipped_and_the_rest_still_checked(
+    bad_step: object, message: str
+) -> None:
+    """A step that cannot be read gets its field error; the other steps are still checked,
+    and no step is called unreachable (the unreadable one may lead to it)."""
+
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["steps"]["pause"] = bad_step
+        raw["steps"]["hello"]["body"] = "Hi {{contct.x}}"
+
+    errors = errors_of(mutate)
+
+    assert 2 == len(errors), errors
+    assert errors[0].startswith(f"steps.pause: {message}")
+    assert f"steps.hello.body: unknown template field {{{{contct.x}}}}: {TEMPLATE_HINT}" == (
+        errors[1])
+
+
+def test_long_chain_of_steps_is_accepted() -> None:
+    """The graph walk does not recurse per step: thousands of steps in a row are fine."""
+    raw = welcome_raw()
+    raw["steps"] = {f"s{i}": {"kind": "add_tag", "tag": "t", "next": f"s{i + 1}"}
+                    for i in range(3000)}
+    raw["steps"]["s3000"] = {"kind": "exit"}
+    raw["start"] = "s0"
+    assert 3001 == len(parse_definition(raw).steps)
+
+
 def test_keyword_on_keyword_trigger_is_accepted() -> None:
     """A keyword belongs on a keyword.received trigger."""
     raw = welcome_raw()
