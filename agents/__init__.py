@@ -1,8 +1,4 @@
-"""Faust agents: thin loops that decode, call plain logic in ``tables``, and emit.
+"""Faust agents: thin loops that decode, call the pure handlers in ``tables``, and emit.
 
-Importing this package registers every agent, task and timer with :data:`streams.app.app`.
+:func:`agents.worker.build` makes the app and installs every agent, task and timer on it.
 """
-
-from agents import contacts, timers
-
-__all__ = ["contacts", "timers"]

@@ -1,323 +1,484 @@
-"""The contact agent: everything that happens to a contact, in order, on one worker.
+"""The contact agent: everything that happens to a contact, in order, a batch at a time.
 
-It consumes three co-partitioned topics keyed by contact id: ``contact-events`` (from
-upstream), ``wakeups`` (due waits, from :mod:`agents.timers`) and ``control`` (operators).
-For each record it computes the contact's next state and the effects with the pure logic
-of :mod:`tables.contacts` and :mod:`tables.executions`, then:
+It consumes four co-partitioned topics keyed by contact id — ``contact-events`` (from
+upstream), ``routed`` (events forwarded here from another partition), ``wakeups`` (due
+waits, from :mod:`agents.timers`) and ``control`` (operators) — as batches of records
+(:class:`streams.compat.Batches`: up to ``DRIPSTREAM_BATCH_MAX`` records, whatever the
+consumer fetched). For each batch, a :class:`Cycle`:
 
-1. emits the effects (send commands, contact events, audit records) and waits for the
-   broker to acknowledge them;
-2. writes the contact's state (profile, dedupe marks, executions) to the ``contacts``
-   table — one value, so one changelog record;
-3. projects it to the Redis read model and tells the timer index the next due time.
+1. runs every record, in input order, through the pure handler of its kind
+   (:mod:`tables.handlers`) against the contact's latest state — a contact touched by ten
+   records sees all ten, in order — collecting the effects (send commands, contact
+   events, audit records, suppressions), the dead letters and the forwards;
+2. produces all of them and waits once for the broker's acknowledgements;
+3. writes each changed contact's state once (one changelog record per contact), and waits
+   for those acknowledgements;
+4. projects the changed contacts to Redis in one pipeline;
+5. only then acks the batch's records, so Faust may commit their offsets.
 
-A crash before the table write is durable replays the record: the same effects are
-computed again with the same ids (a send may be repeated, with its original
-``message_id``; none is lost). A crash after it finds the dedupe mark and does nothing.
-There are no transactions (the embedded broker has none): this ordering is the guarantee.
-An exception must not reach Faust (which would ack the record and move on): a broker
-error exits the process so the record is redone; any other error dead-letters the record
-with reason ``processing_error``.
+A crash before 3 redoes the batch: the same effects with the same ids (a send may be
+repeated with its original ``message_id``, none is lost). A crash after 3 finds the
+dedupe marks and does nothing but re-project. There are no transactions (the embedded
+broker has none): this ordering is the guarantee. A record the logic cannot handle is
+dead-lettered (``processing_error``) and the batch goes on; an error of the broker or
+of the process itself exits the worker (status 70) so the batch is redone after the
+restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
+import signal
 import time
-from typing import Any, cast
+from collections import deque
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from faust.types import TP
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from agents.timers import due_index
-from streams.app import app, clock, settings, topics
+from streams import compat
 from streams.commands import Control
-from streams.events import ContactEvent, Rejected, parse_event
-from streams.gapguard import GapGuard
-from streams.topics import topic_name
-from tables import executions
-from tables.compliance import report_suppression
-from tables.contacts import apply_event, contact_key, copy_state, public_view
-from tables.definitions import Registry, Suppressions
-from tables.keywords import on_keyword
-from tables.readmodel import ReadModel
-from tables.state import contacts
+from streams.compat import committed_offset, send_batches
+from streams.events import Rejected, parse_event
+from tables.contacts import (
+    MAX_STATE_BYTES,
+    ContactState,
+    contact_key,
+    encode,
+    size,
+    split_key,
+)
+from tables.effects import Effects, Outcome, audit_record
+from tables.handlers import Wakeup, handle_control, handle_event, handle_wakeup
+from tables.store import partition_for
 
-__all__ = ["contact_agent", "registry"]
+if TYPE_CHECKING:
+    from agents.worker import Worker
+
+EXIT_FATAL = 70  # agents.worker.EXIT_FATAL (imported there from here)
+
+__all__ = ["DEAD_LETTER_MAX_BYTES", "Cycle", "install"]
 
 log = logging.getLogger(__name__)
 
-registry = Registry()
-suppressions = Suppressions()
-_read_model: ReadModel | None = None
+#: A dead letter keeps the original bytes up to this size; a larger original keeps its
+#: first :data:`DEAD_LETTER_PREFIX_BYTES`, with its size and SHA-256 in the headers.
+DEAD_LETTER_MAX_BYTES = 900 * 1024
+DEAD_LETTER_PREFIX_BYTES = 64 * 1024
+#: Batches whose durable part may be running at once (see ``contact_agent``).
+IN_FLIGHT = 2
+#: The largest state a wake-up or a control command may leave (events stop at
+#: MAX_STATE_BYTES); past it the change cannot be stored and is audited instead.
+HARD_STATE_BYTES = 900 * 1024
 
-SEND_TOPICS = {ch: topic_name(settings, f"send.{ch}") for ch in ("sms", "mms", "email")}
-AUDIT = topic_name(settings, "audit")
-EVENTS = topic_name(settings, "contact-events")
-WAKEUPS = topic_name(settings, "wakeups")
-SUPPRESSIONS = topic_name(settings, "suppressions")
-CONTROL = topic_name(settings, "control")
-
-
-def read_model() -> ReadModel:
-    global _read_model
-    if _read_model is None:
-        _read_model = ReadModel(Redis.from_url(settings.redis_url), settings.topic_prefix)
-    return _read_model
+Handler = Callable[[ContactState | None], Outcome]
+#: (topic, key, value, partition or None, headers or None)
+Record = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]
 
 
-@app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
-async def follow_definitions() -> None:
-    await registry.follow(settings, topic_name(settings, "definitions"))
+class Fatal(Exception):
+    """The worker cannot go on safely: exit, and redo the batch after the restart."""
 
 
-@app.task  # type: ignore[untyped-decorator]
-async def follow_suppressions() -> None:
-    await suppressions.follow(settings, SUPPRESSIONS)
+class Cycle:
+    """One batch, from records to acknowledged effects, state and read model."""
 
+    def __init__(self, worker: Worker, now: datetime, previous: Cycle | None = None) -> None:
+        self.w = worker
+        self.now = now
+        #: The batch before, while its durable part is still running: its states are the
+        #: newest (the store has them only once that part is done). None once done.
+        self.previous = previous
+        #: Set once this batch's effects are queued on the producer: the next batch may
+        #: queue its own (the producer keeps each partition's order).
+        self.effects_queued = asyncio.Event()
+        #: Set once the batch is durable, projected and acked.
+        self.done = asyncio.Event()
+        self.ctx = worker.context()
+        self.partitions = worker.settings.partitions
+        #: The latest state of every contact the batch touched (None: has none).
+        self.states: dict[str, ContactState | None] = {}
+        #: The contacts the batch changed (their latest state is in ``states``); encoded
+        #: by :meth:`seal` for step 3.
+        self.changed: dict[str, bytes | None] = {}
+        #: Duplicates: contacts whose read model is refreshed though nothing changed.
+        self.reproject: set[str] = set()
+        #: Contacts the timer index must look at again (changed, or an early wake-up).
+        self.rearm: set[str] = set()
+        self.records: list[Record] = []
+        self.acks: list[Any] = []
+        self.audits = 0
 
-def compliance(account: str) -> executions.Compliance:
-    return executions.Compliance(
-        registry.policy(account),
-        lambda address: suppressions.reason(account, address) is not None,
-        lambda address: suppressions.reason(account, address),
-    )
+    # -- state ---------------------------------------------------------------------
+    def state(self, key: str) -> ContactState | None:
+        if key not in self.states:
+            before = self.previous
+            while before is not None and key not in before.states:
+                before = before.previous
+            if before is not None:
+                self.states[key] = before.states[key]  # handlers never change their input
+            else:
+                self.states[key] = self.w.store.get(key)
+        return self.states[key]
 
+    def apply(self, key: str, message: Any, handler: Handler, *, event: bool) -> None:
+        """Run one record's handler against the contact's latest state and keep the
+        outcome — or dead-letter the record, leaving the contact as it was."""
+        before = self.state(key)
+        try:
+            outcome = handler(before)
+        except Rejected as error:
+            self.dead_letter(message, error)
+            return
+        except Exception as exc:  # a bug, or input the logic cannot handle: keep the record
+            log.exception("processing %s[%s]@%s failed", message.topic, message.partition,
+                          message.offset)
+            self.dead_letter(message, Rejected("processing_error",
+                                               f"{type(exc).__name__}: {exc}"))
+            return
+        if outcome.duplicate:
+            self.reproject.add(key)
+            return
+        new = outcome.state
+        if new is None:
+            self.rearm.add(key)
+            return
+        stored = before["revision"] if before is not None else 0
+        new["revision"] = stored if key in self.changed else stored + 1
+        limit = MAX_STATE_BYTES if event else HARD_STATE_BYTES
+        if (grown := size(new)) > limit:
+            reason = Rejected("limit_exceeded", f"the contact's state would be {grown} "
+                              f"bytes, over the limit of {limit}")
+            if event:
+                self.dead_letter(message, reason)
+            else:
+                log.critical("%s: %s; the change is not stored", key, reason.detail)
+                self.emit_audit(audit_record(new, self.now, "limit_exceeded",
+                                             detail=reason.detail, topic=message.topic))
+            return
+        self.states[key] = new
+        self.changed[key] = None
+        self.rearm.add(key)
+        self.effects(outcome.effects, new["contact_id"])
 
-async def dead_letter(message: Any, error: Rejected) -> None:
-    """Put a rejected record on the dead-letter topic: same key and bytes, reason in headers."""
-    headers = [
-        ("dripstream.reason", error.reason.encode()),
-        ("dripstream.detail", error.detail.encode()[:2000]),
-        ("dripstream.topic", str(message.topic).encode()),
-        ("dripstream.partition", str(message.partition).encode()),
-        ("dripstream.offset", str(message.offset).encode()),
-        ("dripstream.rejected_at", clock.now().isoformat().encode()),
-    ]
-    await topics.dead_letter.send(key=message.key, value=message.value, headers=headers)
-    log.warning(
-        "dead-lettered %s[%s]@%s: %s", message.topic, message.partition, message.offset, error
-    )
+    # -- records in ------------------------------------------------------------------
+    def event(self, message: Any) -> None:
+        names = self.w.names
+        try:
+            if message.key is None:
+                raise Rejected("key_mismatch", "the record has no key (must be the contact id)")
+            event = parse_event(message.value, message.key)
+        except Rejected as error:
+            self.dead_letter(message, error)
+            return
+        expected = partition_for(message.key, self.partitions)
+        if message.partition != expected:
+            if message.topic == names.routed:  # forwarded with the wrong partition: a bug
+                self.dead_letter(message, Rejected(
+                    "wrong_partition", f"routed to {message.partition}, belongs on {expected}"))
+            else:
+                self.forward(message, expected)
+            return
+        self.apply(contact_key(event.account, event.contact_id), message,
+                   lambda state: handle_event(state, event, self.ctx, self.now), event=True)
 
+    def wakeup(self, message: Any) -> None:
+        try:
+            raw = orjson.loads(message.value)
+            wakeup = Wakeup(str(raw["account"]), str(raw["contact_id"]))
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            self.dead_letter(message, Rejected("invalid_data", f"wake-up: {exc!r}"))
+            return
+        self.apply(contact_key(wakeup.account, wakeup.contact_id), message,
+                   lambda state: handle_wakeup(state, wakeup, self.ctx, self.now), event=False)
 
-async def emit(fx: executions.Effects, contact_id: str, partition: int) -> None:
-    """Send every effect and wait until the broker has them all."""
-    key = contact_id.encode()
-    pending = []
-    for command in fx.sends:
-        pending.append(await app.producer.send(
-            SEND_TOPICS[command["channel"]], key, orjson.dumps(command), None, None, None))
-    for event in fx.events:  # back to the contact's own partition, in order
-        pending.append(await app.producer.send(
-            EVENTS, key, orjson.dumps(event), partition, None, None))
-    for record in fx.audit:
-        pending.append(await app.producer.send(
-            AUDIT, key, orjson.dumps(record), None, None, None))
-    for change in fx.suppressions:
-        pending.append(await app.producer.send(
-            SUPPRESSIONS, f"{change['account']}:{change['address']}".encode(),
-            orjson.dumps(change), None, None, None))
-    if pending:
-        await asyncio.gather(*pending)
-    for record in fx.audit:
+    def control(self, message: Any) -> None:
+        try:
+            command = Control.model_validate_json(message.value)
+        except ValidationError as exc:
+            self.dead_letter(message, Rejected("invalid_data", str(exc)))
+            return
+
+        def handle(state: ContactState | None) -> Outcome:
+            return handle_control(state, command, self.ctx, self.now)
+
+        if command.action != "cancel_all":
+            assert command.contact_id is not None
+            key = contact_key(command.account, command.contact_id)
+            if self.state(key) is None:
+                log.warning("control %s for %s: no such contact", command.action, key)
+            self.apply(key, message, handle, event=False)
+            return
+        # Sent to every partition; each owner cancels the executions it holds.
+        prefix = f"{command.account}:"
+        keys = {k for k, _ in self.w.store.items({message.partition}) if k.startswith(prefix)}
+        cycle: Cycle | None = self  # and those only the batches in flight know yet
+        while cycle is not None:
+            keys |= {k for k in cycle.states if k.startswith(prefix)
+                     and partition_for(split_key(k)[1], self.partitions) == message.partition}
+            cycle = cycle.previous
+        for key in sorted(keys):
+            self.apply(key, message, handle, event=False)
+
+    # -- records out -----------------------------------------------------------------
+    def effects(self, fx: Effects, contact_id: str) -> None:
+        names, key = self.w.names, contact_id.encode()
+        partition = partition_for(key, self.partitions)
+        for command in fx.sends:
+            self.records.append((names.send(command.channel), key,
+                                 command.model_dump_json(exclude_none=True).encode(),
+                                 None, None))
+        for event in fx.events:  # back to the contact's own partition, in order
+            self.records.append((names.events, key, orjson.dumps(event), partition, None))
+        for record in fx.audit:
+            self.emit_audit(record)
+        for change in fx.suppressions:
+            self.records.append((names.suppressions,
+                                 f"{change['account']}:{change['address']}".encode(),
+                                 orjson.dumps(change), None, None))
+
+    def emit_audit(self, record: dict[str, Any]) -> None:
+        self.audits += 1
         log.info("audit %s %s:%s %s", record["reason"], record["account"],
                  record["contact_id"], record.get("message_id", ""))
+        self.records.append((self.w.names.audit, record["contact_id"].encode(),
+                             orjson.dumps(record), None, None))
 
+    def dead_letter(self, message: Any, error: Rejected) -> None:
+        """The original key and bytes (or, when they cannot fit in a record, their first
+        bytes with the size and SHA-256), with the reason and where they came from."""
+        value: bytes = message.value or b""
+        key: bytes | None = message.key
+        headers = [
+            ("dripstream.reason", error.reason.encode()),
+            ("dripstream.detail", error.detail.encode()[:2000]),
+            ("dripstream.topic", str(message.topic).encode()),
+            ("dripstream.partition", str(message.partition).encode()),
+            ("dripstream.offset", str(message.offset).encode()),
+            ("dripstream.rejected_at", self.now.isoformat().encode()),
+        ]
+        headers += [(k, v) for k, v in (message.headers or ()) if k.startswith("dripstream.origin")]
+        if len(value) + len(key or b"") > DEAD_LETTER_MAX_BYTES:
+            headers += [("dripstream.truncated", b"true"),
+                        ("dripstream.original_size", str(len(value)).encode()),
+                        ("dripstream.original_sha256", hashlib.sha256(value).hexdigest().encode())]
+            value, key = value[:DEAD_LETTER_PREFIX_BYTES], (key or b"")[:1024]
+        self.records.append((self.w.names.dead_letter, key, value, None, headers))
+        log.warning("dead-lettered %s[%s]@%s: %s", message.topic, message.partition,
+                    message.offset, error)
 
-async def project(state: dict[str, Any]) -> None:
-    """Write to the read model, retrying while Redis is away (the record is not acked)."""
-    delay = 0.1
-    while True:
+    def forward(self, message: Any, partition: int) -> None:
+        """A valid event on another partition than its contact's (a publisher with another
+        partitioner): unchanged to ``routed`` on the contact's partition."""
+        headers = [*list(message.headers or ()),
+                   ("dripstream.origin.topic", str(message.topic).encode()),
+                   ("dripstream.origin.partition", str(message.partition).encode()),
+                   ("dripstream.origin.offset", str(message.offset).encode())]
+        self.records.append((self.w.names.routed, message.key, message.value, partition,
+                             headers))
+
+    def placed(self) -> Iterator[compat.Record]:
+        """The records with their partitions: the given one, else the one Kafka's default
+        partitioner picks for the key (every topic has the same count)."""
+        for n, (topic, key, value, partition, headers) in enumerate(self.records):
+            if partition is None:
+                partition = partition_for(key, self.partitions) if key else n % self.partitions
+            yield topic, partition, key, value, headers
+
+    def seal(self) -> None:
+        """Encode each changed contact's final state, once."""
+        for key in self.changed:
+            state = self.states[key]
+            assert state is not None
+            self.changed[key] = encode(state)
+
+    @property
+    def values(self) -> dict[str, bytes]:
+        return {key: value for key, value in self.changed.items() if value is not None}
+
+    # -- the durable part ----------------------------------------------------------
+    async def finish(self) -> None:
+        """Steps 2-5. Step 2 may overlap the batch before's steps 3-5; steps 3-5 wait for
+        the batch before to be done, so changelog records, read-model writes and acks
+        keep the input order."""
+        w, previous = self.w, self.previous
+        writes = bool(self.records or self.changed)
+        await fault(w, "stall", writes)
+        await fault(w, "crash", writes)
+        t0 = time.perf_counter()
         try:
-            await read_model().put_contact(public_view(state), state["executions"],
-                                           state["revision"])
-            return
-        except (RedisError, OSError) as exc:
-            log.warning("read model write failed (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            if previous is not None:
+                await previous.effects_queued.wait()
+            acknowledged = await send_batches(w.app, self.placed())
+            self.effects_queued.set()
+            await acknowledged()
+            t1 = time.perf_counter()
+            await fault(w, "after_effects", writes)
+            if previous is not None:
+                await previous.done.wait()
+            t2 = time.perf_counter()
+            await w.store.write(self.values)
+            t3 = time.perf_counter()
+            await fault(w, "after_state", writes)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            raise Fatal(f"broker error while writing the batch: {exc!r}") from exc
+        await self.project()
+        log.debug("batch of %d: effects acked in %.1f ms, waited %.1f ms for the batch "
+                  "before, state acked in %.1f ms, read model %.1f ms", len(self.acks),
+                  (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3,
+                  (time.perf_counter() - t3) * 1e3)
+        for key in self.rearm:
+            state = self.states.get(key)
+            if state is not None:
+                w.due_index.schedule(key, state["next_due"])
+        consumer = w.app.consumer
+        for message in self.acks:
+            consumer.ack(message)
+        self.previous = None  # the store has everything before: let the chain go
+        self.done.set()
+
+    async def project(self) -> None:
+        """Changed and re-seen contacts to the read model, retrying while Redis is away
+        (the batch is not acked until it is there)."""
+        rows = []
+        for key, value in self.values.items():
+            state = self.states[key]
+            assert state is not None
+            rows.append((key, state["revision"], value))
+        for key in self.reproject - set(self.changed):
+            raw, state = self.w.store.get_raw(key), self.state(key)
+            if raw is not None and state is not None:
+                rows.append((key, state["revision"], raw))
+        delay = 0.1
+        while rows:
+            try:
+                await self.w.read_model.put_many(rows)
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("read model write failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 
-async def store(key: str, state: dict[str, Any], partition: int) -> None:
-    state["partition"] = partition
-    state["revision"] = state.get("revision", 0) + 1
-    contacts[key] = state
-    due_index.schedule(key, partition, state["next_due"])
-    await project(state)
-
-
-def _event_dict(event: ContactEvent) -> dict[str, Any]:
-    env = event.envelope
-    return {"id": env.id, "type": env.type, "time": env.time.isoformat(),
-            "account": env.account, "causationdepth": env.causationdepth,
-            "data": event.data.model_dump(mode="json", by_alias=True, exclude_none=True)}
-
-
-async def on_contact_event(message: Any) -> None:
-    try:
-        if message.key is None:
-            raise Rejected("key_mismatch", "the record has no key (must be the contact id)")
-        parsed = parse_event(message.value, message.key)
-        expected = (murmur2(message.key) & 0x7FFFFFFF) % settings.partitions
-        if message.partition != expected:
-            raise Rejected(
-                "wrong_partition",
-                f"key {message.key!r} belongs on partition {expected} (Kafka's default "
-                f"murmur2 partitioner), not {message.partition}",
-            )
-    except Rejected as error:
-        await dead_letter(message, error)
+async def fault(worker: Worker, point: str, writes: bool) -> None:
+    """Tests only (``DRIPSTREAM_FAULT=point:N``): misbehave at ``point`` of the Nth batch
+    that writes anything — SIGKILL (after_effects, after_state), fail the Faust app
+    (crash) or stop the agent for good (stall)."""
+    spec = worker.settings.fault
+    if not spec or not writes or spec.partition(":")[0] != point:
         return
-    key = contact_key(parsed.account, parsed.contact_id)
-    current = contacts.get(key)
-    now = clock.now()
-    applied = apply_event(current, parsed, now, settings.dedupe_window_s)
-    if applied.duplicate:
-        log.info("duplicate event %s/%s ignored", parsed.account, parsed.id)
-        # Re-project: heals a crash between the table write and the Redis write.
-        await project(applied.state)
+    wanted = int(spec.partition(":")[2] or 1)
+    worker.faults[point] = worker.faults.get(point, 0) + 1
+    if worker.faults[point] != wanted:
         return
-    state = applied.state
-    event = _event_dict(parsed)
-    rules = compliance(parsed.account)
-    fx, react = executions.Effects(), True
-    if parsed.type == "keyword.received":
-        fx, react = on_keyword(state, event, registry.keywords(parsed.account), rules, now)
-    if (change := report_suppression(state, event, now)) is not None:
-        fx.suppressions.append(change)
-    if react:
-        fx += executions.on_event(state, event, registry.active(parsed.account),
-                                  registry.lookup, now, settings.max_causation_depth, rules)
-    await emit(fx, parsed.contact_id, message.partition)
-    await store(key, state, message.partition)
+    log.critical("fault injection: %s at batch %d", point, wanted)
+    if point == "crash":
+        await worker.app.crash(RuntimeError("fault injection: crash"))
+    elif point == "stall":
+        await asyncio.Event().wait()
+    else:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
-async def on_wakeup(message: Any) -> None:
-    wakeup = orjson.loads(message.value)
-    key = contact_key(wakeup["account"], wakeup["contact_id"])
-    current = contacts.get(key)
-    if current is None:
-        return
-    state = copy_state(current)
-    fx = executions.on_wakeup(state, registry.lookup, clock.now(),
-                              compliance(wakeup["account"]))
-    if state == current:  # nothing was due (a repeated or early wake-up)
-        due_index.schedule(key, message.partition, state["next_due"])
-        return
-    await emit(fx, wakeup["contact_id"], message.partition)
-    await store(key, state, message.partition)
-
-
-async def on_control(message: Any) -> None:
-    try:
-        command = Control.model_validate_json(message.value)
-    except ValidationError as exc:
-        await dead_letter(message, Rejected("invalid_data", str(exc)))
-        return
-    now = clock.now()
-    if command.action == "cancel_all":
-        assert command.workflow_id is not None
-        # Sent to every partition; each owner cancels the executions it holds.
-        for key, value in list(contacts.items()):
-            if value.get("partition") == message.partition and value["account"] == command.account:
-                changed, fx = copy_state(value), executions.Effects()
-                if executions.cancel_all(changed, command.workflow_id, now, fx):
-                    await emit(fx, changed["contact_id"], message.partition)
-                    await store(key, changed, message.partition)
-        return
-    assert command.contact_id is not None and command.execution_id is not None
-    key = contact_key(command.account, command.contact_id)
-    current = contacts.get(key)
-    state = copy_state(current) if current is not None else None
-    fx = executions.Effects()
-    if state is None or not executions.control(state, command.action, command.execution_id,
-                                               now, fx):
-        log.warning("control %s for %s/%s: nothing to do", command.action, key,
-                    command.execution_id)
-        return
-    await emit(fx, command.contact_id, message.partition)
-    await store(key, state, message.partition)
-
-
-_inputs = app.topic(
-    EVENTS, WAKEUPS, CONTROL,
-    key_serializer="raw", value_serializer="raw", partitions=settings.partitions,
-)
-
-
-_gaps = GapGuard()
-
-
-_last_record_at = 0.0
-
-
-@app.timer(interval=1.0)  # type: ignore[untyped-decorator]
-async def heal_lost_input() -> None:
-    """Rewind partitions whose fetched records never reached the (idle) agent."""
-    if app.rebalancing or app.in_recovery or time.monotonic() - _last_record_at < 2.0:
-        return
-    consumer = cast(Any, app.consumer)
-    for tp in app.assignor.assigned_actives():
-        if tp.topic not in (EVENTS, WAKEUPS, CONTROL):
-            continue
-        fetched = consumer._thread.fetch_position(tp)
-        offset = _gaps.lost_behind(tp.topic, tp.partition, fetched, _committed(tp))
-        if offset is not None:
-            log.warning("input %s[%s]: fetched up to %s but the agent is at %s; reading again",
-                        tp.topic, tp.partition, fetched, offset)
-            await consumer.seek(tp, offset)
-
-
-def _committed(tp: TP) -> int:
-    """Where the agent's input starts on ``tp``: the committed offset Faust keeps (it has
-    no public API for it), or 0 without one (a new group reads from the start; where
-    retention has removed offset 0, a rewind to it lands on the first stored record)."""
-    offset: int | None = cast(Any, app.consumer)._committed_offset.get(tp)
-    return offset or 0
-
-
-@app.agent(_inputs)
-async def contact_agent(stream: Any) -> None:
-    async for event in stream.events():
-        await registry.ready.wait()
-        await suppressions.ready.wait()
-        message = event.message
-        global _last_record_at
-        _last_record_at = time.monotonic()
-        tp = TP(message.topic, message.partition)
-        verdict = _gaps.observe(message.topic, message.partition, message.offset,
-                                message.generation_id, _committed(tp))
+async def compute(worker: Worker, batch: list[Any], previous: Cycle | None = None) -> Cycle:
+    """Step 1 of a batch (see the module doc): every record through its handler."""
+    app, names, gaps = worker.app, worker.names, worker.gaps
+    cycle = Cycle(worker, worker.clock.now(), previous)
+    generation = app.consumer_generation_id
+    rewound: set[TP] = set()
+    for n, message in enumerate(batch):
+        if n % 100 == 99:
+            await asyncio.sleep(0)  # let the batch before get on with its acks meanwhile
+        tp = message.tp
+        if message.generation_id != generation or tp in rewound:
+            continue  # fetched before a rebalance or a rewind: it comes again, unacked
+        verdict = gaps.observe(message.topic, message.partition, message.offset,
+                               message.generation_id, committed_offset(app, tp))
         if verdict.action == "rewind":
             log.warning("input %s[%s]: offsets %s..%s never reached the agent; reading again",
                         message.topic, message.partition, verdict.offset, message.offset - 1)
             await app.consumer.seek(tp, verdict.offset)
+            rewound.add(tp)
             continue
         if verdict.action == "skip":
             continue
+        cycle.acks.append(message)
+        if message.topic == names.events or message.topic == names.routed:
+            cycle.event(message)
+        elif message.topic == names.wakeups:
+            cycle.wakeup(message)
+        else:
+            cycle.control(message)
+    cycle.seal()
+    return cycle
+
+
+def install(worker: Worker) -> None:
+    """The contact agent and its input-loss check, on ``worker.app``."""
+    app, names, settings = worker.app, worker.names, worker.settings
+    inputs = app.topic(names.events, names.routed, names.wakeups, names.control,
+                       key_type=bytes, value_type=bytes, partitions=settings.partitions)
+    app.deliver_batches(worker.batches)
+    busy_until = [0.0]  # the agent is busy, or was until this monotonic time
+
+    @app.agent(inputs, name="contacts")
+    async def contact_agent(stream: Any) -> None:
+        # The records arrive as batches (streams/compat.py), not through ``stream``.
+        await worker.registry.ready.wait()
+        await worker.suppressions.ready.wait()
+        worker.health.progress()  # start-up is not a stall
+        # Batches overlap: while the ones before wait for the broker and Redis, the next
+        # is computed against their states (Cycle.state), and its effects may leave once
+        # theirs are queued (Cycle.finish). At most IN_FLIGHT batches are unfinished.
+        in_flight: deque[tuple[Cycle, asyncio.Task[None]]] = deque()
+        async for batch in worker.batches:
+            busy_until[0] = float("inf")
+            while in_flight and in_flight[0][0].done.is_set():
+                in_flight.popleft()
+            previous = in_flight[-1][0] if in_flight else None
+            try:
+                cycle = await compute(worker, batch, previous)
+            except Exception:
+                log.critical("the batch failed; exiting so it is redone", exc_info=True)
+                os._exit(EXIT_FATAL)
+            in_flight.append((cycle, asyncio.ensure_future(finished(cycle))))
+            await asyncio.sleep(0)  # its first writes leave before the next batch is computed
+            if len(in_flight) > IN_FLIGHT:
+                await in_flight.popleft()[1]
+            busy_until[0] = time.monotonic()
+
+    async def finished(cycle: Cycle) -> None:
         try:
-            if message.topic == EVENTS:
-                await on_contact_event(message)
-            elif message.topic == WAKEUPS:
-                await on_wakeup(message)
-            else:
-                await on_control(message)
-        except (TimeoutError, KafkaError) as exc:
-            # Faust would ack the record and go on: its state change would be lost. Exit
-            # instead, as a crash would: the record is processed again after the restart.
-            log.critical("broker error on %s[%s]@%s: %r; exiting so it is redone",
-                         message.topic, message.partition, message.offset, exc)
-            os._exit(70)
-        except Exception as exc:
-            # A bug or an input the logic cannot handle: recorded with its bytes, not lost,
-            # and the contact's other records go on.
-            log.exception("processing %s[%s]@%s failed", message.topic, message.partition,
-                          message.offset)
-            await dead_letter(message, Rejected("processing_error",
-                                                f"{type(exc).__name__}: {exc}"))
+            await cycle.finish()
+        except Fatal as exc:
+            log.critical("%s; exiting so the batch is redone", exc)
+            os._exit(EXIT_FATAL)
+        except Exception:
+            log.critical("the batch failed; exiting so it is redone", exc_info=True)
+            os._exit(EXIT_FATAL)
+        worker.health.progress()
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def heal_lost_input() -> None:
+        """Rewind partitions whose fetched records never reached the (idle) agent."""
+        idle = time.monotonic() - busy_until[0] >= 2.0 and worker.batches.empty()
+        if app.rebalancing or app.in_recovery or not idle:
+            return
+        for tp in app.assignor.assigned_actives():
+            if tp.topic not in worker.batches.topics:
+                continue
+            fetched = app.fetch_position(tp)
+            offset = worker.gaps.lost_behind(tp.topic, tp.partition, fetched,
+                                             committed_offset(app, tp) or 0)
+            if offset is not None:
+                log.warning("input %s[%s]: fetched up to %s but the agent is at %s; "
+                            "reading again", tp.topic, tp.partition, fetched, offset)
+                await app.consumer.seek(tp, offset)

@@ -2,35 +2,38 @@
 
 The source of truth for every wait is the execution inside the contact's table value
 (``due_at``; the contact's earliest is ``next_due``), so waits survive restarts,
-redeploys and rebalances with the table. Each worker keeps an in-memory index of due
-times for the partitions it owns *actively*, built by scanning the table when a partition
-is assigned and updated by the contact agent after every write. Every
+redeploys and rebalances with the table. Each worker keeps an in-memory :class:`DueIndex`
+of due times for the partitions it owns *actively*, built by scanning the table when a
+partition is assigned and updated by the contact agent after every batch. Every
 ``DRIPSTREAM_TIMER_INTERVAL_S`` the tick sends a wake-up for each contact whose next due
 time has come to ``<prefix>wakeups`` on the contact's own partition — at most
 ``DRIPSTREAM_TIMER_MAX_PER_TICK`` per tick, so a backlog after an outage is caught up at
 a bounded rate. The contact agent then fires what is due (never early, and a repeated
 wake-up finds nothing left to do).
 
-Why not fire from the timer directly: Faust only lets an agent, inside stream iteration,
-change a table, and only the partition owner may. The tick runs on every worker
-(``@app.timer``), but each only looks at its own active partitions — a standby copy never
-fires.
+Why not fire from the timer directly: only the agent, in input order, changes a contact.
+The tick runs on every worker (``@app.timer``), but each only looks at its own active
+partitions — a standby copy never fires.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 import orjson
+import zstandard
 
-from streams.app import app, clock, settings
-from streams.topics import topic_name
-from tables.state import contacts
+from tables.contacts import peek_next_due, split_key
+from tables.store import partition_for
 
-__all__ = ["DueIndex", "due_index", "fire_due_waits"]
+if TYPE_CHECKING:
+    from agents.worker import Worker
+
+__all__ = ["RESEND_AFTER", "DueIndex", "install"]
 
 log = logging.getLogger(__name__)
 
@@ -39,65 +42,98 @@ RESEND_AFTER = timedelta(seconds=30)
 
 
 class DueIndex:
-    """Min-heap of (due time, contact key, partition); stale entries are skipped on pop."""
+    """Min-heap of (due time, contact key); an entry whose time is no longer the key's is
+    stale and skipped on pop. The heap is rebuilt when stale entries outnumber live ones,
+    so it holds at most about two entries per waiting contact, however often they move."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, str, int]] = []
+        self._heap: list[tuple[float, str]] = []
         self._due: dict[str, float] = {}
+        #: Partitions this worker owns actively (the tick keeps it current).
         self.partitions: set[int] = set()
 
-    def schedule(self, key: str, partition: int, due: str | datetime | None) -> None:
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def schedule(self, key: str, due: str | datetime | None) -> None:
         if due is None:
             self._due.pop(key, None)
             return
         ts = (datetime.fromisoformat(due) if isinstance(due, str) else due).timestamp()
+        if self._due.get(key) == ts:
+            return
         self._due[key] = ts
-        heapq.heappush(self._heap, (ts, key, partition))
+        heapq.heappush(self._heap, (ts, key))
+        if len(self._heap) > 2 * len(self._due) + 1024:
+            self._heap = [(t, k) for k, t in self._due.items()]
+            heapq.heapify(self._heap)
 
-    def rebuild(self, partitions: set[int], items: Any) -> int:
-        count = 0
-        for key, state in items:
-            if state.get("partition") in partitions and state.get("next_due"):
-                self.schedule(key, state["partition"], state["next_due"])
-                count += 1
-        return count
-
-    def pop_due(self, now: datetime, limit: int) -> list[tuple[str, int]]:
-        out: list[tuple[str, int]] = []
-        while self._heap and len(out) < limit and self._heap[0][0] <= now.timestamp():
-            ts, key, partition = heapq.heappop(self._heap)
-            if self._due.get(key) != ts or partition not in self.partitions:
-                continue  # superseded, or the partition is no longer ours
+    def drop_partitions(self, keep: set[int], partitions: int) -> None:
+        """Forget contacts of partitions no longer owned."""
+        for key in [k for k in self._due if partition_for(split_key(k)[1], partitions)
+                    not in keep]:
             del self._due[key]
-            out.append((key, partition))
+
+    def pop_due(self, now: datetime, limit: int) -> list[str]:
+        out: list[str] = []
+        stamp = now.timestamp()
+        while self._heap and len(out) < limit and self._heap[0][0] <= stamp:
+            ts, key = heapq.heappop(self._heap)
+            if self._due.get(key) != ts:
+                continue  # superseded
+            del self._due[key]
+            out.append(key)
         return out
 
 
-due_index = DueIndex()
-_EVENTS = topic_name(settings, "contact-events")
-_WAKEUPS = topic_name(settings, "wakeups")
+def install(worker: Worker) -> None:
+    app, settings, names, store = worker.app, worker.settings, worker.names, worker.store
+    index = worker.due_index
 
+    async def rebuild(partitions: set[int]) -> int:
+        count = 0
+        for n, (key, value) in enumerate(store.items(partitions)):
+            try:
+                due = peek_next_due(value)
+            except (ValueError, TypeError, AttributeError, zstandard.ZstdError) as exc:
+                log.error("timer index: unreadable state for %r skipped: %r", key, exc)
+                continue
+            if due is not None:
+                index.schedule(key, due)
+                count += 1
+            if n % 5000 == 4999:
+                await asyncio.sleep(0)  # a large table: let heartbeats and fetches run
+        return count
 
-@app.timer(interval=settings.timer_interval_s)  # type: ignore[untyped-decorator]
-async def fire_due_waits() -> None:
-    if app.rebalancing or app.in_recovery:
-        return
-    actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == _EVENTS}
-    if new := actives - due_index.partitions:
-        due_index.partitions |= new
-        count = due_index.rebuild(new, list(contacts.items()))
-        log.info("timer index: partitions %s assigned, %d contacts with waits", sorted(new),
-                 count)
-    due_index.partitions &= actives
-    now = clock.now()
-    for key, partition in due_index.pop_due(now, settings.timer_max_per_tick):
-        state = contacts.get(key)
-        if not state or not state.get("next_due"):
-            continue
-        if datetime.fromisoformat(state["next_due"]) > now:
-            due_index.schedule(key, partition, state["next_due"])
-            continue
-        wakeup = {"account": state["account"], "contact_id": state["contact_id"]}
-        await app.producer.send(_WAKEUPS, state["contact_id"].encode(), orjson.dumps(wakeup),
-                                partition, None, None)
-        due_index.schedule(key, partition, now + RESEND_AFTER)
+    @app.timer(interval=settings.timer_interval_s)  # type: ignore[untyped-decorator]
+    async def fire_due_waits() -> None:
+        if app.rebalancing or app.in_recovery:
+            return
+        actives = {tp.partition for tp in app.assignor.assigned_actives()
+                   if tp.topic == names.events}
+        if gone := index.partitions - actives:
+            index.drop_partitions(actives, settings.partitions)
+            index.partitions -= gone
+        if new := actives - index.partitions:
+            index.partitions |= new
+            count = await rebuild(new)
+            log.info("timer index: partitions %s assigned, %d contacts with waits",
+                     sorted(new), count)
+        now = worker.clock.now()
+        pending = []
+        for key in index.pop_due(now, settings.timer_max_per_tick):
+            raw = store.get_raw(key)
+            due = peek_next_due(raw) if raw is not None else None
+            if due is None:
+                continue
+            if datetime.fromisoformat(due) > now:
+                index.schedule(key, due)
+                continue
+            account, contact_id = split_key(key)
+            wakeup = orjson.dumps({"account": account, "contact_id": contact_id})
+            pending.append(await app.producer.send(
+                names.wakeups, contact_id.encode(), wakeup,
+                partition_for(contact_id, settings.partitions), None, None))
+            index.schedule(key, now + RESEND_AFTER)
+        if pending:
+            await asyncio.gather(*pending)

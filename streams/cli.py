@@ -25,22 +25,48 @@ cli = typer.Typer(help="dripstream: Kafka-native marketing automation.", no_args
 
 @cli.command()
 def worker() -> None:
-    """Run a stream worker (agents and tables) against DRIPSTREAM_BROKER."""
-    from faust.worker import Worker
+    """Run a stream worker (agents and tables) against DRIPSTREAM_BROKER.
 
-    from streams.app import app, settings
-    from streams.topics import ensure_topics
+    Exit status: 0 after SIGTERM/SIGINT, 70 on any fatal error (restart it), 2 on invalid
+    settings."""
+    from pydantic import ValidationError
 
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_topics(settings))
-    import agents  # noqa: F401  (registers the agents with the app)
+    from agents.worker import build, run
+    from streams.settings import Settings
 
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            name = ".".join(str(p) for p in error["loc"]).upper()
+            where = f"DRIPSTREAM_{name}" if name else "settings"
+            typer.echo(f"invalid {where}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
     if settings.clock_offset_file is not None:
         typer.echo(f"WARNING: test clock shifted by {settings.clock_offset_file}", err=True)
+    if settings.fault is not None:
+        typer.echo(f"WARNING: fault injection {settings.fault!r} (tests only)", err=True)
+    raise typer.Exit(run(build(settings)))
 
 
-    Worker(app, loglevel=settings.log_level, loop=loop).execute_from_commandline()
+@cli.command()
+def health(
+    max_age: Annotated[float, typer.Option(help="seconds the liveness file may be old")] = 30.0,
+) -> None:
+    """Exit 0 if the worker's liveness file is fresh (a probe for supervisors)."""
+    from streams.settings import Settings
+
+    path = Settings().health_path
+    try:
+        age = time.time() - path.stat().st_mtime
+        status = json.loads(path.read_text()).get("status", "?")
+    except (OSError, ValueError) as exc:
+        typer.echo(f"unhealthy: cannot read {path}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if age > max_age:
+        typer.echo(f"unhealthy: {path} is {age:.0f} s old (status {status})", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"healthy: {status}, {age:.0f} s ago")
 
 
 @cli.command()
@@ -68,16 +94,29 @@ def publish(
     event: Annotated[str, typer.Argument(help="a CloudEvents JSON object, or - for stdin")],
 ) -> None:
     """Validate one JSON event and publish it to <prefix>contact-events."""
+    import orjson
+
     from producers.publisher import Publisher
-    from streams.events import Rejected
+    from streams.events import Rejected, encode_event, parse_event
     from streams.settings import Settings
 
-    settings = Settings()
-    text = sys.stdin.read() if event == "-" else event
+    # Bytes, not text (an argument's original bytes via fsencode): orjson then refuses bad
+    # UTF-8 and nesting deeper than 1024 as errors instead of a traceback.
+    data = sys.stdin.buffer.read() if event == "-" else os.fsencode(event)
     try:
-        envelope = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"not JSON: {exc}") from None
+        envelope = orjson.loads(data)
+        # What Publisher.send validates, before any connection is made.
+        parse_event(encode_event(envelope))
+    except orjson.JSONDecodeError as exc:
+        typer.echo(f"rejected: not JSON: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except orjson.JSONEncodeError as exc:  # loads nests 1024 deep, dumps only about 250
+        typer.echo(f"rejected: nested too deeply: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except Rejected as exc:
+        typer.echo(f"rejected: {exc}", err=True)
+        raise typer.Exit(2) from None
+    settings = Settings()
 
     async def run() -> None:
         async with Publisher(
@@ -86,11 +125,7 @@ def publish(
         ) as pub:
             await pub.send(envelope)
 
-    try:
-        asyncio.run(run())
-    except Rejected as exc:
-        typer.echo(f"rejected: {exc}", err=True)
-        raise typer.Exit(2) from None
+    asyncio.run(run())
     typer.echo(f"published {envelope.get('type')} {envelope.get('id')}")
 
 
@@ -119,20 +154,33 @@ def define(
     path: Annotated[str, typer.Argument(help="a definition JSON file, or - for stdin")],
 ) -> None:
     """Validate a definition (workflow, account policy, keyword) and publish it."""
-    from producers.admin import publish_definition
-    from streams.definitions import DefinitionError
+    import orjson
 
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    from producers.admin import publish_definition
+    from streams.definitions import DefinitionError, parse_any
+
     try:
-        definition = json.loads(text)
-        wf = _producer_run(lambda p, prefix: publish_definition(p, prefix, definition))
-    except json.JSONDecodeError as exc:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        typer.echo(f"invalid: cannot read {path}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        definition = orjson.loads(data)
+        # Every problem before any connection; and what publish_definition writes must
+        # encode (orjson reads 1024 levels deep but writes only about 250).
+        orjson.dumps(definition)
+        parse_any(definition)
+    except orjson.JSONDecodeError as exc:
         typer.echo(f"invalid: not JSON: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except orjson.JSONEncodeError as exc:
+        typer.echo(f"invalid: nested too deeply: {exc}", err=True)
         raise typer.Exit(2) from None
     except DefinitionError as exc:
         for error in exc.errors:
             typer.echo(f"invalid: {error}", err=True)
         raise typer.Exit(2) from None
+    wf = _producer_run(lambda p, prefix: publish_definition(p, prefix, definition))
     typer.echo(f"published {wf.kind} {wf.account}/{getattr(wf, 'id', 'policy')} v{wf.version}")
 
 

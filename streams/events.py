@@ -28,6 +28,7 @@ from pydantic import (
 
 __all__ = [
     "EVENT_TYPES",
+    "MAX_EVENT_BYTES",
     "ContactEvent",
     "Envelope",
     "RejectReason",
@@ -42,14 +43,19 @@ Channel = Literal["sms", "mms", "email"]
 ACCOUNT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 CUSTOM_TYPE = re.compile(r"^custom\.[a-z0-9_]+(\.[a-z0-9_]+)*$")
 
+#: The largest event (record value) accepted; a larger one is dead-lettered ``too_large``.
+MAX_EVENT_BYTES = 256 * 1024
+
 RejectReason = Literal[
+    "too_large",  # the record is over MAX_EVENT_BYTES
     "malformed_json",  # the bytes are not a JSON object
     "invalid_envelope",  # a CloudEvents attribute is missing or has the wrong form
     "unknown_type",  # `type` is none of the v1 types nor custom.<name>
     "invalid_data",  # `data` does not fit the type's model
     "invalid_timezone",  # `data.timezone` is not an IANA zone name
     "key_mismatch",  # the Kafka key is not the event's `subject`
-    "wrong_partition",  # not on the partition Kafka's default (murmur2) partitioner gives
+    "wrong_partition",  # internal: a routed record not on its contact's partition
+    "limit_exceeded",  # valid, but it would take the contact past a documented limit
     "processing_error",  # valid, but processing it raised (a bug): kept for a replay
 ]
 
@@ -253,6 +259,8 @@ def parse_event(value: bytes | None, key: bytes | None = None) -> ContactEvent:
     ``key`` is checked against ``subject`` when given: an event keyed by another contact
     would be processed on the wrong partition, out of order with that contact's events.
     """
+    if value is not None and len(value) > MAX_EVENT_BYTES:
+        raise Rejected("too_large", f"{len(value)} bytes, over the limit of {MAX_EVENT_BYTES}")
     try:
         raw = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     profile: Profile = "production"
     app_id: str | None = Field(None, description="consumer group; defaults to <prefix>worker")
     fetch_max_wait_ms: int | None = Field(None, ge=0, description="default 1500, embedded 10")
+    idle_fetch_max_wait_ms: int | None = Field(
+        None, ge=0, description="fetch wait once the input is quiet; default: the fetch wait "
+                                "(embedded: 250)")
+    follow_max_wait_ms: int = Field(
+        250, ge=0, description="fetch wait of the definitions and suppressions followers")
+    batch_max: int = Field(1000, ge=1, description="input records per batch (at most)")
     dedupe_window_s: float = Field(24 * 3600, gt=0, description="duplicate-event window")
     max_causation_depth: int = Field(5, ge=1, description="loop guard for emitted events")
     timer_interval_s: float = Field(1.0, gt=0, description="how often due waits are checked")
@@ -43,6 +49,20 @@ class Settings(BaseSettings):
     clock_offset_file: Path | None = Field(
         None, description="tests only: a file holding seconds added to the clock"
     )
+    fault: str | None = Field(
+        None, pattern=r"^(after_effects|after_state|crash|stall)(:[0-9]+)?$",
+        description="tests only, at the Nth batch that writes anything: after_effects / "
+                    "after_state SIGKILL the worker once the effects / the table writes are "
+                    "acknowledged; crash fails the Faust app; stall stops the agent",
+    )
+    health_file: Path | None = Field(
+        None, description="liveness file, touched while the worker makes progress; "
+                          "default <data dir>/health")
+    health_interval_s: float = Field(5.0, gt=0, description="how often liveness is judged")
+    stall_after_s: float = Field(
+        60.0, gt=0, description="no progress for this long with input waiting = stalled")
+    stall_exit_s: float = Field(
+        300.0, ge=0, description="exit (status 70) after being stalled this long; 0: never")
     web_enabled: bool = False
     web_port: int = 6066
     log_level: str = "info"
@@ -79,6 +99,16 @@ class Settings(BaseSettings):
         if self.fetch_max_wait_ms is not None:
             return self.fetch_max_wait_ms
         return 10 if self.embedded else 1500
+
+    @property
+    def idle_fetch_wait_ms(self) -> int:
+        if self.idle_fetch_max_wait_ms is not None:
+            return self.idle_fetch_max_wait_ms
+        return 250 if self.embedded else self.fetch_wait_ms
+
+    @property
+    def health_path(self) -> Path:
+        return self.health_file or self.data_dir / "health"
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -15,8 +15,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from streams.settings import Settings
 
 __all__ = [
+    "CHANNELS",
     "TOPICS",
     "PartitionCountError",
+    "TopicNames",
     "TopicSpec",
     "describe_topics",
     "ensure_topics",
@@ -40,6 +42,9 @@ class TopicSpec:
 
 TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("contact-events", False, 7 * DAY_MS, "CloudEvents from upstream publishers"),
+    TopicSpec("routed", False, 7 * DAY_MS,
+              "internal: events that arrived on another partition than their contact's, "
+              "forwarded unchanged to the contact's partition"),
     TopicSpec("dead-letter", False, 30 * DAY_MS, "rejected input: original bytes + reason"),
     TopicSpec("definitions", True, None, "workflow, account-policy and keyword definitions"),
     TopicSpec("suppressions", True, None, "per account: addresses never to send to"),
@@ -52,8 +57,62 @@ TOPICS: tuple[TopicSpec, ...] = (
 )
 
 
+CHANNELS = ("sms", "mms", "email")
+
+
 def topic_name(settings: Settings, suffix: str) -> str:
     return f"{settings.topic_prefix}{suffix}"
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Every topic name the worker uses, built from the prefix in this one place."""
+
+    prefix: str
+    group_id: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> TopicNames:
+        return cls(settings.topic_prefix, settings.group_id)
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}contact-events"
+
+    @property
+    def routed(self) -> str:
+        return f"{self.prefix}routed"
+
+    @property
+    def wakeups(self) -> str:
+        return f"{self.prefix}wakeups"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}control"
+
+    @property
+    def definitions(self) -> str:
+        return f"{self.prefix}definitions"
+
+    @property
+    def suppressions(self) -> str:
+        return f"{self.prefix}suppressions"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}audit"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}dead-letter"
+
+    def send(self, channel: str) -> str:
+        return f"{self.prefix}send.{channel}"
+
+    def changelog(self, table: str) -> str:
+        """A Faust table's changelog topic (Faust names it ``<app id>-<table>-changelog``)."""
+        return f"{self.group_id}-{table}-changelog"
 
 
 def _config(spec: TopicSpec) -> dict[str, str]:

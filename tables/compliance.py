@@ -10,12 +10,16 @@ reset: windows are derived from the send times and ``now``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from streams.definitions import AccountPolicy
+from tables.contacts import ContactState, SendRecord
+from tables.effects import suppression
 from tables.schedule import local_to_utc, next_local_time
 
 __all__ = [
@@ -34,9 +38,11 @@ KEEP_SENDS = timedelta(days=32)
 ROLLING = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=30)}
 
 
+@lru_cache(maxsize=4096)
 def default_policy(account: str = "default") -> dict[str, Any]:
     """The policy of an account that has not published one: 5/20/50 calendar caps,
-    SMS/MMS 08:00-21:00 local, the usual keyword lists."""
+    SMS/MMS 08:00-21:00 local, the usual keyword lists. Made once per account (a policy is
+    only ever read)."""
     return AccountPolicy(account=account).model_dump(mode="json")
 
 
@@ -58,7 +64,7 @@ def calendar_window(now: datetime, zone: ZoneInfo, kind: str) -> tuple[datetime,
     return _midnight(first, zone), _midnight(after, zone)
 
 
-def _limits(policy: dict[str, Any], contact: dict[str, Any], channel: str) -> list[
+def _limits(policy: Mapping[str, Any], contact: Mapping[str, Any], channel: str) -> list[
     tuple[str | None, str, int]
 ]:
     """(channel or None for all channels, window, limit) for every cap that applies."""
@@ -74,18 +80,21 @@ def _limits(policy: dict[str, Any], contact: dict[str, Any], channel: str) -> li
 
 
 def cap_until(
-    sends: list[dict[str, Any]], policy: dict[str, Any], contact: dict[str, Any],
+    sends: list[SendRecord], policy: Mapping[str, Any], contact: Mapping[str, Any],
     channel: str, zone: ZoneInfo, now: datetime,
 ) -> tuple[bool, datetime | None]:
     """(capped, when to look again). Not capped: (False, None). Capped: the earliest time
     every window that is full now has room again (None: never, a cap of 0)."""
+    limits = _limits(policy, contact, channel)
+    if all(len(sends) < limit for _, _, limit in limits):
+        return False, None  # fewer sends remembered than any cap: no window can be full
     rolling = policy["caps"]["windows"] == "rolling"
     times = sorted(
         (datetime.fromisoformat(s["at"]), s["channel"]) for s in sends
     )
     later: list[datetime] = []
     capped = False
-    for scope, kind, limit in _limits(policy, contact, channel):
+    for scope, kind, limit in limits:
         if rolling:
             start, end = now - ROLLING[kind], now
         else:
@@ -104,7 +113,7 @@ def cap_until(
     return capped, (max(later) if capped and later else None)
 
 
-def record_send(contact: dict[str, Any], command: dict[str, Any], now: datetime) -> None:
+def record_send(contact: ContactState, command: Mapping[str, Any], now: datetime) -> None:
     """Count a send once per ``message_id``; forget sends older than :data:`KEEP_SENDS`."""
     horizon = now - KEEP_SENDS
     sends = [s for s in contact.get("sends", []) if datetime.fromisoformat(s["at"]) >= horizon]
@@ -116,7 +125,7 @@ def record_send(contact: dict[str, Any], command: dict[str, Any], now: datetime)
 
 
 def quiet_until(
-    quiet: dict[str, Any] | None, channel: str, zone: ZoneInfo, now: datetime
+    quiet: Mapping[str, Any] | None, channel: str, zone: ZoneInfo, now: datetime
 ) -> datetime | None:
     """When the send window next opens, if ``now`` is in quiet hours for ``channel``."""
     if not quiet or channel not in quiet["channels"]:
@@ -130,7 +139,7 @@ def quiet_until(
     return None if allowed else next_local_time(now, zone, opens)
 
 
-def classify_keyword(text: str, policy: dict[str, Any]) -> str | None:
+def classify_keyword(text: str, policy: Mapping[str, Any]) -> str | None:
     """``opt_out``, ``opt_in``, ``help`` if the message starts with one of the account's
     system words or phrases ("STOP", "opt out"; case and spacing ignored), else None."""
     words = text.upper().split()
@@ -144,7 +153,7 @@ def classify_keyword(text: str, policy: dict[str, Any]) -> str | None:
 
 
 def report_suppression(
-    contact: dict[str, Any], event: dict[str, Any], now: datetime
+    contact: ContactState, event: dict[str, Any], now: datetime
 ) -> dict[str, Any] | None:
     """A hard bounce or a complaint suppresses the address the message went to."""
     if event["type"] != "message.bounced":
@@ -157,6 +166,4 @@ def report_suppression(
         contact.get("email") if event["data"]["channel"] == "email" else contact.get("phone"))
     if reason is None or not address:
         return None
-    return {"account": contact["account"], "address": address, "reason": reason,
-            "contact_id": contact["contact_id"], "at": now.isoformat(), "remove": False,
-            "message_id": event["data"]["message_id"]}
+    return suppression(contact, address, reason, now, message_id=event["data"]["message_id"])

@@ -14,74 +14,62 @@ it); a control command repeated finds the execution already paused/resumed/cance
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import time as dtime
-from typing import Any
+from functools import lru_cache
+from typing import Any, Literal
 
 from streams.definitions import TEMPLATE, parse_duration
 from tables import gate
 from tables.compliance import record_send
+from tables.contacts import ContactState, Execution
+from tables.effects import (
+    Draft,
+    Effects,
+    Origin,
+    audit_record,
+    contact_event,
+    message_id,
+    send_command,
+)
 from tables.gate import DEFAULTS, Compliance
 from tables.schedule import contact_zone, next_local_time
 from tables.triggers import MISSING, criteria_hold, resolve, trigger_matches
 
 __all__ = [
     "ACTIVE",
-    "DEFAULTS",
+    "HISTORY_MAX",
+    "KEEP_FINISHED",
     "MAX_ACTIVE",
-    "Compliance",
-    "Effects",
-    "audit_record",
+    "Lookup",
     "cancel_all",
-    "contact_event",
     "control",
-    "message_id",
     "next_due",
     "on_event",
     "on_wakeup",
+    "render",
+    "trigger_fields",
 ]
 
 #: Statuses of an execution that has not ended.
 ACTIVE = ("running", "waiting", "paused")
 #: Finished executions kept per contact (the newest); re-entry uses ``runs`` instead.
-KEEP_FINISHED = 20
+KEEP_FINISHED = 5
+#: Step-history entries kept per execution (the newest).
+HISTORY_MAX = 30
 #: Active executions one contact may have: the contact's value is one changelog record,
 #: so it must stay bounded (an every_time workflow with long waits could grow it forever).
 MAX_ACTIVE = 100
+
+Ended = Literal["completed", "cancelled", "failed"]
 
 #: ``lookup(account, workflow_id, version)`` → the definition dict, or None.
 Lookup = Callable[[str, str, int], dict[str, Any] | None]
 
 
-@dataclass
-class Effects:
-    """What a step asks the agent to emit: send commands, contact events, audit records,
-    suppression-list changes."""
-
-    sends: list[dict[str, Any]] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
-    audit: list[dict[str, Any]] = field(default_factory=list)
-    suppressions: list[dict[str, Any]] = field(default_factory=list)
-
-    def __iadd__(self, other: Effects) -> Effects:
-        self.sends += other.sends
-        self.events += other.events
-        self.audit += other.audit
-        self.suppressions += other.suppressions
-        return self
-
-
-def message_id(account: str, execution_id: str, step_id: str, seq: int) -> str:
-    """The same logical send always gets the same id; a retry never a new one."""
-    digest = hashlib.sha256(f"{account}\x1f{execution_id}\x1f{step_id}\x1f{seq}".encode())
-    return "msg-" + digest.hexdigest()[:32]
-
-
-def render(template: str, contact: dict[str, Any], event: dict[str, Any]) -> str:
+def render(template: str, contact: Any, event: dict[str, Any]) -> str:
     """Fill ``{{contact.first_name}}`` / ``{{event.data.order_id | your order}}``."""
 
     def one(match: re.Match[str]) -> str:
@@ -94,47 +82,25 @@ def render(template: str, contact: dict[str, Any], event: dict[str, Any]) -> str
     return TEMPLATE.sub(one, template)
 
 
+@lru_cache(maxsize=64)
 def _iso(t: datetime) -> str:
+    """ISO text of ``t`` (a handler stamps ``now`` on many fields: made once)."""
     return t.isoformat()
 
 
-def _history(ex: dict[str, Any], step: str, outcome: str, now: datetime, **extra: Any) -> None:
-    ex["history"].append({"step": step, "outcome": outcome, "at": _iso(now), **extra})
-
-
-def audit_record(
-    contact: dict[str, Any], now: datetime, reason: str, **extra: Any
-) -> dict[str, Any]:
-    """An ``<prefix>audit`` record about ``contact``."""
-    return {"account": contact["account"], "contact_id": contact["contact_id"],
-            "reason": reason, "at": _iso(now), **extra}
-
-
-def contact_event(
-    contact: dict[str, Any], seed: str, source: str, event_type: str, data: dict[str, Any],
-    depth: int, now: datetime,
-) -> dict[str, Any]:
-    """A contact event dripstream emits (state steps, keywords). Its id is a hash of
-    ``seed``: the same cause always emits the same id, and it is short whatever the seed."""
-    return {
-        "specversion": "1.0",
-        "id": "ds-" + hashlib.sha256(seed.encode()).hexdigest()[:32],
-        "source": source,
-        "type": event_type,
-        "subject": contact["contact_id"],
-        "time": _iso(now),
-        "account": contact["account"],
-        "causationdepth": depth,
-        "data": data,
-    }
+def _history(ex: Execution, step: str, outcome: str, now: datetime, **extra: Any) -> None:
+    history = ex["history"]
+    history.append({"step": step, "outcome": outcome, "at": _iso(now), **extra})  # type: ignore[typeddict-item]
+    if len(history) > HISTORY_MAX:
+        del history[: len(history) - HISTORY_MAX]
 
 
 def _end(
-    ex: dict[str, Any], status: str, reason: str, now: datetime,
-    contact: dict[str, Any] | None = None, fx: Effects | None = None,
+    ex: Execution, status: Ended, reason: str, now: datetime,
+    contact: ContactState | None = None, fx: Effects | None = None,
 ) -> None:
-    ex.update(status=status, ended_reason=reason, ended_at=_iso(now), due_at=None,
-              waiting_for=None, remaining_s=None)
+    ex.update({"status": status, "ended_reason": reason, "ended_at": _iso(now),
+               "due_at": None, "waiting_for": None, "remaining_s": None})
     _history(ex, ex["step"], status, now, reason=reason)
     deferred = ex.pop("deferred", None)
     if deferred and contact is not None and fx is not None:
@@ -143,21 +109,21 @@ def _end(
             "message_id"], origin=_origin(ex, ex["step"]), action="drop", ended_reason=reason))
 
 
-def _goto(ex: dict[str, Any], target: str | None, now: datetime) -> None:
+def _goto(ex: Execution, target: str | None, now: datetime) -> None:
     if target is None:
         _end(ex, "completed", "end", now)
     else:
         ex["step"] = target
 
 
-def _origin(ex: dict[str, Any], step_id: str) -> dict[str, Any]:
+def _origin(ex: Execution, step_id: str) -> Origin:
     return {"kind": "workflow", "workflow_id": ex["workflow_id"], "version": ex["version"],
             "execution_id": ex["id"], "step_id": step_id}
 
 
 def _send(
-    ex: dict[str, Any], wf: dict[str, Any], sid: str, step: dict[str, Any],
-    contact: dict[str, Any], now: datetime, fx: Effects, compliance: Compliance,
+    ex: Execution, wf: dict[str, Any], sid: str, step: dict[str, Any],
+    contact: ContactState, now: datetime, fx: Effects, compliance: Compliance,
 ) -> str:
     """Emit, defer or drop one send step; returns the gate's action."""
     channel = step["kind"].removeprefix("send_")
@@ -170,7 +136,7 @@ def _send(
         mid = message_id(contact["account"], ex["id"], sid, ex["seq"])
         created = _iso(now)
         expires = _iso(now + timedelta(seconds=parse_duration(step["expires_after"])))
-    command: dict[str, Any] = {
+    command: Draft = {
         "message_id": mid,
         "channel": channel,
         "account": contact["account"],
@@ -195,14 +161,14 @@ def _send(
                                bool(to) and compliance.suppressed(str(to)), now,
                                wf.get("on_capped", "drop"), wf.get("timezone"))
     if decision.action == "send":
-        fx.sends.append(command)
+        fx.sends.append(send_command(command))
         record_send(contact, command, now)
         _history(ex, sid, "sent", now, message_id=mid)
     elif decision.action == "defer":
         assert decision.until is not None
         until = _iso(decision.until)
-        ex.update(status="waiting", due_at=until,
-                  deferred={"message_id": mid, "created_at": created, "expires_at": expires})
+        ex.update({"status": "waiting", "due_at": until, "deferred": {
+            "message_id": mid, "created_at": created, "expires_at": expires}})
         fx.audit.append(audit_record(contact, now, decision.reason or "", message_id=mid,
                                channel=channel, origin=_origin(ex, sid), action="defer",
                                deferred_until=until))
@@ -224,7 +190,7 @@ _STATE_EVENTS = {
 
 
 def _run(
-    ex: dict[str, Any], wf: dict[str, Any], contact: dict[str, Any], now: datetime,
+    ex: Execution, wf: dict[str, Any], contact: ContactState, now: datetime,
     compliance: Compliance,
 ) -> Effects:
     """Advance a running execution until it waits or ends (the graph has no cycles)."""
@@ -248,7 +214,7 @@ def _run(
             else:
                 due = now + timedelta(seconds=parse_duration(step["timeout"]))
                 ex["waiting_for"] = {"event": step["event"], "criteria": step["criteria"]}
-            ex.update(status="waiting", due_at=_iso(due))
+            ex.update({"status": "waiting", "due_at": _iso(due)})
             _history(ex, sid, "waiting", now, until=_iso(due))
         elif kind in _STATE_EVENTS:
             event_type, attr = _STATE_EVENTS[kind]
@@ -267,26 +233,28 @@ def _run(
     return fx
 
 
-def _prune(contact: dict[str, Any]) -> None:
+def _prune(contact: ContactState) -> None:
+    if len(contact["executions"]) <= KEEP_FINISHED:
+        return
     finished = [e for e in contact["executions"].values() if e["status"] not in ACTIVE]
-    finished.sort(key=lambda e: e["ended_at"])
+    finished.sort(key=lambda e: e["ended_at"] or "")
     for ex in finished[: max(0, len(finished) - KEEP_FINISHED)]:
         del contact["executions"][ex["id"]]
 
 
-def next_due(contact: dict[str, Any]) -> str | None:
+def next_due(contact: ContactState) -> str | None:
     """The earliest wake-up any of the contact's executions waits for."""
     dues = [e["due_at"] for e in contact["executions"].values()
             if e["status"] == "waiting" and e["due_at"]]
     return min(dues, key=datetime.fromisoformat) if dues else None
 
 
-def _finish(contact: dict[str, Any]) -> None:
+def _finish(contact: ContactState) -> None:
     _prune(contact)
     contact["next_due"] = next_due(contact)
 
 
-def _may_start(contact: dict[str, Any], wf: dict[str, Any], now: datetime) -> bool:
+def _may_start(contact: ContactState, wf: dict[str, Any], now: datetime) -> bool:
     running = any(e["workflow_id"] == wf["id"] and e["status"] in ACTIVE
                   for e in contact["executions"].values())
     runs = contact["runs"].get(wf["id"])
@@ -303,8 +271,50 @@ def _may_start(contact: dict[str, Any], wf: dict[str, Any], now: datetime) -> bo
     return True
 
 
+_TRIGGER_FIELDS: dict[tuple[str, str, int], list[list[str]]] = {}
+
+
+def trigger_fields(wf: dict[str, Any]) -> list[list[str]]:
+    """The ``event.data`` paths the workflow reads from its triggering event (templates and
+    branch conditions): an execution keeps only those, not the whole event. Versions are
+    write-once, so the answer is remembered per version."""
+    ident = (wf["account"], wf["id"], wf["version"])
+    if (known := _TRIGGER_FIELDS.get(ident)) is None:
+        known = _TRIGGER_FIELDS[ident] = _trigger_fields(wf)
+    return known
+
+
+def _trigger_fields(wf: dict[str, Any]) -> list[list[str]]:
+    paths: set[tuple[str, ...]] = set()
+    for step in wf["steps"].values():
+        texts = [step.get("body") or "", step.get("subject") or ""]
+        fields = [m.group(1).strip() for t in texts for m in TEMPLATE.finditer(t)]
+        fields += [c.get("field") or "" for c in step.get("condition") or []]
+        for name in fields:
+            parts = name.split(".")
+            if len(parts) > 2 and parts[:2] == ["event", "data"]:
+                paths.add(tuple(parts[2:]))
+    return [list(p) for p in sorted(paths)]
+
+
+def _trigger(event: dict[str, Any], wf: dict[str, Any]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for path in trigger_fields(wf):
+        value: Any = event["data"]
+        for part in path:
+            if not isinstance(value, dict) or part not in value:
+                break
+            value = value[part]
+        else:
+            node = data
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = value
+    return {"id": event["id"], "type": event["type"], "time": event["time"], "data": data}
+
+
 def on_event(
-    contact: dict[str, Any], event: dict[str, Any], workflows: list[dict[str, Any]],
+    contact: ContactState, event: dict[str, Any], workflows: list[dict[str, Any]],
     lookup: Lookup, now: datetime, max_depth: int, compliance: Compliance = DEFAULTS,
 ) -> Effects:
     """Apply an accepted contact event to the contact's executions (``contact`` already
@@ -318,12 +328,15 @@ def on_event(
         if wf is None:
             continue
         waiting = ex.get("waiting_for")
+        due_at = ex["due_at"]
         if (ex["status"] == "waiting" and waiting and waiting["event"] == event["type"]
-                and datetime.fromisoformat(ex["due_at"]) > now  # else it timed out already
+                and due_at is not None
+                and datetime.fromisoformat(due_at) > now  # else it timed out already
                 and criteria_hold(waiting["criteria"], event, contact)):
             step = wf["steps"][ex["step"]]
             _history(ex, ex["step"], "event_received", now, event_id=event["id"])
-            ex.update(status="running", due_at=None, waiting_for=None, scheduled_at=_iso(now))
+            ex.update({"status": "running", "due_at": None, "waiting_for": None,
+                       "scheduled_at": _iso(now)})
             _goto(ex, step.get("next"), now)
             fx += _run(ex, wf, contact, now, compliance)
         if ex["status"] in ACTIVE and any(
@@ -336,8 +349,8 @@ def on_event(
     depth = int(event.get("causationdepth", 0))
     if matching and depth >= max_depth:
         fx.audit.append(audit_record(contact, now, "loop_guard", event_id=event["id"],
-                               event_type=event["type"], depth=depth,
-                               workflows=[wf["id"] for wf in matching]))
+                                     event_type=event["type"], depth=depth,
+                                     workflows=[wf["id"] for wf in matching]))
         matching = []
     for wf in matching:
         if not _may_start(contact, wf, now):
@@ -351,33 +364,35 @@ def on_event(
         eid = f"{wf['id']}/{event['id']}"
         if eid in contact["executions"]:
             continue  # this event already started it (a replay)
-        ex = {
+        new: Execution = {
             "id": eid, "workflow_id": wf["id"], "version": wf["version"],
             "status": "running", "step": wf["start"], "seq": 0, "depth": depth,
             "started_at": _iso(now), "scheduled_at": _iso(now), "ended_at": None,
             "ended_reason": None, "due_at": None, "remaining_s": None, "waiting_for": None,
-            "trigger": {k: event[k] for k in ("id", "type", "time", "data")},
+            "trigger": _trigger(event, wf),
             "history": [],
         }
-        contact["executions"][eid] = ex
-        runs = contact["runs"].setdefault(wf["id"], {"count": 0})
-        runs.update(last_started_at=_iso(now), count=runs["count"] + 1)
-        fx += _run(ex, wf, contact, now, compliance)
+        contact["executions"][eid] = new
+        runs = contact["runs"].setdefault(wf["id"], {"count": 0, "last_started_at": ""})
+        runs.update({"last_started_at": _iso(now), "count": runs["count"] + 1})
+        fx += _run(new, wf, contact, now, compliance)
     _finish(contact)
     return fx
 
 
 def on_wakeup(
-    contact: dict[str, Any], lookup: Lookup, now: datetime, compliance: Compliance = DEFAULTS
-) -> Effects:
-    """Fire every wait that is due at ``now`` (none early; a repeat finds nothing due)."""
-    fx = Effects()
+    contact: ContactState, lookup: Lookup, now: datetime, compliance: Compliance = DEFAULTS
+) -> Effects | None:
+    """Fire every wait that is due at ``now`` (none early); None if nothing was due (a
+    repeated or early wake-up)."""
+    fx, fired = Effects(), False
     for ex in list(contact["executions"].values()):
         if ex["status"] != "waiting" or not ex["due_at"]:
             continue
         due = datetime.fromisoformat(ex["due_at"])
         if due > now:
             continue
+        fired = True
         wf = lookup(contact["account"], ex["workflow_id"], ex["version"])
         if wf is None:
             _end(ex, "failed", "definition_missing", now, contact, fx)
@@ -385,55 +400,56 @@ def on_wakeup(
         step = wf["steps"][ex["step"]]
         if step["kind"].startswith("send_"):  # a deferred send: try it again
             _history(ex, ex["step"], "retrying", now, due_at=ex["due_at"])
-            ex.update(status="running", due_at=None)
+            ex.update({"status": "running", "due_at": None})
             fx += _run(ex, wf, contact, now, compliance)
             continue
         timed_out = step["kind"] == "wait_for_event"
         _history(ex, ex["step"], "timed_out" if timed_out else "waited", now,
                  due_at=ex["due_at"])
-        ex.update(status="running", due_at=None, waiting_for=None, scheduled_at=_iso(due))
+        ex.update({"status": "running", "due_at": None, "waiting_for": None,
+                   "scheduled_at": _iso(due)})
         _goto(ex, step.get("timeout_next") if timed_out else step.get("next"), now)
         fx += _run(ex, wf, contact, now, compliance)
+    if not fired:
+        return None
     _finish(contact)
     return fx
 
 
 def control(
-    contact: dict[str, Any], action: str, execution_id: str, now: datetime,
-    fx: Effects | None = None,
-) -> bool:
-    """Pause, resume or cancel one execution; False if it was not in a state to do so.
-    Audit records (a deferred send cancelled) are added to ``fx``."""
+    contact: ContactState, action: str, execution_id: str, now: datetime
+) -> Effects | None:
+    """Pause, resume or cancel one execution; None if it was not in a state to do so
+    (a repeated command). The effects: a deferred send that a cancel ends is audited."""
     ex = contact["executions"].get(execution_id)
     if ex is None:
-        return False
-    changed = False
-    if action == "pause" and ex["status"] == "waiting":
+        return None
+    fx = Effects()
+    if action == "pause" and ex["status"] == "waiting" and ex["due_at"]:
         remaining = datetime.fromisoformat(ex["due_at"]) - now
-        ex.update(status="paused", due_at=None,
-                  remaining_s=max(remaining.total_seconds(), 0.0))
+        ex.update({"status": "paused", "due_at": None,
+                   "remaining_s": max(remaining.total_seconds(), 0.0)})
         _history(ex, ex["step"], "paused", now)
-        changed = True
     elif action == "resume" and ex["status"] == "paused":
-        due = now + timedelta(seconds=ex["remaining_s"])
-        ex.update(status="waiting", due_at=_iso(due), remaining_s=None)
+        due = now + timedelta(seconds=ex["remaining_s"] or 0.0)
+        ex.update({"status": "waiting", "due_at": _iso(due), "remaining_s": None})
         _history(ex, ex["step"], "resumed", now, until=_iso(due))
-        changed = True
     elif action == "cancel" and ex["status"] in ACTIVE:
         _end(ex, "cancelled", "cancelled", now, contact, fx)
-        changed = True
+    else:
+        return None
     _finish(contact)
-    return changed
+    return fx
 
 
-def cancel_all(
-    contact: dict[str, Any], workflow_id: str, now: datetime, fx: Effects | None = None
-) -> int:
-    """Cancel every active execution of ``workflow_id``; return how many."""
-    count = 0
+def cancel_all(contact: ContactState, workflow_id: str, now: datetime) -> Effects | None:
+    """Cancel every active execution of ``workflow_id``; None if there was none."""
+    fx, count = Effects(), 0
     for ex in contact["executions"].values():
         if ex["workflow_id"] == workflow_id and ex["status"] in ACTIVE:
             _end(ex, "cancelled", "cancelled_all", now, contact, fx)
             count += 1
+    if not count:
+        return None
     _finish(contact)
-    return count
+    return fx

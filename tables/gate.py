@@ -20,7 +20,7 @@ answer the number that just wrote in, whatever its consent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -59,7 +59,7 @@ class Compliance:
 DEFAULTS = Compliance(default_policy())
 
 
-def _consent(contact: dict[str, Any], channel: str) -> bool | None:
+def _consent(contact: Mapping[str, Any], channel: str) -> bool | None:
     consent = contact.get("consent", {})
     value = consent.get(channel)
     if value is None and channel == "mms":
@@ -68,7 +68,7 @@ def _consent(contact: dict[str, Any], channel: str) -> bool | None:
 
 
 def decide(
-    command: dict[str, Any], contact: dict[str, Any], policy: dict[str, Any],
+    command: Mapping[str, Any], contact: Mapping[str, Any], policy: Mapping[str, Any],
     suppressed: bool, now: datetime, on_capped: str = "drop", zone: str | None = None,
 ) -> Decision:
     """``zone``: for contacts without a time zone (default: the policy's)."""

@@ -2,8 +2,9 @@
 
 Pure: :func:`on_keyword` takes the contact's state (a fresh copy it updates), the
 ``keyword.received`` event, the account's policy and keyword definitions, and ``now``;
-it returns the replies, events and suppression changes to emit, and whether workflows may
-react to the event (never for the system words STOP / START / HELP and their lists).
+it returns the replies, events and suppression changes to emit. Workflows may react to the
+event unless it is a system word (STOP / START / HELP and their lists:
+:func:`system_keyword`).
 
 - opt-out word: SMS and MMS consent revoked at once (so no marketing send for the contact
   leaves the gate from now on, including sends already waiting or deferred), the phone
@@ -25,19 +26,21 @@ from typing import Any
 
 from tables import gate
 from tables.compliance import classify_keyword, record_send
-from tables.executions import Compliance, Effects, audit_record, contact_event
+from tables.contacts import ContactState
+from tables.effects import Draft, Effects, audit_record, contact_event, send_command, suppression
+from tables.gate import Compliance
 from tables.triggers import keyword_of
 
-__all__ = ["on_keyword"]
+__all__ = ["on_keyword", "system_keyword"]
 
 
 def _reply(
-    contact: dict[str, Any], event: dict[str, Any], text: str, purpose: str, now: datetime,
+    contact: ContactState, event: dict[str, Any], text: str, purpose: str, now: datetime,
     compliance: Compliance, fx: Effects,
 ) -> None:
     digest = hashlib.sha256(f"{contact['account']}\x1f{event['id']}\x1freply".encode())
     channel = event["data"].get("channel", "sms")
-    command = {
+    command: Draft = {
         "message_id": "msg-" + digest.hexdigest()[:32],
         "channel": channel,
         "account": contact["account"],
@@ -56,18 +59,12 @@ def _reply(
     decision = gate.decide(command, contact, compliance.policy,
                            bool(to) and compliance.suppressed(str(to)), now)
     if decision.action == "send":
-        fx.sends.append(command)
+        fx.sends.append(send_command(command))
         record_send(contact, command, now)
     else:
         fx.audit.append(audit_record(contact, now, decision.reason or "",
                                      message_id=command["message_id"], channel=channel,
                                      origin=command["origin"], action="drop"))
-
-
-def _suppression(address: str, contact: dict[str, Any], reason: str, now: datetime,
-                 remove: bool = False) -> dict[str, Any]:
-    return {"account": contact["account"], "address": address, "reason": reason,
-            "contact_id": contact["contact_id"], "at": now.isoformat(), "remove": remove}
 
 
 def _lifted(compliance: Compliance, phone: str | None) -> Compliance:
@@ -82,40 +79,50 @@ def _lifted(compliance: Compliance, phone: str | None) -> Compliance:
     return Compliance(compliance.policy, suppressed, compliance.reason)
 
 
-def on_keyword(
-    contact: dict[str, Any], event: dict[str, Any], keywords: list[dict[str, Any]],
-    compliance: Compliance, now: datetime,
-) -> tuple[Effects, bool]:
-    """Handle a ``keyword.received``; returns (effects, may workflows react)."""
-    fx = Effects()
-    policy = compliance.policy
+def _classify(event: dict[str, Any], policy: dict[str, Any]) -> tuple[str | None, str]:
+    """(system keyword kind or None, the first word)."""
     text = str(event["data"].get("text") or event["data"].get("keyword") or "")
     word = keyword_of(str(event["data"].get("keyword") or text))
-    kind = classify_keyword(text, policy) or classify_keyword(word, policy)
+    return classify_keyword(text, policy) or classify_keyword(word, policy), word
+
+
+def system_keyword(event: dict[str, Any], policy: dict[str, Any]) -> bool:
+    """Is this text an opt-out, opt-in or help word? Workflows never react to those."""
+    return _classify(event, policy)[0] is not None
+
+
+def on_keyword(
+    contact: ContactState, event: dict[str, Any], keywords: list[dict[str, Any]],
+    compliance: Compliance, now: datetime,
+) -> Effects:
+    """Handle a ``keyword.received`` (``contact`` is changed in place)."""
+    fx = Effects()
+    policy = compliance.policy
+    kind, word = _classify(event, policy)
     fill = {"brand": policy["brand"], "support": policy["support"]}
-    consent = contact.setdefault("consent", {})
+    consent = contact["consent"]
     # The number that wrote in (the contact's phone if the gateway did not say).
     sender = event["data"].get("from") or contact.get("phone")
     if kind == "opt_out":
         already = consent.get("sms") is False
         consent.update(sms=False, mms=False)
         if sender:
-            fx.suppressions.append(_suppression(sender, contact, "opted_out", now))
+            fx.suppressions.append(suppression(contact, sender, "opted_out", now))
         if not already:
             _reply(contact, event, policy["replies"]["opt_out"].format(**fill),
                    "opt_out_confirmation", now, compliance, fx)
-        return fx, False
+        return fx
     if kind == "opt_in":
         consent.update(sms=True, mms=True)
         if sender:
-            fx.suppressions.append(_suppression(sender, contact, "opted_out", now, remove=True))
+            fx.suppressions.append(suppression(contact, sender, "opted_out", now, remove=True))
         _reply(contact, event, policy["replies"]["opt_in"].format(**fill), "opt_in_confirmation",
                now, _lifted(compliance, sender), fx)
-        return fx, False
+        return fx
     if kind == "help":
         _reply(contact, event, policy["replies"]["help"].format(**fill), "help", now,
                compliance, fx)
-        return fx, False
+        return fx
     to = event["data"].get("to")
     for kw in keywords:
         if not kw["active"] or word not in kw["words"] or (kw["to"] and to not in kw["to"]):
@@ -123,8 +130,8 @@ def on_keyword(
         if kw["consent"]:  # an opt-in keyword: as START, for this programme
             consent.update(sms=True, mms=True)
             if sender:
-                fx.suppressions.append(_suppression(sender, contact, "opted_out", now,
-                                                    remove=True))
+                fx.suppressions.append(suppression(contact, sender, "opted_out", now,
+                                                   remove=True))
                 compliance = _lifted(compliance, sender)
         if kw["group"]:
             fx.events.append(contact_event(
@@ -135,4 +142,4 @@ def on_keyword(
             _reply(contact, event, kw["reply"].format(**fill), "keyword_reply", now,
                    compliance, fx)
         break
-    return fx, True
+    return fx

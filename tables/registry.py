@@ -27,7 +27,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from streams import tansu
+from streams.compat import end_offsets, refresh_metadata
 from streams.definitions import AccountPolicy, DefinitionError, parse_any
 from streams.settings import Settings
 from tables.compliance import default_policy
@@ -50,19 +50,19 @@ class CompactedView:
         """Read ``topic`` from the start forever; set :attr:`ready` once caught up."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-            fetch_max_wait_ms=settings.fetch_wait_ms, **settings.kafka_security(),
+            fetch_max_wait_ms=settings.follow_max_wait_ms, **settings.kafka_security(),
         )
         await consumer.start()
         try:
             partitions = consumer.partitions_for_topic(topic)
             while not partitions:  # the worker creates its topics at start; wait for them
                 await asyncio.sleep(0.5)
-                await consumer._client.force_metadata_update()
+                await refresh_metadata(consumer)
                 partitions = consumer.partitions_for_topic(topic)
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            ends = (await tansu.end_offsets(consumer, tps) if settings.embedded
+            ends = (await end_offsets(consumer, tps) if settings.embedded
                     else await consumer.end_offsets(tps))
             while True:
                 positions = [await consumer.position(tp) for tp in tps]

@@ -7,8 +7,10 @@ happens twice (fall-back) means its first occurrence.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 __all__ = ["WEEKDAYS", "contact_zone", "local_to_utc", "next_local_time"]
@@ -16,7 +18,7 @@ __all__ = ["WEEKDAYS", "contact_zone", "local_to_utc", "next_local_time"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-def contact_zone(contact: dict[str, object], fallback: str) -> ZoneInfo:
+def contact_zone(contact: Mapping[str, Any], fallback: str) -> ZoneInfo:
     zone = contact.get("timezone")
     return ZoneInfo(zone if isinstance(zone, str) and zone else fallback)
 

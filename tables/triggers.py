@@ -10,6 +10,7 @@ A criterion on a missing field is false (except ``not_exists``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -30,7 +31,7 @@ def _walk(value: Any, path: list[str]) -> Any:
     return value
 
 
-def resolve(field: str, event: dict[str, Any], contact: dict[str, Any]) -> Any:
+def resolve(field: str, event: dict[str, Any], contact: Mapping[str, Any]) -> Any:
     root, *path = field.split(".")
     if root == "event":
         return _walk(event, path)
@@ -68,7 +69,7 @@ def _compare(op: str, left: Any, right: Any) -> bool:
     return {"gt": a > b, "gte": a >= b, "lt": a < b, "lte": a <= b}[op]  # type: ignore[operator]
 
 
-def _holds(criterion: dict[str, Any], event: dict[str, Any], contact: dict[str, Any]) -> bool:
+def _holds(criterion: dict[str, Any], event: dict[str, Any], contact: Mapping[str, Any]) -> bool:
     op, expected = criterion["op"], criterion.get("value")
     if op in ("in_group", "not_in_group"):
         return bool((expected in contact.get("groups", [])) == (op == "in_group"))
@@ -93,7 +94,7 @@ def _holds(criterion: dict[str, Any], event: dict[str, Any], contact: dict[str, 
 
 
 def criteria_hold(
-    criteria: list[dict[str, Any]], event: dict[str, Any], contact: dict[str, Any]
+    criteria: list[dict[str, Any]], event: dict[str, Any], contact: Mapping[str, Any]
 ) -> bool:
     """All criteria hold (an empty list holds)."""
     return all(_holds(c, event, contact) for c in criteria)
@@ -106,7 +107,7 @@ def keyword_of(text: str) -> str:
 
 
 def trigger_matches(
-    workflow: dict[str, Any], event: dict[str, Any], contact: dict[str, Any]
+    workflow: dict[str, Any], event: dict[str, Any], contact: Mapping[str, Any]
 ) -> bool:
     """Does ``event`` start ``workflow``? Never across accounts; empty criteria mean every
     event of the trigger's type *in the workflow's account*."""

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,9 +19,9 @@ from redis.asyncio import Redis
 
 from producers.admin import publish_definition, send_control
 from producers.publisher import Publisher
-from streams import tansu
 from streams.clock import Clock
 from streams.commands import Control
+from streams.embedded import WorkerProcess, read_to_end
 from streams.settings import Settings
 from streams.topics import ensure_topics, topic_name
 from tables.readmodel import ReadModel
@@ -62,13 +61,15 @@ class Stack:
             clock_offset_file=tmp_path / "clock-offset",
             timer_interval_s=0.2,
         )
-        self.workers: list[subprocess.Popen[bytes]] = []
+        self.workers: list[WorkerProcess] = []
         self.redis = Redis.from_url(redis_url)
         self.read_model = ReadModel(self.redis, self.settings.topic_prefix)
         self.publisher = Publisher(bootstrap, topic_prefix=self.settings.topic_prefix)
 
-    @property
+    @cached_property
     def env(self) -> dict[str, str]:
+        """The workers' environment: one dict, so a test may add to it (``stack.env.update``)
+        for the workers and CLI runs that follow."""
         s = self.settings
         return {
             **os.environ,
@@ -152,47 +153,31 @@ class Stack:
 
     async def read_all(self, suffix: str) -> list[Any]:
         """Every record of a topic up to its current end (a snapshot, no waiting)."""
-        topic = self.topic(suffix)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await consumer.start()
         try:
-            tps = [TopicPartition(topic, p) for p in range(self.settings.partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await (tansu.end_offsets(consumer, tps) if self.settings.embedded
-                          else consumer.end_offsets(tps))
-            records: list[Any] = []
-            deadline = time.monotonic() + 30
-            while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-                assert time.monotonic() < deadline, f"{suffix}: could not read to the end"
-                for part in (await consumer.getmany(timeout_ms=200)).values():
-                    records.extend(part)
-            return records
-        finally:
-            await consumer.stop()
+            return await read_to_end(self.bootstrap, self.topic(suffix),
+                                     self.settings.partitions, embedded=self.settings.embedded)
+        except TimeoutError as exc:
+            raise AssertionError(f"{suffix}: could not read to the end ({exc})") from None
 
     async def stop(self) -> None:
-        for proc in self.workers:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for worker in self.workers:
+            if worker.exit_code is None:
+                worker.kill()
         await self.publisher.__aexit__(None, None, None)
         await self.producer.stop()
         await self.redis.aclose()
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, env: Mapping[str, str] | None = None) -> WorkerProcess:
+        """A ``dripstream worker`` process with :attr:`env` plus ``env``; its log is
+        ``worker-<n>.log`` (:meth:`worker_log`)."""
         n = len(self.workers)
-        with open(self.tmp_path / f"worker-{n}.log", "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
-                env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            )
-        self.workers.append(proc)
-        return proc
+        worker = WorkerProcess({**self.env, **(env or {})}, self.tmp_path / f"worker-{n}.log",
+                               cwd=ROOT).start()
+        self.workers.append(worker)
+        return worker
 
-    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-        proc.send_signal(sig)
-        proc.wait(30)
+    def kill(self, worker: WorkerProcess, sig: int = signal.SIGKILL) -> None:
+        worker.kill(sig, timeout=30)
 
     def worker_log(self, n: int = 0) -> str:
         return (self.tmp_path / f"worker-{n}.log").read_text(errors="replace")

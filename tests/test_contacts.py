@@ -579,3 +579,100 @@ def test_property_version_and_tags_follow_first_occurrences(
     actual = (state["version"], set(state["tags"])) if state else (0, set())
 
     assert (len(first), set(first.values())) == actual
+
+
+# --- encoding and limits ---------------------------------------------------------------
+
+
+def test_encoded_state_round_trips_and_is_small() -> None:
+    """A contact with a profile, tags and a group decodes to the same state, in a fraction
+    of its JSON size; plain JSON (a table written before) decodes too."""
+    from tables.contacts import decode, encode
+
+    state = run([("contact.created", {"phone": "+14155550101", "email": "ada@example.com",
+                                      "timezone": "Europe/Berlin",
+                                      "attributes": {"first_name": "Ada", "plan": "pro"},
+                                      "consent": {"sms": True}}),
+                 ("contact.tagged", {"tag": "vip"}), ("contact.added_to_group", {"group": "g"})])
+    value = encode(state)
+    assert (decode(value), decode(orjson.dumps(state))) == (state, state)
+    assert len(value) < len(orjson.dumps(state)) / 2
+
+
+def test_the_compression_dictionary_never_changes() -> None:
+    """States in changelogs and Redis were deflated against this dictionary: changing it
+    needs a new format byte (and keeping this one to read the old values)."""
+    import hashlib
+
+    from tables.contacts import ZDICT_V1
+
+    assert hashlib.sha256(ZDICT_V1).hexdigest()[:16] == "e88c2e1435f373e7"
+
+
+@pytest.mark.parametrize("due", [None, "2026-03-04T15:00:00+00:00"])
+def test_next_due_is_read_without_decoding_the_rest(due: str | None) -> None:
+    """The timer index reads ``next_due`` from the first bytes of an encoded state."""
+    from tables.contacts import encode, peek_next_due
+
+    state = run([("contact.created", {})])
+    state["next_due"] = due
+    assert (peek_next_due(encode(state)), peek_next_due(orjson.dumps(state))) == (due, due)
+
+
+@pytest.mark.parametrize(
+    ("steps", "detail"),
+    [
+        # The 257th tag.
+        ([("contact.tagged", {"tag": f"t{n}"}) for n in range(257)], "tags: 257"),
+        # The 257th group.
+        ([("contact.added_to_group", {"group": f"g{n}"}) for n in range(257)], "groups: 257"),
+        # The 257th attribute, over several updates.
+        ([("contact.updated", {"attributes": {f"a{n}_{m}": m for m in range(50)}})
+          for n in range(6)], "attributes: 300"),
+        # 32 KiB of attributes, over several updates.
+        ([("contact.updated", {"attributes": {f"k{n}": "x" * 10_000}}) for n in range(4)],
+         "attributes bytes"),
+    ],
+)
+def test_an_event_past_a_limit_is_refused_and_changes_nothing(
+    steps: list[Step], detail: str
+) -> None:
+    """The event that would cross a limit raises limit_exceeded; the state before stands."""
+    before = run(steps[:-1])
+    last_type, last_data = steps[-1]
+    with pytest.raises(Rejected) as caught:
+        apply_event(before, event(last_type, last_data, event_id="last"), T0, WINDOW_S)
+    assert (caught.value.reason, detail in caught.value.detail) == ("limit_exceeded", True)
+    assert "last" not in before["seen"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["contact.tagged", "contact.added_to_group",
+                                           "contact.updated"]),
+                          st.integers(0, 400), st.integers(0, 3000)), max_size=60))
+def test_no_sequence_of_events_grows_a_contact_past_its_limits(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """Whatever publishers send, an accepted state stays within every limit."""
+    from tables.contacts import (
+        MAX_ATTRIBUTES,
+        MAX_ATTRIBUTES_BYTES,
+        MAX_GROUPS,
+        MAX_STATE_BYTES,
+        MAX_TAGS,
+        encode,
+    )
+
+    state = None
+    for n, (kind, name, size) in enumerate(steps):
+        data: dict[str, Any] = {"contact.tagged": {"tag": f"t{name}"},
+                                "contact.added_to_group": {"group": f"g{name}"},
+                                "contact.updated": {"attributes": {f"a{name}": "x" * size}}}[kind]
+        try:
+            state = apply_event(state, event(kind, data, event_id=f"e{n}"), T0, WINDOW_S).state
+        except Rejected as refused:
+            assert refused.reason == "limit_exceeded"
+    if state is not None:
+        assert len(state["tags"]) <= MAX_TAGS and len(state["groups"]) <= MAX_GROUPS
+        assert len(state["attributes"]) <= MAX_ATTRIBUTES
+        assert len(orjson.dumps(state["attributes"])) <= MAX_ATTRIBUTES_BYTES
+        assert len(encode(state)) <= MAX_STATE_BYTES

@@ -121,6 +121,144 @@ async def test_publish_invalid_event_exits_2_and_sends_nothing(
     assert [(0, encode_event(marker))] == [(r.offset, r.value) for r in records]
 
 
+def offline(*args: str, stdin: bytes | None = None, cwd: Path = ROOT) -> tuple[int, list[str]]:
+    """Run the CLI against a broker address nothing listens on: exit code and stderr lines.
+
+    Refusing bad input must not need a broker, so any attempt to connect fails loudly."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIPSTREAM_")}
+    env["DRIPSTREAM_BROKER"] = "kafka://127.0.0.1:1"
+    result = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        env=env, cwd=cwd, input=stdin, capture_output=True, timeout=60,
+    )
+    assert b"" == result.stdout
+    return result.returncode, result.stderr.decode("utf-8", "replace").splitlines()
+
+
+DEEP = b"[" * 100_000
+NOT_UTF8 = b'{"a":"\xff"}'
+
+
+def _event(**data: object) -> bytes:
+    return json.dumps(build_event("acme", "c-1", "contact.tagged", {"tag": "a", **data},
+                                  event_id="e-1")).encode()
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # Deeper than any JSON parser should follow.
+        pytest.param(DEEP, "rejected: not JSON: depth limit exceeded", id="deep"),
+        # Bytes that are not UTF-8.
+        pytest.param(NOT_UTF8, "rejected: not JSON: str is not valid UTF-8", id="not-utf8"),
+        # Readable, but deeper than the publisher can write back.
+        pytest.param(_event(x=_nested(300)), "rejected: nested too deeply", id="too-deep-to-send"),
+        # Well-formed JSON that is not an event object.
+        pytest.param(b"[1]", "rejected: malformed_json: expected a JSON object, got list",
+                     id="not-an-object"),
+        # A valid envelope of a type the contract does not have: refused before connecting.
+        pytest.param(json.dumps({**json.loads(_event()), "type": "contact.exploded"}).encode(),
+                     "rejected: unknown_type", id="unknown-type"),
+    ],
+)
+@pytest.mark.parametrize("via", ["stdin", "argument"])
+def test_publish_bad_input_exits_2_with_one_line_and_no_broker(
+    data: bytes, expected: str, via: str
+) -> None:
+    """Whatever the bytes, `publish` refuses them with exit 2 and one `rejected:` line on
+    stderr, never a traceback, and without connecting to the broker."""
+    if via == "stdin":
+        code, stderr = offline("publish", "-", stdin=data)
+    else:
+        code, stderr = offline("publish", os.fsdecode(data))
+
+    assert (2, 1) == (code, len(stderr)), stderr
+    assert stderr[0].startswith(expected), stderr
+
+
+FOUR_PROBLEMS = {
+    "id": "loop", "account": "acme", "name": "Loop", "version": 1, "timezone": "Mars/Base",
+    "trigger": {"event": "contact.created"}, "start": "x",
+    "steps": {"a": {"kind": "wait", "duration": "2x", "next": "b"},
+              "b": {"kind": "send_sms", "body": "Hi", "next": "a"}},
+}
+
+
+def _criterion_value(value: object) -> bytes:
+    """A valid workflow whose trigger criterion compares with ``value``."""
+    raw = {**FOUR_PROBLEMS, "start": "a", "steps": {"a": {"kind": "exit"}}}
+    raw["trigger"] = {"event": "contact.created",
+                      "criteria": [{"field": "event.data.x", "op": "eq", "value": value}]}
+    del raw["timezone"]
+    return json.dumps(raw).encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        # Deeper than any JSON parser should follow.
+        pytest.param(DEEP, ["invalid: not JSON: depth limit exceeded"], id="deep"),
+        # Bytes that are not UTF-8.
+        pytest.param(NOT_UTF8, ["invalid: not JSON: str is not valid UTF-8"], id="not-utf8"),
+        # Valid, but deeper than the definition could be written to the topic.
+        pytest.param(_criterion_value(_nested(300)), ["invalid: nested too deeply"],
+                     id="too-deep-to-send"),
+        # Four problems of both sorts, fields and graph: each on its own line.
+        pytest.param(json.dumps(FOUR_PROBLEMS).encode(), [
+            "invalid: timezone: unknown IANA time zone 'Mars/Base'",
+            "invalid: steps.a.duration: invalid duration '2x'",
+            "invalid: start: unknown step 'x'",
+            "invalid: steps: cycle a -> b -> a",
+        ], id="four-problems"),
+    ],
+)
+@pytest.mark.parametrize("via", ["stdin", "file"])
+def test_define_bad_input_exits_2_listing_every_problem_and_no_broker(
+    tmp_path: Path, content: bytes, expected: list[str], via: str
+) -> None:
+    """`define` refuses bad input with exit 2 and one `invalid:` line per problem, never a
+    traceback, and without connecting to the broker."""
+    if via == "stdin":
+        code, stderr = offline("define", "-", stdin=content)
+    else:
+        (tmp_path / "def.json").write_bytes(content)
+        code, stderr = offline("define", str(tmp_path / "def.json"))
+
+    assert (2, len(expected)) == (code, len(stderr)), stderr
+    assert all(line.startswith(e) for line, e in zip(stderr, expected, strict=True)), stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        # No such file.
+        pytest.param("missing.json", "No such file or directory", id="missing"),
+        # A directory.
+        pytest.param("dir", "Is a directory", id="directory"),
+        # A path through a regular file.
+        pytest.param("file/x.json", "Not a directory", id="under-a-file"),
+    ],
+)
+def test_define_unreadable_file_exits_2_and_says_why(
+    tmp_path: Path, name: str, reason: str
+) -> None:
+    """A file `define` cannot read is `invalid: cannot read FILE: <reason>`, exit 2."""
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("{}")
+    path = tmp_path / name
+
+    code, stderr = offline("define", str(path))
+
+    assert (2, [f"invalid: cannot read {path}: {reason}"]) == (code, stderr)
+
+
 async def test_contact_unknown_exits_1(stack: Stack) -> None:
     """`contact` for a contact the read model does not have exits 1 and says so on stderr."""
     result = await dripstream(stack.env, "contact", "acme", "nobody")

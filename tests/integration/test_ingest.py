@@ -161,20 +161,20 @@ async def test_worker_sigkilled_mid_stream_loses_nothing(stack: Stack) -> None:
     assert state["version"] == per_contact + 1
 
 
-async def test_a_record_that_breaks_processing_is_dead_lettered_not_lost(stack: Stack) -> None:
-    """A record whose processing raises goes to the dead-letter topic with its bytes and
-    reason processing_error, and the worker goes on with the next records."""
+async def test_a_broken_internal_record_is_dead_lettered_not_lost(stack: Stack) -> None:
+    """A wake-up record that cannot be read goes to the dead-letter topic with its bytes
+    and reason invalid_data, and the worker goes on with the next records."""
     stack.start_worker()
     await stack.publisher.send(build_event(ACCOUNT, "c-1", "contact.tagged", {"tag": "a"}))
     await stack.wait_contact(ACCOUNT, "c-1", 1)
-    # A wake-up record (an internal topic) that is not JSON: on_wakeup cannot parse it.
+    # A wake-up record (an internal topic) that is not JSON.
     meta = await stack.producer.send_and_wait(stack.topic("wakeups"), b"not json", key=b"c-1")
     await stack.publisher.send(build_event(ACCOUNT, "c-1", "contact.tagged", {"tag": "b"}))
     state = await stack.wait_contact(ACCOUNT, "c-1", 2)
     assert state["tags"] == ["a", "b"]
     (broken,) = await stack.read_topic("dead-letter", 1)
     headers = {k: v.decode() for k, v in broken.headers}
-    assert headers["dripstream.reason"] == "processing_error"
+    assert headers["dripstream.reason"] == "invalid_data"
     assert broken.value == b"not json"
     assert headers["dripstream.topic"] == stack.topic("wakeups")
     assert int(headers["dripstream.offset"]) == meta.offset

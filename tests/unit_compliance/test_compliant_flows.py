@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
-from tables.executions import MAX_ACTIVE, Compliance, Effects, control, on_event, on_wakeup
-from tables.keywords import on_keyword
+from tables.effects import Effects
+from tables.executions import MAX_ACTIVE, control, on_event, on_wakeup
+from tables.gate import Compliance
+from tables.keywords import on_keyword, system_keyword
 from tests.unit_compliance.support import ACCOUNT, LA, caps, local, policy
 from tests.unit_workflows.support import MAX_DEPTH, Registry, apply, created, definition
 
@@ -47,7 +49,8 @@ class Flow:
         return on_event(self.state, event, self.registry.active(ACCOUNT),
                         self.registry.lookup, at, MAX_DEPTH, self.rules)
 
-    def wake(self, at: datetime) -> Effects:
+    def wake(self, at: datetime) -> Effects | None:
+        """The wake-up's effects; None if nothing was due."""
         return on_wakeup(self.state, self.registry.lookup, at, self.rules)
 
     def execution(self, n: int) -> dict[str, Any]:
@@ -83,10 +86,12 @@ def test_deferred_sends_go_at_local_midnight_with_their_original_ids() -> None:
     originals = {n: flow.execution(n)["deferred"] for n in (5, 6)}
     assert ([(originals[n]["message_id"], MIDNIGHT.isoformat()) for n in (5, 6)],
             MIDNIGHT.isoformat()) == (deferred, flow.state["next_due"])
-    assert Effects() == flow.wake(MIDNIGHT - SECOND)
+    assert None is flow.wake(MIDNIGHT - SECOND)
     sent = flow.wake(MIDNIGHT)
-    assert [(o["message_id"], o["created_at"], o["expires_at"]) for o in originals.values()] == [
-        (s["message_id"], s["created_at"], s["expires_at"]) for s in sent.sends]
+    assert sent is not None
+    assert [(o["message_id"], datetime.fromisoformat(o["created_at"]),
+             datetime.fromisoformat(o["expires_at"])) for o in originals.values()] == [
+        (s.message_id, s.created_at, s.expires_at) for s in sent.sends]
     assert [wed(14).isoformat(), (wed(15) + timedelta(days=1)).isoformat()] == [
         originals[5]["created_at"], originals[6]["expires_at"]]
     assert (["completed", "completed"], None) == (
@@ -101,9 +106,10 @@ def test_capped_sms_waits_for_midnight_then_for_the_window() -> None:
     mid = flow.execution(5)["deferred"]["message_id"]
     at_midnight = flow.wake(MIDNIGHT)
     at_morning = flow.wake(MORNING)
+    assert at_midnight is not None and at_morning is not None
     assert ([("quiet_hours_deferred", MORNING.isoformat())], [mid]) == (
         [(a["reason"], a["deferred_until"]) for a in at_midnight.audit],
-        [s["message_id"] for s in at_morning.sends])
+        [s.message_id for s in at_morning.sends])
     assert ["deferred", "retrying", "deferred", "retrying", "sent", "completed"] == [
         h["outcome"] for h in flow.execution(5)["history"]]
 
@@ -115,8 +121,10 @@ def test_night_send_is_deferred_to_the_morning() -> None:
     mid = flow.execution(0)["deferred"]["message_id"]
     assert ([], [("quiet_hours_deferred", "defer", MORNING.isoformat())]) == (
         fx.sends, [(a["reason"], a["action"], a["deferred_until"]) for a in fx.audit])
-    assert Effects() == flow.wake(MORNING - SECOND)
-    assert [mid] == [s["message_id"] for s in flow.wake(MORNING).sends]
+    assert None is flow.wake(MORNING - SECOND)
+    at_morning = flow.wake(MORNING)
+    assert at_morning is not None
+    assert [mid] == [s.message_id for s in at_morning.sends]
 
 
 def test_deferral_past_expiry_is_dropped_as_expired() -> None:
@@ -125,6 +133,7 @@ def test_deferral_past_expiry_is_dropped_as_expired() -> None:
     flow = Flow(promo_raw(expires_after="2h"), Compliance(policy()))
     flow.ping(0, wed(22))
     fx = flow.wake(MORNING)
+    assert fx is not None
     assert ([], ["expired"]) == (fx.sends, [a["reason"] for a in fx.audit])
 
 
@@ -146,10 +155,12 @@ def test_opt_out_while_deferred_drops_the_send(listed: bool, reason: str) -> Non
     flow.state, event = apply(flow.state, "keyword.received",
                               {"keyword": "STOP", "text": "STOP", "to": "+15550001111"},
                               event_id="e-stop", at=stop_at)
-    _, react = on_keyword(flow.state, event, [], rules, stop_at)
+    on_keyword(flow.state, event, [], rules, stop_at)
+    react = not system_keyword(event, rules.policy)
     if listed:
         flow.rules = Compliance(policy(), lambda address: address == PHONE)
     fx = flow.wake(MORNING)
+    assert fx is not None
     ex = flow.execution(0)
     assert (False, [], [(reason, "drop")], "completed") == (
         react, fx.sends, [(a["reason"], a["action"]) for a in fx.audit], ex["status"])
@@ -162,6 +173,7 @@ def test_rolling_deferral_goes_out_at_its_wakeup() -> None:
     pings(flow, range(9, 15))
     due = datetime.fromisoformat(flow.state["next_due"])
     fx = flow.wake(due)
+    assert fx is not None
     assert (wed(9) + timedelta(days=1), 1) == (due, len(fx.sends))
 
 
@@ -181,11 +193,11 @@ def test_cancelling_a_deferred_send_records_its_end() -> None:
     flow = Flow(promo_raw(), Compliance(policy()))
     flow.ping(0, wed(22))
     mid = flow.execution(0)["deferred"]["message_id"]
-    fx = Effects()
-    assert control(flow.state, "cancel", "promo/e-0", wed(23), fx)
+    fx = control(flow.state, "cancel", "promo/e-0", wed(23))
+    assert fx is not None
     assert [("execution_ended", "drop", mid, "cancelled")] == [
         (a["reason"], a["action"], a["message_id"], a["ended_reason"]) for a in fx.audit]
-    assert Effects() == flow.wake(MORNING)  # and it never goes
+    assert None is flow.wake(MORNING)  # nothing is due any more: it never goes
 
 
 def test_active_executions_per_contact_are_bounded() -> None:

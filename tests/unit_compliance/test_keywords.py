@@ -10,12 +10,14 @@ from typing import Any
 import orjson
 import pytest
 
+from streams.commands import SendCommand
 from streams.definitions import Keyword
 from streams.events import parse_event
 from tables.compliance import classify_keyword, default_policy
 from tables.contacts import apply_event
-from tables.executions import Compliance, Effects
-from tables.keywords import on_keyword
+from tables.effects import Effects
+from tables.gate import Compliance
+from tables.keywords import on_keyword, system_keyword
 from tests.unit_compliance.support import ACCOUNT, HOUR, LA, local, policy, records
 from tests.unit_workflows.support import CONTACT, DEDUPE_WINDOW_S, apply, created
 
@@ -57,19 +59,21 @@ def handle(
 ) -> tuple[dict[str, Any], Effects, bool]:
     """The contact agent's keyword step: (state after, effects, may workflows react)."""
     state, received = texts(state, text, at=at, **event)
-    fx, react = on_keyword(state, received, keywords or [], compliance, at)
-    return state, fx, react
+    fx = on_keyword(state, received, keywords or [], compliance, at)
+    return state, fx, not system_keyword(received, compliance.policy)
 
 
 def reply(body: str, purpose: str, keyword: str, *, event_id: str = "e-kw",
-          at: datetime = NOON, channel: str = "sms") -> dict[str, Any]:
+          at: datetime = NOON, channel: str = "sms",
+          reply_from: str = SHORT_CODE) -> SendCommand:
     """The transactional reply to Ada's text ``event_id``."""
     digest = hashlib.sha256(f"{ACCOUNT}\x1f{event_id}\x1freply".encode()).hexdigest()[:32]
-    return {"message_id": "msg-" + digest, "channel": channel, "account": ACCOUNT,
-            "contact_id": CONTACT, "to": PHONE, "body": body, "transactional": True,
-            "purpose": purpose, "reply_from": SHORT_CODE,
-            "origin": {"kind": "keyword", "keyword": keyword, "event_id": event_id},
-            "created_at": at.isoformat(), "expires_at": (at + timedelta(hours=1)).isoformat()}
+    return SendCommand.model_validate({
+        "message_id": "msg-" + digest, "channel": channel, "account": ACCOUNT,
+        "contact_id": CONTACT, "to": PHONE, "body": body, "transactional": True,
+        "purpose": purpose, "reply_from": reply_from,
+        "origin": {"kind": "keyword", "keyword": keyword, "event_id": event_id},
+        "created_at": at.isoformat(), "expires_at": (at + timedelta(hours=1)).isoformat()})
 
 
 def suppression(*, remove: bool = False, at: datetime = NOON) -> dict[str, Any]:
@@ -112,7 +116,7 @@ def test_opt_out(text: str, word: str) -> None:
 def test_opt_out_confirmation_is_recorded() -> None:
     """The confirmation counts as a send of the contact (once)."""
     state, fx, _ = handle(ada(), "STOP")
-    assert [fx.sends[0]["message_id"]] == [s["id"] for s in state["sends"]]
+    assert [fx.sends[0].message_id] == [s["id"] for s in state["sends"]]
 
 
 def test_opt_out_confirmation_goes_at_night_over_the_cap_to_a_listed_number() -> None:
@@ -224,7 +228,7 @@ def test_custom_word_lists(text: str, kind: str | None) -> None:
     _, fx, react = handle(ada(), text, Compliance(FRENCH))
     purposes = {"opt_out": ["opt_out_confirmation"], "opt_in": ["opt_in_confirmation"],
                 "help": ["help"], None: []}[kind]
-    assert (purposes, kind is None) == ([s["purpose"] for s in fx.sends], react)
+    assert (purposes, kind is None) == ([s.purpose for s in fx.sends], react)
 
 
 @pytest.mark.parametrize(
@@ -277,7 +281,7 @@ ACCOUNT_KEYWORDS: list[tuple[dict[str, Any], str, str, Effects, dict[str, bool]]
     (keyword(), "JOIN", OTHER_CODE, Effects(), {}),
     # A keyword for any number matches on every number.
     (keyword(to=[]), "join", OTHER_CODE,
-     Effects(sends=[{**reply(WELCOME, "keyword_reply", "JOIN"), "reply_from": OTHER_CODE}],
+     Effects(sends=[reply(WELCOME, "keyword_reply", "JOIN", reply_from=OTHER_CODE)],
              events=[joined()], suppressions=[suppression(remove=True)]),
      {"sms": True, "mms": True}),
     # An inactive keyword does nothing.
@@ -315,4 +319,4 @@ def test_opt_in_keyword_after_stop() -> None:
     later = NOON + HOUR
     _, fx, _ = handle(state, "JOIN", LISTED, keywords=[keyword()], event_id="e-kw-2", at=later)
     assert ([suppression(remove=True, at=later)], ["keyword_reply"]) == (
-        fx.suppressions, [s["purpose"] for s in fx.sends])
+        fx.suppressions, [s.purpose for s in fx.sends])

@@ -16,18 +16,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.commands import SendCommand
 from streams.events import parse_event
 from tables.contacts import apply_event
-from tables.executions import (
-    Effects,
-    cancel_all,
-    control,
-    message_id,
-    next_due,
-    on_event,
-    on_wakeup,
-    render,
-)
+from tables.effects import Effects, message_id
+from tables.executions import cancel_all, control, next_due, on_event, on_wakeup, render
 from tests.unit_workflows.support import (
     ACCOUNT,
     CONTACT,
@@ -78,9 +71,9 @@ def purchase(amount: str = "25.00") -> dict[str, Any]:
     return {"order_id": "o-1", "amount": amount, "currency": "EUR"}
 
 
-def email(step_id: str, subject: str, body: str, seq: int, at: datetime) -> dict[str, Any]:
+def email(step_id: str, subject: str, body: str, seq: int, at: datetime) -> SendCommand:
     """The email the welcome flow sends at ``step_id`` to Ada."""
-    return {
+    return SendCommand.model_validate({
         "message_id": message_id(ACCOUNT, EX, step_id, seq),
         "channel": "email",
         "account": ACCOUNT,
@@ -92,7 +85,13 @@ def email(step_id: str, subject: str, body: str, seq: int, at: datetime) -> dict
         "created_at": at.isoformat(),
         "expires_at": (at + DAY).isoformat(),
         "subject": subject,
-    }
+    })
+
+
+def cancelled_all(state: dict[str, Any]) -> int:
+    """How many of the contact's executions a ``cancel_all`` ended."""
+    return sum(1 for e in state["executions"].values()
+               if (e["status"], e["ended_reason"]) == ("cancelled", "cancelled_all"))
 
 
 # --- the welcome flow, step by step -------------------------------------------------------
@@ -101,7 +100,7 @@ def email(step_id: str, subject: str, body: str, seq: int, at: datetime) -> dict
 def test_first_sms_command() -> None:
     """The trigger sends the SMS at once, rendered, with a deterministic id, and waits."""
     state, _, fx = start()
-    expected = Effects(sends=[{
+    expected = Effects(sends=[SendCommand.model_validate({
         "message_id": message_id(ACCOUNT, EX, "hello", 1),
         "channel": "sms",
         "account": ACCOUNT,
@@ -112,7 +111,7 @@ def test_first_sms_command() -> None:
         "origin": origin("hello"),
         "created_at": T0.isoformat(),
         "expires_at": (T0 + DAY).isoformat(),
-    }])
+    })])
     ex = state["executions"][EX]
     assert expected == fx
     assert ("waiting", "pause", DUE.isoformat(), DUE.isoformat()) == (
@@ -124,7 +123,7 @@ def test_wakeup_one_second_early_does_nothing() -> None:
     state, registry, _ = start()
     before = copy.deepcopy(state)
     fx = on_wakeup(state, registry.lookup, DUE - SECOND)
-    assert (Effects(), before) == (fx, state)
+    assert (None, before) == (fx, state)
 
 
 @pytest.mark.parametrize(
@@ -158,31 +157,31 @@ def test_wakeup_at_due_branches_and_sends_email(
 
 
 def test_second_wakeup_is_idempotent() -> None:
-    """A repeated wake-up (same time or later) sends nothing more and changes nothing."""
+    """A repeated wake-up (same time or later) finds nothing due and changes nothing."""
     state, registry, _ = start()
     first = on_wakeup(state, registry.lookup, DUE)
     after_first = copy.deepcopy(state)
     again = on_wakeup(state, registry.lookup, DUE)
     later = on_wakeup(state, registry.lookup, DUE + 10 * DAY)
-    assert (1, Effects(), Effects(), after_first) == (len(first.sends), again, later, state)
+    assert (1, None, None, after_first) == (len(first.sends), again, later, state)
 
 
 def test_pause_and_resume_keep_the_remaining_wait() -> None:
     """Paused at +1h of a 2-day wait and resumed 10 days later, 47 hours remain."""
     state, registry, _ = start()
     paused_at = T0 + HOUR
-    assert control(state, "pause", EX, paused_at)
+    assert Effects() == control(state, "pause", EX, paused_at)
     ex = state["executions"][EX]
     assert ("paused", None, 47 * 3600, None) == (
         ex["status"], ex["due_at"], ex["remaining_s"], state["next_due"])
-    assert Effects() == on_wakeup(state, registry.lookup, DUE)  # the original due time
+    assert None is on_wakeup(state, registry.lookup, DUE)  # the original due time
     resumed_at = paused_at + 10 * DAY
-    assert control(state, "resume", EX, resumed_at)
+    assert Effects() == control(state, "resume", EX, resumed_at)
     new_due = resumed_at + 47 * HOUR
     assert (new_due.isoformat(), new_due.isoformat()) == (ex["due_at"], state["next_due"])
-    assert Effects() == on_wakeup(state, registry.lookup, new_due - SECOND)
+    assert None is on_wakeup(state, registry.lookup, new_due - SECOND)
     fx = on_wakeup(state, registry.lookup, new_due)
-    assert ["nudge"] == [s["origin"]["step_id"] for s in fx.sends]
+    assert ["nudge"] == [s.origin.step_id for s in fx.sends]
     waited = [h for h in ex["history"] if h["outcome"] == "waited"]
     assert [(new_due.isoformat(), new_due.isoformat())] == [(h["at"], h["due_at"])
                                                             for h in waited]
@@ -210,37 +209,39 @@ def test_pause_and_resume_keep_the_remaining_wait() -> None:
 def test_control_answers_whether_it_changed_anything(
     actions: list[str], expected: list[bool]
 ) -> None:
-    """Control commands apply only in the right state, so a repeat does nothing."""
+    """Control commands apply only in the right state, so a repeat does nothing (None)."""
     state, _, _ = start()
-    assert expected == [control(state, a, EX, T0 + HOUR) for a in actions]
+    assert expected == [control(state, a, EX, T0 + HOUR) is not None for a in actions]
 
 
 def test_control_of_unknown_execution() -> None:
     """A control command for an execution the contact does not have changes nothing."""
     state, _, _ = start()
     before = copy.deepcopy(state)
-    assert (False, before) == (control(state, "cancel", "welcome/nope", T0), state)
+    assert (None, before) == (control(state, "cancel", "welcome/nope", T0), state)
 
 
 def test_cancel_is_cancelled_not_failed() -> None:
-    """A cancelled execution ends as "cancelled", and its wake-up sends nothing."""
+    """A cancelled execution ends as "cancelled", and its wake-up finds nothing due."""
     state, registry, _ = start()
-    assert control(state, "cancel", EX, T0 + HOUR)
+    assert Effects() == control(state, "cancel", EX, T0 + HOUR)
     ex = state["executions"][EX]
     assert ("cancelled", "cancelled", (T0 + HOUR).isoformat(), None) == (
         ex["status"], ex["ended_reason"], ex["ended_at"], state["next_due"])
-    assert (Effects(), Effects()) == (on_wakeup(state, registry.lookup, DUE),
-                                      on_wakeup(state, registry.lookup, DUE + 30 * DAY))
+    assert (None, None) == (on_wakeup(state, registry.lookup, DUE),
+                            on_wakeup(state, registry.lookup, DUE + 30 * DAY))
 
 
 def test_cancel_all() -> None:
     """cancel_all ends every active execution of the workflow, and only those."""
     state, registry, _ = start()
-    assert (1, 0) == (cancel_all(state, "welcome", T0 + HOUR), cancel_all(state, "other", T0))
+    fx = cancel_all(state, "welcome", T0 + HOUR)
+    other = cancel_all(state, "other", T0)  # None: no active execution of that workflow
+    assert (Effects(), 1, None) == (fx, cancelled_all(state), other)
     ex = state["executions"][EX]
-    assert ("cancelled", "cancelled_all", 0) == (ex["status"], ex["ended_reason"],
-                                                 cancel_all(state, "welcome", T0 + 2 * HOUR))
-    assert Effects() == on_wakeup(state, registry.lookup, DUE)
+    assert ("cancelled", "cancelled_all", None) == (ex["status"], ex["ended_reason"],
+                                                    cancel_all(state, "welcome", T0 + 2 * HOUR))
+    assert None is on_wakeup(state, registry.lookup, DUE)
 
 
 @pytest.mark.parametrize(
@@ -268,8 +269,9 @@ def test_goal_event_ends_the_execution(goal: dict[str, Any], reached: bool) -> N
     ex = state["executions"][EX]
     after_event = (ex["status"], ex["ended_reason"])
     later = on_wakeup(state, registry.lookup, DUE)
-    expected = ("completed", "goal_reached", 0) if reached else ("waiting", None, 1)
-    assert (Effects(), *expected) == (fx, *after_event, len(later.sends))
+    sent = None if later is None else len(later.sends)  # None: nothing was due any more
+    expected = ("completed", "goal_reached", None) if reached else ("waiting", None, 1)
+    assert (Effects(), *expected) == (fx, *after_event, sent)
 
 
 # --- wait_for_event -----------------------------------------------------------------------
@@ -329,8 +331,9 @@ def test_wait_for_event(actions: list[Action], expected: list[str]) -> None:
                              event_id=f"e-{n}", at=T0 + offset)
         else:
             fx = on_wakeup(state, registry.lookup, T0 + offset)
-        sends += fx.sends
-    assert expected == [s["origin"]["step_id"] for s in sends]
+        if fx is not None:  # None: nothing was due, so nothing was emitted
+            sends += fx.sends
+    assert expected == [s.origin.step_id for s in sends]
 
 
 # --- lateness and the gate: a reason for every non-send -----------------------------------
@@ -403,8 +406,10 @@ def test_gate_reasons_are_audited(
 ) -> None:
     """Every send step yields a send or an audit record with the gate's reason."""
     state, registry, fx = start(**fields)
-    fx += on_wakeup(state, registry.lookup, DUE)
-    outcomes = {s["message_id"]: None for s in fx.sends}
+    at_due = on_wakeup(state, registry.lookup, DUE)
+    assert at_due is not None
+    fx += at_due
+    outcomes = {s.message_id: None for s in fx.sends}
     outcomes |= {a["message_id"]: a["reason"] for a in fx.audit}
     ex = state["executions"][EX]
     mids = [message_id(ACCOUNT, EX, "hello", 1), message_id(ACCOUNT, EX, "nudge", 4)]
@@ -622,8 +627,8 @@ def test_execution_keeps_its_version() -> None:
     finish = on_wakeup(state, registry.lookup, T0 + DAY)
     state, second = feed(state, registry, "custom.enter", None, event_id="e-2",
                          at=T0 + 2 * DAY)
-    sent = [(s["body"], s["origin"]["version"]) for s in first.sends + finish.sends
-            + second.sends]
+    assert finish is not None
+    sent = [(s.body, s.origin.version) for s in first.sends + finish.sends + second.sends]
     assert [("v1 hello", 1), ("v1 bye", 1), ("v2 hello", 2)] == sent
 
 
@@ -679,9 +684,10 @@ def test_docs_example_runs() -> None:
     assert monday.isoformat() == next_due(state)
     last = on_wakeup(state, registry.lookup, monday)
     ex = state["executions"][EX]
-    assert ["Hi Ada, welcome to Acme!"] == [s["body"] for s in first.sends]
+    assert last is not None
+    assert ["Hi Ada, welcome to Acme!"] == [s.body for s in first.sends]
     assert (Effects(), ["Still thinking?"], [("contact.tagged", {"tag": "nudged"})]) == (
-        after_wait, [s["subject"] for s in last.sends],
+        after_wait, [s.subject for s in last.sends],
         [(e["type"], e["data"]) for e in last.events])
     assert ("completed", "end") == (ex["status"], ex["ended_reason"])
 
@@ -752,17 +758,18 @@ def test_wait_never_fires_early_and_sends_once(actions: list[tuple[str, int]]) -
             now += timedelta(seconds=seconds)
         elif action == "wakeup":
             fx = on_wakeup(state, registry.lookup, now)
-            emails += len(fx.sends)
+            sent = 0 if fx is None else len(fx.sends)  # None: nothing was due
+            emails += sent
             fires = due is not None and due <= now
-            assert int(fires) == len(fx.sends)
+            assert (fires, int(fires)) == (fx is not None, sent)
             if fires:
                 fired, due = True, None
         elif action == "pause":
-            assert (due is not None) == control(state, "pause", EX, now)
+            assert (due is not None) == (control(state, "pause", EX, now) is not None)
             if due is not None:
                 remaining, due = max(due - now, timedelta(0)), None
         else:
-            assert (remaining is not None) == control(state, "resume", EX, now)
+            assert (remaining is not None) == (control(state, "resume", EX, now) is not None)
             if remaining is not None:
                 due, remaining = now + remaining, None
         waiting = state["executions"][EX]["due_at"]
@@ -772,3 +779,33 @@ def test_wait_never_fires_early_and_sends_once(actions: list[tuple[str, int]]) -
     assert all(datetime.fromisoformat(h["at"]) >= datetime.fromisoformat(h["due_at"])
                for h in waited)
     assert (int(fired), int(fired)) == (len(waited), emails)
+
+
+# --- what an execution keeps of its trigger -------------------------------------------
+
+
+def test_an_execution_keeps_only_the_trigger_fields_its_workflow_reads() -> None:
+    """A purchase with a cart of items starts a flow that reads only ``order_id`` (a
+    template) and ``amount`` (a branch): the execution keeps those, not the cart."""
+    raw = welcome_raw()
+    raw.update(id="thanks", trigger={"event": "purchase.completed"}, start="check", steps={
+        "check": {"kind": "branch",
+                  "condition": [{"field": "event.data.amount", "op": "gt", "value": 100}],
+                  "true": "big", "false": "small"},
+        "big": {"kind": "send_sms", "body": "Thanks for order {{event.data.order_id}}!"},
+        "small": {"kind": "send_sms", "body": "Thanks!"},
+    })
+    wf = definition(raw)
+    registry = Registry(wf)
+    state, _ = created()
+    state, purchase = apply(state, "purchase.completed",
+                            {"order_id": "o-9", "amount": "250", "currency": "EUR",
+                             "items": [{"sku": f"s{n}", "qty": n} for n in range(50)]},
+                            event_id="buy", at=T0 + HOUR)
+    fx = on_event(state, purchase, registry.active(ACCOUNT), registry.lookup, T0 + HOUR,
+                  MAX_DEPTH)
+    (ex,) = state["executions"].values()
+    assert ex["trigger"] == {"id": "buy", "type": "purchase.completed",
+                             "time": purchase["time"],
+                             "data": {"amount": "250", "order_id": "o-9"}}
+    assert [s.body for s in fx.sends] == ["Thanks for order o-9!"]

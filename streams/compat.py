@@ -1,0 +1,369 @@
+"""Every place dripstream reaches inside faust-streaming, mode and aiokafka, in one module.
+
+Checked against the versions in :data:`CHECKED`; ``tests/test_compat.py`` fails when an
+internal used here moves or changes shape (it fingerprints the source of each method this
+module replaces or imitates), so an upgrade is a conscious re-check, not a silent drift.
+
+What is here, and why:
+
+- **Batch delivery** (:class:`BatchConsumer`). Faust hands every record to a stream as its
+  own event: an ``asyncio.wait`` of two tasks per record in ``Consumer._drain_messages``,
+  a lock, an ``Event``, a queue hop, sensors and an ack each. Measured here (2 cores,
+  embedded broker), that path tops out at ~14k records/s doing nothing (~22k with
+  ``take_events`` and a lighter drain); the same consumer handing each fetched batch
+  to the agent as one list moved ~100k/s. So the drain below collects the records of
+  the agent's input topics into lists (at most ``batch_max`` each) and puts them on a
+  :class:`Batches` queue that the contact agent reads; records of every other topic
+  (table changelogs during recovery and standby) still take Faust's own path. Input
+  records are tracked (``track_message``) when fetched and acked by the agent only after
+  their batch is durable, so Faust's commit, rebalance (``wait_empty``) and shutdown
+  logic see them exactly as they see stream events.
+
+  Unlike Faust's stream, records fetched under an older consumer generation are dropped
+  *without* an ack. Faust's stream acks them ("otherwise the lag would increase"); the
+  commit made while the rebalance waits for streams to empty then moves past records
+  nobody processed, and the new generation seeks to that commit. That is the input loss
+  ``streams/gapguard.py`` was written against (faust-streaming#216/#221/#606 report the
+  same family); the guard stays as a check.
+- **Fetch wait**: Faust hard-codes ``fetch_max_wait_ms=1500``; the embedded broker holds
+  a fetch for about half of it even when data arrives, so it is set from settings — and
+  adapted: the short wait while records flow, a long one once the input has been quiet
+  for a second (every empty fetch costs the broker CPU; measured in docs/performance.md).
+- **End offsets on the embedded broker**: Tansu answers ListOffsets(latest) with the
+  first offset of the last record batch + 1. :func:`end_offsets` reads the true end from
+  a Fetch response's high watermark; Faust's table recovery uses it (embedded profile
+  only), and so do the compacted-topic followers, the tests and the bench.
+- **Offsets Faust keeps**: the committed offset per partition (no public API) and the
+  consumer's fetch position, for the gap guard.
+- **Table store access by partition**: the contact agent writes a batch's changed
+  contacts itself (one changelog record per contact, acknowledged before the read model
+  is written). Faust's stores pick a partition from the "current event", which a batch
+  has none of; :class:`StoreAccess` reads and writes the memory and RocksDB stores with an
+  explicit partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from typing import Any, cast
+
+import faust
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import for_code
+from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.structs import TopicPartition
+from faust.transport.drivers import aiokafka as driver
+from faust.types import TP
+
+__all__ = [
+    "CHECKED",
+    "App",
+    "Batches",
+    "Record",
+    "StoreAccess",
+    "committed_offset",
+    "end_offsets",
+    "refresh_metadata",
+    "send_batches",
+]
+
+log = logging.getLogger(__name__)
+
+#: The versions this module was checked against.
+CHECKED = {"faust-streaming": "0.15.3", "mode-streaming": "0.7.1", "aiokafka": "0.14.0"}
+
+
+class Batches:
+    """Batches of input records from the consumer to the contact agent.
+
+    Bounded (``depth`` batches): when the agent is busy the consumer stops fetching, so
+    memory stays bounded and the broker keeps the backlog.
+    """
+
+    def __init__(self, topics: Iterable[str], batch_max: int, depth: int = 2) -> None:
+        self.topics = frozenset(topics)
+        self.batch_max = batch_max
+        self._queue: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=depth)
+
+    async def put(self, batch: list[Any]) -> None:
+        await self._queue.put(batch)
+
+    async def get(self) -> list[Any]:
+        return await self._queue.get()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+    def __aiter__(self) -> Batches:
+        return self
+
+    async def __anext__(self) -> list[Any]:
+        return await self._queue.get()
+
+
+class BatchConsumer(driver.Consumer):
+    """Faust's aiokafka consumer, delivering the agent's input records in batches."""
+
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _drain_messages(self, fetcher: Any) -> None:  # the replaced Faust method
+        batches: Batches | None = cast(App, self.app).batches
+        if batches is None:  # no batch agent: Faust's own path
+            await super()._drain_messages(fetcher)
+            return
+        callback = self.callback
+        read_offset = self._read_offset
+        stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
+        inputs, batch_max = batches.topics, batches.batch_max
+        app = cast(App, self.app)
+        quiet_since: float | None = None
+        while not (stopped() or fetcher_stopped()):
+            batch: list[Any] = []
+            await asyncio.sleep(0)
+            if self.should_stop:
+                break
+            fetched = False
+            async for tp, message in self.getmany(timeout=1.0):
+                fetched = True
+                offset = message.offset
+                last = read_offset[tp]
+                if last is not None and offset < last:
+                    continue  # fetched before a seek back; it comes again
+                if last is not None and offset - last > 1 and tp.topic in inputs:
+                    # A hole in the offsets (transaction markers): Faust's own bookkeeping
+                    # lets commits pass it. The gap guard checks the hole is real first.
+                    await self._add_gap(tp, last + 1, offset)
+                read_offset[tp] = offset
+                if tp.topic in inputs:
+                    self.track_message(message)
+                    batch.append(message)
+                    if len(batch) >= batch_max:
+                        await batches.put(batch)
+                        batch = []
+                else:
+                    await self.wait_first(callback(message), self.suspend_flow.wait())
+            if batch:
+                await batches.put(batch)
+            # Adaptive fetch wait: short while records flow, long once quiet for a second.
+            now = time.monotonic()
+            quiet_since = None if fetched else (quiet_since or now)
+            idle = quiet_since is not None and now - quiet_since > 1.0
+            self._set_fetch_wait(app.idle_fetch_wait_ms if idle else app.fetch_wait_ms)
+
+    def _set_fetch_wait(self, wait_ms: int) -> None:
+        """The wait of the aiokafka fetcher's next requests (it reads it per request)."""
+        consumer = getattr(getattr(self, "_thread", None), "_consumer", None)
+        fetcher = getattr(consumer, "_fetcher", None)
+        if fetcher is not None and fetcher._fetch_max_wait_ms != wait_ms:
+            fetcher._fetch_max_wait_ms = wait_ms
+
+
+class _ConsumerThread(driver.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
+        consumer: AIOKafkaConsumer = super()._create_worker_consumer(transport)
+        # Read by AIOKafkaConsumer.start() when it builds its Fetcher.
+        consumer._fetch_max_wait_ms = cast(App, self.app).fetch_wait_ms
+        return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        if cast(App, self.app).embedded and not self.consumer.in_transaction:
+            return await end_offsets(self._ensure_consumer(), partitions)
+        result: Mapping[TP, int] = await super()._highwaters(partitions)
+        return result
+
+
+class _Transport(driver.Transport):
+    Consumer = BatchConsumer
+
+
+class App(faust.App):
+    """faust.App with dripstream's consumer (batch delivery, fetch wait, end offsets)."""
+
+    def __init__(
+        self, *args: Any, fetch_wait_ms: int, idle_fetch_wait_ms: int, embedded: bool,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.fetch_wait_ms = fetch_wait_ms
+        self.idle_fetch_wait_ms = idle_fetch_wait_ms
+        self.embedded = embedded
+        #: Set by :meth:`deliver_batches`; None: every record takes Faust's own path.
+        self.batches: Batches | None = None
+
+    def _new_transport(self) -> _Transport:
+        return _Transport(self.conf.broker_consumer, self)
+
+    def deliver_batches(self, batches: Batches) -> None:
+        """Hand the records of ``batches.topics`` to the agent in lists (see module doc)."""
+        self.batches = batches
+
+    def fetch_position(self, tp: TP) -> int | None:
+        """The next offset the underlying aiokafka consumer will hand over for ``tp``."""
+        thread = getattr(self.consumer, "_thread", None)
+        consumer = getattr(thread, "_consumer", None)
+        if consumer is None:
+            return None
+        assignment = consumer._subscription.subscription.assignment
+        if assignment is None or tp not in assignment.tps:
+            return None
+        state = assignment.state_value(tp)
+        return int(state.position) if state.has_valid_position else None
+
+
+#: (topic, partition, key, value, headers)
+Record = tuple[str, int, bytes | None, bytes, list[tuple[str, bytes]] | None]
+
+
+async def send_batches(
+    app: faust.App, records: Iterable[Record]
+) -> Callable[[], Awaitable[dict[tuple[str, int], int]]]:
+    """Queue ``records`` (in this order per partition) as record batches of aiokafka's
+    producer; returns a coroutine function that waits for the broker to acknowledge them
+    all and gives the last offset written per (topic, partition). One future per batch
+    instead of one per record: about a quarter of ``send``'s cost per record. Faust's
+    producer does not expose batches."""
+    producer = cast(Any, app.producer)._ensure_producer()
+    open_: dict[tuple[str, int], Any] = {}
+    counts: dict[tuple[str, int], int] = defaultdict(int)
+    pending: list[tuple[tuple[str, int], int, Any]] = []
+    for topic, partition, key, value, headers in records:
+        where = (topic, partition)
+        builder = open_.get(where)
+        if builder is None or builder.append(timestamp=None, key=key, value=value,
+                                             headers=headers or []) is None:
+            if builder is not None:
+                pending.append((where, counts.pop(where),
+                                await producer.send_batch(builder, topic, partition=partition)))
+            builder = open_[where] = producer.create_batch()
+            if builder.append(timestamp=None, key=key, value=value,
+                              headers=headers or []) is None:
+                raise ValueError(f"a record for {topic}[{partition}] is larger than a batch")
+        counts[where] += 1
+    for (topic, partition), builder in open_.items():
+        if counts.get((topic, partition)):
+            pending.append(((topic, partition), counts[(topic, partition)],
+                            await producer.send_batch(builder, topic, partition=partition)))
+
+    async def acknowledged() -> dict[tuple[str, int], int]:
+        acked = await asyncio.gather(*(future for _, _, future in pending))
+        last: dict[tuple[str, int], int] = {}
+        for (where, count, _), meta in zip(pending, acked, strict=True):
+            last[where] = max(last.get(where, -1), meta.offset + count - 1)
+        return last
+
+    return acknowledged
+
+
+def committed_offset(app: faust.App, tp: TP) -> int | None:
+    """The committed offset of ``tp`` as Faust's consumer knows it (no public API)."""
+    offset: int | None = cast(Any, app.consumer)._committed_offset.get(tp)
+    return offset
+
+
+async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Make a plain consumer learn topics created since it started."""
+    await consumer._client.force_metadata_update()
+
+
+async def end_offsets(
+    consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """True end offsets (high watermarks) of ``partitions`` on the embedded broker.
+
+    Tansu's ListOffsets(latest) is short (the first offset of the last batch + 1), the
+    high watermark in a Fetch response is right: one one-byte, 10 ms Fetch per leader.
+    Never less than the broker's own answer. Real Kafka never needs this.
+    """
+    partitions = list(partitions)
+    client = consumer._client
+    by_leader: dict[int, dict[str, list[tuple[int, int, int]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for tp in partitions:
+        leader = client.cluster.leader_for_partition(tp)
+        if leader is None or leader == -1:
+            await client.force_metadata_update()
+            leader = client.cluster.leader_for_partition(tp)
+        if leader is None or leader == -1:
+            raise RuntimeError(f"no leader known for {tp}")
+        by_leader[leader][tp.topic].append((tp.partition, 0, 1))
+
+    result: dict[TopicPartition, int] = {}
+    for leader, topics in by_leader.items():
+        # Tansu answers a zero-wait Fetch with no partitions at all; 10 ms is enough.
+        request = FetchRequest(
+            max_wait_time=10, min_bytes=0, max_bytes=1, isolation_level=0,
+            topics=list(topics.items()),
+        )
+        response = await client.send(leader, request)
+        for topic, parts in response.topics:
+            for partition, error_code, highwater, *_ in parts:
+                error = for_code(error_code)
+                # OffsetOutOfRange still carries the high watermark; anything else is real.
+                if error_code and error.__name__ != "OffsetOutOfRangeError":
+                    raise error(f"fetching high watermark of {topic}[{partition}]")
+                result[TopicPartition(topic, partition)] = highwater
+    if missing := [tp for tp in partitions if tp not in result]:
+        raise RuntimeError(f"the broker's Fetch response left out {missing}")
+    listed = await consumer.end_offsets(partitions)
+    return {tp: max(result.get(tp, 0), listed.get(tp, 0)) for tp in partitions}
+
+
+class StoreAccess:
+    """Read and write a raw-serialized Faust table's store with an explicit partition.
+
+    Keys and values are bytes (the table is declared with raw serializers). The memory
+    store is one dict for all partitions; the RocksDB store has one database per
+    partition, which Faust chooses from the current stream event — a batch has none.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    @property
+    def _store(self) -> Any:
+        return self.table.data
+
+    @property
+    def rocksdb(self) -> bool:
+        return hasattr(self._store, "_db_for_partition")
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        store = self._store
+        if self.rocksdb:
+            value: bytes | None = store._db_for_partition(partition).get(key)
+            return value
+        return cast(bytes | None, store.data.get(key))
+
+    def put(self, partition: int, key: bytes, value: bytes) -> None:
+        store = self._store
+        if self.rocksdb:
+            store._db_for_partition(partition).put(key, value)
+            store._key_index[key] = partition
+        else:
+            store.data[key] = value
+            # What the memory store drops when the partition is revoked.
+            store._key_partition[key] = partition
+
+    def persisted(self, tp: TP, offset: int) -> None:
+        """Record the newest changelog offset written (RocksDB recovers from there)."""
+        self._store.set_persisted_offset(tp, offset)
+
+    def items(self, partitions: set[int]) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) stored for ``partitions`` (memory: all partitions; callers
+        filter by the key's partition)."""
+        store = self._store
+        if self.rocksdb:
+            for partition in sorted(partitions):
+                db = store._db_for_partition(partition)
+                iterator = db.items() if hasattr(db, "items") else db.iteritems()
+                # Faust keeps the partition's persisted changelog offset in the same db.
+                yield from ((k, v) for k, v in iterator if k != store.offset_key)
+        else:
+            yield from list(store.data.items())
+

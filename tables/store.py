@@ -1,0 +1,91 @@
+"""The contacts table: one encoded :class:`tables.contacts.ContactState` per contact.
+
+A Faust table (``contacts``, raw bytes keys and values, changelog
+``<app id>-contacts-changelog``, partitioned like ``contact-events``), so Faust recovers it
+from its changelog on every start, rebalance and standby, in memory or in RocksDB
+(``DRIPSTREAM_STORE``). The contact agent reads it directly and writes a whole batch at
+once with :meth:`ContactStore.write`: one changelog record per changed contact, sent to
+the contact's partition, and the local store updated only once the broker has
+acknowledged them all — so nothing local is ever ahead of what a restart would recover.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import lru_cache
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+from faust.types import TP
+
+from streams.compat import StoreAccess, send_batches
+from tables.contacts import ContactState, decode, split_key
+
+__all__ = ["ContactStore", "partition_for"]
+
+
+@lru_cache(maxsize=65536)
+def _murmur2(key: bytes) -> int:
+    return int(murmur2(key) & 0x7FFFFFFF)
+
+
+def partition_for(contact_id: str | bytes, partitions: int) -> int:
+    """The partition of a contact: Kafka's default (murmur2) partitioner on its id
+    (remembered for recent ids: aiokafka's murmur2 is pure Python)."""
+    key = contact_id.encode() if isinstance(contact_id, str) else contact_id
+    return _murmur2(key) % partitions
+
+
+#: RocksDB memory per partition database (faust-streaming's defaults are a 2 GiB block
+#: cache and three 64 MiB write buffers *per partition*): bounded, so a worker's memory
+#: stays flat however many contacts it holds. The data itself is on disk.
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 4 << 20,
+    "max_write_buffer_number": 2,
+    "block_cache_size": 16 << 20,
+    "block_cache_compressed_size": 0,
+}
+
+
+class ContactStore:
+    def __init__(self, app: Any, partitions: int, *, rocksdb: bool = False) -> None:
+        self.app = app
+        self.partitions = partitions
+        self.table = app.Table(
+            "contacts", default=None, partitions=partitions, key_type=bytes,
+            value_type=bytes, help="Contact state by <account>:<contact id>",
+            options=dict(ROCKSDB_OPTIONS) if rocksdb else None,
+        )
+        self._access = StoreAccess(self.table)
+
+    def partition(self, key: str) -> int:
+        return partition_for(split_key(key)[1], self.partitions)
+
+    def get_raw(self, key: str) -> bytes | None:
+        return self._access.get(self.partition(key), key.encode())
+
+    def get(self, key: str) -> ContactState | None:
+        raw = self.get_raw(key)
+        return None if raw is None else decode(raw)
+
+    async def write(self, values: dict[str, bytes]) -> None:
+        """Write every changed contact's encoded state: changelog first, acknowledged,
+        then the local store. Raises the broker's error if a write fails."""
+        if not values:
+            return
+        topic = self.table.changelog_topic_name
+        rows = [(key.encode(), self.partition(key), value) for key, value in values.items()]
+        acknowledged = await send_batches(self.app, ((topic, partition, key, value, None)
+                                                     for key, partition, value in rows))
+        newest = await acknowledged()
+        for key, partition, value in rows:
+            self._access.put(partition, key, value)
+        for (_, partition), offset in newest.items():
+            self._access.persisted(TP(topic, partition), offset)
+
+    def items(self, partitions: set[int]) -> Iterator[tuple[str, bytes]]:
+        """(key, encoded state) of every contact stored for ``partitions``."""
+        for raw_key, value in self._access.items(partitions):
+            key = raw_key.decode()
+            if self.partition(key) in partitions:
+                yield key, value

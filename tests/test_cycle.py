@@ -1,0 +1,217 @@
+"""The contact agent's batch cycle (agents/contacts.py), step 1, without a broker: how
+records become states, effects, dead letters and forwards. The durable steps run against
+the real broker in tests/integration/test_batch_crash.py and the other integration tests."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from agents.contacts import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_PREFIX_BYTES, Cycle
+from agents.timers import DueIndex
+from producers.publisher import build_event
+from streams.settings import Settings
+from streams.topics import TopicNames
+from tables.contacts import ContactState, decode
+from tables.handlers import Context
+from tables.store import partition_for
+from tests.unit_workflows.support import Registry
+
+NOW = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+PARTITIONS = 4
+SETTINGS = Settings(partitions=PARTITIONS, topic_prefix="t.")
+NAMES = TopicNames.of(SETTINGS)
+
+
+@dataclass
+class Message:
+    """A consumer record as the cycle reads it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Store:
+    states: dict[str, ContactState] = field(default_factory=dict)
+
+    def get(self, key: str) -> ContactState | None:
+        return self.states.get(key)
+
+
+class Worker:
+    """What a Cycle reads of agents.worker.Worker."""
+
+    def __init__(self, registry: Registry | None = None) -> None:
+        self.settings = SETTINGS
+        self.names = NAMES
+        self.store = Store()
+        self.due_index = DueIndex()
+        self.registry = registry or Registry()
+
+    def context(self) -> Context:
+        return Context(_Defs(self.registry), lambda account, address: None)
+
+
+class _Defs:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
+        return self.registry.lookup(account, workflow_id, version)
+
+    def active(self, account: str) -> list[dict[str, Any]]:
+        return self.registry.active(account)
+
+    def keywords(self, account: str) -> list[dict[str, Any]]:
+        return []
+
+    def policy(self, account: str) -> dict[str, Any]:
+        from tables.compliance import default_policy
+
+        return default_policy(account)
+
+
+def event(contact: str, event_type: str, data: dict[str, Any], *, ident: str,
+          partition: int | None = None, offset: int = 0) -> Message:
+    value = orjson.dumps(build_event("acme", contact, event_type, data, event_id=ident,
+                                     time=NOW))
+    where = partition_for(contact, PARTITIONS) if partition is None else partition
+    return Message(NAMES.events, where, offset, contact.encode(), value)
+
+
+def cycle(worker: Worker | None = None) -> Cycle:
+    return Cycle(worker or Worker(), NOW)  # type: ignore[arg-type]  # a stand-in worker
+
+
+def written(c: Cycle, key: str = "acme:c-1") -> ContactState:
+    """The state step 3 would write for ``key``, as the table would hold it."""
+    c.seal()
+    value = c.values[key]
+    return decode(value)
+
+
+def test_records_of_one_contact_make_one_write_in_order() -> None:
+    """Three events for one contact in a batch: one changed state, every event applied in
+    order, the revision one past the stored one."""
+    c = cycle()
+    for n, tag in enumerate(("a", "b", "c")):
+        c.event(event("c-1", "contact.tagged", {"tag": tag}, ident=f"e{n}", offset=n))
+    assert list(c.changed) == ["acme:c-1"]
+    state = written(c)
+    assert (state["tags"], state["version"], state["revision"]) == (["a", "b", "c"], 3, 1)
+    assert c.records == []
+
+
+def test_a_repeat_in_the_same_batch_changes_nothing_more() -> None:
+    """The same event id twice in one batch: applied once."""
+    c = cycle()
+    c.event(event("c-1", "contact.tagged", {"tag": "a"}, ident="e0"))
+    c.event(event("c-1", "contact.tagged", {"tag": "b"}, ident="e0", offset=1))
+    assert written(c)["tags"] == ["a"]
+
+
+def test_an_invalid_record_is_dead_lettered_with_its_bytes_and_origin() -> None:
+    """Bytes that are not JSON: a dead letter with the same key and bytes, the reason and
+    the coordinates in headers; nothing else is written."""
+    c = cycle()
+    c.event(Message(NAMES.events, 2, 17, b"c-1", b"{nope"))
+    ((topic, key, value, partition, headers),) = c.records
+    names = dict(headers or [])
+    assert (topic, key, value, partition) == (NAMES.dead_letter, b"c-1", b"{nope", None)
+    assert (names["dripstream.reason"], names["dripstream.partition"],
+            names["dripstream.offset"]) == (b"malformed_json", b"2", b"17")
+    assert c.changed == {}
+
+
+def test_an_original_too_big_for_a_record_is_kept_as_prefix_size_and_digest() -> None:
+    """A 2 MiB record: the dead letter holds its first bytes, its size and SHA-256."""
+    value = b"{" + b"x" * (2 << 20)
+    c = cycle()
+    c.event(Message(NAMES.events, 0, 5, b"c-1", value))
+    ((_, key, kept, _, headers),) = c.records
+    names = dict(headers or [])
+    assert len(value) > DEAD_LETTER_MAX_BYTES
+    assert (key, kept) == (b"c-1", value[:DEAD_LETTER_PREFIX_BYTES])
+    assert (names["dripstream.reason"], names["dripstream.truncated"]) == (b"too_large", b"true")
+    assert names["dripstream.original_size"] == str(len(value)).encode()
+    assert names["dripstream.original_sha256"] == hashlib.sha256(value).hexdigest().encode()
+
+
+def test_an_event_on_another_partition_is_forwarded_unchanged() -> None:
+    """A valid event on the wrong partition: forwarded to ``routed`` on the contact's
+    partition with its key, bytes and headers, plus where it came from; not applied here."""
+    home = partition_for("c-1", PARTITIONS)
+    message = event("c-1", "contact.tagged", {"tag": "a"}, ident="e0",
+                    partition=(home + 1) % PARTITIONS, offset=9)
+    message.headers = [("traceparent", b"00-abc")]
+    c = cycle()
+    c.event(message)
+    ((topic, key, value, partition, headers),) = c.records
+    assert (topic, key, value, partition) == (NAMES.routed, b"c-1", message.value, home)
+    assert headers == [("traceparent", b"00-abc"),
+                       ("dripstream.origin.topic", NAMES.events.encode()),
+                       ("dripstream.origin.partition", str(message.partition).encode()),
+                       ("dripstream.origin.offset", b"9")]
+    assert c.changed == {}
+
+
+def test_a_routed_record_on_the_wrong_partition_is_a_dead_letter_not_a_loop() -> None:
+    """Forwarding never forwards again: a routed record elsewhere is dead-lettered."""
+    message = event("c-1", "contact.tagged", {"tag": "a"}, ident="e0")
+    message.topic, message.partition = NAMES.routed, (message.partition + 1) % PARTITIONS
+    c = cycle()
+    c.event(message)
+    ((topic, *_, headers),) = c.records
+    assert (topic, dict(headers or [])["dripstream.reason"]) == (
+        NAMES.dead_letter, b"wrong_partition")
+
+
+def test_an_event_past_a_limit_leaves_the_contact_as_it_was() -> None:
+    """The 257th tag is refused (limit_exceeded, dead-lettered); the tags before stay."""
+    c = cycle()
+    for n in range(256):
+        c.event(event("c-1", "contact.tagged", {"tag": f"t{n}"}, ident=f"e{n}", offset=n))
+    c.event(event("c-1", "contact.tagged", {"tag": "one-too-many"}, ident="x", offset=256))
+    assert len(written(c)["tags"]) == 256
+    ((topic, *_, headers),) = c.records
+    assert (topic, dict(headers or [])["dripstream.reason"]) == (
+        NAMES.dead_letter, b"limit_exceeded")
+
+
+def test_a_handler_that_raises_dead_letters_the_record_and_goes_on() -> None:
+    """A bug in a handler: the record is dead-lettered (processing_error), the contact's
+    state is untouched, and the next record is handled."""
+    c = cycle()
+    c.event(event("c-1", "contact.tagged", {"tag": "a"}, ident="e0"))
+
+    def broken(state: ContactState | None) -> Any:
+        raise ZeroDivisionError("boom")
+
+    c.apply("acme:c-1", Message(NAMES.events, 0, 1, b"c-1", b"{}"), broken, event=True)
+    c.event(event("c-1", "contact.tagged", {"tag": "b"}, ident="e2", offset=2))
+    assert written(c)["tags"] == ["a", "b"]
+    ((topic, *_, headers),) = c.records
+    names = dict(headers or [])
+    assert (topic, names["dripstream.reason"]) == (NAMES.dead_letter, b"processing_error")
+    assert b"ZeroDivisionError: boom" in names["dripstream.detail"]
+
+
+def test_the_batch_before_is_read_while_its_write_is_in_flight() -> None:
+    """A batch computed while the one before is still being written sees that one's
+    states, and counts its own write as the next revision."""
+    worker = Worker()
+    first = cycle(worker)
+    first.event(event("c-1", "contact.tagged", {"tag": "a"}, ident="e0"))
+    second = Cycle(worker, NOW, first)  # type: ignore[arg-type]
+    second.event(event("c-1", "contact.tagged", {"tag": "b"}, ident="e1", offset=1))
+    state = written(second)
+    assert (state["tags"], state["version"], state["revision"]) == (["a", "b"], 2, 2)

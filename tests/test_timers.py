@@ -1,0 +1,95 @@
+"""The timer's due index (agents/timers.py) and the liveness judgement (agents/worker.py):
+plain bookkeeping, tested with values."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agents.timers import DueIndex
+from agents.worker import Health
+
+T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+
+
+def test_due_contacts_pop_in_time_order_and_only_once() -> None:
+    """Contacts come out when their time has come, earliest first, once each."""
+    index = DueIndex()
+    index.schedule("acme:b", T0 + 2 * SECOND)
+    index.schedule("acme:a", T0 + SECOND)
+    index.schedule("acme:c", T0 + 10 * SECOND)
+    assert index.pop_due(T0, 10) == []
+    assert index.pop_due(T0 + 5 * SECOND, 10) == ["acme:a", "acme:b"]
+    assert index.pop_due(T0 + 5 * SECOND, 10) == []
+    assert len(index) == 1
+
+
+def test_a_moved_or_cleared_due_time_wins() -> None:
+    """The newest schedule of a contact counts: moved later, it is not due at the old
+    time; cleared, it never comes."""
+    index = DueIndex()
+    index.schedule("acme:a", T0)
+    index.schedule("acme:a", T0 + 60 * SECOND)
+    index.schedule("acme:b", T0)
+    index.schedule("acme:b", None)
+    assert index.pop_due(T0 + SECOND, 10) == []
+    assert index.pop_due(T0 + 60 * SECOND, 10) == ["acme:a"]
+
+
+def test_the_heap_stays_about_the_size_of_the_waiting_contacts() -> None:
+    """A contact rescheduled many times does not grow the heap without bound."""
+    index = DueIndex()
+    for n in range(10_000):
+        index.schedule("acme:a", T0 + n * SECOND)
+    assert len(index) == 1
+    assert len(index._heap) <= 2 * len(index) + 1024
+
+
+def test_a_catch_up_is_bounded_per_tick() -> None:
+    """After an outage, at most ``limit`` contacts come out per tick."""
+    index = DueIndex()
+    for n in range(50):
+        index.schedule(f"acme:c{n}", T0)
+    assert [len(index.pop_due(T0, 20)) for _ in range(4)] == [20, 20, 10, 0]
+
+
+def test_partitions_no_longer_owned_are_forgotten() -> None:
+    """After a rebalance, contacts of partitions that moved away are dropped."""
+    from tables.store import partition_for
+
+    index = DueIndex()
+    keys = [f"acme:c{n}" for n in range(40)]
+    for key in keys:
+        index.schedule(key, T0)
+    index.drop_partitions({0, 1}, 4)
+    kept = index.pop_due(T0, 100)
+    assert sorted(kept) == sorted(k for k in keys if partition_for(k[5:], 4) in {0, 1})
+
+
+@pytest.mark.parametrize(
+    ("lag", "rebalancing", "idle_for", "expected"),
+    [
+        # Nothing waiting: idle, however long since the last batch.
+        (0, False, 1000.0, "idle"),
+        # Input waiting, a batch finished recently: making progress.
+        (50, False, 10.0, "ok"),
+        # Input waiting and no batch for longer than the limit: stalled.
+        (50, False, 61.0, "stalled"),
+        # A rebalance that just began is not a stall.
+        (50, True, 1000.0, "rebalancing"),
+    ],
+)
+def test_health_judgement(lag: int, rebalancing: bool, idle_for: float, expected: str) -> None:
+    """Stalled means input waiting and no progress for ``stall_after_s``."""
+    health = Health(stall_after_s=60.0, last_progress=0.0)
+    assert health.judge(lag, rebalancing, idle_for) == expected
+
+
+def test_a_rebalance_that_never_ends_is_a_stall() -> None:
+    """Rebalancing for longer than the limit (a member stuck joining) is stalled too."""
+    health = Health(stall_after_s=60.0, last_progress=0.0)
+    assert health.judge(0, True, 100.0) == "rebalancing"
+    assert health.judge(0, True, 170.0) == "stalled"
+    assert health.judge(0, False, 171.0) == "idle"
