@@ -97,10 +97,11 @@ class Cycle:
         #: The batch before, while its durable part is still running: its states are the
         #: newest (the store has them only once that part is done). None once done.
         self.previous = previous
-        #: Set once this batch's effects are queued on the producer: the next batch may
-        #: queue its own (the producer keeps each partition's order).
+        #: The chain points of ``finish``: effects queued (the producer keeps each
+        #: partition's order), changelog records queued, local store written, all done.
         self.effects_queued = asyncio.Event()
-        #: Set once the batch is durable, projected and acked.
+        self.state_queued = asyncio.Event()
+        self.stored = asyncio.Event()
         self.done = asyncio.Event()
         self.ctx = worker.context()
         self.partitions = worker.settings.partitions
@@ -306,42 +307,42 @@ class Cycle:
 
     # -- the durable part ----------------------------------------------------------
     async def finish(self) -> None:
-        """Steps 2-5. Step 2 may overlap the batch before's steps 3-5; steps 3-5 wait for
-        the batch before to be done, so changelog records, read-model writes and acks
-        keep the input order."""
+        """Steps 2-5, chained to the batch before at three points, so each contact's
+        records keep the input order: this batch's effects are queued after the batch
+        before's; its changelog records after the batch before's (which that one queues
+        only once its effects are acknowledged, so a state is never durable before the
+        effects it counts); its local store writes after the batch before's."""
         w, previous = self.w, self.previous
         writes = bool(self.records or self.changed)
         await fault(w, "stall", writes)
         await fault(w, "crash", writes)
-        t0 = time.perf_counter()
         try:
             if previous is not None:
                 await previous.effects_queued.wait()
             acknowledged = await send_batches(w.app, self.placed())
             self.effects_queued.set()
             await acknowledged()
-            t1 = time.perf_counter()
             await fault(w, "after_effects", writes)
             if previous is not None:
-                await previous.done.wait()
-            t2 = time.perf_counter()
-            await w.store.write(self.values)
-            t3 = time.perf_counter()
-            await fault(w, "after_state", writes)
+                await previous.state_queued.wait()
+            written = await w.store.send(self.values)
+            self.state_queued.set()
+            states = await written()
         except (KafkaError, TimeoutError, OSError) as exc:
             raise Fatal(f"broker error while writing the batch: {exc!r}") from exc
-        await self.project()
-        log.debug("batch of %d: effects acked in %.1f ms, waited %.1f ms for the batch "
-                  "before, state acked in %.1f ms, read model %.1f ms", len(self.acks),
-                  (t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3,
-                  (time.perf_counter() - t3) * 1e3)
+        if previous is not None:
+            await previous.stored.wait()
+        w.store.apply(states)
         for key in self.rearm:
             state = self.states.get(key)
             if state is not None:
                 w.due_index.schedule(key, state["next_due"])
+        self.stored.set()
+        await fault(w, "after_state", writes)
+        await self.project()  # the revision check orders batches' projections
         consumer = w.app.consumer
         for message in self.acks:
-            consumer.ack(message)
+            consumer.ack(message)  # Faust commits only offsets without holes before them
         self.previous = None  # the store has everything before: let the chain go
         self.done.set()
 

@@ -17,7 +17,7 @@ import sys
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -636,24 +636,29 @@ async def start_group(cfg: Config, prefix: str, n: int, deadline: float,
 
 
 async def wait_count(cfg: Config, tps: list[TopicPartition], n: int, deadline: float,
-                     alive: Callable[[], None]) -> int:
-    """Wait until ``tps`` hold ``n`` records (high watermarks only); the count then."""
-    total = 0
+                     alive: Callable[[], None],
+                     on_first: Callable[[], Awaitable[None]] | None = None,
+                     ) -> dict[TopicPartition, int]:
+    """Wait until ``tps`` hold ``n`` records (high watermarks only, so this process takes
+    no CPU from the worker); the high watermarks then. ``on_first`` runs once the first
+    record is there."""
+    hw = {tp: 0 for tp in tps}
     probe = assigned_consumer(cfg.bootstrap)
     await probe.start()
     try:
         probe.assign(tps)
         while time.monotonic() < deadline:
             alive()
-            total = sum((await topic_ends(probe, tps, embedded=cfg.embedded)).values())
-            if total >= n:
+            hw = await topic_ends(probe, tps, embedded=cfg.embedded)
+            if on_first is not None and sum(hw.values()) > 0:
+                await on_first()
+                on_first = None
+            if sum(hw.values()) >= n:
                 break
             await asyncio.sleep(0.25)
-        return total
+        return hw
     finally:
         await probe.stop()
-
-
 
 
 async def drain_count(cfg: Config, workers: Sequence[BenchWorker], tps: list[TopicPartition],
@@ -662,22 +667,11 @@ async def drain_count(cfg: Config, workers: Sequence[BenchWorker], tps: list[Top
     """Throughput phase measured by a record count (send commands): wait until ``tps``
     hold ``n`` records (polling the high watermarks only, so this process takes no CPU
     from the worker), then set the result from their timestamps (first → last)."""
-    hw = {tp: 0 for tp in tps}
-    alive = all_alive(workers)
-    probe = assigned_consumer(cfg.bootstrap)
-    await probe.start()
-    try:
-        probe.assign(tps)
-        while time.monotonic() < deadline:
-            alive()
-            hw = await topic_ends(probe, tps, embedded=cfg.embedded)
-            if spy is not None and sum(hw.values()) > 0:
-                await spy.start(workers[0].pid)
-            if sum(hw.values()) >= n:
-                break
-            await asyncio.sleep(0.25)
-    finally:
-        await probe.stop()
+    async def profile() -> None:
+        if spy is not None:
+            await spy.start(workers[0].pid)
+
+    hw = await wait_count(cfg, tps, n, deadline, all_alive(workers), profile)
     if spy is not None:
         await spy.finish()
     records = await read_upto(cfg, hw, max(30.0, deadline - time.monotonic()))

@@ -430,7 +430,7 @@ async def _warm_up(cfg: Config, in_topic: str, sms_tps: list[Any], name: str,
     the definitions and run the whole pipeline once."""
     key, event = stamped_event(cfg.run_id, name, 0, "contact.created", time.time())
     await produce_all(cfg.bootstrap, in_topic, [(key, orjson.dumps(event))])
-    if await wait_count(cfg, sms_tps, 1, deadline, alive) < 1:
+    if sum((await wait_count(cfg, sms_tps, 1, deadline, alive)).values()) < 1:
         raise TimeoutError("the warm-up contact got no send command")
 
 
@@ -476,7 +476,8 @@ async def contacts(bench: Bench, store: str) -> None:
         finally:
             await load
         mem.seconds = probe.seconds
-        sends = await wait_count(cfg, sms_tps, 2 * n + 1, deadline, worker.check_alive)
+        sends = sum((await wait_count(cfg, sms_tps, 2 * n + 1, deadline,
+                                      worker.check_alive)).values())
         await asyncio.sleep(3)
         worker.check_alive()
         mem.rss_after = worker.rss()

@@ -11,7 +11,7 @@ acknowledged them all — so nothing local is ever ahead of what a restart would
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -21,7 +21,11 @@ from faust.types import TP
 from streams.compat import StoreAccess, send_batches
 from tables.contacts import ContactState, decode, split_key
 
-__all__ = ["ContactStore", "partition_for"]
+__all__ = ["ContactStore", "Written", "partition_for"]
+
+#: What a changelog write put where: (key, partition, value) rows and, per (topic,
+#: partition), the last offset written.
+Written = tuple[list[tuple[bytes, int, bytes]], dict[tuple[str, int], int]]
 
 
 @lru_cache(maxsize=65536)
@@ -68,20 +72,32 @@ class ContactStore:
         raw = self.get_raw(key)
         return None if raw is None else decode(raw)
 
-    async def write(self, values: dict[str, bytes]) -> None:
-        """Write every changed contact's encoded state: changelog first, acknowledged,
-        then the local store. Raises the broker's error if a write fails."""
-        if not values:
-            return
+    async def send(self, values: dict[str, bytes]) -> Callable[[], Awaitable[Written]]:
+        """Queue every changed contact's encoded state on its changelog partition; returns
+        a coroutine function that waits for the broker's acknowledgements. Apply what it
+        returns with :meth:`apply` (the local store is never ahead of the changelog)."""
         topic = self.table.changelog_topic_name
         rows = [(key.encode(), self.partition(key), value) for key, value in values.items()]
         acknowledged = await send_batches(self.app, ((topic, partition, key, value, None)
                                                      for key, partition, value in rows))
-        newest = await acknowledged()
+
+        async def written() -> Written:
+            return rows, await acknowledged()
+
+        return written
+
+    def apply(self, written: Written) -> None:
+        """Put acknowledged states in the local store (in the order they were written)."""
+        rows, newest = written
+        topic = self.table.changelog_topic_name
         for key, partition, value in rows:
             self._access.put(partition, key, value)
         for (_, partition), offset in newest.items():
             self._access.persisted(TP(topic, partition), offset)
+
+    async def write(self, values: dict[str, bytes]) -> None:
+        """:meth:`send`, wait, :meth:`apply`. Raises the broker's error if a write fails."""
+        self.apply(await (await self.send(values))())
 
     def items(self, partitions: set[int]) -> Iterator[tuple[str, bytes]]:
         """(key, encoded state) of every contact stored for ``partitions``."""
