@@ -63,7 +63,9 @@ from tables.store import partition_for
 if TYPE_CHECKING:
     from agents.worker import Worker
 
-EXIT_FATAL = 70  # agents.worker.EXIT_FATAL (imported there from here)
+#: The exit status of every fatal error (EX_SOFTWARE): restart the worker, the batch is
+#: redone. (agents.worker re-exports it.)
+EXIT_FATAL = 70
 
 __all__ = ["DEAD_LETTER_MAX_BYTES", "Cycle", "install"]
 
@@ -116,7 +118,6 @@ class Cycle:
         self.rearm: set[str] = set()
         self.records: list[Record] = []
         self.acks: list[Any] = []
-        self.audits = 0
 
     # -- state ---------------------------------------------------------------------
     def state(self, key: str) -> ContactState | None:
@@ -247,7 +248,6 @@ class Cycle:
                                  orjson.dumps(change), None, None))
 
     def emit_audit(self, record: dict[str, Any]) -> None:
-        self.audits += 1
         log.info("audit %s %s:%s %s", record["reason"], record["account"],
                  record["contact_id"], record.get("message_id", ""))
         self.records.append((self.w.names.audit, record["contact_id"].encode(),

@@ -92,9 +92,6 @@ class Batches:
     async def put(self, batch: list[Any]) -> None:
         await self._queue.put(batch)
 
-    async def get(self) -> list[Any]:
-        return await self._queue.get()
-
     def empty(self) -> bool:
         return self._queue.empty()
 
