@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,8 +126,20 @@ def publish(
         ) as pub:
             await pub.send(envelope)
 
-    asyncio.run(run())
+    _reaching_the_broker(settings, lambda: asyncio.run(run()))
     typer.echo(f"published {envelope.get('type')} {envelope.get('id')}")
+
+
+def _reaching_the_broker(settings: Any, call: Any) -> Any:
+    """``call()``; a broker that cannot be reached is one line and exit 1, not a trace."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        return call()
+    except (KafkaError, OSError) as exc:
+        typer.echo(f"cannot reach the broker at {settings.broker} "
+                   f"(DRIPSTREAM_BROKER): {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _producer_run(coro_factory: Any) -> Any:
@@ -146,7 +159,7 @@ def _producer_run(coro_factory: Any) -> Any:
         finally:
             await producer.stop()
 
-    return asyncio.run(run())
+    return _reaching_the_broker(settings, lambda: asyncio.run(run()))
 
 
 @cli.command()
@@ -256,25 +269,38 @@ def dev(
 
     env = dict(os.environ)
     started: list[Any] = []
-    broker = EmbeddedBroker(port or None).start()
+    # The broker and the worker run in sessions of their own, and Redis with SIGINT
+    # blocked: a terminal's Ctrl-C reaches only this process, which stops the worker first
+    # (it needs the broker and Redis to finish its batch), then the services.
+    broker = EmbeddedBroker(port or None, new_session=True).start()
     started.append(broker)
     env["DRIPSTREAM_BROKER"] = broker.url
     env["DRIPSTREAM_PROFILE"] = "embedded"
     if "DRIPSTREAM_REDIS_URL" not in env:
-        redis = EmbeddedRedis().start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            redis = EmbeddedRedis().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         started.append(redis)
         env["DRIPSTREAM_REDIS_URL"] = redis.url
     from streams.settings import Settings
     from streams.topics import ensure_topics
 
-    asyncio.run(ensure_topics(Settings(broker=broker.url)))
-    env.setdefault("DRIPSTREAM_DATABASE_URL", f"sqlite:///{Path('dripstream-dev.db').resolve()}")
+    settings = Settings(broker=broker.url, profile="embedded")
+    asyncio.run(ensure_topics(settings))
+    # The broker starts empty: so must the worker's local table files (a rocksdb:// store
+    # would otherwise bring back contacts of an earlier run).
+    tables = settings.data_dir / f"{settings.group_id}-data"
+    shutil.rmtree(tables, ignore_errors=True)
     os.environ.update(env)
 
     typer.echo(f"broker   {broker.url}  (Tansu, in memory)")
     typer.echo(f"redis    {env['DRIPSTREAM_REDIS_URL']}")
-    typer.echo(f"database {env['DRIPSTREAM_DATABASE_URL']}")
-    worker_proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env)
+    typer.echo(f"data     {settings.data_dir.resolve()}  (liveness file: "
+               f"{settings.health_path.resolve()})")
+    worker_proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
+                                   start_new_session=True)
     typer.echo(f"worker   pid {worker_proc.pid}; Ctrl-C stops everything")
     try:
         if demo:

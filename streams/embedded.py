@@ -60,11 +60,15 @@ def wait_for_port(
 
 
 class EmbeddedBroker:
-    """A Tansu broker process with memory storage."""
+    """A Tansu broker process with memory storage. ``new_session``: out of the terminal's
+    process group (a Ctrl-C meant for its owner does not reach it)."""
 
-    def __init__(self, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, log_path: Path | None = None, *, new_session: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        self.new_session = new_session
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -95,6 +99,7 @@ class EmbeddedBroker:
             ],
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
         )
         wait_for_port(self.port, proc=self._proc)
         return self

@@ -165,6 +165,11 @@ class Stack:
                 worker.kill()
         await self.publisher.__aexit__(None, None, None)
         await self.producer.stop()
+        # The developer's Redis keeps nothing of the test (its keys share the prefix).
+        keys = [key async for key in self.redis.scan_iter(
+            match=f"{self.settings.topic_prefix}*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await self.redis.unlink(*keys[start:start + 1000])
         await self.redis.aclose()
 
     def start_worker(self, env: Mapping[str, str] | None = None) -> WorkerProcess:

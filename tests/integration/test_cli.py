@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -307,14 +308,34 @@ class _Lines:
         return "".join(self.seen)
 
 
+def _started(output: str) -> list[int]:
+    """The pids of the broker and worker `dev` printed it started (by port, by pid)."""
+    pids = [int(m) for m in re.findall(r"worker\s+pid (\d+)", output)]
+    for port in re.findall(r"broker\s+kafka://127\.0\.0\.1:(\d+)", output):
+        found = subprocess.run(["pgrep", "-f", f"listener-url tcp://127.0.0.1:{port}"],
+                               capture_output=True, text=True).stdout.split()
+        pids += [int(p) for p in found]
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path) -> None:
     """`dev --demo` starts its own broker, Redis and worker, shows the demo contact at
-    version 2, and on SIGINT stops everything and says so."""
+    version 2, and on a terminal's Ctrl-C (SIGINT to its process group) stops everything,
+    worker first, and says so."""
     env: dict[str, str] = {k: v for k, v in os.environ.items() if not k.startswith("DRIPSTREAM_")}
     env["DRIPSTREAM_TOPIC_PREFIX"] = f"t{uuid.uuid4().hex[:10]}."
     env["DRIPSTREAM_DATA_DIR"] = str(tmp_path / "data")
     stderr = tmp_path / "dev.stderr"
-    # A session of its own, so a failed test can stop the broker, Redis and worker too.
+    started: list[int] = []
+    # A session of its own, like a terminal's job: the SIGINT goes to the whole group.
     with open(stderr, "w") as err, subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "dev", "--demo"],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True,
@@ -323,6 +344,7 @@ def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path) -> None:
         lines = _Lines(proc)
         try:
             shown = lines.read_until('"version": 2', time.monotonic() + 60)
+            started = _started("".join(lines.seen))
             assert shown, (
                 f"no demo state in 60 s; stdout: {''.join(lines.seen)!r}; stderr: "
                 + stderr.read_text()[-3000:]
@@ -330,17 +352,22 @@ def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path) -> None:
             # The state JSON ends with its closing brace; read up to it before stopping.
             assert lines.read_until("\n}\n", time.monotonic() + 10)
 
-            proc.send_signal(signal.SIGINT)
+            os.killpg(proc.pid, signal.SIGINT)
             returncode = proc.wait(30)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            leftovers = [pid for pid in started if _alive(pid)]
+            for pid in leftovers:
+                os.kill(pid, signal.SIGKILL)
         output = lines.rest()
 
     state = json.loads(output[output.index("{\n"):output.index("\n}\n") + 2])
     assert ("demo", "c-1", 2) == (state["account"], state["contact_id"], state["version"])
     assert "+14155550101" == state["phone"]
     assert "stopped" == output.splitlines()[-1]
-    assert 0 == returncode
-    assert f"database sqlite:///{tmp_path.resolve() / 'dripstream-dev.db'}" in output
+    assert (0, []) == (returncode, leftovers)
+    assert len(started) == 2, output
+    assert f"data     {(tmp_path / 'data').resolve()}" in output
+    assert "ERROR" not in stderr.read_text()
