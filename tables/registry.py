@@ -80,24 +80,23 @@ class CompactedView:
 
 
 class Registry(CompactedView):
-    """Every definition, every version, by (kind, account, id)."""
+    """Every definition, every version, by (kind, account) and id. Every event asks for
+    its account's policy and active workflows: answered from the account's own entries,
+    not a scan of every account's."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._versions: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = {}
+        self._by_account: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
 
     def __str__(self) -> str:
-        return f"{len(self._versions)} definitions"
+        return f"{sum(len(ids) for ids in self._by_account.values())} definitions"
 
     def _newest(self, kind: str, account: str) -> list[dict[str, Any]]:
-        out = []
-        for (k, acct, _), versions in self._versions.items():
-            if k == kind and acct == account and versions:
-                out.append(versions[max(versions)])
-        return out
+        ids = self._by_account.get((kind, account), {})
+        return [versions[max(versions)] for versions in ids.values() if versions]
 
     def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
-        return self._versions.get(("workflow", account, workflow_id), {}).get(version)
+        return self._by_account.get(("workflow", account), {}).get(workflow_id, {}).get(version)
 
     def active(self, account: str) -> list[dict[str, Any]]:
         """The account's active workflows, newest version of each."""
@@ -115,7 +114,8 @@ class Registry(CompactedView):
         parts = (key or b"").decode().split(":")
         if value is None:  # tombstone: forget that version
             if len(parts) == 4 and parts[3].isdigit():
-                self._versions.get((parts[0], parts[1], parts[2]), {}).pop(int(parts[3]), None)
+                ids = self._by_account.get((parts[0], parts[1]), {})
+                ids.get(parts[2], {}).pop(int(parts[3]), None)
             return
         try:
             definition = parse_any(orjson.loads(value))
@@ -123,7 +123,8 @@ class Registry(CompactedView):
             log.error("ignoring invalid definition %r: %s", key, exc)
             return
         ident = "policy" if isinstance(definition, AccountPolicy) else definition.id
-        versions = self._versions.setdefault((definition.kind, definition.account, ident), {})
+        ids = self._by_account.setdefault((definition.kind, definition.account), {})
+        versions = ids.setdefault(ident, {})
         value_dict = definition.model_dump(mode="json")
         if versions.get(definition.version, value_dict) != value_dict:
             # Versions are write-once: running executions rely on the steps they started on.

@@ -1,0 +1,66 @@
+"""The definitions every worker holds (tables/registry.py), fed records as the compacted
+topic delivers them: the newest version answers, each account sees only its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from streams.definitions import definition_key, parse_any
+from tables.compliance import default_policy
+from tables.registry import Registry
+
+
+def flow(account: str, version: int, *, active: bool = True, ident: str = "w") -> dict[str, Any]:
+    return {"id": ident, "account": account, "name": "W", "version": version,
+            "active": active, "trigger": {"event": "contact.created"}, "start": "s",
+            "steps": {"s": {"kind": "send_sms", "body": f"v{version}"}}}
+
+
+def record(raw: dict[str, Any]) -> tuple[bytes, bytes]:
+    parsed = parse_any(raw)
+    return definition_key(parsed).encode(), orjson.dumps(parsed.model_dump(mode="json"))
+
+
+def registry(*raws: dict[str, Any]) -> Registry:
+    r = Registry()
+    for raw in raws:
+        r.apply(*record(raw))
+    return r
+
+
+def test_the_newest_version_is_active_and_every_version_is_kept() -> None:
+    """v2 starts new executions; v1 stays for the executions that started on it."""
+    r = registry(flow("acme", 1), flow("acme", 2))
+    assert [wf["version"] for wf in r.active("acme")] == [2]
+    assert r.lookup("acme", "w", 1)["steps"]["s"]["body"] == "v1"  # type: ignore[index]
+
+
+def test_accounts_never_see_each_others_definitions() -> None:
+    """Another account's workflow and policy are invisible; without one, the defaults."""
+    r = registry(flow("acme", 1), {"kind": "account", "account": "acme", "brand": "Acme"})
+    assert (r.active("globex"), r.lookup("globex", "w", 1)) == ([], None)
+    assert r.policy("acme")["brand"] == "Acme"
+    assert r.policy("globex") == default_policy("globex")
+
+
+def test_an_inactive_newest_version_stops_new_starts() -> None:
+    """Publishing ``active: false`` as a new version takes the workflow out of matching."""
+    assert registry(flow("acme", 1), flow("acme", 2, active=False)).active("acme") == []
+
+
+def test_a_tombstone_forgets_that_version_only() -> None:
+    """A deleted v2 leaves v1 as the newest."""
+    r = registry(flow("acme", 1), flow("acme", 2))
+    key, _ = record(flow("acme", 2))
+    r.apply(key, None)
+    assert ([wf["version"] for wf in r.active("acme")], r.lookup("acme", "w", 2)) == ([1], None)
+
+
+def test_a_version_is_write_once() -> None:
+    """Republishing v1 with other steps is ignored: executions rely on what they started."""
+    changed = flow("acme", 1)
+    changed["steps"]["s"]["body"] = "other"
+    r = registry(flow("acme", 1), changed)
+    assert r.lookup("acme", "w", 1)["steps"]["s"]["body"] == "v1"  # type: ignore[index]
