@@ -34,7 +34,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +82,6 @@ IN_FLIGHT = 2
 HARD_STATE_BYTES = 900 * 1024
 
 Handler = Callable[[ContactState | None], Outcome]
-#: (topic, key, value, partition or None, headers or None)
-Record = tuple[str, bytes | None, bytes, int | None, list[tuple[str, bytes]] | None]
 
 
 class Fatal(Exception):
@@ -109,14 +107,15 @@ class Cycle:
         self.partitions = worker.settings.partitions
         #: The latest state of every contact the batch touched (None: has none).
         self.states: dict[str, ContactState | None] = {}
-        #: The contacts the batch changed (their latest state is in ``states``); encoded
-        #: by :meth:`seal` for step 3.
-        self.changed: dict[str, bytes | None] = {}
+        #: The contacts the batch changed (their latest state is in ``states``), and
+        #: their states encoded by :meth:`seal` for step 3.
+        self.changed: set[str] = set()
+        self.encoded: dict[str, bytes] = {}
         #: Duplicates: contacts whose read model is refreshed though nothing changed.
         self.reproject: set[str] = set()
         #: Contacts the timer index must look at again (changed, or an early wake-up).
         self.rearm: set[str] = set()
-        self.records: list[Record] = []
+        self.records: list[compat.Record] = []
         self.acks: list[Any] = []
 
     # -- state ---------------------------------------------------------------------
@@ -167,7 +166,7 @@ class Cycle:
                                              detail=reason.detail, topic=message.topic))
             return
         self.states[key] = new
-        self.changed[key] = None
+        self.changed.add(key)
         self.rearm.add(key)
         self.effects(outcome.effects, new["contact_id"])
 
@@ -221,7 +220,7 @@ class Cycle:
             return
         # Sent to every partition; each owner cancels the executions it holds.
         prefix = f"{command.account}:"
-        keys = {k for k, _ in self.w.store.items({message.partition}) if k.startswith(prefix)}
+        keys = {k for k, _ in self.w.store.items({message.partition}, prefix)}
         cycle: Cycle | None = self  # and those only the batches in flight know yet
         while cycle is not None:
             keys |= {k for k in cycle.states if k.startswith(prefix)
@@ -235,23 +234,34 @@ class Cycle:
         names, key = self.w.names, contact_id.encode()
         partition = partition_for(key, self.partitions)
         for command in fx.sends:
-            self.records.append((names.send(command.channel), key,
-                                 command.model_dump_json(exclude_none=True).encode(),
-                                 None, None))
+            self.out(names.send(command.channel), key,
+                     command.model_dump_json(exclude_none=True).encode(), partition)
         for event in fx.events:  # back to the contact's own partition, in order
-            self.records.append((names.events, key, orjson.dumps(event), partition, None))
+            self.out(names.events, key, orjson.dumps(event), partition)
         for record in fx.audit:
             self.emit_audit(record)
         for change in fx.suppressions:
-            self.records.append((names.suppressions,
-                                 f"{change['account']}:{change['address']}".encode(),
-                                 orjson.dumps(change), None, None))
+            listed = f"{change['account']}:{change['address']}".encode()
+            value = orjson.dumps(change)
+            # Read our own writes: the follower brings the change back a fetch wait later,
+            # and the next record (a send right after a START) must already see it. Safe
+            # before it is durable: a batch that fails takes this process with it.
+            self.w.suppressions.apply(listed, value)
+            self.out(names.suppressions, listed, value)
+
+    def out(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+            headers: list[tuple[str, bytes]] | None = None) -> None:
+        """A record for step 2, on ``partition`` or the one Kafka's default partitioner
+        picks for the key (every topic has the same count; keyless ones spread)."""
+        if partition is None:
+            partition = (partition_for(key, self.partitions) if key
+                         else len(self.records) % self.partitions)
+        self.records.append((topic, partition, key, value, headers))
 
     def emit_audit(self, record: dict[str, Any]) -> None:
         log.info("audit %s %s:%s %s", record["reason"], record["account"],
                  record["contact_id"], record.get("message_id", ""))
-        self.records.append((self.w.names.audit, record["contact_id"].encode(),
-                             orjson.dumps(record), None, None))
+        self.out(self.w.names.audit, record["contact_id"].encode(), orjson.dumps(record))
 
     def dead_letter(self, message: Any, error: Rejected) -> None:
         """The original key and bytes (or, when they cannot fit in a record, their first
@@ -272,7 +282,7 @@ class Cycle:
                         ("dripstream.original_size", str(len(value)).encode()),
                         ("dripstream.original_sha256", hashlib.sha256(value).hexdigest().encode())]
             value, key = value[:DEAD_LETTER_PREFIX_BYTES], (key or b"")[:1024]
-        self.records.append((self.w.names.dead_letter, key, value, None, headers))
+        self.out(self.w.names.dead_letter, key, value, headers=headers)
         log.warning("dead-lettered %s[%s]@%s: %s", message.topic, message.partition,
                     message.offset, error)
 
@@ -283,27 +293,14 @@ class Cycle:
                    ("dripstream.origin.topic", str(message.topic).encode()),
                    ("dripstream.origin.partition", str(message.partition).encode()),
                    ("dripstream.origin.offset", str(message.offset).encode())]
-        self.records.append((self.w.names.routed, message.key, message.value, partition,
-                             headers))
-
-    def placed(self) -> Iterator[compat.Record]:
-        """The records with their partitions: the given one, else the one Kafka's default
-        partitioner picks for the key (every topic has the same count)."""
-        for n, (topic, key, value, partition, headers) in enumerate(self.records):
-            if partition is None:
-                partition = partition_for(key, self.partitions) if key else n % self.partitions
-            yield topic, partition, key, value, headers
+        self.out(self.w.names.routed, message.key, message.value, partition, headers)
 
     def seal(self) -> None:
         """Encode each changed contact's final state, once."""
         for key in self.changed:
             state = self.states[key]
             assert state is not None
-            self.changed[key] = encode(state)
-
-    @property
-    def values(self) -> dict[str, bytes]:
-        return {key: value for key, value in self.changed.items() if value is not None}
+            self.encoded[key] = encode(state)
 
     # -- the durable part ----------------------------------------------------------
     async def finish(self) -> None:
@@ -319,13 +316,13 @@ class Cycle:
         try:
             if previous is not None:
                 await previous.effects_queued.wait()
-            acknowledged = await send_batches(w.app, self.placed())
+            acknowledged = await send_batches(w.app, self.records)
             self.effects_queued.set()
             await acknowledged()
             await fault(w, "after_effects", writes)
             if previous is not None:
                 await previous.state_queued.wait()
-            written = await w.store.send(self.values)
+            written = await w.store.send(self.encoded)
             self.state_queued.set()
             states = await written()
         except (KafkaError, TimeoutError, OSError) as exc:
@@ -350,11 +347,11 @@ class Cycle:
         """Changed and re-seen contacts to the read model, retrying while Redis is away
         (the batch is not acked until it is there)."""
         rows = []
-        for key, value in self.values.items():
+        for key, value in self.encoded.items():
             state = self.states[key]
             assert state is not None
             rows.append((key, state["revision"], value))
-        for key in self.reproject - set(self.changed):
+        for key in self.reproject - self.changed:
             raw, state = self.w.store.get_raw(key), self.state(key)
             if raw is not None and state is not None:
                 rows.append((key, state["revision"], raw))

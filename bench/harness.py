@@ -557,7 +557,6 @@ class BenchWorker:
             "DRIPSTREAM_REDIS_URL": cfg.redis_url,
             "DRIPSTREAM_STORE": store,
             "DRIPSTREAM_DATA_DIR": str(self.data_dir),
-            "DRIPSTREAM_DATABASE_URL": f"sqlite:///{cfg.workdir / 'bench.db'}",
             "DRIPSTREAM_LOG_LEVEL": "warning",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                         environ.get("PYTHONPATH")])),

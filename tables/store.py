@@ -4,9 +4,10 @@ A Faust table (``contacts``, raw bytes keys and values, changelog
 ``<app id>-contacts-changelog``, partitioned like ``contact-events``), so Faust recovers it
 from its changelog on every start, rebalance and standby, in memory or in RocksDB
 (``DRIPSTREAM_STORE``). The contact agent reads it directly and writes a whole batch at
-once with :meth:`ContactStore.write`: one changelog record per changed contact, sent to
-the contact's partition, and the local store updated only once the broker has
-acknowledged them all — so nothing local is ever ahead of what a restart would recover.
+once: one changelog record per changed contact, sent to the contact's partition, and the
+local store updated only once the broker has acknowledged them all
+(:meth:`ContactStore.send`, then :meth:`ContactStore.apply`) — so nothing local is ever
+ahead of what a restart would recover.
 """
 
 from __future__ import annotations
@@ -95,13 +96,12 @@ class ContactStore:
         for (_, partition), offset in newest.items():
             self._access.persisted(TP(topic, partition), offset)
 
-    async def write(self, values: dict[str, bytes]) -> None:
-        """:meth:`send`, wait, :meth:`apply`. Raises the broker's error if a write fails."""
-        self.apply(await (await self.send(values))())
-
-    def items(self, partitions: set[int]) -> Iterator[tuple[str, bytes]]:
-        """(key, encoded state) of every contact stored for ``partitions``."""
+    def items(self, partitions: set[int], prefix: str = "") -> Iterator[tuple[str, bytes]]:
+        """(key, encoded state) of every contact stored for ``partitions`` whose key starts
+        with ``prefix`` (an account's: ``"acme:"``), checked before the partition."""
+        raw_prefix = prefix.encode()
         for raw_key, value in self._access.items(partitions):
-            key = raw_key.decode()
-            if self.partition(key) in partitions:
-                yield key, value
+            if raw_key.startswith(raw_prefix):
+                key = raw_key.decode()
+                if self.partition(key) in partitions:
+                    yield key, value

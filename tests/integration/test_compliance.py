@@ -192,3 +192,27 @@ async def test_sigkill_during_a_burst_counters_equal_a_recount(stack: Stack) -> 
         assert sorted(s["id"] for s in state["sends"]) == sorted(emitted)
         assert len(emitted) == 5
     print(f"\n{len(sent)} send commands, {len(sent) - 5 * contacts} repeated after the kill")
+
+
+async def test_a_send_right_after_start_goes_out_before_the_list_catches_up(
+    stack: Stack,
+) -> None:
+    """With the suppression-list follower slowed to seconds: once the STOP is on the
+    worker's list (a send is refused as suppressed), a START and a send right after it go
+    out — the worker that lifted the opt-out sees it at once, without the follower."""
+    await stack.define(flow("now", {"event": "custom.go"},
+                            {"s": {"kind": "send_sms", "body": "right away"}}))
+    await stack.publisher.send(created("ann"))
+    stack.start_worker(env={"DRIPSTREAM_FOLLOW_MAX_WAIT_MS": "4000"})
+    await stack.wait_contact("acme", "ann", 1)
+    await stack.publisher.send(inbound("ann", "STOP", 1))
+    await stack.publisher.send(build_event("acme", "ann", "custom.go", {}, event_id="go-1"))
+    (refused,) = await wait_records(stack, "audit", 1)
+    assert refused["reason"] == "suppressed"  # the list, not only consent, has the STOP
+    await stack.publisher.send_many([inbound("ann", "START", 2),
+                                     build_event("acme", "ann", "custom.go", {}, event_id="go-2")])
+    sent = await wait_records(stack, "send.sms", 3)
+    assert [s.get("purpose") for s in sent] == ["opt_out_confirmation", "opt_in_confirmation",
+                                                None]
+    assert sent[2]["body"] == "right away"
+    assert len(await records(stack, "audit")) == 1
