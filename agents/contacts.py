@@ -48,6 +48,7 @@ from streams import compat
 from streams.commands import Control
 from streams.compat import committed_offset, send_batches
 from streams.events import Rejected, parse_event
+from tables.campaigns import handle_delivery
 from tables.contacts import (
     MAX_STATE_BYTES,
     ContactState,
@@ -61,13 +62,14 @@ from tables.handlers import Wakeup, handle_control, handle_event, handle_wakeup
 from tables.store import partition_for
 
 if TYPE_CHECKING:
+    from agents.campaigns import Slice
     from agents.worker import Worker
 
 #: The exit status of every fatal error (EX_SOFTWARE): restart the worker, the batch is
 #: redone. (agents.worker re-exports it.)
 EXIT_FATAL = 70
 
-__all__ = ["DEAD_LETTER_MAX_BYTES", "Cycle", "install"]
+__all__ = ["DEAD_LETTER_MAX_BYTES", "Cycle", "compute_slice", "install"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,8 @@ class Cycle:
         self.rearm: set[str] = set()
         self.records: list[compat.Record] = []
         self.acks: list[Any] = []
+        #: A campaign slice this cycle runs (agents/campaigns.py), told when it is done.
+        self.slice: Slice | None = None
 
     # -- state ---------------------------------------------------------------------
     def state(self, key: str) -> ContactState | None:
@@ -342,23 +346,30 @@ class Cycle:
             consumer.ack(message)  # Faust commits only offsets without holes before them
         self.previous = None  # the store has everything before: let the chain go
         self.done.set()
+        if self.slice is not None:
+            self.slice.done.set()
 
     async def project(self) -> None:
         """Changed and re-seen contacts to the read model, retrying while Redis is away
         (the batch is not acked until it is there)."""
-        rows = []
+        rows: list[tuple[str, int, bytes]] = []
+        progress: list[dict[str, Any]] = []
         for key, value in self.encoded.items():
             state = self.states[key]
             assert state is not None
+            if key[0] == "~":  # a partition's campaign progress (agents/campaigns.py)
+                progress.append(dict(state))
+                continue
             rows.append((key, state["revision"], value))
         for key in self.reproject - self.changed:
             raw, state = self.w.store.get_raw(key), self.state(key)
             if raw is not None and state is not None:
                 rows.append((key, state["revision"], raw))
         delay = 0.1
-        while rows:
+        while rows or progress:
             try:
                 await self.w.read_model.put_many(rows)
+                await self.w.read_model.put_progress(progress)
                 return
             except (RedisError, OSError) as exc:
                 log.warning("read model write failed (%s); retrying in %.1fs", exc, delay)
@@ -419,6 +430,51 @@ async def compute(worker: Worker, batch: list[Any], previous: Cycle | None = Non
     return cycle
 
 
+async def compute_slice(worker: Worker, work: Slice, previous: Cycle | None = None) -> Cycle:
+    """Step 1 for a campaign slice: each contact through :func:`handle_delivery` (until
+    the throttle's budget is spent), then the partition's progress record. A slice for a
+    partition this worker no longer owns (or of an older consumer generation) is
+    aborted: the new owner goes on from the stored progress."""
+    app = worker.app
+    cycle = Cycle(worker, worker.clock.now(), previous)
+    cycle.slice = work
+    owned = (not app.rebalancing and work.generation == app.consumer_generation_id
+             and any(tp.topic == worker.names.events and tp.partition == work.partition
+                     for tp in app.assignor.assigned_actives()))
+    if not owned:
+        work.aborted = True
+        cycle.seal()
+        return cycle
+    delivery, now = work.delivery, cycle.now
+    verdicts: list[Any] = []
+
+    def handle(state: ContactState | None) -> Outcome:
+        assert delivery is not None
+        outcome, verdict = handle_delivery(state, delivery, cycle.ctx, now)
+        verdicts.append(verdict)
+        return outcome
+
+    paced = 0
+    for n, key in enumerate(work.keys):
+        if work.budget is not None and paced >= work.budget:
+            break
+        if n % 100 == 99:
+            await asyncio.sleep(0)
+        verdicts.clear()
+        cycle.apply(key, work.record(key), handle, event=False)
+        work.consumed += 1
+        if verdicts:
+            verdict = verdicts[0]
+            work.tally(verdict.outcome, verdict.at)
+            paced += verdict.outcome in ("sent", "enrolled")
+    for record in work.audit:
+        cycle.emit_audit(record)
+    cycle.states[work.progress_key] = orjson.loads(orjson.dumps(work.progress))
+    cycle.changed.add(work.progress_key)
+    cycle.seal()
+    return cycle
+
+
 def install(worker: Worker) -> None:
     """The contact agent and its input-loss check, on ``worker.app``."""
     app, names, settings = worker.app, worker.names, worker.settings
@@ -443,7 +499,10 @@ def install(worker: Worker) -> None:
                 in_flight.popleft()
             previous = in_flight[-1][0] if in_flight else None
             try:
-                cycle = await compute(worker, batch, previous)
+                if isinstance(batch, list):
+                    cycle = await compute(worker, batch, previous)
+                else:  # a campaign slice (agents/campaigns.py)
+                    cycle = await compute_slice(worker, batch, previous)
             except Exception:
                 log.critical("the batch failed; exiting so it is redone", exc_info=True)
                 os._exit(EXIT_FATAL)

@@ -93,6 +93,8 @@ def install(worker: Worker) -> None:
     async def rebuild(partitions: set[int]) -> int:
         count = 0
         for n, (key, value) in enumerate(store.items(partitions)):
+            if key[0] == "~":
+                continue  # a partition's campaign progress, not a contact
             try:
                 due = peek_next_due(value)
             except (ValueError, TypeError, AttributeError, zstandard.ZstdError) as exc:

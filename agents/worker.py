@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from agents import contacts, timers
+from agents import campaigns, contacts, timers
 from agents.timers import DueIndex
 from streams.app import build_app
 from streams.clock import Clock
@@ -136,6 +136,7 @@ def build(settings: Settings) -> Worker:
 
     contacts.install(worker)
     timers.install(worker)
+    campaigns.install(worker)
     _install_health(worker)
     return worker
 

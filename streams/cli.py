@@ -166,11 +166,16 @@ def _producer_run(coro_factory: Any) -> Any:
 def define(
     path: Annotated[str, typer.Argument(help="a definition JSON file, or - for stdin")],
 ) -> None:
-    """Validate a definition (workflow, account policy, keyword) and publish it."""
+    """Validate a definition (workflow, account policy, keyword, campaign) and publish it."""
     import orjson
 
     from producers.admin import publish_definition
-    from streams.definitions import DefinitionError, parse_any
+    from streams.definitions import (
+        DEFAULT_MIN_INTERVAL,
+        DefinitionError,
+        parse_any,
+        parse_duration,
+    )
 
     try:
         data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
@@ -193,8 +198,20 @@ def define(
         for error in exc.errors:
             typer.echo(f"invalid: {error}", err=True)
         raise typer.Exit(2) from None
-    wf = _producer_run(lambda p, prefix: publish_definition(p, prefix, definition))
-    typer.echo(f"published {wf.kind} {wf.account}/{getattr(wf, 'id', 'policy')} v{wf.version}")
+    interval = DEFAULT_MIN_INTERVAL
+    if definition.get("kind") == "campaign":  # checked against the account's own minimum
+        registry = _registry()
+        interval = parse_duration(registry.policy(definition["account"])[
+            "campaign_min_interval"])
+        try:
+            parse_any(definition, interval)
+        except DefinitionError as exc:
+            for error in exc.errors:
+                typer.echo(f"invalid: {error}", err=True)
+            raise typer.Exit(2) from None
+    wf = _producer_run(lambda p, prefix: publish_definition(p, prefix, definition, interval))
+    ident = getattr(wf, "id", "policy")
+    typer.echo(f"published {wf.kind} {wf.account}/{ident} v{getattr(wf, 'version', '')}")
 
 
 @cli.command()
@@ -233,6 +250,136 @@ def suppress(
 
     _producer_run(lambda p, prefix: send(p, prefix, account, address, reason, remove=remove))
     typer.echo(f"{'lifted' if remove else 'suppressed'} {account}:{address} ({reason})")
+
+
+def _registry() -> Any:
+    """The definitions as the workers hold them (the topic read to its end)."""
+    from producers.admin import read_registry
+    from streams.settings import Settings
+
+    settings = Settings()
+    return _reaching_the_broker(settings, lambda: asyncio.run(read_registry(settings)))
+
+
+campaign_cli = typer.Typer(help="Campaigns: status, preview, pause, resume, cancel.",
+                           no_args_is_help=True)
+cli.add_typer(campaign_cli, name="campaign")
+Account = Annotated[str, typer.Option(help="the campaign's account")]
+
+
+def _campaign(registry: Any, account: str, campaign_id: str) -> dict[str, Any]:
+    campaign: dict[str, Any] | None = registry.campaign(account, campaign_id)
+    if campaign is None:
+        typer.echo(f"no campaign {account}/{campaign_id}", err=True)
+        raise typer.Exit(1)
+    return campaign
+
+
+@campaign_cli.command("status")
+def campaign_status(campaign_id: str, account: Account) -> None:
+    """Each occurrence's progress, summed over the partitions that report it."""
+    from redis.asyncio import Redis
+
+    from agents.campaigns import COUNTERS
+    from streams.settings import Settings
+    from tables.readmodel import ReadModel
+
+    settings = Settings()
+    registry = _registry()
+    campaign = _campaign(registry, account, campaign_id)
+
+    async def run() -> dict[int, dict[str, Any]]:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return await ReadModel(redis, settings.topic_prefix).get_progress(account,
+                                                                            campaign_id)
+        finally:
+            await redis.aclose()
+
+    occurrences: dict[str, dict[str, Any]] = {}
+    for record in asyncio.run(run()).values():
+        entries = [*record["history"], *([record["current"]] if record["current"] else [])]
+        for entry in entries:
+            total = occurrences.setdefault(entry["id"], {
+                "occurrence": entry["id"], "at": entry["at"], "version": entry["version"],
+                "partitions": 0, "statuses": {}, **dict.fromkeys(COUNTERS, 0),
+                "remaining": 0})
+            total["partitions"] += 1
+            total["statuses"][entry["status"]] = total["statuses"].get(entry["status"], 0) + 1
+            for name in (*COUNTERS, "remaining"):
+                total[name] += entry.get(name, 0)
+    for total in occurrences.values():
+        total["targeted"] = sum(total[n] for n in (*COUNTERS, "remaining"))
+    typer.echo(json.dumps({
+        "campaign": campaign_id, "account": account, "version": campaign["version"],
+        "active": campaign["active"], "status": registry.campaign_status(account, campaign_id),
+        "partitions": settings.partitions,
+        "occurrences": sorted(occurrences.values(), key=lambda o: o["occurrence"])},
+        indent=2))
+
+
+@campaign_cli.command("preview")
+def campaign_preview(
+    campaign_id: str, account: Account,
+    limit: Annotated[int, typer.Option(help="contacts to list")] = 10,
+) -> None:
+    """The audience as it is now (from the read model): its size and its first contacts.
+    Sends nothing."""
+    from redis.asyncio import Redis
+
+    from streams.settings import Settings
+    from tables.campaigns import in_audience
+    from tables.readmodel import ReadModel
+
+    settings = Settings()
+    campaign = _campaign(_registry(), account, campaign_id)
+
+    async def run() -> list[str]:
+        redis = Redis.from_url(settings.redis_url)
+        model = ReadModel(redis, settings.topic_prefix)
+        try:
+            found = []
+            for contact_id in sorted(await model.contact_ids(account)):
+                state = await model.get_state(account, contact_id)
+                if state is not None and in_audience(campaign["audience"], state):
+                    found.append(contact_id)
+            return found
+        finally:
+            await redis.aclose()
+
+    found = asyncio.run(run())
+    typer.echo(json.dumps({"campaign": campaign_id, "account": account,
+                           "audience": len(found), "first": found[:limit]}, indent=2))
+
+
+def _control(action: str, campaign_id: str, account: str) -> None:
+    from producers.admin import control_campaign
+
+    registry = _registry()
+    _campaign(registry, account, campaign_id)
+    if registry.campaign_status(account, campaign_id) == "cancelled":
+        typer.echo(f"campaign {account}/{campaign_id} is cancelled (final)", err=True)
+        raise typer.Exit(1)
+    _producer_run(lambda p, prefix: control_campaign(p, prefix, account, campaign_id, action))
+    typer.echo(f"sent {action} for campaign {account}/{campaign_id}")
+
+
+@campaign_cli.command("pause")
+def campaign_pause(campaign_id: str, account: Account) -> None:
+    """Stop sending: each partition stops after the slice it is on."""
+    _control("pause", campaign_id, account)
+
+
+@campaign_cli.command("resume")
+def campaign_resume(campaign_id: str, account: Account) -> None:
+    """Go on where it stopped (contacts already reached are not reached again)."""
+    _control("resume", campaign_id, account)
+
+
+@campaign_cli.command("cancel")
+def campaign_cancel(campaign_id: str, account: Account) -> None:
+    """Stop for good: no further sends or occurrences; deferred sends are cancelled."""
+    _control("cancel", campaign_id, account)
 
 
 @cli.command()

@@ -1,10 +1,12 @@
 """Definitions: the JSON operators publish, and its validation.
 
-Three kinds: ``workflow`` (a drip workflow), ``account`` (an account's compliance policy:
-caps, quiet hours, keyword lists, replies) and ``keyword`` (an account keyword such as
-JOIN). They travel on the compacted ``<prefix>definitions`` topic, one record per version
-(key ``<kind>:<account>:<id>:<version>``), written by ``dripstream define`` now and the
-admin API later.
+Four kinds: ``workflow`` (a drip workflow), ``account`` (an account's compliance policy:
+caps, quiet hours, keyword lists, replies), ``keyword`` (an account keyword such as JOIN)
+and ``campaign`` (a scheduled send or enrolment, ``docs/campaigns.md``). They travel on
+the compacted ``<prefix>definitions`` topic, one record per version (key
+``<kind>:<account>:<id>:<version>``), written by ``dripstream define`` now and the admin
+API later. Operators pause, resume and cancel a campaign with a
+:class:`CampaignControl` record on the same topic (the newest per campaign is kept).
 :func:`parse_definition` validates one and raises :class:`DefinitionError` listing every
 problem with its path (unknown step references, unreachable steps, cycles, bad time
 zones, bad durations, templates naming unknown fields). Workers run only valid ones.
@@ -29,9 +31,13 @@ from pydantic import (
 )
 
 from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES, Zone
+from tables.schedule import check_cron, cron_min_interval, parse_local
 
 __all__ = [
+    "DEFAULT_MIN_INTERVAL",
     "AccountPolicy",
+    "Campaign",
+    "CampaignControl",
     "Criterion",
     "Definition",
     "DefinitionError",
@@ -39,6 +45,7 @@ __all__ = [
     "Workflow",
     "definition_key",
     "parse_any",
+    "parse_campaign",
     "parse_definition",
     "parse_duration",
     "template_fields",
@@ -372,6 +379,14 @@ class AccountPolicy(BaseModel):
     quiet_hours: QuietHours | None = Field(default_factory=QuietHours)
     keywords: KeywordLists = Field(default_factory=KeywordLists)
     replies: Replies = Field(default_factory=Replies)
+    campaign_min_interval: Duration = Field(
+        "1h", description="recurring campaigns may not fire more often than this")
+
+    @field_validator("campaign_min_interval")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        parse_duration(value)
+        return value
 
 
 class Keyword(BaseModel):
@@ -391,6 +406,177 @@ class Keyword(BaseModel):
     consent: bool = Field(False, description="set SMS consent (an opt-in keyword)")
 
     _upper = field_validator("words")(_words)
+
+
+#: Recurring campaigns fire at most this often unless the account policy says otherwise.
+DEFAULT_MIN_INTERVAL = 3600
+
+
+def _check_local(value: str) -> str:
+    parse_local(value)
+    return value
+
+
+#: A local wall-clock date-time, ``YYYY-MM-DDTHH:MM``, without a UTC offset.
+LocalDateTime = Annotated[str, AfterValidator(_check_local)]
+
+
+class _Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timezone: Zone | None = Field(
+        None, description="the zone of the schedule's local times; default: the account's")
+
+
+class OnceSchedule(_Schedule):
+    type: Literal["once"]
+    at: LocalDateTime
+
+
+class RecurringSchedule(_Schedule):
+    type: Literal["recurring"]
+    cron: str = Field(description="5 fields: minute hour day-of-month month day-of-week")
+    start: LocalDateTime | None = None
+    end: LocalDateTime | None = None
+    max_occurrences: int | None = Field(None, ge=1)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        check_cron(value)
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.start and self.end and parse_local(self.end) < parse_local(self.start):
+            raise ValueError("end is before start")
+
+
+class DripSchedule(_Schedule):
+    type: Literal["drip"]
+    at: LocalDateTime = Field(description="when the audience is enrolled")
+    until: LocalDateTime | None = Field(None, description="joiners are enrolled until then")
+    enrol_joiners: bool = Field(
+        False, description="also enrol each contact who joins the audience after `at`")
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.until and parse_local(self.until) < parse_local(self.at):
+            raise ValueError("until is before at")
+
+
+Schedule = Annotated[OnceSchedule | RecurringSchedule | DripSchedule,
+                     Field(discriminator="type")]
+
+
+class Audience(BaseModel):
+    """Who a campaign reaches, judged on each contact's state when it fires: all the
+    account's contacts, narrowed by groups (any of), tags (all or any of), exclusion
+    groups and criteria on contact fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    groups: list[str] = Field(default_factory=list, description="in any of these")
+    tags: list[str] = Field(default_factory=list)
+    tags_match: Literal["all", "any"] = "all"
+    exclude_groups: list[str] = Field(default_factory=list)
+    criteria: list[Criterion] = Field(default_factory=list, description="contact.* only")
+
+    @field_validator("criteria")
+    @classmethod
+    def _contact_only(cls, value: list[Criterion]) -> list[Criterion]:
+        for criterion in value:
+            if criterion.field is not None and not criterion.field.startswith("contact."):
+                raise ValueError(f"audience criteria read contact fields only, not "
+                                 f"{criterion.field!r}")
+        return value
+
+
+class Content(BaseModel):
+    """What a content campaign sends (templates as in workflow sends; a campaign send is
+    marketing: it passes consent, suppression, quiet hours and caps)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: Channel
+    body: str = Field(min_length=1)
+    subject: str | None = None
+    media_urls: list[str] = Field(default_factory=list)
+    expires_after: Duration = "1d"
+    max_lateness: Duration | None = Field(
+        None, description="a send deferred longer than this past its time is dropped")
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.channel == "email" and not self.subject:
+            raise ValueError("email needs a subject")
+        if self.channel != "email" and self.subject:
+            raise ValueError(f"{self.channel} has no subject")
+        if self.channel == "mms" and not self.media_urls:
+            raise ValueError("mms needs at least one media_urls entry")
+        if self.channel != "mms" and self.media_urls:
+            raise ValueError(f"{self.channel} has no media_urls")
+        if any(not url.startswith("https://") for url in self.media_urls):
+            raise ValueError("media_urls must be https:// URLs")
+        parse_duration(self.expires_after)
+        if self.max_lateness:
+            parse_duration(self.max_lateness)
+
+
+class DeliveryOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    contact_local_time: bool = Field(
+        False, description="each contact at the schedule's wall-clock time in their own zone")
+    throttle_per_minute: int | None = Field(
+        None, ge=1, description="campaign-wide ceiling on sends (enrolments) per minute")
+    misfire: Literal["fire_once_now", "skip"] = Field(
+        "fire_once_now", description="occurrences missed while no worker ran")
+    misfire_grace: Duration = Field("5m", description="later than this is a misfire")
+    on_capped: Literal["drop", "defer"] = "drop"
+    publish_events: bool = Field(
+        False, description="also publish campaign.started/completed to contact-events")
+
+    @field_validator("misfire_grace")
+    @classmethod
+    def _grace(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+
+class Campaign(BaseModel):
+    """A scheduled campaign (``kind: campaign``): content to send, or a workflow to enrol
+    the audience in (``workflow``, required for drip schedules)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["campaign"] = "campaign"
+    id: str = Field(pattern=_IDENT)
+    account: str = Field(pattern=ACCOUNT_PATTERN)
+    name: str = Field(min_length=1)
+    version: int = Field(ge=1)
+    active: bool = True
+    content: Content | None = None
+    workflow: str | None = Field(None, pattern=_IDENT, description="the linked workflow")
+    audience: Audience = Field(default_factory=Audience)
+    schedule: Schedule
+    delivery: DeliveryOptions = Field(default_factory=DeliveryOptions)
+
+    def model_post_init(self, __context: Any) -> None:
+        if (self.content is None) == (self.workflow is None):
+            raise ValueError("give either content or workflow (a linked workflow), not both")
+        if self.schedule.type == "drip" and self.workflow is None:
+            raise ValueError("a drip campaign enrols into a workflow: give workflow")
+
+
+class CampaignControl(BaseModel):
+    """Pause, resume or cancel a campaign (``kind: campaign_control``). A cancel is final;
+    pause and resume share a record, so the newest of them wins."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["campaign_control"] = "campaign_control"
+    account: str = Field(pattern=ACCOUNT_PATTERN)
+    campaign_id: str = Field(pattern=_IDENT)
+    action: Literal["pause", "resume", "cancel"]
+    at: str | None = None
 
 
 def template_fields(text: str) -> list[str]:
@@ -513,6 +699,8 @@ def _path(loc: tuple[Any, ...]) -> str:
     parts = list(loc)
     if len(parts) > 2 and parts[0] == "steps" and parts[2] in _STEP_KINDS:
         del parts[2]
+    if len(parts) > 1 and parts[0] == "schedule" and parts[1] in ("once", "recurring", "drip"):
+        del parts[1]
     return ".".join(str(p) for p in parts) or "(root)"
 
 
@@ -526,6 +714,37 @@ def _validate(model: type[BaseModel], raw: dict[str, Any]) -> Any:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise DefinitionError(_messages(exc)) from None
+
+
+def parse_campaign(raw: dict[str, Any], min_interval_s: int = DEFAULT_MIN_INTERVAL) -> Campaign:
+    """Validate a campaign: fields, templates and, for a recurring one, that it never
+    fires more often than ``min_interval_s`` (the account's setting)."""
+    errors: list[str] = []
+    campaign: Campaign | None = None
+    try:
+        campaign = Campaign.model_validate(raw)
+    except ValidationError as exc:
+        errors = _messages(exc)
+    content = raw.get("content") if isinstance(raw, dict) else None
+    if isinstance(content, dict):
+        for attr in ("body", "subject"):
+            if isinstance(text := content.get(attr), str) and text:
+                errors += _template_errors(f"content.{attr}", text)
+    if campaign is not None and campaign.schedule.type == "recurring":
+        gap = cron_min_interval(campaign.schedule.cron)
+        if gap.total_seconds() < min_interval_s:
+            errors.append(f"schedule.cron: fires every {_span(gap.total_seconds())} at "
+                          f"times, more often than the minimum interval of "
+                          f"{_span(min_interval_s)}")
+    if errors:
+        raise DefinitionError(errors)
+    assert campaign is not None
+    return campaign
+
+
+def _span(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
 def parse_definition(raw: dict[str, Any]) -> Workflow:
@@ -543,24 +762,35 @@ def parse_definition(raw: dict[str, Any]) -> Workflow:
     return wf
 
 
-Definition = Workflow | AccountPolicy | Keyword
+Definition = Workflow | AccountPolicy | Keyword | Campaign | CampaignControl
 
 
-def parse_any(raw: dict[str, Any]) -> Definition:
-    """Validate a definition of any kind (``kind``: workflow, account, keyword)."""
+def parse_any(raw: dict[str, Any], min_interval_s: int = DEFAULT_MIN_INTERVAL) -> Definition:
+    """Validate a definition of any kind (``kind``: workflow, account, keyword, campaign,
+    campaign_control); ``min_interval_s``: the account's campaign minimum interval."""
     kind = raw.get("kind", "workflow") if isinstance(raw, dict) else None
     if kind == "workflow":
         return parse_definition(raw)
+    if kind == "campaign":
+        return parse_campaign(raw, min_interval_s)
+    if kind == "campaign_control":
+        control: CampaignControl = _validate(CampaignControl, raw)
+        return control
     if kind == "account":
         policy: AccountPolicy = _validate(AccountPolicy, raw)
         return policy
     if kind == "keyword":
         keyword: Keyword = _validate(Keyword, raw)
         return keyword
-    raise DefinitionError([f"kind: unknown definition kind {kind!r}: workflow, account, keyword"])
+    raise DefinitionError([f"kind: unknown definition kind {kind!r}: workflow, account, "
+                           "keyword, campaign, campaign_control"])
 
 
 def definition_key(definition: Definition) -> str:
-    """The record key on the definitions topic: one record per version."""
+    """The record key on the definitions topic: one record per version (a campaign's
+    controls: one for cancel, one shared by pause and resume)."""
+    if isinstance(definition, CampaignControl):
+        slot = "cancel" if definition.action == "cancel" else "pause"
+        return f"campaign_control:{definition.account}:{definition.campaign_id}:{slot}"
     ident = "policy" if isinstance(definition, AccountPolicy) else definition.id
     return f"{definition.kind}:{definition.account}:{ident}:{definition.version}"

@@ -165,6 +165,8 @@ class ContactState(TypedDict):
     seen: dict[str, float]
     executions: dict[str, Execution]
     runs: dict[str, Run]
+    #: Campaign id → the newest occurrence delivered to the contact (tables/campaigns.py).
+    campaigns: NotRequired[dict[str, str]]
 
 
 def contact_key(account: str, contact_id: str) -> str:
@@ -368,6 +370,8 @@ def copy_state(state: ContactState) -> ContactState:
     new["executions"] = {eid: _copy_execution(ex) for eid, ex in state["executions"].items()}
     new["runs"] = {wf: run.copy() for wf, run in state["runs"].items()}
     new["sends"] = list(state["sends"])
+    if "campaigns" in state:
+        new["campaigns"] = dict(state["campaigns"])
     return new
 
 

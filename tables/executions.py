@@ -46,6 +46,8 @@ __all__ = [
     "Lookup",
     "cancel_all",
     "control",
+    "enrol",
+    "finish",
     "next_due",
     "on_event",
     "on_wakeup",
@@ -249,7 +251,8 @@ def next_due(contact: ContactState) -> str | None:
     return min(dues, key=datetime.fromisoformat) if dues else None
 
 
-def _finish(contact: ContactState) -> None:
+def finish(contact: ContactState) -> None:
+    """Prune finished executions and set the contact's ``next_due``: after any change."""
     _prune(contact)
     contact["next_due"] = next_due(contact)
 
@@ -271,17 +274,21 @@ def _may_start(contact: ContactState, wf: dict[str, Any], now: datetime) -> bool
     return True
 
 
-_TRIGGER_FIELDS: dict[tuple[str, str, int], list[list[str]]] = {}
+#: id(definition) → (the definition, its trigger fields): the registry's definition dicts
+#: live as long as the worker and are never changed, so each is read once (the entry holds
+#: the dict, so its id is not reused while remembered).
+_TRIGGER_FIELDS: dict[int, tuple[dict[str, Any], list[list[str]]]] = {}
 
 
 def trigger_fields(wf: dict[str, Any]) -> list[list[str]]:
     """The ``event.data`` paths the workflow reads from its triggering event (templates and
-    branch conditions): an execution keeps only those, not the whole event. Versions are
-    write-once, so the answer is remembered per version."""
-    ident = (wf["account"], wf["id"], wf["version"])
-    if (known := _TRIGGER_FIELDS.get(ident)) is None:
-        known = _TRIGGER_FIELDS[ident] = _trigger_fields(wf)
-    return known
+    branch conditions): an execution keeps only those, not the whole event."""
+    known = _TRIGGER_FIELDS.get(id(wf))
+    if known is None or known[0] is not wf:
+        if len(_TRIGGER_FIELDS) > 10_000:
+            _TRIGGER_FIELDS.clear()
+        known = _TRIGGER_FIELDS[id(wf)] = (wf, _trigger_fields(wf))
+    return known[1]
 
 
 def _trigger_fields(wf: dict[str, Any]) -> list[list[str]]:
@@ -353,31 +360,45 @@ def on_event(
                                      workflows=[wf["id"] for wf in matching]))
         matching = []
     for wf in matching:
-        if not _may_start(contact, wf, now):
-            continue
-        active = sum(1 for e in contact["executions"].values() if e["status"] in ACTIVE)
-        if active >= MAX_ACTIVE:
-            fx.audit.append(audit_record(contact, now, "too_many_executions",
-                                         event_id=event["id"], workflow_id=wf["id"],
-                                         active=active))
-            continue
-        eid = f"{wf['id']}/{event['id']}"
-        if eid in contact["executions"]:
-            continue  # this event already started it (a replay)
-        new: Execution = {
-            "id": eid, "workflow_id": wf["id"], "version": wf["version"],
-            "status": "running", "step": wf["start"], "seq": 0, "depth": depth,
-            "started_at": _iso(now), "scheduled_at": _iso(now), "ended_at": None,
-            "ended_reason": None, "due_at": None, "remaining_s": None, "waiting_for": None,
-            "trigger": _trigger(event, wf),
-            "history": [],
-        }
-        contact["executions"][eid] = new
-        runs = contact["runs"].setdefault(wf["id"], {"count": 0, "last_started_at": ""})
-        runs.update({"last_started_at": _iso(now), "count": runs["count"] + 1})
-        fx += _run(new, wf, contact, now, compliance)
-    _finish(contact)
+        fx += enrol(contact, wf, event, now, depth, compliance)[0]
+    finish(contact)
     return fx
+
+
+def enrol(
+    contact: ContactState, wf: dict[str, Any], event: dict[str, Any], now: datetime,
+    depth: int, compliance: Compliance = DEFAULTS, scheduled_at: datetime | None = None,
+) -> tuple[Effects, str]:
+    """Start ``wf`` for the contact because of ``event`` (its trigger, or a campaign's
+    synthetic ``campaign.started``) and run it until it waits or ends. Returns the
+    effects and ``started``, or why not: ``reentry`` (its re-entry policy),
+    ``too_many_executions`` (audited) or ``already_started`` (by this event: a replay).
+    ``scheduled_at``: when the first step was meant to run (default ``now``; a send's
+    ``max_lateness`` counts from it). Call :func:`finish` once done with the contact."""
+    fx = Effects()
+    if not _may_start(contact, wf, now):
+        return fx, "reentry"
+    active = sum(1 for e in contact["executions"].values() if e["status"] in ACTIVE)
+    if active >= MAX_ACTIVE:
+        fx.audit.append(audit_record(contact, now, "too_many_executions",
+                                     event_id=event["id"], workflow_id=wf["id"],
+                                     active=active))
+        return fx, "too_many_executions"
+    eid = f"{wf['id']}/{event['id']}"
+    if eid in contact["executions"]:
+        return fx, "already_started"
+    new: Execution = {
+        "id": eid, "workflow_id": wf["id"], "version": wf["version"],
+        "status": "running", "step": wf["start"], "seq": 0, "depth": depth,
+        "started_at": _iso(now), "scheduled_at": _iso(scheduled_at or now),
+        "ended_at": None, "ended_reason": None, "due_at": None, "remaining_s": None,
+        "waiting_for": None, "trigger": _trigger(event, wf), "history": [],
+    }
+    contact["executions"][eid] = new
+    runs = contact["runs"].setdefault(wf["id"], {"count": 0, "last_started_at": ""})
+    runs.update({"last_started_at": _iso(now), "count": runs["count"] + 1})
+    fx += _run(new, wf, contact, now, compliance)
+    return fx, "started"
 
 
 def on_wakeup(
@@ -412,7 +433,7 @@ def on_wakeup(
         fx += _run(ex, wf, contact, now, compliance)
     if not fired:
         return None
-    _finish(contact)
+    finish(contact)
     return fx
 
 
@@ -438,7 +459,7 @@ def control(
         _end(ex, "cancelled", "cancelled", now, contact, fx)
     else:
         return None
-    _finish(contact)
+    finish(contact)
     return fx
 
 
@@ -451,5 +472,5 @@ def cancel_all(contact: ContactState, workflow_id: str, now: datetime) -> Effect
             count += 1
     if not count:
         return None
-    _finish(contact)
+    finish(contact)
     return fx

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from streams.commands import Control
 from streams.events import ContactEvent
 from tables import executions
+from tables.campaigns import enrol_joiners
 from tables.compliance import report_suppression
 from tables.contacts import ContactState, apply_event, copy_state
 from tables.effects import Effects, Outcome
@@ -51,6 +52,12 @@ class Definitions(Protocol):
         ...
 
     def policy(self, account: str) -> dict[str, Any]:
+        ...
+
+    def campaigns(self, account: str) -> list[dict[str, Any]]:
+        ...
+
+    def campaign_status(self, account: str, campaign_id: str) -> str:
         ...
 
 
@@ -108,6 +115,7 @@ def handle_event(
     if react:
         fx += executions.on_event(new, ev, ctx.definitions.active(account),
                                   ctx.definitions.lookup, now, ctx.max_depth, rules)
+        fx += enrol_joiners(new, ctx, now)
     return Outcome(new, fx)
 
 

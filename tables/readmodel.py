@@ -11,6 +11,8 @@ Keys (``<prefix>`` is ``DRIPSTREAM_TOPIC_PREFIX``):
 - ``<prefix>contact:<account>:<contact id>`` hash: ``revision``, ``value`` (the table value
   as stored, see :func:`tables.contacts.encode`)
 - ``<prefix>contacts:<account>`` set of the account's contact ids
+- ``<prefix>campaign:<account>:<campaign id>`` hash: one field per partition, its
+  progress record (JSON, ``agents/campaigns.py``); ``dripstream campaign status`` sums them
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from tables.contacts import ContactState, Execution, decode, public_view, split_key
@@ -69,6 +72,25 @@ class ReadModel:
             for count in await pipe.execute():
                 written += int(count)
         return written
+
+    async def put_progress(self, records: Iterable[dict[str, Any]]) -> None:
+        """Partitions' campaign progress records (written by the partition's owner only)."""
+        rows = list(records)
+        if not rows:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for record in rows:
+                pipe.hset(self.campaign_key(record["account"], record["campaign_id"]),
+                          str(record["partition"]), orjson.dumps(record))
+            await pipe.execute()
+
+    def campaign_key(self, account: str, campaign_id: str) -> str:
+        return f"{self.prefix}campaign:{account}:{campaign_id}"
+
+    async def get_progress(self, account: str, campaign_id: str) -> dict[int, dict[str, Any]]:
+        """Each partition's progress record for the campaign."""
+        raw = await self.redis.hgetall(self.campaign_key(account, campaign_id))
+        return {int(k): orjson.loads(v) for k, v in raw.items()}
 
     async def get_state(self, account: str, contact_id: str) -> ContactState | None:
         raw = await self.redis.hget(self._key(account, contact_id), "value")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,8 +29,15 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from streams.compat import end_offsets, refresh_metadata
-from streams.definitions import AccountPolicy, DefinitionError, parse_any
+from streams.definitions import (
+    AccountPolicy,
+    CampaignControl,
+    DefinitionError,
+    parse_any,
+    parse_duration,
+)
 from streams.settings import Settings
+from tables.campaigns import CAMPAIGN_WORKFLOW, content_workflow
 from tables.compliance import default_policy
 
 __all__ = ["CompactedView", "Registry", "Suppressions"]
@@ -43,7 +51,8 @@ class CompactedView:
     def __init__(self) -> None:
         self.ready = asyncio.Event()
 
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, key: bytes | None, value: bytes | None, timestamp: int = 0) -> None:
+        """Apply one record (``timestamp``: its broker timestamp, ms)."""
         raise NotImplementedError
 
     async def follow(self, settings: Settings, topic: str) -> None:
@@ -74,7 +83,7 @@ class CompactedView:
                 batch = await consumer.getmany(timeout_ms=500)
                 for records in batch.values():
                     for record in records:
-                        self.apply(record.key, record.value)
+                        self.apply(record.key, record.value, record.timestamp)
         finally:
             await consumer.stop()
 
@@ -82,11 +91,21 @@ class CompactedView:
 class Registry(CompactedView):
     """Every definition, every version, by (kind, account) and id. Every event asks for
     its account's policy and active workflows: answered from the account's own entries,
-    not a scan of every account's."""
+    not a scan of every account's.
+
+    Campaigns also keep when each version was published (its record's broker timestamp:
+    the same on every worker; a schedule's occurrences count from it) and their controls
+    (paused, cancelled). A content campaign runs as a one-step workflow made from it
+    (:func:`tables.campaigns.content_workflow`), found by :meth:`lookup` under the id
+    ``campaign:<id>``, which no defined workflow can have."""
 
     def __init__(self) -> None:
         super().__init__()
         self._by_account: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
+        self._published: dict[tuple[str, str, int], int] = {}
+        #: (account, campaign id) → {"pause": action, "cancel": action} (newest of each).
+        self._controls: dict[tuple[str, str], dict[str, str]] = {}
+        self._made: dict[tuple[str, str, int], dict[str, Any]] = {}
 
     def __str__(self) -> str:
         return f"{sum(len(ids) for ids in self._by_account.values())} definitions"
@@ -96,7 +115,43 @@ class Registry(CompactedView):
         return [versions[max(versions)] for versions in ids.values() if versions]
 
     def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
+        if workflow_id.startswith(CAMPAIGN_WORKFLOW):
+            ident = (account, workflow_id, version)
+            if (made := self._made.get(ident)) is None:
+                campaign = self.campaign(account, workflow_id[len(CAMPAIGN_WORKFLOW):],
+                                         version)
+                if campaign is None or campaign["content"] is None:
+                    return None
+                made = self._made[ident] = content_workflow(campaign, self.policy(account))
+            return made
         return self._by_account.get(("workflow", account), {}).get(workflow_id, {}).get(version)
+
+    def campaign(self, account: str, campaign_id: str, version: int | None = None
+                 ) -> dict[str, Any] | None:
+        """A campaign's given version, or its newest."""
+        versions = self._by_account.get(("campaign", account), {}).get(campaign_id, {})
+        if not versions:
+            return None
+        return versions.get(max(versions) if version is None else version)
+
+    def campaigns(self, account: str | None = None) -> list[dict[str, Any]]:
+        """The newest version of every campaign (of ``account``, or of every account)."""
+        if account is not None:
+            return self._newest("campaign", account)
+        return [versions[max(versions)] for (kind, _), ids in self._by_account.items()
+                if kind == "campaign" for versions in ids.values() if versions]
+
+    def published_at(self, campaign: dict[str, Any]) -> datetime:
+        """When this version of the campaign was published (its record's timestamp)."""
+        ms = self._published.get((campaign["account"], campaign["id"], campaign["version"]), 0)
+        return datetime.fromtimestamp(ms / 1000, UTC)
+
+    def campaign_status(self, account: str, campaign_id: str) -> str:
+        """``cancelled`` (final), ``paused`` or ``running``."""
+        controls = self._controls.get((account, campaign_id), {})
+        if "cancel" in controls:
+            return "cancelled"
+        return "paused" if controls.get("pause") == "pause" else "running"
 
     def active(self, account: str) -> list[dict[str, Any]]:
         """The account's active workflows, newest version of each."""
@@ -110,17 +165,30 @@ class Registry(CompactedView):
         found = self._newest("account", account)
         return found[0] if found else default_policy(account)
 
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, key: bytes | None, value: bytes | None, timestamp: int = 0) -> None:
         parts = (key or b"").decode().split(":")
-        if value is None:  # tombstone: forget that version
-            if len(parts) == 4 and parts[3].isdigit():
+        if value is None:  # tombstone: forget that version (or that control)
+            if parts[0] == "campaign_control" and len(parts) == 4:
+                self._controls.get((parts[1], parts[2]), {}).pop(parts[3], None)
+            elif len(parts) == 4 and parts[3].isdigit():
                 ids = self._by_account.get((parts[0], parts[1]), {})
                 ids.get(parts[2], {}).pop(int(parts[3]), None)
             return
         try:
-            definition = parse_any(orjson.loads(value))
-        except (DefinitionError, orjson.JSONDecodeError) as exc:
+            raw = orjson.loads(value)
+            account = raw.get("account") if isinstance(raw, dict) else None
+            interval = parse_duration(self.policy(account)["campaign_min_interval"]) if (
+                isinstance(account, str) and isinstance(raw, dict)
+                and raw.get("kind") == "campaign") else 3600
+            definition = parse_any(raw, interval)
+        except (DefinitionError, orjson.JSONDecodeError, ValueError) as exc:
             log.error("ignoring invalid definition %r: %s", key, exc)
+            return
+        if isinstance(definition, CampaignControl):
+            slot = "cancel" if definition.action == "cancel" else "pause"
+            controls = self._controls.setdefault((definition.account, definition.campaign_id),
+                                                 {})
+            controls[slot] = definition.action
             return
         ident = "policy" if isinstance(definition, AccountPolicy) else definition.id
         ids = self._by_account.setdefault((definition.kind, definition.account), {})
@@ -132,6 +200,9 @@ class Registry(CompactedView):
                       definition.version)
             return
         versions[definition.version] = value_dict
+        if definition.kind == "campaign":
+            self._published.setdefault((definition.account, ident, definition.version),
+                                       timestamp)
 
 
 class Suppressions(CompactedView):
@@ -147,7 +218,7 @@ class Suppressions(CompactedView):
     def reason(self, account: str, address: str) -> str | None:
         return self._reasons.get((account, address))
 
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, key: bytes | None, value: bytes | None, timestamp: int = 0) -> None:
         account, _, address = (key or b"").decode().partition(":")
         if value is None:
             self._reasons.pop((account, address), None)

@@ -64,6 +64,10 @@ class ContactStore:
         self._access = StoreAccess(self.table)
 
     def partition(self, key: str) -> int:
+        """A contact's partition; a key ``~<partition>:...`` is a partition's own record
+        (a campaign's progress there: agents/campaigns.py)."""
+        if key[0] == "~":
+            return int(key[1:key.index(":")])
         return partition_for(split_key(key)[1], self.partitions)
 
     def get_raw(self, key: str) -> bytes | None:

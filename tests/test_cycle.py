@@ -79,6 +79,12 @@ class _Defs:
 
         return default_policy(account)
 
+    def campaigns(self, account: str) -> list[dict[str, Any]]:
+        return []
+
+    def campaign_status(self, account: str, campaign_id: str) -> str:
+        return "running"
+
 
 def event(contact: str, event_type: str, data: dict[str, Any], *, ident: str,
           partition: int | None = None, offset: int = 0) -> Message:

@@ -37,6 +37,7 @@ def test_policy_defaults() -> None:
             "opt_in": ["START", "UNSTOP", "YES", "SUBSCRIBE"],
             "help": ["HELP", "INFO"],
         },
+        "campaign_min_interval": "1h",
     }
     actual = default_policy(ACCOUNT)
     assert expected == {k: v for k, v in actual.items() if k != "replies"}
@@ -123,10 +124,12 @@ def test_parse_any_dispatches_by_kind(raw: dict[str, Any], expected_type: type) 
     ("raw", "message"),
     [
         # An unknown kind.
-        ({"kind": "campaign", "account": ACCOUNT},
-         "kind: unknown definition kind 'campaign': workflow, account, keyword"),
+        ({"kind": "segment", "account": ACCOUNT},
+         "kind: unknown definition kind 'segment': workflow, account, keyword, campaign, "
+         "campaign_control"),
         # Not an object at all.
-        (["account"], "kind: unknown definition kind None: workflow, account, keyword"),
+        (["account"], "kind: unknown definition kind None: workflow, account, keyword, "
+         "campaign, campaign_control"),
     ],
 )
 def test_parse_any_refuses_unknown_kinds(raw: Any, message: str) -> None:

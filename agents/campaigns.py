@@ -1,0 +1,353 @@
+"""Campaigns: when each occurrence fires, and its fan-out, partition by partition.
+
+Every worker runs the scheduler tick (every ``DRIPSTREAM_TIMER_INTERVAL_S``) for the
+partitions it owns actively, and every campaign in the registry. Each partition keeps its
+own progress per campaign — a record in the contacts table under the reserved key
+``~<partition>:campaign:<account>:<id>`` (account ids cannot hold ``~``), so it lives in
+that partition's changelog and moves with the partition on a rebalance or a restart:
+
+- ``last``: the newest occurrence this partition started or skipped (never fired again);
+- ``current``: the occurrence in progress, with its counters (sent, deferred, capped,
+  suppressed, dropped, enrolled, not_enrolled, remaining) and status;
+- ``history``: the partition's last :data:`HISTORY` occurrences.
+
+When the next occurrence after ``last`` is due (:func:`tables.campaigns.due`, with the
+campaign's misfire policy), the partition's owner starts it and walks *its own* contacts
+of the account in slices of :data:`SLICE_MAX`: each slice is handed to the contact agent
+like an input batch (:func:`agents.contacts.compute_slice`) and runs the pure
+:func:`tables.campaigns.handle_delivery` per contact — audience, send gate, workflow —
+so a slice's sends, contact states (with the occurrence's mark) and the progress record
+are written by the same batch cycle as everything else, in order with the contact's
+events. No worker ever holds a whole audience; fan-out scales with partitions.
+
+Once per contact: a slice redone after a crash finds the mark on the contacts it reached
+(nothing happens twice) or, if the crash came between the sends and the state write,
+emits the same sends with the same ids. A partition's fan-out that stops (crash,
+rebalance, pause) is started again by the tick from the stored progress and walks the
+partition again, skipping the contacts already marked. Contact-local occurrences run in
+waves: each walk delivers to the contacts whose local time has come and notes the
+earliest time still to come; the fan-out sleeps until then (one timer per partition and
+campaign, not per contact).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from tables.campaigns import (
+    CAMPAIGN_WORKFLOW,
+    Delivery,
+    Throttle,
+    due,
+    next_after,
+    starts_at,
+)
+from tables.schedule import Occurrence, is_occurrence, parse_local
+
+if TYPE_CHECKING:
+    from agents.worker import Worker
+
+__all__ = ["COUNTERS", "HISTORY", "SLICE_MAX", "Scheduler", "Slice", "install",
+           "progress_key"]
+
+log = logging.getLogger(__name__)
+
+#: Contacts per slice (one batch cycle of the contact agent).
+SLICE_MAX = 500
+#: Finished occurrences a partition's progress keeps.
+HISTORY = 10
+#: The progress counters, by the outcome of each contact's delivery.
+COUNTERS = ("sent", "deferred", "capped", "suppressed", "dropped", "enrolled",
+            "not_enrolled")
+#: What the throttle counts: a message that went out, or an enrolment.
+_PACED = ("sent", "enrolled")
+
+
+def progress_key(partition: int, account: str, campaign_id: str) -> str:
+    return f"~{partition}:campaign:{account}:{campaign_id}"
+
+
+@dataclass(slots=True)
+class SliceRecord:
+    """What a dead letter says about a delivery that failed (there is no input record)."""
+
+    key: bytes
+    value: bytes
+    partition: int
+    topic: str = "campaign"
+    offset: int = -1
+    headers: Any = None
+
+
+@dataclass(eq=False)
+class Slice:
+    """Part of one partition's fan-out, run by the contact agent as one batch."""
+
+    partition: int
+    progress_key: str
+    #: The partition's progress record: the agent updates its counters, then stores it.
+    progress: dict[str, Any]
+    generation: int
+    delivery: Delivery | None = None
+    keys: list[str] = field(default_factory=list)
+    #: At most this many sends (enrolments) in this slice: the throttle's allowance.
+    budget: int | None = None
+    #: Audit records to emit with it (skipped occurrences).
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    # -- filled in by the agent ---------------------------------------------------------
+    consumed: int = 0
+    aborted: bool = False
+    counts: Counter[str] = field(default_factory=Counter)
+    later: list[datetime] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, key: str) -> SliceRecord:
+        delivery = self.delivery
+        about = {"campaign_id": delivery.campaign["id"] if delivery else None,
+                 "occurrence": delivery.occurrence if delivery else None, "contact": key}
+        return SliceRecord(key.partition(":")[2].encode(), orjson.dumps(about), self.partition)
+
+    def tally(self, outcome: str, at: datetime | None) -> None:
+        if outcome == "later":
+            assert at is not None
+            self.later.append(at)
+        elif outcome in COUNTERS:
+            self.counts[outcome] += 1
+            current = self.progress["current"]
+            current[outcome] = current.get(outcome, 0) + 1
+
+
+def _new_progress(account: str, campaign_id: str, partition: int) -> dict[str, Any]:
+    return {"account": account, "campaign_id": campaign_id, "partition": partition,
+            "last": None, "current": None, "history": []}
+
+
+def _occurrence(occ: Occurrence, campaign: dict[str, Any], now: datetime) -> dict[str, Any]:
+    return {"id": occ.id, "at": occ.at.isoformat(), "version": campaign["version"],
+            "status": "running", "started_at": now.isoformat(), "ended_at": None,
+            **dict.fromkeys(COUNTERS, 0), "remaining": 0, "next_wave": None}
+
+
+def _close(progress: dict[str, Any], status: str, now: datetime) -> None:
+    current = progress["current"]
+    current.update({"status": status, "ended_at": now.isoformat(), "next_wave": None})
+    progress["history"] = [*progress["history"], current][-HISTORY:]
+    progress["current"] = None
+
+
+class Scheduler:
+    """The tick, and the fan-out tasks it starts (one per partition and campaign)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.w = worker
+        self.tasks: dict[tuple[int, str, str], asyncio.Task[None]] = {}
+        #: (account, id, version, last) → the next occurrence (None: no more).
+        self._next: dict[tuple[str, str, int, str | None], Occurrence | None] = {}
+
+    # -- the tick ------------------------------------------------------------------------
+    def actives(self) -> set[int]:
+        topic = self.w.names.events
+        return {tp.partition for tp in self.w.app.assignor.assigned_actives()
+                if tp.topic == topic}
+
+    async def tick(self) -> None:
+        app, registry = self.w.app, self.w.registry
+        if app.rebalancing or app.in_recovery or not registry.ready.is_set():
+            return
+        actives = self.actives()
+        for ident, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[ident]
+                if not task.cancelled() and task.exception() is not None:
+                    log.critical("campaign fan-out %s failed; exiting so it is redone",
+                                 ident, exc_info=task.exception())
+                    os._exit(70)
+            elif ident[0] not in actives:
+                task.cancel()
+                del self.tasks[ident]
+        if len(self._next) > 10_000:
+            self._next.clear()
+        now = self.w.clock.now()
+        for campaign in registry.campaigns():
+            for partition in sorted(actives):
+                ident = (partition, campaign["account"], campaign["id"])
+                if ident not in self.tasks and (work := self.plan(partition, campaign, now)):
+                    self.tasks[ident] = asyncio.ensure_future(work)
+
+    def zone(self, campaign: dict[str, Any]) -> ZoneInfo:
+        name = (campaign["schedule"].get("timezone")
+                or self.w.registry.policy(campaign["account"])["timezone"])
+        return ZoneInfo(name)
+
+    def plan(self, partition: int, campaign: dict[str, Any], now: datetime) -> Any:
+        """A coroutine to run for this partition and campaign now, or None."""
+        registry = self.w.registry
+        account, cid = campaign["account"], campaign["id"]
+        key = progress_key(partition, account, cid)
+        progress: dict[str, Any] = dict(self.w.store.get(key) or
+                                        _new_progress(account, cid, partition))
+        status = registry.campaign_status(account, cid)
+        current = progress["current"]
+        if current is not None:
+            if status == "cancelled" or not campaign["active"]:
+                _close(progress, "cancelled" if status == "cancelled" else "deactivated", now)
+                return self.write(partition, key, progress)
+            if not is_occurrence(campaign["schedule"], parse_local(current["id"])):
+                _close(progress, "superseded", now)  # rescheduled: never at the old time
+                return self.write(partition, key, progress)
+            if status == "paused":
+                if current["status"] == "paused":
+                    return None
+                current["status"] = "paused"
+                return self.write(partition, key, progress)
+            return self.fanout(partition, key, campaign, progress)
+        if status != "running" or not campaign["active"]:
+            return None
+        zone = self.zone(campaign)
+        origin = registry.published_at(campaign)
+        ident = (account, cid, campaign["version"], progress["last"])
+        if ident not in self._next:
+            self._next[ident] = next_after(campaign, zone, origin, progress["last"])
+        first = self._next[ident]
+        if first is None:
+            return None
+        grace = _seconds(campaign["delivery"]["misfire_grace"])
+        plan = due(campaign, zone, origin, first, now, grace)
+        if plan is None:
+            return None
+        audit = []
+        for missed in plan.skipped:
+            log.warning("campaign %s:%s occurrence %s missed (partition %d): skipped",
+                        account, cid, missed.id, partition)
+            skipped = {**_occurrence(missed, campaign, now), "status": "skipped",
+                       "ended_at": now.isoformat()}
+            progress["history"] = [*progress["history"], skipped][-HISTORY:]
+            audit.append({"account": account, "contact_id": "", "reason": "campaign_misfire",
+                          "at": now.isoformat(), "campaign_id": cid, "occurrence": missed.id,
+                          "partition": partition, "action": "skip"})
+        progress["last"] = (plan.occurrence or plan.skipped[-1]).id
+        if plan.occurrence is None:
+            return self.write(partition, key, progress, audit)
+        progress["current"] = _occurrence(plan.occurrence, campaign, now)
+        if plan.skipped:
+            progress["current"]["misfired"] = [o.id for o in plan.skipped]
+        log.info("campaign %s:%s occurrence %s starts on partition %d", account, cid,
+                 plan.occurrence.id, partition)
+        return self.fanout(partition, key, campaign, progress, audit)
+
+    # -- the fan-out ---------------------------------------------------------------------
+    async def submit(self, work: Slice) -> Slice:
+        await self.w.batches.put(work)  # type: ignore[arg-type]  # the agent runs it
+        await work.done.wait()
+        return work
+
+    async def write(self, partition: int, key: str, progress: dict[str, Any],
+                    audit: list[dict[str, Any]] | None = None) -> None:
+        await self.submit(Slice(partition, key, progress, self.w.app.consumer_generation_id,
+                                audit=audit or []))
+
+    def _workflow(self, campaign: dict[str, Any]) -> dict[str, Any] | None:
+        registry, account = self.w.registry, campaign["account"]
+        if campaign["content"] is not None:
+            return registry.lookup(account, CAMPAIGN_WORKFLOW + campaign["id"],
+                                   campaign["version"])
+        linked = [wf for wf in registry.active(account) if wf["id"] == campaign["workflow"]]
+        return linked[0] if linked else None
+
+    def _stopped(self, campaign: dict[str, Any]) -> bool:
+        """Paused, cancelled or changed since the fan-out began: stop after this slice
+        (the tick decides what comes next, from the stored progress)."""
+        registry = self.w.registry
+        newest = registry.campaign(campaign["account"], campaign["id"])
+        return (registry.campaign_status(campaign["account"], campaign["id"]) != "running"
+                or newest is None or newest["version"] != campaign["version"])
+
+    async def fanout(self, partition: int, key: str, campaign: dict[str, Any],
+                     progress: dict[str, Any], audit: list[dict[str, Any]] | None = None,
+                     ) -> None:
+        w = self.w
+        account = campaign["account"]
+        current = progress["current"]
+        current.update({"status": "running", "version": campaign["version"]})
+        workflow = self._workflow(campaign)
+        if workflow is None:
+            log.error("campaign %s:%s: workflow %r is not defined or not active; the "
+                      "occurrence fails", account, campaign["id"], campaign["workflow"])
+            _close(progress, "failed", w.clock.now())
+            await self.write(partition, key, progress, audit)
+            return
+        zone = self.zone(campaign)
+        delivery = Delivery(campaign, current["id"], parse_local(current["id"]),
+                            datetime.fromisoformat(current["at"]), workflow, zone.key)
+        rate = campaign["delivery"]["throttle_per_minute"]
+        # Slots from the occurrence's start: the same grid on every worker, so partitions
+        # owned by different workers interleave without talking to each other.
+        anchor = starts_at(campaign, Occurrence(current["id"], delivery.local, delivery.at, 0))
+        throttle = (Throttle(rate, partition, w.settings.partitions, anchor.timestamp())
+                    if rate else None)
+        pending_audit = list(audit or [])
+        while True:
+            keys = [k for k, _ in w.store.items({partition}, f"{account}:")]
+            position, later = 0, []
+            while True:
+                if self._stopped(campaign):
+                    return
+                budget = None
+                if throttle is not None:
+                    budget = throttle.allowed(w.clock.now().timestamp())
+                    if budget == 0:
+                        wait = throttle.next_slot() - w.clock.now().timestamp()
+                        await asyncio.sleep(min(max(wait, 0.001), 1.0))
+                        continue
+                work = await self.submit(Slice(
+                    partition, key, progress, w.app.consumer_generation_id, delivery,
+                    keys[position:position + SLICE_MAX], budget, pending_audit))
+                pending_audit = []
+                if work.aborted:
+                    return  # the partition moved: its new owner goes on from the progress
+                position += work.consumed
+                later += work.later
+                if throttle is not None:
+                    throttle.use(sum(work.counts[c] for c in _PACED))
+                if position >= len(keys):
+                    break
+            now = w.clock.now()
+            if not later:
+                current["remaining"] = 0
+                _close(progress, "completed", now)
+                await self.write(partition, key, progress)
+                log.info("campaign %s:%s occurrence %s completed on partition %d", account,
+                         campaign["id"], delivery.occurrence, partition)
+                return
+            wave = min(later)
+            current.update({"remaining": len(later), "next_wave": wave.isoformat()})
+            await self.write(partition, key, progress)
+            while w.clock.now() < wave:  # the next zone's local time
+                if self._stopped(campaign):
+                    return
+                await asyncio.sleep(min((wave - w.clock.now()).total_seconds(), 1.0))
+
+
+def _seconds(duration: str) -> float:
+    from streams.definitions import parse_duration
+
+    return float(parse_duration(duration))
+
+
+def install(worker: Worker) -> Scheduler:
+    scheduler = Scheduler(worker)
+
+    @worker.app.timer(interval=worker.settings.timer_interval_s)  # type: ignore[untyped-decorator]
+    async def schedule_campaigns() -> None:
+        await scheduler.tick()
+
+    return scheduler

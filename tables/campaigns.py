@@ -1,0 +1,361 @@
+"""Campaigns, per contact: who is in the audience, and one contact's delivery.
+
+Pure: :func:`handle_delivery` takes the contact's state, a :class:`Delivery` (a campaign
+and one of its occurrences), the handler :class:`~tables.handlers.Context` and ``now``,
+and returns the :class:`~tables.effects.Outcome` with a :class:`Verdict` (what happened,
+for the occurrence's progress counters). The scheduler that decides when an occurrence
+fires and walks each partition's contacts is :mod:`agents.campaigns`.
+
+A campaign reaches each contact through a workflow execution, so deferral (quiet hours,
+caps), history, wake-ups and control work as for any workflow: a *content* campaign
+runs a one-step workflow made from its content (:func:`content_workflow`, id
+``campaign:<id>``), a campaign with ``workflow`` enrols the contact in that workflow.
+The synthetic event that starts it is the contact's ``campaign.started``
+(``run_id`` = the occurrence), with an id that is a hash of (account, campaign,
+occurrence, contact) — so the execution id, and with it every ``message_id``, is the
+same however often the delivery is redone.
+
+Once per occurrence: the contact's state keeps, per campaign, the newest occurrence it
+was delivered (``campaigns``); a delivery of an occurrence not newer than that changes
+nothing. The mark is written with the delivery's effects' state (one table write).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from tables import executions
+from tables.contacts import ContactState, copy_state
+from tables.effects import Effects, Outcome
+from tables.schedule import (
+    Occurrence,
+    contact_instant,
+    earliest_instant,
+    latest_instant,
+    occurrences,
+    parse_local,
+    resolve,
+)
+from tables.triggers import criteria_hold
+
+if TYPE_CHECKING:
+    from tables.handlers import Context
+
+__all__ = [
+    "CAMPAIGN_WORKFLOW",
+    "Delivery",
+    "Due",
+    "Throttle",
+    "Verdict",
+    "campaign_event",
+    "content_workflow",
+    "due",
+    "enrol_joiners",
+    "handle_delivery",
+    "in_audience",
+    "next_after",
+    "starts_at",
+]
+
+#: The id prefix of the workflow a content campaign runs as (``:`` is not allowed in a
+#: defined workflow's id, so no definition can take it).
+CAMPAIGN_WORKFLOW = "campaign:"
+#: The gate's reasons, as the progress counters group them.
+_SUPPRESSED = frozenset({"suppressed", "opted_out", "no_consent"})
+
+
+def content_workflow(campaign: Mapping[str, Any], policy: Mapping[str, Any]) -> dict[str, Any]:
+    """The one-step workflow a content campaign runs for each contact (never triggered
+    by events: inactive; started only by the campaign's deliveries)."""
+    content = campaign["content"]
+    step: dict[str, Any] = {
+        "kind": f"send_{content['channel']}", "body": content["body"],
+        "subject": content.get("subject"), "media_urls": list(content.get("media_urls", [])),
+        "transactional": False, "max_lateness": content.get("max_lateness"),
+        "expires_after": content.get("expires_after", "1d"), "next": None,
+    }
+    return {
+        "kind": "workflow", "id": CAMPAIGN_WORKFLOW + campaign["id"],
+        "account": campaign["account"], "name": campaign["name"],
+        "version": campaign["version"], "active": False,
+        "timezone": campaign["schedule"].get("timezone") or policy["timezone"],
+        "trigger": {"event": "campaign.started", "keyword": None, "criteria": []},
+        "goals": [], "reentry": {"policy": "every_time", "days": None},
+        "on_capped": campaign["delivery"]["on_capped"], "start": "send",
+        "steps": {"send": step}, "campaign": campaign["id"],
+    }
+
+
+def in_audience(audience: Mapping[str, Any], contact: Mapping[str, Any]) -> bool:
+    """Is the contact in the audience, as its state is now?"""
+    groups = contact.get("groups", ())
+    if audience["groups"] and not any(g in groups for g in audience["groups"]):
+        return False
+    if any(g in groups for g in audience["exclude_groups"]):
+        return False
+    if audience["tags"]:
+        tags = contact.get("tags", ())
+        match = all if audience["tags_match"] == "all" else any
+        if not match(t in tags for t in audience["tags"]):
+            return False
+    return criteria_hold(audience["criteria"], _NO_EVENT, contact)
+
+
+_NO_EVENT: dict[str, Any] = {"type": "", "data": {}}
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One occurrence of a campaign, for the contacts of one partition."""
+
+    campaign: dict[str, Any]
+    #: The occurrence: its id (the wall-clock time, ``YYYY-MM-DDTHH:MM``), that time, and
+    #: the instant it resolves to in the schedule's zone.
+    occurrence: str
+    local: datetime
+    at: datetime
+    #: The workflow each contact runs (the content workflow, or the linked one).
+    workflow: dict[str, Any]
+    #: The zone of contacts without one (the schedule's, else the account's).
+    zone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a delivery did for one contact: ``outcome`` is ``sent``, ``deferred``,
+    ``capped``, ``suppressed``, ``dropped`` (another gate reason), ``enrolled``,
+    ``not_enrolled`` (the workflow's re-entry), ``later`` (their local time has not come:
+    ``at``), ``done`` (this occurrence reached them before) or ``not_in_audience``."""
+
+    outcome: str
+    at: datetime | None = None
+
+
+def campaign_event(
+    contact: Mapping[str, Any], campaign_id: str, occurrence: str, event_type: str,
+    now: datetime,
+) -> dict[str, Any]:
+    """The contact's ``campaign.started`` / ``campaign.completed`` for an occurrence,
+    as the engine reads events (its id: a hash of what it is about)."""
+    seed = "\x1f".join((contact["account"], campaign_id, occurrence, contact["contact_id"],
+                        event_type))
+    return {"id": "cmp-" + hashlib.sha256(seed.encode()).hexdigest()[:28],
+            "type": event_type, "time": now.isoformat(), "account": contact["account"],
+            "causationdepth": 0, "data": {"campaign_id": campaign_id, "run_id": occurrence}}
+
+
+def _tally(fx: Effects, started: str, content: bool) -> str:
+    if started != "started":
+        return "not_enrolled"
+    if not content:
+        return "enrolled"
+    if fx.sends:
+        return "sent"
+    for record in fx.audit:
+        reason = record.get("reason")
+        if record.get("action") == "defer":
+            return "deferred"
+        if reason == "frequency_capped":
+            return "capped"
+        if reason in _SUPPRESSED:
+            return "suppressed"
+    return "dropped"
+
+
+def handle_delivery(
+    state: ContactState | None, delivery: Delivery, ctx: Context, now: datetime
+) -> tuple[Outcome, Verdict]:
+    """Deliver one occurrence of a campaign to one contact: if it is in the audience, its
+    local time has come (contact-local campaigns) and this occurrence has not reached it
+    before, start the campaign's workflow for it (the send gate decides each send) and
+    mark the occurrence delivered."""
+    if state is None:
+        return Outcome(), Verdict("not_in_audience")
+    campaign = delivery.campaign
+    cid, occurrence = campaign["id"], delivery.occurrence
+    marks = state.get("campaigns") or {}
+    if marks.get(cid, "") >= occurrence:
+        return Outcome(), Verdict("done")
+    if not in_audience(campaign["audience"], state):
+        return Outcome(), Verdict("not_in_audience")
+    scheduled = delivery.at
+    if campaign["delivery"]["contact_local_time"]:
+        zone = state.get("timezone") or delivery.zone
+        scheduled = contact_instant(delivery.local, zone)
+        if scheduled > now:
+            return Outcome(), Verdict("later", scheduled)
+    new = copy_state(state)
+    new["campaigns"] = {**marks, cid: occurrence}
+    rules = ctx.compliance(new["account"])
+    started = campaign_event(new, cid, occurrence, "campaign.started", now)
+    fx, how = executions.enrol(new, delivery.workflow, started, now, 0, rules, scheduled)
+    verdict = _tally(fx, how, campaign["content"] is not None)
+    # campaign.started reaches the contact's other workflows (triggers, waits, goals).
+    definitions = ctx.definitions
+    fx += executions.on_event(new, started, definitions.active(new["account"]),
+                              definitions.lookup, now, ctx.max_depth, rules)
+    if campaign["delivery"]["publish_events"]:
+        fx.events.append(_published(new, started, now))
+    return Outcome(new, fx), Verdict(verdict)
+
+
+def enrol_joiners(
+    contact: ContactState, ctx: Context, now: datetime
+) -> Effects:
+    """Drip campaigns with ``enrol_joiners``: a contact that is in the audience after one
+    of its events, between the campaign's ``at`` and ``until``, and was not enrolled
+    yet, is enrolled now (``contact`` is changed in place, like the executions').
+    Called for every accepted event; an account without such campaigns costs a lookup."""
+    fx = Effects()
+    definitions = ctx.definitions
+    for campaign in definitions.campaigns(contact["account"]):
+        schedule = campaign["schedule"]
+        if (schedule["type"] != "drip" or not schedule["enrol_joiners"]
+                or not campaign["active"]):
+            continue
+        cid = campaign["id"]
+        occurrence = parse_local(schedule["at"]).isoformat(timespec="minutes")
+        marks = contact.get("campaigns") or {}
+        if marks.get(cid, "") >= occurrence or not in_audience(campaign["audience"], contact):
+            continue
+        policy = definitions.policy(contact["account"])
+        zone = ZoneInfo(schedule.get("timezone") or policy["timezone"])
+        begins = resolve(parse_local(occurrence), zone)
+        until = schedule.get("until")
+        if now < begins or (until and now > resolve(parse_local(until), zone)):
+            continue
+        if definitions.campaign_status(contact["account"], cid) != "running":
+            continue
+        linked = [wf for wf in definitions.active(contact["account"])
+                  if wf["id"] == campaign["workflow"]]
+        if not linked:
+            continue
+        contact["campaigns"] = {**marks, cid: occurrence}
+        started = campaign_event(contact, cid, occurrence, "campaign.started", now)
+        fx += executions.enrol(contact, linked[0], started, now, 0,
+                               ctx.compliance(contact["account"]))[0]
+    if fx:
+        executions.finish(contact)
+    return fx
+
+
+def _published(contact: ContactState, event: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """``event`` as a contact event on ``<prefix>contact-events``, already marked seen, so
+    the copy that comes back changes nothing."""
+    contact["seen"][event["id"]] = now.timestamp()
+    return {"specversion": "1.0", "id": event["id"],
+            "source": f"urn:dripstream:campaign:{event['data']['campaign_id']}",
+            "type": event["type"], "subject": contact["contact_id"], "time": event["time"],
+            "account": contact["account"], "causationdepth": 1, "data": event["data"]}
+
+
+# -- when an occurrence fires -------------------------------------------------------------
+#: How many missed occurrences a misfire looks through (a minutely-dense backlog of a
+#: schedule down for years stops here; the newest of them is what matters).
+MISFIRE_SCAN_MAX = 10_000
+
+
+def starts_at(campaign: Mapping[str, Any], occurrence: Occurrence) -> datetime:
+    """When an occurrence begins: its instant, or for contact-local delivery the first
+    instant any zone's clock shows its wall-clock time (UTC+14)."""
+    if campaign["delivery"]["contact_local_time"]:
+        return earliest_instant(occurrence.local)
+    return occurrence.at
+
+
+def _deadline(campaign: Mapping[str, Any], occurrence: Occurrence, grace: float) -> datetime:
+    """Past this, a not-yet-started occurrence is a misfire."""
+    end = (latest_instant(occurrence.local) if campaign["delivery"]["contact_local_time"]
+           else occurrence.at)
+    return end + timedelta(seconds=grace)
+
+
+def next_after(
+    campaign: Mapping[str, Any], zone: ZoneInfo, origin: datetime, last: str | None
+) -> Occurrence | None:
+    """The first occurrence after ``origin`` (the version's publication) whose id is
+    after ``last`` (the newest one already started or skipped); None: no more."""
+    for occurrence in occurrences(campaign["schedule"], zone, origin):
+        if last is None or occurrence.id > last:
+            return occurrence
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """What to do now: fire ``occurrence`` (None: fire nothing) and record ``skipped``
+    (missed occurrences the misfire policy passes over)."""
+
+    occurrence: Occurrence | None
+    skipped: tuple[Occurrence, ...] = ()
+
+
+def due(
+    campaign: Mapping[str, Any], zone: ZoneInfo, origin: datetime, first: Occurrence,
+    now: datetime, grace_s: float,
+) -> Due | None:
+    """``first`` is the next occurrence not yet started (:func:`next_after`). None while
+    it has not begun. Started within its deadline (its instant, or the last zone's for
+    contact-local delivery, plus the grace), it fires. Past it — no worker ran it in
+    time — it is a misfire, and so is every later occurrence that has also begun: with
+    ``fire_once_now`` the newest of them fires now and the others are skipped; with
+    ``skip`` all are skipped, except a newest one still within its own deadline."""
+    if starts_at(campaign, first) > now:
+        return None
+    if now <= _deadline(campaign, first, grace_s):
+        return Due(first)
+    missed = [first]
+    for occurrence in occurrences(campaign["schedule"], zone, origin):
+        if occurrence.id <= first.id:
+            continue
+        if starts_at(campaign, occurrence) > now or len(missed) >= MISFIRE_SCAN_MAX:
+            break
+        missed.append(occurrence)
+    newest = missed[-1]
+    if campaign["delivery"]["misfire"] == "fire_once_now" or (
+            now <= _deadline(campaign, newest, grace_s)):
+        return Due(newest, tuple(missed[:-1]))
+    return Due(None, tuple(missed))
+
+
+@dataclass
+class Throttle:
+    """A campaign-wide ceiling of ``rate`` sends per minute, split fairly across
+    partitions without any coordination. The campaign's send slots are ``60 / rate``
+    seconds apart from ``anchor`` (the occurrence's start: the same on every worker), and
+    partition ``p`` of ``P`` owns every ``P``-th slot, starting at the ``p``-th; a send
+    uses one slot and goes out at or after it. A slot older than ``tolerance`` seconds
+    is forfeited, not used late (after a restart, a pause, a slow slice), so sends never
+    bunch up: any minute holds at most ``rate`` sends plus ``tolerance`` seconds' worth."""
+
+    rate: float
+    partition: int
+    partitions: int
+    anchor: float
+    tolerance: float = 1.0
+    spent: int = 0
+
+    @property
+    def gap(self) -> float:
+        return 60.0 / self.rate
+
+    def _slots(self, until: float) -> int:
+        """This partition's slots at or before ``until`` (POSIX seconds)."""
+        elapsed = (until - self.anchor) / self.gap - self.partition
+        return 0 if elapsed < 0 else int(elapsed // self.partitions) + 1
+
+    def allowed(self, now: float) -> int:
+        """Sends this partition may make at ``now``; call :meth:`use` with those made."""
+        self.spent = max(self.spent, self._slots(now - self.tolerance))
+        return max(0, self._slots(now) - self.spent)
+
+    def use(self, sends: int) -> None:
+        self.spent += sends
+
+    def next_slot(self) -> float:
+        return self.anchor + (self.spent * self.partitions + self.partition) * self.gap
