@@ -7,8 +7,8 @@ own progress per campaign — a record in the contacts table under the reserved 
 that partition's changelog and moves with the partition on a rebalance or a restart:
 
 - ``last``: the newest occurrence this partition started or skipped (never fired again);
-- ``current``: the occurrence in progress, with its counters (sent, deferred, capped,
-  suppressed, dropped, enrolled, not_enrolled, remaining) and status;
+- ``running``: the occurrences in progress, each with its counters (sent, deferred,
+  capped, suppressed, dropped, enrolled, not_enrolled, remaining) and status;
 - ``history``: the partition's last :data:`HISTORY` occurrences.
 
 When the next occurrence after ``last`` is due (:func:`tables.campaigns.due`, with the
@@ -97,6 +97,8 @@ class Slice:
     #: The partition's progress record: the agent updates its counters, then stores it.
     progress: dict[str, Any]
     generation: int
+    #: The occurrence whose counters the deliveries add to (None: a progress write only).
+    occurrence: str | None = None
     delivery: Delivery | None = None
     keys: list[str] = field(default_factory=list)
     #: At most this many sends (enrolments) in this slice: the throttle's allowance.
@@ -122,13 +124,13 @@ class Slice:
             self.later.append(at)
         elif outcome in COUNTERS:
             self.counts[outcome] += 1
-            current = self.progress["current"]
-            current[outcome] = current.get(outcome, 0) + 1
+            entry = self.progress["running"][self.occurrence]
+            entry[outcome] = entry.get(outcome, 0) + 1
 
 
 def _new_progress(account: str, campaign_id: str, partition: int) -> dict[str, Any]:
     return {"account": account, "campaign_id": campaign_id, "partition": partition,
-            "last": None, "current": None, "history": []}
+            "last": None, "running": {}, "history": []}
 
 
 def _occurrence(occ: Occurrence, campaign: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -137,19 +139,24 @@ def _occurrence(occ: Occurrence, campaign: dict[str, Any], now: datetime) -> dic
             **dict.fromkeys(COUNTERS, 0), "remaining": 0, "next_wave": None}
 
 
-def _close(progress: dict[str, Any], status: str, now: datetime) -> None:
-    current = progress["current"]
-    current.update({"status": status, "ended_at": now.isoformat(), "next_wave": None})
-    progress["history"] = [*progress["history"], current][-HISTORY:]
-    progress["current"] = None
+def _close(progress: dict[str, Any], occurrence: str, status: str, now: datetime) -> None:
+    entry = progress["running"].pop(occurrence)
+    entry.update({"status": status, "ended_at": now.isoformat(), "next_wave": None})
+    progress["history"] = [*progress["history"], entry][-HISTORY:]
 
 
 class Scheduler:
-    """The tick, and the fan-out tasks it starts (one per partition and campaign)."""
+    """The tick, and the tasks it starts: one per partition, campaign and occurrence in
+    progress. Occurrences of a campaign may overlap (a contact-local one lasts 26 hours;
+    a throttled one as long as its audience takes): each runs on its own. The tasks of a
+    partition's campaign share its progress record in memory while any of them runs."""
 
     def __init__(self, worker: Worker) -> None:
         self.w = worker
-        self.tasks: dict[tuple[int, str, str], asyncio.Task[None]] = {}
+        #: (partition, account, campaign id, occurrence) → its task.
+        self.tasks: dict[tuple[int, str, str, str], asyncio.Task[None]] = {}
+        #: (partition, account, campaign id) → its progress record, while tasks use it.
+        self.shared: dict[tuple[int, str, str], dict[str, Any]] = {}
         #: (account, id, version, last) → the next occurrence (None: no more).
         self._next: dict[tuple[str, str, int, str | None], Occurrence | None] = {}
 
@@ -174,13 +181,16 @@ class Scheduler:
             elif ident[0] not in actives:
                 task.cancel()
                 del self.tasks[ident]
+        busy = {ident[:3] for ident in self.tasks}
+        for shared in [s for s in self.shared if s not in busy]:
+            del self.shared[shared]  # the store has it all: read it afresh next time
         if len(self._next) > 10_000:
             self._next.clear()
         now = self.w.clock.now()
         for campaign in registry.campaigns():
             for partition in sorted(actives):
-                ident = (partition, campaign["account"], campaign["id"])
-                if ident not in self.tasks and (work := self.plan(partition, campaign, now)):
+                for occurrence, work in self.plan(partition, campaign, now):
+                    ident = (partition, campaign["account"], campaign["id"], occurrence)
                     self.tasks[ident] = asyncio.ensure_future(work)
 
     def zone(self, campaign: dict[str, Any]) -> ZoneInfo:
@@ -188,30 +198,42 @@ class Scheduler:
                 or self.w.registry.policy(campaign["account"])["timezone"])
         return ZoneInfo(name)
 
-    def plan(self, partition: int, campaign: dict[str, Any], now: datetime) -> Any:
-        """A coroutine to run for this partition and campaign now, or None."""
+    def progress(self, partition: int, account: str, campaign_id: str) -> dict[str, Any]:
+        ident = (partition, account, campaign_id)
+        if (progress := self.shared.get(ident)) is None:
+            stored = self.w.store.get(progress_key(partition, account, campaign_id))
+            progress = dict(stored) if stored else _new_progress(account, campaign_id,
+                                                                 partition)
+            self.shared[ident] = progress
+        return progress
+
+    def plan(self, partition: int, campaign: dict[str, Any], now: datetime
+             ) -> list[tuple[str, Any]]:
+        """What to start for this partition and campaign now: (occurrence, coroutine)."""
         registry = self.w.registry
         account, cid = campaign["account"], campaign["id"]
-        key = progress_key(partition, account, cid)
-        progress: dict[str, Any] = dict(self.w.store.get(key) or
-                                        _new_progress(account, cid, partition))
+        progress = self.progress(partition, account, cid)
         status = registry.campaign_status(account, cid)
-        current = progress["current"]
-        if current is not None:
+        work: list[tuple[str, Any]] = []
+        for occurrence, entry in list(progress["running"].items()):
+            if (partition, account, cid, occurrence) in self.tasks:
+                continue
             if status == "cancelled" or not campaign["active"]:
-                _close(progress, "cancelled" if status == "cancelled" else "deactivated", now)
-                return self.write(partition, key, progress)
-            if not is_occurrence(campaign["schedule"], parse_local(current["id"])):
-                _close(progress, "superseded", now)  # rescheduled: never at the old time
-                return self.write(partition, key, progress)
-            if status == "paused":
-                if current["status"] == "paused":
-                    return None
-                current["status"] = "paused"
-                return self.write(partition, key, progress)
-            return self.fanout(partition, key, campaign, progress)
+                _close(progress, occurrence, "cancelled" if status == "cancelled"
+                       else "deactivated", now)
+            elif not is_occurrence(campaign["schedule"], parse_local(occurrence)):
+                _close(progress, occurrence, "superseded", now)  # never at the old time
+            elif status == "paused":
+                if entry["status"] == "paused":
+                    continue
+                entry["status"] = "paused"
+            else:
+                work.append((occurrence, self.fanout(partition, campaign, progress,
+                                                     occurrence)))
+                continue
+            work.append((occurrence, self.write(partition, progress)))
         if status != "running" or not campaign["active"]:
-            return None
+            return work
         zone = self.zone(campaign)
         origin = registry.published_at(campaign)
         ident = (account, cid, campaign["version"], progress["last"])
@@ -219,11 +241,11 @@ class Scheduler:
             self._next[ident] = next_after(campaign, zone, origin, progress["last"])
         first = self._next[ident]
         if first is None:
-            return None
+            return work
         grace = _seconds(campaign["delivery"]["misfire_grace"])
         plan = due(campaign, zone, origin, first, now, grace)
         if plan is None:
-            return None
+            return work
         audit = []
         for missed in plan.skipped:
             log.warning("campaign %s:%s occurrence %s missed (partition %d): skipped",
@@ -234,15 +256,18 @@ class Scheduler:
             audit.append({"account": account, "contact_id": "", "reason": "campaign_misfire",
                           "at": now.isoformat(), "campaign_id": cid, "occurrence": missed.id,
                           "partition": partition, "action": "skip"})
-        progress["last"] = (plan.occurrence or plan.skipped[-1]).id
+        newest = plan.occurrence or plan.skipped[-1]
+        progress["last"] = newest.id
         if plan.occurrence is None:
-            return self.write(partition, key, progress, audit)
-        progress["current"] = _occurrence(plan.occurrence, campaign, now)
+            work.append((newest.id, self.write(partition, progress, audit)))
+            return work
+        entry = progress["running"][newest.id] = _occurrence(newest, campaign, now)
         if plan.skipped:
-            progress["current"]["misfired"] = [o.id for o in plan.skipped]
+            entry["misfired"] = [o.id for o in plan.skipped]
         log.info("campaign %s:%s occurrence %s starts on partition %d", account, cid,
-                 plan.occurrence.id, partition)
-        return self.fanout(partition, key, campaign, progress, audit)
+                 newest.id, partition)
+        work.append((newest.id, self.fanout(partition, campaign, progress, newest.id, audit)))
+        return work
 
     # -- the fan-out ---------------------------------------------------------------------
     async def submit(self, work: Slice) -> Slice:
@@ -250,8 +275,9 @@ class Scheduler:
         await work.done.wait()
         return work
 
-    async def write(self, partition: int, key: str, progress: dict[str, Any],
+    async def write(self, partition: int, progress: dict[str, Any],
                     audit: list[dict[str, Any]] | None = None) -> None:
+        key = progress_key(partition, progress["account"], progress["campaign_id"])
         await self.submit(Slice(partition, key, progress, self.w.app.consumer_generation_id,
                                 audit=audit or []))
 
@@ -265,33 +291,34 @@ class Scheduler:
 
     def _stopped(self, campaign: dict[str, Any]) -> bool:
         """Paused, cancelled or changed since the fan-out began: stop after this slice
-        (the tick decides what comes next, from the stored progress)."""
+        (the tick decides what comes next, from the progress)."""
         registry = self.w.registry
         newest = registry.campaign(campaign["account"], campaign["id"])
         return (registry.campaign_status(campaign["account"], campaign["id"]) != "running"
                 or newest is None or newest["version"] != campaign["version"])
 
-    async def fanout(self, partition: int, key: str, campaign: dict[str, Any],
-                     progress: dict[str, Any], audit: list[dict[str, Any]] | None = None,
-                     ) -> None:
+    async def fanout(self, partition: int, campaign: dict[str, Any],
+                     progress: dict[str, Any], occurrence: str,
+                     audit: list[dict[str, Any]] | None = None) -> None:
         w = self.w
         account = campaign["account"]
-        current = progress["current"]
-        current.update({"status": "running", "version": campaign["version"]})
+        key = progress_key(partition, account, campaign["id"])
+        entry = progress["running"][occurrence]
+        entry.update({"status": "running", "version": campaign["version"]})
         workflow = self._workflow(campaign)
         if workflow is None:
             log.error("campaign %s:%s: workflow %r is not defined or not active; the "
                       "occurrence fails", account, campaign["id"], campaign["workflow"])
-            _close(progress, "failed", w.clock.now())
-            await self.write(partition, key, progress, audit)
+            _close(progress, occurrence, "failed", w.clock.now())
+            await self.write(partition, progress, audit)
             return
         zone = self.zone(campaign)
-        delivery = Delivery(campaign, current["id"], parse_local(current["id"]),
-                            datetime.fromisoformat(current["at"]), workflow, zone.key)
+        delivery = Delivery(campaign, occurrence, parse_local(occurrence),
+                            datetime.fromisoformat(entry["at"]), workflow, zone.key)
         rate = campaign["delivery"]["throttle_per_minute"]
         # Slots from the occurrence's start: the same grid on every worker, so partitions
         # owned by different workers interleave without talking to each other.
-        anchor = starts_at(campaign, Occurrence(current["id"], delivery.local, delivery.at, 0))
+        anchor = starts_at(campaign, Occurrence(occurrence, delivery.local, delivery.at, 0))
         throttle = (Throttle(rate, partition, w.settings.partitions, anchor.timestamp())
                     if rate else None)
         pending_audit = list(audit or [])
@@ -309,8 +336,8 @@ class Scheduler:
                         await asyncio.sleep(min(max(wait, 0.001), 1.0))
                         continue
                 work = await self.submit(Slice(
-                    partition, key, progress, w.app.consumer_generation_id, delivery,
-                    keys[position:position + SLICE_MAX], budget, pending_audit))
+                    partition, key, progress, w.app.consumer_generation_id, occurrence,
+                    delivery, keys[position:position + SLICE_MAX], budget, pending_audit))
                 pending_audit = []
                 if work.aborted:
                     return  # the partition moved: its new owner goes on from the progress
@@ -322,15 +349,15 @@ class Scheduler:
                     break
             now = w.clock.now()
             if not later:
-                current["remaining"] = 0
-                _close(progress, "completed", now)
-                await self.write(partition, key, progress)
+                entry["remaining"] = 0
+                _close(progress, occurrence, "completed", now)
+                await self.write(partition, progress)
                 log.info("campaign %s:%s occurrence %s completed on partition %d", account,
-                         campaign["id"], delivery.occurrence, partition)
+                         campaign["id"], occurrence, partition)
                 return
             wave = min(later)
-            current.update({"remaining": len(later), "next_wave": wave.isoformat()})
-            await self.write(partition, key, progress)
+            entry.update({"remaining": len(later), "next_wave": wave.isoformat()})
+            await self.write(partition, progress)
             while w.clock.now() < wave:  # the next zone's local time
                 if self._stopped(campaign):
                     return

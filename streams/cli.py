@@ -298,7 +298,7 @@ def campaign_status(campaign_id: str, account: Account) -> None:
 
     occurrences: dict[str, dict[str, Any]] = {}
     for record in asyncio.run(run()).values():
-        entries = [*record["history"], *([record["current"]] if record["current"] else [])]
+        entries = [*record["history"], *record["running"].values()]
         for entry in entries:
             total = occurrences.setdefault(entry["id"], {
                 "occurrence": entry["id"], "at": entry["at"], "version": entry["version"],

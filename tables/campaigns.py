@@ -190,18 +190,37 @@ def handle_delivery(
         if scheduled > now:
             return Outcome(), Verdict("later", scheduled)
     new = copy_state(state)
-    new["campaigns"] = {**marks, cid: occurrence}
-    rules = ctx.compliance(new["account"])
-    started = campaign_event(new, cid, occurrence, "campaign.started", now)
-    fx, how = executions.enrol(new, delivery.workflow, started, now, 0, rules, scheduled)
-    verdict = _tally(fx, how, campaign["content"] is not None)
-    # campaign.started reaches the contact's other workflows (triggers, waits, goals).
-    definitions = ctx.definitions
-    fx += executions.on_event(new, started, definitions.active(new["account"]),
-                              definitions.lookup, now, ctx.max_depth, rules)
-    if campaign["delivery"]["publish_events"]:
-        fx.events.append(_published(new, started, now))
+    fx, verdict = _reach(new, campaign, occurrence, delivery.workflow, ctx, now, scheduled)
     return Outcome(new, fx), Verdict(verdict)
+
+
+def _reach(
+    contact: ContactState, campaign: Mapping[str, Any], occurrence: str,
+    workflow: dict[str, Any], ctx: Context, now: datetime, scheduled: datetime,
+) -> tuple[Effects, str]:
+    """Mark the occurrence delivered and start the campaign's workflow for the contact
+    (changed in place). Its ``campaign.started`` reaches the contact's other workflows
+    (triggers, waits, goals), and so does ``campaign.completed`` once a content campaign's
+    send has gone out or been dropped for good; with ``publish_events`` both are also
+    published for a contact the campaign reached."""
+    cid = campaign["id"]
+    contact["campaigns"] = {**(contact.get("campaigns") or {}), cid: occurrence}
+    account = contact["account"]
+    rules = ctx.compliance(account)
+    started = campaign_event(contact, cid, occurrence, "campaign.started", now)
+    fx, how = executions.enrol(contact, workflow, started, now, 0, rules, scheduled)
+    verdict = _tally(fx, how, campaign["content"] is not None)
+    happened = [started]
+    if verdict not in ("deferred", "enrolled", "not_enrolled"):
+        happened.append(campaign_event(contact, cid, occurrence, "campaign.completed", now))
+    definitions = ctx.definitions
+    for event in happened:
+        fx += executions.on_event(contact, event, definitions.active(account),
+                                  definitions.lookup, now, ctx.max_depth, rules)
+    if campaign["delivery"]["publish_events"] and verdict in (
+            "sent", "deferred", "enrolled"):
+        fx.events += [_published(contact, event, now) for event in happened]
+    return fx, verdict
 
 
 def enrol_joiners(
@@ -233,14 +252,8 @@ def enrol_joiners(
             continue
         linked = [wf for wf in definitions.active(contact["account"])
                   if wf["id"] == campaign["workflow"]]
-        if not linked:
-            continue
-        contact["campaigns"] = {**marks, cid: occurrence}
-        started = campaign_event(contact, cid, occurrence, "campaign.started", now)
-        fx += executions.enrol(contact, linked[0], started, now, 0,
-                               ctx.compliance(contact["account"]))[0]
-    if fx:
-        executions.finish(contact)
+        if linked:
+            fx += _reach(contact, campaign, occurrence, linked[0], ctx, now, now)[0]
     return fx
 
 
@@ -258,6 +271,8 @@ def _published(contact: ContactState, event: dict[str, Any], now: datetime) -> d
 #: How many missed occurrences a misfire looks through (a minutely-dense backlog of a
 #: schedule down for years stops here; the newest of them is what matters).
 MISFIRE_SCAN_MAX = 10_000
+#: From the first zone's wall clock to the last's (UTC+14 to UTC-12).
+_SPAN = timedelta(hours=26)
 
 
 def starts_at(campaign: Mapping[str, Any], occurrence: Occurrence) -> datetime:
@@ -280,7 +295,12 @@ def next_after(
 ) -> Occurrence | None:
     """The first occurrence after ``origin`` (the version's publication) whose id is
     after ``last`` (the newest one already started or skipped); None: no more."""
-    for occurrence in occurrences(campaign["schedule"], zone, origin):
+    local = campaign["delivery"]["contact_local_time"]
+    # A contact-local occurrence counts while any zone's wall clock has still to reach it.
+    since = origin - _SPAN if local else origin
+    for occurrence in occurrences(campaign["schedule"], zone, since):
+        if local and latest_instant(occurrence.local) <= origin:
+            continue
         if last is None or occurrence.id > last:
             return occurrence
     return None
@@ -310,7 +330,8 @@ def due(
     if now <= _deadline(campaign, first, grace_s):
         return Due(first)
     missed = [first]
-    for occurrence in occurrences(campaign["schedule"], zone, origin):
+    since = origin - _SPAN if campaign["delivery"]["contact_local_time"] else origin
+    for occurrence in occurrences(campaign["schedule"], zone, since):
         if occurrence.id <= first.id:
             continue
         if starts_at(campaign, occurrence) > now or len(missed) >= MISFIRE_SCAN_MAX:

@@ -66,7 +66,7 @@ async def progress(stack: Stack, account: str, campaign_id: str) -> dict[str, di
     """Each occurrence's counters summed over the partitions."""
     totals: dict[str, dict[str, Any]] = {}
     for record in (await stack.read_model.get_progress(account, campaign_id)).values():
-        for entry in [*record["history"], *filter(None, [record["current"]])]:
+        for entry in [*record["history"], *record["running"].values()]:
             total = totals.setdefault(entry["id"], Counter())
             total["partitions"] += 1
             total[entry["status"]] += 1
@@ -119,14 +119,18 @@ async def test_cancelled_campaign_never_fires(stack: Stack) -> None:
     await add_contacts(stack, contact("ann"))
     await control_campaign(stack.producer, stack.settings.topic_prefix, "acme", "spring",
                            "cancel")
-    stack.skip((at - start).total_seconds() + 60)
-    # A later campaign that does fire shows the tick ran past the cancelled one's time.
-    await stack.define(campaign(id="later", schedule={
-        "type": "once", "at": local(at + timedelta(minutes=2)), "timezone": "UTC"}))
-    stack.skip(180)
-    await eventually(lambda: _sent_to(stack, "ann", "campaign:later"), what="later's send")
+    # Campaigns published after the cancel, firing before and after the cancelled one's
+    # time: the first shows the worker has read the cancel (the follower reads every
+    # partition of the definitions topic at once), the second that its tick ran past it.
+    for probe, minutes in (("before", 5), ("after", 40)):
+        await stack.define(campaign(id=probe, schedule={
+            "type": "once", "at": local(start + timedelta(minutes=minutes)),
+            "timezone": "UTC"}))
+        stack.set_time(start + timedelta(minutes=minutes, seconds=5))
+        await eventually(lambda p=probe: _sent_to(stack, "ann", f"campaign:{p}"),
+                         what=f"the {probe} probe's send")
     assert [c["origin"]["workflow_id"] for c in sms(await stack.read_all("send.sms"))] == [
-        "campaign:later"]
+        "campaign:before", "campaign:after"]
 
 
 async def _sent_to(stack: Stack, contact_id: str, workflow_id: str) -> bool:
@@ -213,11 +217,15 @@ async def test_rescheduled_campaign_fires_at_the_new_time_only(stack: Stack) -> 
     await add_contacts(stack, contact("ann"))
     await stack.define(campaign(version=2, schedule={"type": "once", "at": local(new),
                                                      "timezone": "UTC"}))
-    stack.set_time(old + timedelta(minutes=1))
-    await stack.define(campaign(id="probe", schedule={
-        "type": "once", "at": local(old + timedelta(minutes=2)), "timezone": "UTC"}))
-    stack.set_time(old + timedelta(minutes=3))
-    await eventually(lambda: _sent_to(stack, "ann", "campaign:probe"), what="the probe send")
+    # Probes published after version 2 (see test_cancelled_campaign_never_fires): the
+    # worker has read it, and its tick has run past the old time.
+    for probe, minutes in (("before", 5), ("after", 40)):
+        await stack.define(campaign(id=probe, schedule={
+            "type": "once", "at": local(start + timedelta(minutes=minutes)),
+            "timezone": "UTC"}))
+        stack.set_time(start + timedelta(minutes=minutes, seconds=5))
+        await eventually(lambda p=probe: _sent_to(stack, "ann", f"campaign:{p}"),
+                         what=f"the {probe} probe's send")
     assert not await _sent_to(stack, "ann", "campaign:spring"), "fired at the old time"
     stack.set_time(new + timedelta(seconds=5))
     await completed_everywhere(stack, "spring", local(new))

@@ -552,8 +552,9 @@ def test_campaign_started_triggers_the_accounts_workflows(campaign_id: str,
 
 @pytest.mark.parametrize("publish", [True, False], ids=["publish", "quiet"])
 def test_publish_events(publish: bool) -> None:
-    """With publish_events, one campaign.started contact event is emitted, already marked
-    seen in the new state, so the copy that comes back changes nothing."""
+    """With publish_events, the contact's campaign.started and (its send gone out)
+    campaign.completed are emitted, already marked seen in the new state, so the copies
+    that come back change nothing."""
     c = campaign(delivery={"publish_events": publish})
     defs = Definitions(c)
     outcome, _ = deliver(contact(), c, T0, defs=defs)
@@ -561,11 +562,13 @@ def test_publish_events(publish: bool) -> None:
     if not publish:
         assert [] == outcome.effects.events
         return
-    (event,) = outcome.effects.events
-    assert ("campaign.started", "c-1", {"campaign_id": "spring", "run_id": OCC}, True) == (
-        event["type"], event["subject"], event["data"], event["id"] in state["seen"])
-    echo = parse_event(orjson.dumps(event), b"c-1")
-    assert handle_event(state, echo, context(defs), T0 + MINUTE).duplicate  # type: ignore[arg-type]
+    started, completed = outcome.effects.events
+    for event, kind in ((started, "campaign.started"), (completed, "campaign.completed")):
+        assert (kind, "c-1", {"campaign_id": "spring", "run_id": OCC}, True) == (
+            event["type"], event["subject"], event["data"], event["id"] in state["seen"])
+        echo = parse_event(orjson.dumps(event), b"c-1")
+        assert handle_event(state, echo, context(defs), T0 + MINUTE).duplicate  # type: ignore[arg-type]
+    assert started["id"] != completed["id"]
 
 
 def test_content_workflow_runs_every_time_and_never_by_trigger() -> None:
