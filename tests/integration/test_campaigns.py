@@ -346,3 +346,35 @@ async def test_audience_of_100k_over_two_workers_with_and_without_throttle(
             j += 1
         assert i - j + 1 <= per_s * (window + 1) + stack.settings.partitions, t
     assert stamps[-1] - stamps[0] >= (n - per_s * 2) / per_s
+
+
+async def test_daily_local_time_occurrences_overlap(stack: Stack) -> None:
+    """A daily 10:00-local campaign: tomorrow's occurrence reaches UTC+14 before today's
+    has reached UTC-11, each on time."""
+    day = (stack.now() + timedelta(days=2)).date()
+    east, west = ZoneInfo("Pacific/Kiritimati"), ZoneInfo("Pacific/Pago_Pago")
+    await stack.define(campaign(
+        schedule={"type": "recurring", "cron": "0 10 * * *", "timezone": "UTC",
+                  "start": f"{day.isoformat()}T00:00", "max_occurrences": 2},
+        delivery={"contact_local_time": True}))
+    stack.start_worker()
+    await add_contacts(stack, contact("kiri", timezone=east.key),
+                       contact("pago", timezone=west.key))
+    order = []
+    for n in (0, 1):
+        on = day + timedelta(days=n)
+        for person, zone in (("kiri", east), ("pago", west)):
+            ten = datetime(on.year, on.month, on.day, 10, tzinfo=zone)
+            order.append((ten, person))
+    for ten, person in sorted(order):
+        stack.set_time(ten + timedelta(seconds=5))
+
+        async def reached(person: str = person, ten: datetime = ten) -> bool:
+            return any(c["contact_id"] == person
+                       and ten <= datetime.fromisoformat(c["created_at"]) < ten + timedelta(
+                           minutes=1) for c in sms(await stack.read_all("send.sms")))
+
+        await eventually(reached, what=f"{person} at {ten}")
+    assert [p for _, p in sorted(order)] == ["kiri", "kiri", "pago", "pago"]
+    assert Counter(c["contact_id"] for c in sms(await stack.read_all("send.sms"))) == {
+        "kiri": 2, "pago": 2}
