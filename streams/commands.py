@@ -20,11 +20,13 @@ __all__ = ["AuditRecord", "Control", "Origin", "SendCommand"]
 
 
 class Origin(BaseModel):
-    """What produced a send: a workflow step, or an inbound keyword."""
+    """What produced a send: a workflow step, an inbound keyword, or a content campaign
+    (``campaign_id``; ``workflow_id`` ``campaign:<id>``, the one-step workflow it runs as)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    kind: Literal["workflow", "keyword"]
+    kind: Literal["workflow", "keyword", "campaign"]
+    campaign_id: str | None = None
     workflow_id: str | None = None
     version: int | None = None
     execution_id: str | None = None

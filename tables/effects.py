@@ -73,7 +73,8 @@ class Outcome:
 
 
 class Origin(TypedDict, total=False):
-    kind: Literal["workflow", "keyword"]
+    kind: Literal["workflow", "keyword", "campaign"]
+    campaign_id: str
     workflow_id: str
     version: int
     execution_id: str

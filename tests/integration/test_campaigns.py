@@ -97,7 +97,8 @@ async def test_one_time_campaign_reaches_its_audience_once(stack: Stack) -> None
     sent = sms(await stack.read_all("send.sms"))
     assert sorted(c["contact_id"] for c in sent) == ["ann", "bob"]
     assert {c["body"] for c in sent} == {"Hi Ann: 20% off today", "Hi Bob: 20% off today"}
-    assert all(c["origin"]["workflow_id"] == "campaign:spring" for c in sent)
+    assert all(c["origin"]["kind"] == "campaign" and c["origin"]["campaign_id"] == "spring"
+               and c["origin"]["workflow_id"] == "campaign:spring" for c in sent)
     assert all(datetime.fromisoformat(c["created_at"]) >= at for c in sent)
     assert totals["sent"] == 2 and totals["suppressed"] == 1  # dan has no consent
     ann = await stack.contact("acme", "ann")

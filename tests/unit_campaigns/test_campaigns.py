@@ -287,8 +287,9 @@ def test_contact_in_audience_gets_one_send() -> None:
     assert (Verdict("sent"), "sms", "+14155550101", "Hi Ada, 20% off today") == (
         verdict, send.channel, send.to, send.body)
     assert send.origin is not None
-    assert ("workflow", "campaign:spring", "send") == (
-        send.origin.kind, send.origin.workflow_id, send.origin.step_id)
+    assert ("campaign", "spring", "campaign:spring", "send") == (
+        send.origin.kind, send.origin.campaign_id, send.origin.workflow_id,
+        send.origin.step_id)
     assert ({"spring": OCC}, [], []) == (
         new_state(outcome)["campaigns"], outcome.effects.audit, outcome.effects.events)
     assert "campaigns" not in ada and not ada["executions"]
