@@ -65,11 +65,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-seconds", type=float, default=4.0,
                    help="... and enough to last this long at the phase's rate (4)")
     p.add_argument("--workers", type=int, default=2,
-                   help="ingest and workflow throughput again with N workers in one group "
-                        "(2; 1 = off)")
+                   help="ingest and workflow throughput and the campaign fan-out again with "
+                        "N workers in one group (2; 1 = off)")
     p.add_argument("--contacts", type=int, default=0,
                    help="memory mode: N contacts of realistic state through one worker "
                         "(0 = off; e.g. 100000)")
+    p.add_argument("--campaign-contacts", type=int, default=100_000,
+                   help="campaign path: contacts of the account, ingested before the "
+                        "campaign fires (100000)")
     p.add_argument("--contacts-stores", type=_stores, default=("memory",),
                    help="table stores of the memory mode: memory,rocksdb (memory)")
     p.add_argument("--idle-seconds", type=float, default=30.0,
@@ -88,10 +91,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=180.0, help="deadline of each phase, s (180)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs)")
     args = p.parse_args(argv)
-    if min(args.events, args.latency_events, args.partitions, args.workers) < 1 or min(
+    if min(args.events, args.latency_events, args.partitions, args.workers,
+           args.campaign_contacts) < 1 or min(
             args.rate, args.timeout, args.latency_seconds, args.idle_seconds) <= 0:
-        p.error("--events, --latency-events, --partitions, --workers, --rate, --timeout, "
-                "--latency-seconds and --idle-seconds must be positive")
+        p.error("--events, --latency-events, --partitions, --workers, --campaign-contacts, "
+                "--rate, --timeout, --latency-seconds and --idle-seconds must be positive")
     if args.contacts < 0 or args.pyspy < 0:
         p.error("--contacts and --pyspy must not be negative")
     return args
@@ -112,7 +116,7 @@ async def run(args: argparse.Namespace, bootstrap: str, broker: EmbeddedBroker |
         contacts=args.contacts, contacts_stores=args.contacts_stores,
         idle_seconds=args.idle_seconds,
         idle_fetch_waits=tuple(round(w) for w in args.idle_fetch_waits), pyspy=args.pyspy,
-        broker_given=broker is None)
+        broker_given=broker is None, campaign_contacts=args.campaign_contacts)
     desc = f"embedded Tansu {bootstrap}" if broker else f"{bootstrap} (given)"
     bench = Bench(cfg, make_events(cfg.events, cfg.run_id), desc,
                   broker.pid if broker else None)

@@ -102,6 +102,7 @@ class Config:
     idle_fetch_waits: tuple[int, ...] = (10, 50, 100, 250)
     pyspy: float = 0.0
     broker_given: bool = False
+    campaign_contacts: int = 100_000
 
     @property
     def embedded(self) -> bool:
@@ -212,6 +213,46 @@ class IdleResult:
     notes: list[str] = field(default_factory=list)
 
 
+#: The product goal of a campaign's fan-out: contacts reached per second per worker.
+CAMPAIGN_GOAL_PER_WORKER = 50_000
+
+
+@dataclass
+class CampaignResult:
+    """One occurrence of a content SMS campaign fanned out over ``contacts`` contacts (the
+    ``campaign`` path). Times are seconds from the occurrence's instant (the real time the
+    workers' clock showed its ``at``) to send commands' broker timestamps, or to the
+    partitions' completion (their progress records' ``ended_at``, on the real clock)."""
+
+    label: str
+    workers: int
+    contacts: int  # contacts of the account, all scanned
+    audience: int  # of them in the audience: the sends expected
+    sends: int = 0  # send commands of this campaign seen
+    distinct: int = 0  # distinct contact ids among them
+    first_s: float | None = None  # fire → first send command (the start-up delay)
+    last_s: float | None = None  # fire → last send command
+    complete_s: float | None = None  # fire → the last partition's progress completed
+    #: What "contacts/s" divides by: ``last`` (the last send) or ``complete``.
+    end: str = "last"
+    cpu: dict[str, float | None] = field(default_factory=dict)  # % of one core, fire → end
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float | None:
+        return self.last_s if self.end == "last" else self.complete_s
+
+    @property
+    def contacts_per_s(self) -> float | None:
+        seconds = self.seconds
+        return self.contacts / seconds if seconds and seconds > 0 else None
+
+    @property
+    def per_worker(self) -> float | None:
+        rate = self.contacts_per_s
+        return None if rate is None else rate / self.workers
+
+
 @dataclass
 class Profile:
     """A py-spy recording of a worker, summarised."""
@@ -236,6 +277,7 @@ class Bench:
     results: list[Result] = field(default_factory=list)
     memory: list[MemoryResult] = field(default_factory=list)
     idle: list[IdleResult] = field(default_factory=list)
+    campaigns: list[CampaignResult] = field(default_factory=list)
     profiles: list[Profile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -307,6 +349,21 @@ def realistic_contacts(run_id: str, n: int) -> Iterator[Record]:
                            ("contact.tagged", {"tag": "newsletter"}),
                            ("contact.added_to_group", {"group": "customers"})):
             yield key, orjson.dumps(build_event(ACCOUNT, contact_id, kind, data))
+
+
+def campaign_contacts(run_id: str, n: int, every: int = 10) -> Iterator[Record]:
+    """The campaign path's contacts ``<run id>-k<i>``: a ``contact.created`` with phone,
+    SMS consent, a zone and a first name; every ``every``-th (i % every == 0) also joins
+    the group ``customers`` (the narrow audience)."""
+    for i in range(n):
+        contact_id = f"{run_id}-k{i}"
+        key = contact_id.encode()
+        data = {"phone": f"+1415{i % 10_000_000:07d}", "timezone": "Europe/Berlin",
+                "attributes": {"first_name": f"Name{i}"}, "consent": {"sms": True}}
+        yield key, orjson.dumps(build_event(ACCOUNT, contact_id, "contact.created", data))
+        if i % every == 0:
+            yield key, orjson.dumps(build_event(ACCOUNT, contact_id, "contact.added_to_group",
+                                                {"group": "customers"}))
 
 
 def stamped_event(run_id: str, name: str, seq: int, kind: str = "contact.updated",
@@ -631,6 +688,54 @@ async def start_group(cfg: Config, prefix: str, n: int, deadline: float,
     return workers
 
 
+def log_sizes(workers: Sequence[BenchWorker]) -> list[int]:
+    """Where each worker's log ends now (for :func:`log_warnings` afterwards)."""
+    sizes = []
+    for worker in workers:
+        try:
+            sizes.append(worker.log_path.stat().st_size)
+        except OSError:
+            sizes.append(0)
+    return sizes
+
+
+#: A log line worth a reader's eye: Faust's ``[WARNING]`` and up, a bare ``WARNING:``.
+_LOUD = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|^(WARNING|ERROR|CRITICAL):")
+#: The log's own prefix (``[time] [pid] ``), left out when lines are compared.
+_LOG_PREFIX = re.compile(r"^\[[^]]*\] \[\d+\] ")
+
+
+def log_warnings(workers: Sequence[BenchWorker], since: Sequence[int] | None = None,
+                 ignore: str | None = None) -> tuple[int, list[str]]:
+    """The warning-or-worse lines the workers logged (after ``since``, from
+    :func:`log_sizes`), except those containing ``ignore``: their count, and the distinct
+    ones (timestamps and pids left out) with their counts, most frequent first."""
+    seen: Counter[str] = Counter()
+    for k, worker in enumerate(workers):
+        try:
+            with worker.log_path.open("rb") as log:
+                log.seek(since[k] if since else 0)
+                text = log.read().decode(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if _LOUD.search(line) and not (ignore and ignore in line):
+                seen[_LOG_PREFIX.sub("", line.strip())[:200]] += 1
+    return sum(seen.values()), [f"{n}x {line}" for line, n in seen.most_common()]
+
+
+def set_clock(path: Path, at: datetime, lead: float) -> float:
+    """Move the clock of the workers reading ``path`` (``DRIPSTREAM_CLOCK_OFFSET_FILE``,
+    :mod:`streams.clock`) so that it shows ``at`` ``lead`` seconds from now; returns that
+    real instant (POSIX seconds). The file is replaced in one step, so a worker never
+    reads it half-written."""
+    fire = time.time() + lead
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(repr(at.timestamp() - fire))
+    os.replace(tmp, path)
+    return fire
+
+
 # --------------------------------------------------------------------------- throughput
 
 
@@ -944,6 +1049,20 @@ async def read_model_contacts(url: str, prefix: str) -> int:
     client = Redis.from_url(url)
     try:
         return int(await client.scard(f"{prefix}contacts:{ACCOUNT}"))
+    finally:
+        await client.aclose()
+
+
+async def campaign_progress(url: str, prefix: str, campaign_id: str
+                            ) -> dict[int, dict[str, Any]]:
+    """Each partition's progress record of a campaign of the bench account (the read
+    model's ``<prefix>campaign:<account>:<id>`` hash, :mod:`tables.readmodel`)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        raw = await client.hgetall(f"{prefix}campaign:{ACCOUNT}:{campaign_id}")
+        return {int(k): orjson.loads(v) for k, v in raw.items()}
     finally:
         await client.aclose()
 

@@ -21,6 +21,11 @@
 ``idle``
     CPU of broker, worker and Redis with nothing to do, per consumer fetch wait, with the
     workflow latency each fetch wait gives.
+``campaign``
+    a content SMS campaign's fan-out over ``--campaign-contacts`` contacts ingested first
+    (not timed): from the occurrence's instant to the last send command, against the goal
+    of 50,000 contacts/s per worker; then a campaign for a tenth of them (a group), which
+    scans as many contacts for a tenth of the sends. ``--workers N`` as for ingest.
 
 :func:`contacts` (``--contacts N``) is not a path but a mode: worker memory with N contacts
 of realistic state.
@@ -33,21 +38,26 @@ import contextlib
 import dataclasses
 import importlib.util
 import multiprocessing
+import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bench.harness import (
+    ACCOUNT,
     ONBOARDING,
     POLICY,
     VIP,
     WORKFLOW,
     Bench,
     BenchWorker,
+    CampaignResult,
     Config,
     IdleResult,
     MemoryResult,
@@ -55,6 +65,8 @@ from bench.harness import (
     Result,
     Spy,
     all_alive,
+    campaign_contacts,
+    campaign_progress,
     count_records,
     cpu_seconds,
     crc32_partition,
@@ -65,6 +77,8 @@ from bench.harness import (
     end_offsets,
     expected_versions,
     latency_note,
+    log_sizes,
+    log_warnings,
     measure_latency,
     murmur2_partition,
     prepare,
@@ -72,8 +86,10 @@ from bench.harness import (
     pyspy_binary,
     read_model_contacts,
     read_topic,
+    read_upto,
     realistic_contacts,
     redis_used_memory,
+    set_clock,
     stamp_in_event,
     stamp_in_send,
     stamp_in_state,
@@ -585,10 +601,237 @@ async def idle(bench: Bench) -> None:
                 await asyncio.to_thread(server.stop)
 
 
+# --------------------------------------------------------------------------- campaign
+
+#: The campaign path's occurrences, one after the other on the same contacts and workers:
+#: (label, campaign id, audience, every how many contacts is in it).
+CAMPAIGN_VARIANTS: tuple[tuple[str, str, dict[str, Any], int], ...] = (
+    ("everyone", "bench-all", {}, 1),
+    ("customers (10%)", "bench-customers", {"groups": ["customers"]}, 10),
+)
+#: Seconds from moving the workers' clock to the occurrence's instant.
+CAMPAIGN_LEAD = 2.0
+#: What a worker started with a clock offset file prints (expected here).
+CLOCK_WARNING = "test clock shifted"
+#: A partition's occurrence is over in these states (agents/campaigns.py ``_close``).
+_ENDED = frozenset({"completed", "failed", "cancelled", "deactivated", "superseded",
+                    "skipped"})
+
+
+def _local_minute(at: datetime) -> str:
+    return at.strftime("%Y-%m-%dT%H:%M")
+
+
+def _campaign_definition(campaign_id: str, audience: dict[str, Any],
+                         at: datetime) -> dict[str, Any]:
+    return {"kind": "campaign", "id": campaign_id, "account": ACCOUNT, "name": campaign_id,
+            "version": 1, "content": {"channel": "sms",
+                                      "body": "Hi {{contact.first_name|there}}: 20% off today"},
+            "audience": audience,
+            "schedule": {"type": "once", "at": _local_minute(at), "timezone": "UTC"}}
+
+
+def _wall(t: float) -> str:
+    """A real instant as the workers' logs print it (local time, milliseconds)."""
+    return datetime.fromtimestamp(t).astimezone().strftime("%H:%M:%S.%f")[:-3]
+
+
+def _cpu(pids: dict[str, list[int]]) -> dict[str, float | None]:
+    """CPU seconds so far of each group of processes (None if one is gone)."""
+    out: dict[str, float | None] = {}
+    for name, group in pids.items():
+        times = [cpu_seconds(pid) for pid in group]
+        out[name] = None if not group or None in times else sum(t or 0.0 for t in times)
+    return out
+
+
+def _entries(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A partition's progress record's occurrences: ``history`` and those in progress
+    (``running``, by occurrence; formerly one ``current``)."""
+    running = record.get("running") or {}
+    current = record.get("current")
+    return [*record.get("history", []), *running.values(), *([current] if current else [])]
+
+
+async def _occurrence_over(cfg: Config, prefix: str, campaign_id: str, occurrence: str,
+                           deadline: float, alive: Callable[[], None],
+                           ) -> list[dict[str, Any]]:
+    """Wait until every partition's progress shows the occurrence ended (Redis polled,
+    which takes no CPU from the workers to speak of); the partitions' entries for it."""
+    entries: list[dict[str, Any]] = []
+    while True:
+        alive()
+        progress = await campaign_progress(cfg.redis_url, prefix, campaign_id)
+        entries = [e for record in progress.values() for e in _entries(record)
+                   if e["id"] == occurrence]
+        if (len(progress) == cfg.partitions and len(entries) == cfg.partitions
+                and all(e["status"] in _ENDED for e in entries)):
+            return entries
+        if time.monotonic() > deadline:
+            return entries
+        await asyncio.sleep(0.25)
+
+
+async def _fire(bench: Bench, workers: Sequence[BenchWorker], prefix: str, clock: Path,
+                label: str, campaign_id: str, at: datetime, every: int) -> CampaignResult:
+    """Move the workers' clock so that the occurrence ``at`` falls ``CAMPAIGN_LEAD`` s
+    from now; wait until every partition finished it; measure from its send commands.
+    With ``--pyspy`` the first worker's fan-out to everyone is recorded from the instant."""
+    cfg = bench.cfg
+    n = cfg.campaign_contacts
+    result = CampaignResult(label, len(workers), n, len(range(0, n, every)),
+                            end="last" if every == 1 else "complete")
+    bench.campaigns.append(result)
+    sms_tps = tps_of(f"{prefix}send.sms", cfg.partitions)
+    start = await end_offsets(cfg, sms_tps)
+    marks = log_sizes(workers)
+    pids = {"workers": [w.pid for w in workers],
+            "broker": [bench.broker_pid] if bench.broker_pid else []}
+    alive = all_alive(workers)
+    occurrence = _local_minute(at)
+    spy = _spy(bench, f"campaign {label} {len(workers)}w") if every == 1 else None
+    cpu_before = _cpu(pids)
+    fire = set_clock(clock, at, CAMPAIGN_LEAD)
+    print(f"... campaign {label}, {len(workers)} worker(s): instant "
+          f"{_wall(fire)}", file=sys.stderr, flush=True)
+    recording = None
+    if spy is not None:
+        async def profile_from_instant(spy: Spy = spy) -> None:
+            await asyncio.sleep(max(0.0, fire - time.time()))
+            await spy.start(workers[0].pid)
+
+        recording = asyncio.create_task(profile_from_instant())
+    offset = at.timestamp() - fire  # the worker clock minus the real clock
+    deadline = time.monotonic() + CAMPAIGN_LEAD + cfg.timeout
+    try:
+        entries = await _occurrence_over(cfg, prefix, campaign_id, occurrence, deadline,
+                                         alive)
+        window = time.time() - fire
+        cpu_after = _cpu(pids)
+        for name in pids:
+            a, b = cpu_before[name], cpu_after[name]
+            result.cpu[name] = None if a is None or b is None else (b - a) / window * 100
+    finally:
+        if recording is not None and spy is not None:
+            await recording
+            await spy.finish()
+            _keep_profile(bench, spy)
+    records = await read_upto(cfg, await end_offsets(cfg, sms_tps),
+                              max(60.0, deadline - time.monotonic()), start=start)
+
+    mine = f"campaign:{campaign_id}"
+    stamps: list[int] = []
+    ids: list[str] = []
+    foreign = 0
+    for record in records:
+        command = orjson.loads(record.value)
+        if (command.get("origin") or {}).get("workflow_id") != mine:
+            foreign += 1
+            continue
+        stamps.append(record.timestamp)
+        ids.append(command["contact_id"])
+    result.sends, result.distinct = len(ids), len(set(ids))
+    if stamps:
+        result.first_s = min(stamps) / 1000 - fire
+        result.last_s = max(stamps) / 1000 - fire
+    ended = [datetime.fromisoformat(e["ended_at"]).timestamp() - offset
+             for e in entries if e.get("ended_at")]
+    began = [datetime.fromisoformat(e["started_at"]).timestamp() - offset
+             for e in entries if e.get("started_at")]
+    statuses = Counter(e["status"] for e in entries)
+    if len(ended) == cfg.partitions:
+        result.complete_s = max(ended) - fire
+
+    wanted = {f"{cfg.run_id}-k{i}" for i in range(0, n, every)}
+    seen = set(ids)
+    missing, extra = len(wanted - seen), len(seen - wanted)
+    counters = Counter[str]()
+    for e in entries:
+        for name in ("sent", "deferred", "capped", "suppressed", "dropped"):
+            counters[name] += int(e.get(name) or 0)
+    result.notes.append(
+        f"checks: {result.sends} send commands for {result.audience} contacts in the "
+        f"audience ({result.distinct} distinct; {missing} in the audience without one, "
+        f"{extra} outside it with one); {foreign} other send commands; partitions: "
+        f"{dict(statuses)} of {cfg.partitions}; progress counters {dict(counters)}")
+    if began:
+        result.notes.append(
+            f"instant {_wall(fire)}; the partitions started {min(began) - fire:+.2f} .. "
+            f"{max(began) - fire:+.2f} s after it (the scheduler ticks every "
+            "DRIPSTREAM_TIMER_INTERVAL_S, 1 s), completed "
+            + (f"{min(ended) - fire:+.2f} .. {max(ended) - fire:+.2f} s" if ended else "-"))
+    if kinds := {r.timestamp_type for r in records} - {0}:
+        result.notes.append(f"send command timestamp types {sorted(kinds)} (0 = CreateTime)")
+    count, lines = log_warnings(workers, marks)
+    if count:
+        result.notes.append(f"worker logs from the instant on: {count} warning-or-worse "
+                            "lines; " + "; ".join(lines[:4]))
+    if not (result.sends == result.distinct == result.audience and not missing and not extra
+            and len(entries) == cfg.partitions and set(statuses) == {"completed"}):
+        bench.failures.append(
+            f"campaign {label}, {len(workers)} worker(s): {result.sends} sends to "
+            f"{result.distinct} distinct contacts, want {result.audience} each ({missing} "
+            f"missing, {extra} outside the audience); partitions {dict(statuses)} of "
+            f"{cfg.partitions}")
+    return result
+
+
+async def _campaign_run(bench: Bench, n_workers: int) -> None:
+    """``n_workers`` workers (a stable group first), the contacts ingested and applied,
+    then each of :data:`CAMPAIGN_VARIANTS` fired in turn."""
+    cfg = bench.cfg
+    n = cfg.campaign_contacts
+    # Far ahead: the real clock never reaches them; the workers' clock is moved there.
+    first = (datetime.now(UTC) + timedelta(hours=1)).replace(second=0, microsecond=0)
+    ats = [first + timedelta(hours=k) for k in range(len(CAMPAIGN_VARIANTS))]
+    definitions = [POLICY] + [_campaign_definition(cid, audience, at) for (_, cid, audience, _),
+                              at in zip(CAMPAIGN_VARIANTS, ats, strict=True)]
+    s = await prepare(cfg, cfg.prefix(f"campaign{n_workers}w"), definitions)
+    clock = cfg.workdir / f"clock-campaign{n_workers}w"
+    clock.write_text("0")
+    events = list(campaign_contacts(cfg.run_id, n))
+    expected = expected_versions(events)
+    changelog = f"{s.group_id}-contacts-changelog"
+    deadline = time.monotonic() + cfg.timeout + len(events) / 300
+    workers = await start_group(cfg, s.topic_prefix, n_workers, deadline,
+                                env={"DRIPSTREAM_CLOCK_OFFSET_FILE": str(clock)})
+    try:
+        alive = all_alive(workers)
+        parts = await wait_for_topic(cfg.bootstrap, changelog, deadline, alive)
+        await produce_all(cfg.bootstrap, topic_name(s, "contact-events"), events)
+        probe = Result("campaign ingest")
+        watch = await drain_versions(cfg, workers, tps_of(changelog, parts), expected,
+                                     deadline, probe)
+        if not watch.complete:
+            raise TimeoutError(f"ingest: {len(watch.reached)}/{n} contacts applied by the "
+                               "deadline")
+        await asyncio.sleep(2)  # the last read-model writes and commits
+        # Start-up and ingest: what the workers logged before the first instant.
+        count, lines = log_warnings(workers, ignore=CLOCK_WARNING)
+        results = [await _fire(bench, workers, s.topic_prefix, clock, label, cid, at, every)
+                   for (label, cid, _, every), at in zip(CAMPAIGN_VARIANTS, ats, strict=True)]
+        dead = await count_records(cfg, topic_name(s, "dead-letter"))
+        results[0].notes.append(
+            f"ingest (not timed): {len(events)} events for {n} contacts, "
+            f"{probe.events_per_s or 0:,.0f} events/s; {dead} dead-lettered in the run; "
+            f"worker logs up to the first instant (start-up, ingest): {count} "
+            "warning-or-worse lines" + ("; " + "; ".join(lines[:4]) if lines else ""))
+    finally:
+        await stop_all(workers)
+
+
+async def campaign(bench: Bench) -> None:
+    """A content SMS campaign's fan-out with one worker, then ``--workers`` N."""
+    await _campaign_run(bench, 1)
+    if bench.cfg.workers > 1:
+        await _campaign_run(bench, bench.cfg.workers)
+
+
 PATHS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "raw": raw, "ingest": ingest, "routed": routed, "rocksdb": rocksdb,
-    "workflow": workflow, "idle": idle,
+    "workflow": workflow, "idle": idle, "campaign": campaign,
 }
-#: What ``make bench`` runs (``idle`` takes minutes of mostly waiting: ask for it).
+#: What ``make bench`` runs (``idle`` takes minutes of mostly waiting, ``campaign`` ingests
+#: 100k contacts per worker count first: ask for them).
 DEFAULT_PATHS = ("raw", "ingest", "routed", "rocksdb", "workflow")
 

@@ -6,7 +6,15 @@ import os
 import platform
 from importlib import metadata
 
-from bench.harness import Bench, Latency, MemoryResult, Profile, percentile
+from bench.harness import (
+    CAMPAIGN_GOAL_PER_WORKER,
+    Bench,
+    CampaignResult,
+    Latency,
+    MemoryResult,
+    Profile,
+    percentile,
+)
 
 __all__ = ["report"]
 
@@ -174,6 +182,69 @@ def _idle(bench: Bench) -> list[str]:
     return lines
 
 
+def _campaign_row(c: CampaignResult) -> str:
+    per_worker = c.per_worker
+    goal = None if per_worker is None else per_worker / CAMPAIGN_GOAL_PER_WORKER
+    cpu_workers, cpu_broker = c.cpu.get("workers"), c.cpu.get("broker")
+    return (f"{c.label:<16} {c.workers:>7} {c.audience:>9,} {c.sends:>9,} "
+            f"{_fmt(c.first_s, '.2f', ' s'):>9} {_fmt(c.last_s, '.2f', ' s'):>10} "
+            f"{_fmt(c.complete_s, '.2f', ' s'):>9} {_fmt(c.contacts_per_s, ',.0f'):>10} "
+            f"{_fmt(per_worker, ',.0f'):>10} "
+            f"{_fmt(goal, '.3f'):>9} {_fmt(cpu_workers, '.0f', ' %'):>8} "
+            f"{_fmt(cpu_broker, '.0f', ' %'):>7}")
+
+
+def _campaign_comparisons(bench: Bench) -> list[str]:
+    lines: list[str] = []
+    by = {(c.label, c.workers): c for c in bench.campaigns}
+    for c in bench.campaigns:
+        base = by.get((c.label, 1))
+        if c.workers > 1 and base and base.contacts_per_s and c.contacts_per_s:
+            lines.append(f"campaign {c.label}, {c.workers} workers / 1 worker: "
+                         f"{c.contacts_per_s / base.contacts_per_s:.2f}x "
+                         f"({base.contacts_per_s:,.0f} -> {c.contacts_per_s:,.0f} contacts/s)")
+    labels = list(dict.fromkeys(c.label for c in bench.campaigns))
+    if len(labels) < 2:
+        return lines
+    for workers in sorted({c.workers for c in bench.campaigns}):
+        full, part = by.get((labels[0], workers)), by.get((labels[1], workers))
+        if not (full and part and full.complete_s and part.complete_s
+                and full.audience > part.audience):
+            continue
+        # full: n x (scan + send); part: n x scan + m x send (times to completion).
+        send = (full.complete_s - part.complete_s) / (full.audience - part.audience)
+        scan = full.complete_s / full.contacts - send
+        lines.append(
+            f"campaign, {workers} worker(s): {labels[1]} completes in {part.complete_s:.2f} s "
+            f"against {full.complete_s:.2f} s for {labels[0]}: per contact ~{scan * 1e6:,.1f} "
+            f"us to scan (not in the audience) + ~{send * 1e6:,.1f} us to send (both from "
+            "fire to completion, start-up included)")
+    return lines
+
+
+def _campaigns(bench: Bench) -> list[str]:
+    if not bench.campaigns:
+        return []
+    n = bench.campaigns[0].contacts
+    goal = f"{CAMPAIGN_GOAL_PER_WORKER:,}"
+    lines = ["", f"campaign fan-out: {n:,} contacts of one account (phone, SMS consent, a zone; "
+                 "one in ten in group customers), ingested first (not timed); one content SMS "
+                 "campaign, schedule once, fired by moving the workers' clock "
+                 "(DRIPSTREAM_CLOCK_OFFSET_FILE) onto its minute; times from that instant "
+                 "to the send commands' broker timestamps",
+             f"{'audience':<16} {'workers':>7} {'in aud.':>9} {'sends':>9} {'start-up':>9} "
+             f"{'last send':>10} {'complete':>9} {'contacts/s':>10} {'per worker':>10} "
+             f"{'vs goal':>9} {'wrk CPU':>8} {'broker':>7}"]
+    lines += [_campaign_row(c) for c in bench.campaigns]
+    lines.append(f"(start-up: instant -> first send; last send: instant -> last send; "
+                 "complete: instant -> the last partition's progress completed; contacts/s = "
+                 "contacts scanned / last send (everyone) or / complete (a narrower audience); "
+                 f"vs goal: per worker / {goal} contacts/s per worker; CPU: % of one core, "
+                 "instant -> completion seen, all workers summed)")
+    lines += _campaign_comparisons(bench)
+    return lines
+
+
 def _profile(p: Profile) -> list[str]:
     if not p.samples:
         return ["", f"py-spy: {p.path}: no busy samples ({p.idle} idle); {p.file}"]
@@ -193,6 +264,7 @@ def _notes(bench: Bench) -> list[str]:
     notes: list[tuple[str, str]] = [(r.path, n) for r in bench.results for n in r.notes]
     notes += [(f"contacts {m.store}", n) for m in bench.memory for n in m.notes]
     notes += [(f"idle {r.label}", n) for r in bench.idle for n in r.notes]
+    notes += [(f"campaign {c.label}, {c.workers}w", n) for c in bench.campaigns for n in c.notes]
     notes += [("bench", n) for n in bench.notes]
     lines = [f"note      {path}: {text}" for path, text in notes]
     for failure in bench.failures:
@@ -206,6 +278,7 @@ def report(bench: Bench) -> str:
     lines += _workflow_rates(bench)
     lines += _memory(bench)
     lines += _idle(bench)
+    lines += _campaigns(bench)
     for p in bench.profiles:
         lines += _profile(p)
     lines += _notes(bench)
