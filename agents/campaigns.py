@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -110,6 +110,9 @@ class Slice:
     aborted: bool = False
     counts: Counter[str] = field(default_factory=Counter)
     later: list[datetime] = field(default_factory=list)
+    #: Set once the agent has run the deliveries (the fields above are final), and once
+    #: their effects and states are durable.
+    computed: asyncio.Event = field(default_factory=asyncio.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def record(self, key: str) -> SliceRecord:
@@ -270,9 +273,11 @@ class Scheduler:
         return work
 
     # -- the fan-out ---------------------------------------------------------------------
-    async def submit(self, work: Slice) -> Slice:
+    async def submit(self, work: Slice, *, durable: bool = True) -> Slice:
+        """Hand ``work`` to the contact agent; return once it has run it (``durable``:
+        once its effects and states are written, too)."""
         await self.w.batches.put(work)  # type: ignore[arg-type]  # the agent runs it
-        await work.done.wait()
+        await (work.done if durable else work.computed).wait()
         return work
 
     async def write(self, partition: int, progress: dict[str, Any],
@@ -322,6 +327,9 @@ class Scheduler:
         throttle = (Throttle(rate, partition, w.settings.partitions, anchor.timestamp())
                     if rate else None)
         pending_audit = list(audit or [])
+        # The next slices are computed while the ones before are being written (the
+        # agent overlaps batches the same way, and bounds how many are unfinished).
+        unfinished: deque[Slice] = deque()
         while True:
             keys = [k for k, _ in w.store.items({partition}, f"{account}:")]
             position, later = 0, []
@@ -337,7 +345,11 @@ class Scheduler:
                         continue
                 work = await self.submit(Slice(
                     partition, key, progress, w.app.consumer_generation_id, occurrence,
-                    delivery, keys[position:position + SLICE_MAX], budget, pending_audit))
+                    delivery, keys[position:position + SLICE_MAX], budget, pending_audit),
+                    durable=False)
+                unfinished.append(work)
+                if len(unfinished) > 2:
+                    await unfinished.popleft().done.wait()
                 pending_audit = []
                 if work.aborted:
                     return  # the partition moved: its new owner goes on from the progress
@@ -347,6 +359,8 @@ class Scheduler:
                     throttle.use(sum(work.counts[c] for c in _PACED))
                 if position >= len(keys):
                     break
+            while unfinished:
+                await unfinished.popleft().done.wait()
             now = w.clock.now()
             if not later:
                 entry["remaining"] = 0

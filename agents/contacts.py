@@ -53,8 +53,7 @@ from tables.contacts import (
     MAX_STATE_BYTES,
     ContactState,
     contact_key,
-    encode,
-    size,
+    encode_json,
     split_key,
 )
 from tables.effects import Effects, Outcome, audit_record
@@ -112,6 +111,8 @@ class Cycle:
         #: The contacts the batch changed (their latest state is in ``states``), and
         #: their states encoded by :meth:`seal` for step 3.
         self.changed: set[str] = set()
+        #: Each changed contact's latest state as JSON (made once, to check its size).
+        self.json: dict[str, bytes] = {}
         self.encoded: dict[str, bytes] = {}
         #: Duplicates: contacts whose read model is refreshed though nothing changed.
         self.reproject: set[str] = set()
@@ -159,7 +160,8 @@ class Cycle:
         stored = before["revision"] if before is not None else 0
         new["revision"] = stored if key in self.changed else stored + 1
         limit = MAX_STATE_BYTES if event else HARD_STATE_BYTES
-        if (grown := size(new)) > limit:
+        data = orjson.dumps(new)  # the size the limits count, and what seal compresses
+        if (grown := len(data)) > limit:
             reason = Rejected("limit_exceeded", f"the contact's state would be {grown} "
                               f"bytes, over the limit of {limit}")
             if event:
@@ -170,6 +172,7 @@ class Cycle:
                                              detail=reason.detail, topic=message.topic))
             return
         self.states[key] = new
+        self.json[key] = data
         self.changed.add(key)
         self.rearm.add(key)
         self.effects(outcome.effects, new["contact_id"])
@@ -302,9 +305,12 @@ class Cycle:
     def seal(self) -> None:
         """Encode each changed contact's final state, once."""
         for key in self.changed:
-            state = self.states[key]
-            assert state is not None
-            self.encoded[key] = encode(state)
+            data = self.json.get(key)
+            if data is None:
+                state = self.states[key]
+                assert state is not None
+                data = orjson.dumps(state)
+            self.encoded[key] = encode_json(data)
 
     # -- the durable part ----------------------------------------------------------
     async def finish(self) -> None:
@@ -444,6 +450,7 @@ async def compute_slice(worker: Worker, work: Slice, previous: Cycle | None = No
     if not owned:
         work.aborted = True
         cycle.seal()
+        work.computed.set()
         return cycle
     delivery, now = work.delivery, cycle.now
     verdicts: list[Any] = []
@@ -472,6 +479,7 @@ async def compute_slice(worker: Worker, work: Slice, previous: Cycle | None = No
     cycle.states[work.progress_key] = orjson.loads(orjson.dumps(work.progress))
     cycle.changed.add(work.progress_key)
     cycle.seal()
+    work.computed.set()
     return cycle
 
 

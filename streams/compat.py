@@ -351,9 +351,19 @@ class StoreAccess:
         """Record the newest changelog offset written (RocksDB recovers from there)."""
         self._store.set_persisted_offset(tp, offset)
 
+    def known_partition(self, key: bytes) -> int | None:
+        """The partition a stored key was written to or recovered from, if known (the
+        stores keep it: memory for every key, RocksDB for recent ones)."""
+        store = self._store
+        index = store._key_index if self.rocksdb else store._key_partition
+        found: int | None = index.get(key)
+        return found
+
     def items(self, partitions: set[int]) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) stored for ``partitions`` (memory: all partitions; callers
-        filter by the key's partition)."""
+        """Every (key, value) stored for ``partitions``. The memory store is one dict for
+        all partitions: its key → partition map (which Faust keeps to drop a revoked
+        partition's keys) says which are ``partitions``'; taken as a list first, so the
+        store may change while the caller goes through them."""
         store = self._store
         if self.rocksdb:
             for partition in sorted(partitions):
@@ -362,5 +372,7 @@ class StoreAccess:
                 # Faust keeps the partition's persisted changelog offset in the same db.
                 yield from ((k, v) for k, v in iterator if k != store.offset_key)
         else:
-            yield from list(store.data.items())
+            data = store.data
+            keys = [k for k, p in store._key_partition.items() if p in partitions]
+            yield from [(k, v) for k in keys if (v := data.get(k)) is not None]
 

@@ -26,6 +26,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -136,6 +137,11 @@ class Verdict:
     at: datetime | None = None
 
 
+@lru_cache(maxsize=16)
+def _iso(t: datetime) -> str:
+    return t.isoformat()
+
+
 def campaign_event(
     contact: Mapping[str, Any], campaign_id: str, occurrence: str, event_type: str,
     now: datetime,
@@ -145,7 +151,7 @@ def campaign_event(
     seed = "\x1f".join((contact["account"], campaign_id, occurrence, contact["contact_id"],
                         event_type))
     return {"id": "cmp-" + hashlib.sha256(seed.encode()).hexdigest()[:28],
-            "type": event_type, "time": now.isoformat(), "account": contact["account"],
+            "type": event_type, "time": _iso(now), "account": contact["account"],
             "causationdepth": 0, "data": {"campaign_id": campaign_id, "run_id": occurrence}}
 
 
@@ -210,17 +216,33 @@ def _reach(
     started = campaign_event(contact, cid, occurrence, "campaign.started", now)
     fx, how = executions.enrol(contact, workflow, started, now, 0, rules, scheduled)
     verdict = _tally(fx, how, campaign["content"] is not None)
-    happened = [started]
-    if verdict not in ("deferred", "enrolled", "not_enrolled"):
-        happened.append(campaign_event(contact, cid, occurrence, "campaign.completed", now))
-    definitions = ctx.definitions
-    for event in happened:
-        fx += executions.on_event(contact, event, definitions.active(account),
-                                  definitions.lookup, now, ctx.max_depth, rules)
-    if campaign["delivery"]["publish_events"] and verdict in (
-            "sent", "deferred", "enrolled"):
-        fx.events += [_published(contact, event, now) for event in happened]
+    publish = campaign["delivery"]["publish_events"] and verdict in (
+        "sent", "deferred", "enrolled")
+    active = ctx.definitions.active(account)
+    react = _reacts(contact, active)
+    if react or publish:
+        happened = [started]
+        if verdict not in ("deferred", "enrolled", "not_enrolled"):
+            happened.append(campaign_event(contact, cid, occurrence, "campaign.completed",
+                                           now))
+        for event in happened if react else ():
+            fx += executions.on_event(contact, event, active, ctx.definitions.lookup, now,
+                                      ctx.max_depth, rules)
+        if publish:
+            fx.events += [_published(contact, event, now) for event in happened]
+    executions.finish(contact)
     return fx, verdict
+
+
+def _reacts(contact: ContactState, active: list[dict[str, Any]]) -> bool:
+    """Could a campaign event change anything for the contact: an active workflow of the
+    account that starts on one, or an execution of a workflow that might wait for one or
+    have it as a goal (not a content campaign's own)? Most contacts of a big campaign have
+    neither, and skip the work."""
+    if any(wf["trigger"]["event"].startswith("campaign.") for wf in active):
+        return True
+    return any(ex["status"] in executions.ACTIVE and not ex["workflow_id"].startswith(
+        CAMPAIGN_WORKFLOW) for ex in contact["executions"].values())
 
 
 def enrol_joiners(

@@ -58,6 +58,7 @@ __all__ = [
     "copy_state",
     "decode",
     "encode",
+    "encode_json",
     "peek_next_due",
     "public_view",
     "size",
@@ -227,6 +228,11 @@ _UNPACK = zstandard.ZstdDecompressor(dict_data=_DICT)
 
 def encode(state: ContactState) -> bytes:
     return _V1 + _PACK.compress(orjson.dumps(state))
+
+
+def encode_json(data: bytes) -> bytes:
+    """:func:`encode` of a state already serialized (``orjson.dumps(state)``)."""
+    return _V1 + _PACK.compress(data)
 
 
 def decode(value: bytes) -> ContactState:

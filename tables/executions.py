@@ -14,7 +14,6 @@ it); a control command repeated finds the execution already paused/resumed/cance
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from datetime import time as dtime
@@ -71,17 +70,32 @@ Ended = Literal["completed", "cancelled", "failed"]
 Lookup = Callable[[str, str, int], dict[str, Any] | None]
 
 
+@lru_cache(maxsize=1024)
+def _parts(template: str) -> tuple[str | tuple[str, str], ...]:
+    """A template as text and ``(path, default)`` parts, parsed once per template."""
+    parts: list[str | tuple[str, str]] = []
+    at = 0
+    for match in TEMPLATE.finditer(template):
+        parts += [template[at:match.start()], (match.group(1), match.group(2) or "")]
+        at = match.end()
+    parts.append(template[at:])
+    return tuple(parts)
+
+
 def render(template: str, contact: Any, event: dict[str, Any]) -> str:
     """Fill ``{{contact.first_name}}`` / ``{{event.data.order_id | your order}}``."""
-
-    def one(match: re.Match[str]) -> str:
-        path, default = match.group(1), match.group(2) or ""
+    out = []
+    for part in _parts(template):
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        path, default = part
         value = resolve(path, event, contact)
         if value is MISSING or value is None or isinstance(value, dict | list):
-            return default
-        return str(value) or default
-
-    return TEMPLATE.sub(one, template)
+            out.append(default)
+        else:
+            out.append(str(value) or default)
+    return "".join(out)
 
 
 @lru_cache(maxsize=64)

@@ -68,10 +68,17 @@ class ContactStore:
         (a campaign's progress there: agents/campaigns.py)."""
         if key[0] == "~":
             return int(key[1:key.index(":")])
-        return partition_for(split_key(key)[1], self.partitions)
+        known = self._access.known_partition(key.encode())
+        return known if known is not None else partition_for(split_key(key)[1],
+                                                             self.partitions)
 
     def get_raw(self, key: str) -> bytes | None:
-        return self._access.get(self.partition(key), key.encode())
+        access = self._access
+        raw_key = key.encode()
+        if not access.rocksdb:  # one dict for all partitions
+            return access.get(0, raw_key)
+        known = access.known_partition(raw_key)
+        return access.get(self.partition(key) if known is None else known, raw_key)
 
     def get(self, key: str) -> ContactState | None:
         raw = self.get_raw(key)
@@ -102,10 +109,8 @@ class ContactStore:
 
     def items(self, partitions: set[int], prefix: str = "") -> Iterator[tuple[str, bytes]]:
         """(key, encoded state) of every contact stored for ``partitions`` whose key starts
-        with ``prefix`` (an account's: ``"acme:"``), checked before the partition."""
+        with ``prefix`` (an account's: ``"acme:"``)."""
         raw_prefix = prefix.encode()
         for raw_key, value in self._access.items(partitions):
             if raw_key.startswith(raw_prefix):
-                key = raw_key.decode()
-                if self.partition(key) in partitions:
-                    yield key, value
+                yield raw_key.decode(), value
