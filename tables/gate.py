@@ -1,7 +1,7 @@
 """The send gate: the one decision every send passes before it leaves.
 
 Pure: a :class:`Decision` from (send command, contact state, account policy, suppression,
-``now``). Workflows use it, keyword replies use it, campaigns will. Every send that does
+``now``). Workflows, keyword replies and campaigns use it. Every send that does
 not go out now — dropped or deferred — goes on ``<prefix>audit`` with its reason; nothing is
 dropped silently. Checks, in order:
 
