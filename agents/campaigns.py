@@ -387,6 +387,12 @@ def _seconds(duration: str) -> float:
 def install(worker: Worker) -> Scheduler:
     scheduler = Scheduler(worker)
 
+    @worker.app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def stop_fanouts(app: Any, **kwargs: Any) -> None:
+        """No new slices once the worker stops (the stored progress says where to go on)."""
+        for task in scheduler.tasks.values():
+            task.cancel()
+
     @worker.app.timer(interval=worker.settings.timer_interval_s)  # type: ignore[untyped-decorator]
     async def schedule_campaigns() -> None:
         await scheduler.tick()

@@ -444,7 +444,8 @@ async def compute_slice(worker: Worker, work: Slice, previous: Cycle | None = No
     app = worker.app
     cycle = Cycle(worker, worker.clock.now(), previous)
     cycle.slice = work
-    owned = (not app.rebalancing and work.generation == app.consumer_generation_id
+    owned = (not worker.stopping and not app.rebalancing
+             and work.generation == app.consumer_generation_id
              and any(tp.topic == worker.names.events and tp.partition == work.partition
                      for tp in app.assignor.assigned_actives()))
     if not owned:
@@ -490,6 +491,18 @@ def install(worker: Worker) -> None:
                        key_type=bytes, value_type=bytes, partitions=settings.partitions)
     app.deliver_batches(worker.batches)
     busy_until = [0.0]  # the agent is busy, or was until this monotonic time
+    unfinished: deque[tuple[Cycle, asyncio.Task[None]]] = deque()
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def finish_in_flight(app: Any, **kwargs: Any) -> None:
+        """On a clean stop, let the batches already computed finish before the producer
+        closes. Faust waits for its input records to be acked first, but campaign slices
+        have none (a slice cut off is redone after the restart; this only spares the
+        restart its work and the log its 'broker error')."""
+        worker.stopping = True  # no new slices: their writes would outlive the producer
+        pending = [task for _, task in unfinished if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=10.0)
 
     @app.agent(inputs, name="contacts")
     async def contact_agent(stream: Any) -> None:
@@ -500,7 +513,7 @@ def install(worker: Worker) -> None:
         # Batches overlap: while the ones before wait for the broker and Redis, the next
         # is computed against their states (Cycle.state), and its effects may leave once
         # theirs are queued (Cycle.finish). At most IN_FLIGHT batches are unfinished.
-        in_flight: deque[tuple[Cycle, asyncio.Task[None]]] = deque()
+        in_flight = unfinished
         async for batch in worker.batches:
             busy_until[0] = float("inf")
             while in_flight and in_flight[0][0].done.is_set():

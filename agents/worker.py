@@ -100,6 +100,9 @@ class Worker:
     due_index: DueIndex = field(default_factory=lambda: DueIndex())
     #: Tests only (DRIPSTREAM_FAULT): batches that reached each fault point.
     faults: dict[str, int] = field(default_factory=dict)
+    #: Set when a clean stop begins: campaign slices are no longer run (their progress
+    #: is stored; the next owner goes on from it).
+    stopping: bool = False
 
     def context(self) -> Context:
         return Context(self.registry, self.suppressions.reason,

@@ -223,7 +223,14 @@ async def send_batches(
     producer; returns a coroutine function that waits for the broker to acknowledge them
     all and gives the last offset written per (topic, partition). One future per batch
     instead of one per record: about a quarter of ``send``'s cost per record. Faust's
-    producer does not expose batches."""
+    producer does not expose batches. Nothing to send touches no producer (one that has
+    stopped, say)."""
+    records = list(records)
+    if not records:
+        async def nothing() -> dict[tuple[str, int], int]:
+            return {}
+
+        return nothing
     producer = cast(Any, app.producer)._ensure_producer()
     open_: dict[tuple[str, int], Any] = {}
     counts: dict[tuple[str, int], int] = defaultdict(int)

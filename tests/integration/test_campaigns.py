@@ -379,3 +379,36 @@ async def test_daily_local_time_occurrences_overlap(stack: Stack) -> None:
     assert [p for _, p in sorted(order)] == ["kiri", "kiri", "pago", "pago"]
     assert Counter(c["contact_id"] for c in sms(await stack.read_all("send.sms"))) == {
         "kiri": 2, "pago": 2}
+
+
+async def test_a_clean_stop_mid_fanout_exits_0_and_the_next_worker_goes_on(
+        stack: Stack) -> None:
+    """SIGTERM while a campaign is being sent: the worker stops cleanly (exit 0, no fatal
+    error), and the next one finishes the occurrence — everyone once."""
+    n = 3000
+    start = stack.now()
+    at = start + timedelta(minutes=10)
+    await stack.define(campaign(schedule={"type": "once", "at": local(at), "timezone": "UTC"},
+                                audience={}))
+    worker = stack.start_worker()
+    producer, topic = stack.publisher._producer, stack.topic("contact-events")
+    pending = [await producer.send(topic, orjson.dumps(build_event(
+        "acme", f"c{i:04d}", "contact.created", {"phone": "+14155550123",
+                                                  "consent": {"sms": True}},
+        event_id=f"c{i}")), f"c{i:04d}".encode()) for i in range(n)]
+    await asyncio.gather(*pending)
+
+    async def ingested() -> bool:
+        return int(await stack.redis.scard(f"{stack.settings.topic_prefix}contacts:acme")) == n
+
+    await eventually(ingested, what="the contacts")
+    stack.set_time(at)
+    await eventually(lambda: _count_at_least(stack, 200), what="the first sends")
+    assert worker.kill(signal.SIGTERM, timeout=30) == 0
+    assert "CRITICAL" not in stack.worker_log(0)
+    assert len(await stack.read_all("send.sms")) < n  # stopped mid-way
+    stack.start_worker()
+    await completed_everywhere(stack, "spring", local(at))
+    sent = sms(await stack.read_all("send.sms"))
+    assert len({c["contact_id"] for c in sent}) == n
+    assert len({c["message_id"] for c in sent}) == n  # repeats only with the same id
