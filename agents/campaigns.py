@@ -109,7 +109,9 @@ class Slice:
     consumed: int = 0
     aborted: bool = False
     counts: Counter[str] = field(default_factory=Counter)
-    later: list[datetime] = field(default_factory=list)
+    #: Contacts whose local time has still to come, and the earliest of those times.
+    later: int = 0
+    next_wave: datetime | None = None
     #: Set once the agent has run the deliveries (the fields above are final), and once
     #: their effects and states are durable.
     computed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -124,7 +126,9 @@ class Slice:
     def tally(self, outcome: str, at: datetime | None) -> None:
         if outcome == "later":
             assert at is not None
-            self.later.append(at)
+            self.later += 1
+            if self.next_wave is None or at < self.next_wave:
+                self.next_wave = at
         elif outcome in COUNTERS:
             self.counts[outcome] += 1
             entry = self.progress["running"][self.occurrence]
@@ -332,7 +336,7 @@ class Scheduler:
         unfinished: deque[Slice] = deque()
         while True:
             keys = [k for k, _ in w.store.items({partition}, f"{account}:")]
-            position, later = 0, []
+            position, later, wave = 0, 0, None
             while True:
                 if self._stopped(campaign):
                     return
@@ -355,6 +359,8 @@ class Scheduler:
                     return  # the partition moved: its new owner goes on from the progress
                 position += work.consumed
                 later += work.later
+                if work.next_wave is not None and (wave is None or work.next_wave < wave):
+                    wave = work.next_wave
                 if throttle is not None:
                     throttle.use(sum(work.counts[c] for c in _PACED))
                 if position >= len(keys):
@@ -362,15 +368,14 @@ class Scheduler:
             while unfinished:
                 await unfinished.popleft().done.wait()
             now = w.clock.now()
-            if not later:
+            if wave is None:
                 entry["remaining"] = 0
                 _close(progress, occurrence, "completed", now)
                 await self.write(partition, progress)
                 log.info("campaign %s:%s occurrence %s completed on partition %d", account,
                          campaign["id"], occurrence, partition)
                 return
-            wave = min(later)
-            entry.update({"remaining": len(later), "next_wave": wave.isoformat()})
+            entry.update({"remaining": later, "next_wave": wave.isoformat()})
             await self.write(partition, progress)
             while w.clock.now() < wave:  # the next zone's local time
                 if self._stopped(campaign):

@@ -29,13 +29,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from streams.compat import end_offsets, refresh_metadata
-from streams.definitions import (
-    AccountPolicy,
-    CampaignControl,
-    DefinitionError,
-    parse_any,
-    parse_duration,
-)
+from streams.definitions import AccountPolicy, CampaignControl, DefinitionError, parse_any
 from streams.settings import Settings
 from tables.campaigns import CAMPAIGN_WORKFLOW, content_workflow
 from tables.compliance import default_policy
@@ -175,12 +169,10 @@ class Registry(CompactedView):
                 ids.get(parts[2], {}).pop(int(parts[3]), None)
             return
         try:
-            raw = orjson.loads(value)
-            account = raw.get("account") if isinstance(raw, dict) else None
-            interval = parse_duration(self.policy(account)["campaign_min_interval"]) if (
-                isinstance(account, str) and isinstance(raw, dict)
-                and raw.get("kind") == "campaign") else 3600
-            definition = parse_any(raw, interval)
+            # A campaign's minimum interval was checked against its account's policy when
+            # it was defined; not again here, where the policy may not have been read yet
+            # (a worker reads the topic's partitions in no particular order).
+            definition = parse_any(orjson.loads(value), min_interval_s=0)
         except (DefinitionError, orjson.JSONDecodeError, ValueError) as exc:
             log.error("ignoring invalid definition %r: %s", key, exc)
             return
