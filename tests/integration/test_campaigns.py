@@ -412,3 +412,31 @@ async def test_a_clean_stop_mid_fanout_exits_0_and_the_next_worker_goes_on(
     sent = sms(await stack.read_all("send.sms"))
     assert len({c["contact_id"] for c in sent}) == n
     assert len({c["message_id"] for c in sent}) == n  # repeats only with the same id
+
+
+async def test_occurrences_missed_while_down_follow_the_misfire_policy(stack: Stack) -> None:
+    """No worker runs while two campaigns' times pass: the one with fire_once_now sends
+    when a worker starts; the one with skip sends nothing and audits the skip."""
+    start = stack.now()
+    at = start + timedelta(minutes=10)
+    once = {"type": "once", "at": local(at), "timezone": "UTC"}
+    await stack.define(campaign(id="catchup", schedule=once))
+    await stack.define(campaign(id="skipper", schedule=once, delivery={"misfire": "skip"}))
+    worker = stack.start_worker()
+    await add_contacts(stack, contact("ann"))
+    stack.kill(worker)
+    stack.set_time(at + timedelta(minutes=30))  # past the 5 minutes' grace
+    stack.start_worker()
+    await completed_everywhere(stack, "catchup", local(at))
+
+    async def skipped() -> list[dict[str, Any]]:
+        return [r for r in map(lambda r: orjson.loads(r.value), await stack.read_all("audit"))
+                if r["reason"] == "campaign_misfire" and r["campaign_id"] == "skipper"]
+
+    audits = await eventually(skipped, what="the skip audited")
+    assert {a["occurrence"] for a in audits} == {local(at)}
+    totals = await progress(stack, "acme", "skipper")
+    assert totals[local(at)]["skipped"] >= 1 and totals[local(at)]["sent"] == 0
+    sent = sms(await stack.read_all("send.sms"))
+    assert [(c["contact_id"], c["origin"]["campaign_id"]) for c in sent] == [("ann", "catchup")]
+    assert datetime.fromisoformat(sent[0]["created_at"]) >= at + timedelta(minutes=30)
