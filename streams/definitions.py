@@ -79,7 +79,14 @@ def parse_duration(text: str) -> int:
     return seconds
 
 
-Duration = Annotated[str, Field(description="e.g. 30m, 2d, 1d12h, 1w")]
+def _check_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+#: A duration such as ``30m``, ``2d``, ``1d12h``, ``1w`` (checked).
+Duration = Annotated[str, AfterValidator(_check_duration),
+                     Field(description="e.g. 30m, 2d, 1d12h, 1w")]
 
 
 def _check_time(value: str) -> str:
@@ -206,20 +213,11 @@ class Send(_Step):
             raise ValueError("send_mms needs at least one media_urls entry")
         if self.kind != "send_email" and self.subject:
             raise ValueError(f"{self.kind} has no subject")
-        if self.max_lateness:
-            parse_duration(self.max_lateness)
-        parse_duration(self.expires_after)
 
 
 class Wait(_Step):
     kind: Literal["wait"]
     duration: Duration
-
-    @field_validator("duration")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        parse_duration(value)
-        return value
 
 
 class WaitUntil(_Step):
@@ -253,12 +251,6 @@ class WaitForEvent(_Step):
     timeout_next: str | None = None
 
     _check_event = field_validator("event")(_event_type)
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, value: str) -> str:
-        parse_duration(value)
-        return value
 
 
 class Exit(_Step):
@@ -381,12 +373,6 @@ class AccountPolicy(BaseModel):
     replies: Replies = Field(default_factory=Replies)
     campaign_min_interval: Duration = Field(
         "1h", description="recurring campaigns may not fire more often than this")
-
-    @field_validator("campaign_min_interval")
-    @classmethod
-    def _interval(cls, value: str) -> str:
-        parse_duration(value)
-        return value
 
 
 class Keyword(BaseModel):
@@ -515,9 +501,6 @@ class Content(BaseModel):
             raise ValueError(f"{self.channel} has no media_urls")
         if any(not url.startswith("https://") for url in self.media_urls):
             raise ValueError("media_urls must be https:// URLs")
-        parse_duration(self.expires_after)
-        if self.max_lateness:
-            parse_duration(self.max_lateness)
 
 
 class DeliveryOptions(BaseModel):
@@ -533,12 +516,6 @@ class DeliveryOptions(BaseModel):
     on_capped: Literal["drop", "defer"] = "drop"
     publish_events: bool = Field(
         False, description="also publish campaign.started/completed to contact-events")
-
-    @field_validator("misfire_grace")
-    @classmethod
-    def _grace(cls, value: str) -> str:
-        parse_duration(value)
-        return value
 
 
 class Campaign(BaseModel):

@@ -112,6 +112,20 @@ async def test_one_time_campaign_reaches_its_audience_once(stack: Stack) -> None
     assert len(sms(await stack.read_all("send.sms"))) == 2
 
 
+async def probes(stack: Stack, start: datetime, *, before: int, after: int) -> None:
+    """Campaigns "before" and "after" for ann, published now and fired ``before`` and
+    ``after`` minutes past ``start``, waited for in turn: the first shows the worker has
+    read what was published before them (its follower reads every partition of the
+    definitions topic at once), the second that its tick ran past the minutes between."""
+    for probe, minutes in (("before", before), ("after", after)):
+        await stack.define(campaign(id=probe, schedule={
+            "type": "once", "at": local(start + timedelta(minutes=minutes)),
+            "timezone": "UTC"}))
+        stack.set_time(start + timedelta(minutes=minutes, seconds=5))
+        await eventually(lambda p=probe: _sent_to(stack, "ann", f"campaign:{p}"),
+                         what=f"the {probe} probe's send")
+
+
 async def test_cancelled_campaign_never_fires(stack: Stack) -> None:
     start = stack.now()
     at = start + timedelta(minutes=30)
@@ -120,16 +134,7 @@ async def test_cancelled_campaign_never_fires(stack: Stack) -> None:
     await add_contacts(stack, contact("ann"))
     await control_campaign(stack.producer, stack.settings.topic_prefix, "acme", "spring",
                            "cancel")
-    # Campaigns published after the cancel, firing before and after the cancelled one's
-    # time: the first shows the worker has read the cancel (the follower reads every
-    # partition of the definitions topic at once), the second that its tick ran past it.
-    for probe, minutes in (("before", 5), ("after", 40)):
-        await stack.define(campaign(id=probe, schedule={
-            "type": "once", "at": local(start + timedelta(minutes=minutes)),
-            "timezone": "UTC"}))
-        stack.set_time(start + timedelta(minutes=minutes, seconds=5))
-        await eventually(lambda p=probe: _sent_to(stack, "ann", f"campaign:{p}"),
-                         what=f"the {probe} probe's send")
+    await probes(stack, start, before=5, after=40)
     assert [c["origin"]["workflow_id"] for c in sms(await stack.read_all("send.sms"))] == [
         "campaign:before", "campaign:after"]
 
@@ -218,15 +223,7 @@ async def test_rescheduled_campaign_fires_at_the_new_time_only(stack: Stack) -> 
     await add_contacts(stack, contact("ann"))
     await stack.define(campaign(version=2, schedule={"type": "once", "at": local(new),
                                                      "timezone": "UTC"}))
-    # Probes published after version 2 (see test_cancelled_campaign_never_fires): the
-    # worker has read it, and its tick has run past the old time.
-    for probe, minutes in (("before", 5), ("after", 40)):
-        await stack.define(campaign(id=probe, schedule={
-            "type": "once", "at": local(start + timedelta(minutes=minutes)),
-            "timezone": "UTC"}))
-        stack.set_time(start + timedelta(minutes=minutes, seconds=5))
-        await eventually(lambda p=probe: _sent_to(stack, "ann", f"campaign:{p}"),
-                         what=f"the {probe} probe's send")
+    await probes(stack, start, before=5, after=40)
     assert not await _sent_to(stack, "ann", "campaign:spring"), "fired at the old time"
     stack.set_time(new + timedelta(seconds=5))
     await completed_everywhere(stack, "spring", local(new))

@@ -107,7 +107,7 @@ ERRORS = [
                  "steps.pause.timeout", "duration '0s' must be longer than 0",
                  id="timeout-0s"),
     # A bad max_lateness on a send.
-    pytest.param(step("hello", max_lateness="2x"), "steps.hello",
+    pytest.param(step("hello", max_lateness="2x"), "steps.hello.max_lateness",
                  f"invalid duration '2x': {DURATION_HINT}", id="max-lateness-2x"),
     # An hour that does not exist.
     pytest.param(replace_step("pause", {"kind": "wait_until", "time": "25:00", "next": "check"}),
