@@ -204,11 +204,13 @@ def define(
         interval = parse_duration(registry.policy(definition["account"])[
             "campaign_min_interval"])
         try:
-            parse_any(definition, interval)
+            full = parse_any(definition, interval).model_dump(mode="json")
         except DefinitionError as exc:
             for error in exc.errors:
                 typer.echo(f"invalid: {error}", err=True)
             raise typer.Exit(2) from None
+        for warning in _campaign_warnings(full, registry):
+            typer.echo(f"warning: {warning}", err=True)
     wf = _producer_run(lambda p, prefix: publish_definition(p, prefix, definition, interval))
     ident = getattr(wf, "id", "policy")
     typer.echo(f"published {wf.kind} {wf.account}/{ident} v{getattr(wf, 'version', '')}")
@@ -252,6 +254,31 @@ def suppress(
     typer.echo(f"{'lifted' if remove else 'suppressed'} {account}:{address} ({reason})")
 
 
+def _campaign_warnings(campaign: dict[str, Any], registry: Any) -> list[str]:
+    """What is valid but probably not meant: a schedule with nothing left to fire, a
+    linked workflow the workers do not have (yet)."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from tables.campaigns import next_after
+
+    warnings = []
+    account = campaign["account"]
+    known = registry.campaign(account, campaign["id"])  # its newest version, if any
+    zone = ZoneInfo(campaign["schedule"]["timezone"] or registry.policy(account)["timezone"])
+    if next_after(campaign, zone, datetime.now(UTC), None) is None:
+        warnings.append("schedule: no occurrence after now: it will never fire (a time in "
+                        "the past does not fire; see docs/campaigns.md)")
+    linked = campaign.get("workflow")
+    if linked and not any(wf["id"] == linked for wf in registry.active(account)):
+        warnings.append(f"workflow: {linked!r} is not an active workflow of {account} (yet): "
+                        "an occurrence without it fails")
+    if known is not None and known["version"] >= campaign["version"] and known != campaign:
+        warnings.append(f"version: {account}/{campaign['id']} is at v{known['version']} "
+                        "already; the workers ignore a changed version: publish a higher one")
+    return warnings
+
+
 def _registry() -> Any:
     """The definitions as the workers hold them (the topic read to its end)."""
     from producers.admin import read_registry
@@ -278,10 +305,13 @@ def _campaign(registry: Any, account: str, campaign_id: str) -> dict[str, Any]:
 @campaign_cli.command("status")
 def campaign_status(campaign_id: str, account: Account) -> None:
     """Each occurrence's progress, summed over the partitions that report it."""
+    from zoneinfo import ZoneInfo
+
     from redis.asyncio import Redis
 
     from agents.campaigns import COUNTERS
     from streams.settings import Settings
+    from tables.campaigns import next_after
     from tables.readmodel import ReadModel
 
     settings = Settings()
@@ -297,7 +327,8 @@ def campaign_status(campaign_id: str, account: Account) -> None:
             await redis.aclose()
 
     occurrences: dict[str, dict[str, Any]] = {}
-    for record in asyncio.run(run()).values():
+    records = asyncio.run(run()).values()
+    for record in records:
         entries = [*record["history"], *record["running"].values()]
         for entry in entries:
             total = occurrences.setdefault(entry["id"], {
@@ -310,9 +341,17 @@ def campaign_status(campaign_id: str, account: Account) -> None:
                 total[name] += entry.get(name, 0)
     for total in occurrences.values():
         total["targeted"] = sum(total[n] for n in (*COUNTERS, "remaining"))
+    status = registry.campaign_status(account, campaign_id)
+    upcoming = None
+    if status != "cancelled" and campaign["active"]:
+        zone = ZoneInfo(campaign["schedule"]["timezone"]
+                        or registry.policy(account)["timezone"])
+        last = max((r["last"] for r in records if r["last"]), default=None)
+        found = next_after(campaign, zone, registry.published_at(campaign), last)
+        upcoming = found and {"occurrence": found.id, "at": found.at.isoformat()}
     typer.echo(json.dumps({
         "campaign": campaign_id, "account": account, "version": campaign["version"],
-        "active": campaign["active"], "status": registry.campaign_status(account, campaign_id),
+        "active": campaign["active"], "status": status, "next_occurrence": upcoming,
         "partitions": settings.partitions,
         "occurrences": sorted(occurrences.values(), key=lambda o: o["occurrence"])},
         indent=2))
@@ -414,6 +453,13 @@ def dev(
     """Run everything on this machine: Tansu broker, Redis (unless DRIPSTREAM_REDIS_URL), worker."""
     from streams.embedded import EmbeddedBroker, EmbeddedRedis
 
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM and SIGHUP (a supervisor, a closed terminal) stop everything as Ctrl-C does;
+    # and Ctrl-C works even when started with SIGINT ignored (as a background job).
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, stop)
     env = dict(os.environ)
     started: list[Any] = []
     # The broker and the worker run in sessions of their own, and Redis with SIGINT

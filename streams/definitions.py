@@ -538,7 +538,8 @@ class Campaign(BaseModel):
 
     def model_post_init(self, __context: Any) -> None:
         if (self.content is None) == (self.workflow is None):
-            raise ValueError("give either content or workflow (a linked workflow), not both")
+            raise ValueError("give exactly one of content (what to send) or workflow (the "
+                             "id of a workflow to enrol each contact in)")
         if self.schedule.type == "drip" and self.workflow is None:
             raise ValueError("a drip campaign enrols into a workflow: give workflow")
 

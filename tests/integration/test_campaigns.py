@@ -7,6 +7,7 @@ days away fires at once; nothing here sleeps.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections import Counter
 from datetime import datetime, timedelta
@@ -437,3 +438,44 @@ async def test_occurrences_missed_while_down_follow_the_misfire_policy(stack: St
     sent = sms(await stack.read_all("send.sms"))
     assert [(c["contact_id"], c["origin"]["campaign_id"]) for c in sent] == [("ann", "catchup")]
     assert datetime.fromisoformat(sent[0]["created_at"]) >= at + timedelta(minutes=30)
+
+
+async def test_the_campaign_commands(stack: Stack) -> None:
+    """`define` warns about a campaign that will never fire and publishes it anyway;
+    `preview` gives the audience; `status` the occurrence's counters and the next one;
+    `cancel` is final."""
+    from tests.integration.test_cli import dripstream
+
+    stack.start_worker()
+    await add_contacts(stack, contact("ann"), contact("bob", groups=()))
+    past = campaign(id="past", schedule={"type": "once", "at": "2020-01-01T10:00",
+                                         "timezone": "UTC"})
+    result = await dripstream(stack.env, "define", "-", stdin=json.dumps(past))
+    assert (0, "published campaign acme/past v1") == (result.returncode,
+                                                      result.stdout.strip()), result.stderr
+    assert "warning: schedule: no occurrence after now" in result.stderr
+
+    preview = await dripstream(stack.env, "campaign", "preview", "spring", "--account", "acme")
+    assert preview.returncode == 1 and "no campaign acme/spring" in preview.stderr
+    start = stack.now()
+    at = (start + timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    await stack.define(campaign(schedule={
+        "type": "recurring", "cron": "0 * * * *", "timezone": "UTC",
+        "start": local(start + timedelta(minutes=1))}))
+    preview = await dripstream(stack.env, "campaign", "preview", "spring", "--account", "acme")
+    assert json.loads(preview.stdout) == {"campaign": "spring", "account": "acme",
+                                          "audience": 1, "first": ["ann"]}
+    stack.set_time(at + timedelta(seconds=5))
+    fired = local(at)
+    await completed_everywhere(stack, "spring", fired)
+    status = json.loads((await dripstream(
+        stack.env, "campaign", "status", "spring", "--account", "acme")).stdout)
+    (occurrence,) = status["occurrences"]
+    assert (occurrence["occurrence"], occurrence["sent"], occurrence["targeted"]) == (
+        fired, 1, 1)
+    assert status["status"] == "running"
+    assert status["next_occurrence"]["occurrence"] > fired
+    cancel = await dripstream(stack.env, "campaign", "cancel", "spring", "--account", "acme")
+    assert cancel.returncode == 0, cancel.stderr
+    again = await dripstream(stack.env, "campaign", "resume", "spring", "--account", "acme")
+    assert again.returncode == 1 and "cancelled (final)" in again.stderr

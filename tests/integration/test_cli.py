@@ -326,10 +326,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path, stop: str) -> None:
     """`dev --demo` starts its own broker, Redis and worker, shows the demo contact at
-    version 2, and on a terminal's Ctrl-C (SIGINT to its process group) stops everything,
-    worker first, and says so."""
+    version 2, and on a terminal's Ctrl-C (SIGINT to its process group) — or a SIGTERM to
+    it alone, as a supervisor sends — stops everything, worker first, and says so."""
     env: dict[str, str] = {k: v for k, v in os.environ.items() if not k.startswith("DRIPSTREAM_")}
     env["DRIPSTREAM_TOPIC_PREFIX"] = f"t{uuid.uuid4().hex[:10]}."
     env["DRIPSTREAM_DATA_DIR"] = str(tmp_path / "data")
@@ -352,7 +353,10 @@ def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path) -> None:
             # The state JSON ends with its closing brace; read up to it before stopping.
             assert lines.read_until("\n}\n", time.monotonic() + 10)
 
-            os.killpg(proc.pid, signal.SIGINT)
+            if stop == "ctrl-c":
+                os.killpg(proc.pid, signal.SIGINT)
+            else:
+                os.kill(proc.pid, signal.SIGTERM)
             returncode = proc.wait(30)
         finally:
             if proc.poll() is None:
