@@ -40,6 +40,7 @@ from tables.triggers import MISSING, criteria_hold, resolve, trigger_matches
 __all__ = [
     "ACTIVE",
     "HISTORY_MAX",
+    "HOLD",
     "KEEP_FINISHED",
     "MAX_ACTIVE",
     "Lookup",
@@ -419,11 +420,18 @@ def enrol(
     return fx, "started"
 
 
+#: A deferred send of a paused campaign is looked at again this much later.
+HOLD = timedelta(minutes=15)
+
+
 def on_wakeup(
-    contact: ContactState, lookup: Lookup, now: datetime, compliance: Compliance = DEFAULTS
+    contact: ContactState, lookup: Lookup, now: datetime, compliance: Compliance = DEFAULTS,
+    campaign_status: Callable[[str], str] = lambda campaign_id: "running",
 ) -> Effects | None:
     """Fire every wait that is due at ``now`` (none early); None if nothing was due (a
-    repeated or early wake-up)."""
+    repeated or early wake-up). A content campaign's deferred send waits while its
+    campaign is paused (``campaign_status``: campaign id → running, paused, cancelled)
+    and ends if it was cancelled."""
     fx, fired = Effects(), False
     for ex in list(contact["executions"].values()):
         if ex["status"] != "waiting" or not ex["due_at"]:
@@ -436,6 +444,15 @@ def on_wakeup(
         if wf is None:
             _end(ex, "failed", "definition_missing", now, contact, fx)
             continue
+        if (campaign := wf.get("campaign")) is not None:
+            status = campaign_status(campaign)
+            if status == "cancelled":
+                _end(ex, "cancelled", "campaign_cancelled", now, contact, fx)
+                continue
+            if status == "paused":
+                ex["due_at"] = _iso(now + HOLD)
+                _history(ex, ex["step"], "held", now, until=ex["due_at"])
+                continue
         step = wf["steps"][ex["step"]]
         if step["kind"].startswith("send_"):  # a deferred send: try it again
             _history(ex, ex["step"], "retrying", now, due_at=ex["due_at"])

@@ -126,7 +126,10 @@ def handle_wakeup(
     if state is None:
         return Outcome()
     new = copy_state(state)
-    fx = executions.on_wakeup(new, ctx.definitions.lookup, now, ctx.compliance(wakeup.account))
+    account = wakeup.account
+    fx = executions.on_wakeup(
+        new, ctx.definitions.lookup, now, ctx.compliance(account),
+        lambda campaign_id: ctx.definitions.campaign_status(account, campaign_id))
     return Outcome() if fx is None else Outcome(new, fx)
 
 

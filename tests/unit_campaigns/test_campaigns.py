@@ -33,6 +33,7 @@ from tables.campaigns import (
 )
 from tables.contacts import apply_event
 from tables.effects import Outcome
+from tables.executions import HOLD
 from tables.handlers import Context, Wakeup, handle_event, handle_wakeup
 from tables.schedule import Occurrence, occurrences, parse_local, resolve
 from tests.unit_compliance.support import policy as account_policy
@@ -130,8 +131,11 @@ class Definitions:
     def campaigns(self, account: str) -> list[dict[str, Any]]:
         return [c for c in self.by_id.values() if c["account"] == account]
 
+    #: campaign id → paused / cancelled (default: running).
+    statuses: dict[str, str]
+
     def campaign_status(self, account: str, campaign_id: str) -> str:
-        return "running"
+        return getattr(self, "statuses", {}).get(campaign_id, "running")
 
 
 def context(defs: Definitions, suppressed: dict[str, str] | None = None) -> Context:
@@ -424,6 +428,34 @@ def test_quiet_hours_defer_then_the_wakeup_sends() -> None:
     woken = handle_wakeup(state, Wakeup(ACCOUNT, "c-1"), context(defs), morning)  # type: ignore[arg-type]
     assert [(audit["message_id"], "campaign:spring")] == [
         (s.message_id, s.origin and s.origin.workflow_id) for s in woken.effects.sends]
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome", "sends"),
+    [
+        # Paused: the deferred send waits on (looked at again later), nothing goes out.
+        pytest.param("paused", "held", 0, id="paused"),
+        # Cancelled: it ends, audited as a send that will never go out.
+        pytest.param("cancelled", "cancelled", 0, id="cancelled"),
+        pytest.param("running", "completed", 1, id="running"),
+    ],
+)
+def test_a_deferred_campaign_send_follows_the_campaign(status: str, outcome: str,
+                                                        sends: int) -> None:
+    """A send deferred by quiet hours, woken while its campaign is paused or cancelled."""
+    c = campaign()
+    defs = Definitions(c)
+    deferred = new_state(deliver(contact(timezone="Asia/Tokyo"), c, T0, defs=defs)[0])
+    morning = datetime(2026, 3, 3, 8, tzinfo=ZoneInfo("Asia/Tokyo")).astimezone(UTC)
+    defs.statuses = {"spring": status}
+    woken = handle_wakeup(deferred, Wakeup(ACCOUNT, "c-1"), context(defs), morning)  # type: ignore[arg-type]
+    (ex,) = executions(new_state(woken)).values()
+    assert (sends, outcome) == (len(woken.effects.sends), ex["history"][-1]["outcome"])
+    if status == "paused":
+        assert ("waiting", (morning + HOLD).isoformat()) == (ex["status"], ex["due_at"])
+    if status == "cancelled":
+        assert [("execution_ended", "campaign_cancelled")] == [
+            (a["reason"], a["ended_reason"]) for a in woken.effects.audit]
 
 
 @pytest.mark.parametrize(
