@@ -43,6 +43,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from agents.contacts import EXIT_FATAL
+from streams.definitions import parse_duration
 from tables.campaigns import (
     CAMPAIGN_WORKFLOW,
     Delivery,
@@ -184,7 +186,7 @@ class Scheduler:
                 if not task.cancelled() and task.exception() is not None:
                     log.critical("campaign fan-out %s failed; exiting so it is redone",
                                  ident, exc_info=task.exception())
-                    os._exit(70)
+                    os._exit(EXIT_FATAL)
             elif ident[0] not in actives:
                 task.cancel()
                 del self.tasks[ident]
@@ -249,7 +251,7 @@ class Scheduler:
         first = self._next[ident]
         if first is None:
             return work
-        grace = _seconds(campaign["delivery"]["misfire_grace"])
+        grace = parse_duration(campaign["delivery"]["misfire_grace"])
         plan = due(campaign, zone, origin, first, now, grace)
         if plan is None:
             return work
@@ -381,12 +383,6 @@ class Scheduler:
                 if self._stopped(campaign):
                     return
                 await asyncio.sleep(min((wave - w.clock.now()).total_seconds(), 1.0))
-
-
-def _seconds(duration: str) -> float:
-    from streams.definitions import parse_duration
-
-    return float(parse_duration(duration))
 
 
 def install(worker: Worker) -> Scheduler:
