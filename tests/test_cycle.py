@@ -58,32 +58,7 @@ class Worker:
         self.registry = registry or Registry()
 
     def context(self) -> Context:
-        return Context(_Defs(self.registry), lambda account, address: None)
-
-
-class _Defs:
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
-        return self.registry.lookup(account, workflow_id, version)
-
-    def active(self, account: str) -> list[dict[str, Any]]:
-        return self.registry.active(account)
-
-    def keywords(self, account: str) -> list[dict[str, Any]]:
-        return []
-
-    def policy(self, account: str) -> dict[str, Any]:
-        from tables.compliance import default_policy
-
-        return default_policy(account)
-
-    def campaigns(self, account: str) -> list[dict[str, Any]]:
-        return []
-
-    def campaign_status(self, account: str, campaign_id: str) -> str:
-        return "running"
+        return Context(self.registry, lambda account, address: None)
 
 
 def event(contact: str, event_type: str, data: dict[str, Any], *, ident: str,

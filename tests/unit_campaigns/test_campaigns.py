@@ -101,50 +101,20 @@ NURTURE = workflow("nurture", {"event": "custom.nurture"}, {
 })
 
 
-class Definitions:
+def definitions(*campaigns: dict[str, Any], workflows: Iterable[dict[str, Any]] = (),
+                policy: dict[str, Any] | None = None) -> Registry:
     """What the handlers read of the worker's registry, for one account: its workflows,
     its campaigns (a content campaign's workflow under ``campaign:<id>``), its policy."""
-
-    def __init__(self, *campaigns: dict[str, Any], workflows: Iterable[dict[str, Any]] = (),
-                 policy: dict[str, Any] | None = None) -> None:
-        self.registry = Registry(*workflows)
-        self.by_id = {c["id"]: c for c in campaigns}
-        self._policy = policy or account_policy()
-
-    def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
-        if workflow_id.startswith(CAMPAIGN_WORKFLOW):
-            found = self.by_id.get(workflow_id.removeprefix(CAMPAIGN_WORKFLOW))
-            if found is None or found["content"] is None or found["version"] != version:
-                return None
-            return content_workflow(found, self._policy)
-        return self.registry.lookup(account, workflow_id, version)
-
-    def active(self, account: str) -> list[dict[str, Any]]:
-        return self.registry.active(account)
-
-    def keywords(self, account: str) -> list[dict[str, Any]]:
-        return []
-
-    def policy(self, account: str) -> dict[str, Any]:
-        return self._policy
-
-    def campaigns(self, account: str) -> list[dict[str, Any]]:
-        return [c for c in self.by_id.values() if c["account"] == account]
-
-    #: campaign id → paused / cancelled (default: running).
-    statuses: dict[str, str]
-
-    def campaign_status(self, account: str, campaign_id: str) -> str:
-        return getattr(self, "statuses", {}).get(campaign_id, "running")
+    return Registry(*workflows, campaigns=campaigns, policy=policy or account_policy())
 
 
-def context(defs: Definitions, suppressed: dict[str, str] | None = None) -> Context:
+def context(defs: Registry, suppressed: dict[str, str] | None = None) -> Context:
     """The handler context; ``suppressed``: address → reason on the suppression list."""
     listed = suppressed or {}
     return Context(defs, lambda account, address: listed.get(address))
 
 
-def delivery(c: dict[str, Any], defs: Definitions, occurrence: str | None = None) -> Delivery:
+def delivery(c: dict[str, Any], defs: Registry, occurrence: str | None = None) -> Delivery:
     """An occurrence of ``c`` (default: its first) as the scheduler hands it to each
     contact."""
     zone = c["schedule"]["timezone"] or defs.policy(ACCOUNT)["timezone"]
@@ -178,9 +148,9 @@ def contact(contact_id: str = "c-1", *, groups: Iterable[str] = (), tags: Iterab
 
 
 def deliver(state: State | None, c: dict[str, Any], now: datetime, *,
-            occurrence: str | None = None, defs: Definitions | None = None,
+            occurrence: str | None = None, defs: Registry | None = None,
             suppressed: dict[str, str] | None = None) -> tuple[Outcome, Verdict]:
-    defs = defs or Definitions(c)
+    defs = defs or definitions(c)
     return handle_delivery(state, delivery(c, defs, occurrence), context(defs, suppressed),  # type: ignore[arg-type]
                            now)
 
@@ -400,7 +370,7 @@ def test_gate_drops_are_audited_and_marked(
     """A send the gate drops is not sent, is audited with its reason and message id, and
     the occurrence still counts as delivered (it is not tried again)."""
     c = campaign()
-    defs = Definitions(c, policy=account_policy(**policy))
+    defs = definitions(c, policy=account_policy(**policy))
     outcome, got = deliver(contact(**fields), c, T0, defs=defs, suppressed=suppressed)
     state = new_state(outcome)
     (ex,) = executions(state).values()
@@ -415,7 +385,7 @@ def test_quiet_hours_defer_then_the_wakeup_sends() -> None:
     """At 23:00 in Tokyo the SMS waits for 08:00 there (the execution waits, the contact's
     next_due says when); the wake-up then sends it under the same message id."""
     c = campaign()
-    defs = Definitions(c)
+    defs = definitions(c)
     outcome, verdict = deliver(contact(timezone="Asia/Tokyo"), c, T0, defs=defs)
     state = new_state(outcome)
     morning = datetime(2026, 3, 3, 8, tzinfo=ZoneInfo("Asia/Tokyo")).astimezone(UTC)
@@ -444,7 +414,7 @@ def test_a_deferred_campaign_send_follows_the_campaign(status: str, outcome: str
                                                         sends: int) -> None:
     """A send deferred by quiet hours, woken while its campaign is paused or cancelled."""
     c = campaign()
-    defs = Definitions(c)
+    defs = definitions(c)
     deferred = new_state(deliver(contact(timezone="Asia/Tokyo"), c, T0, defs=defs)[0])
     morning = datetime(2026, 3, 3, 8, tzinfo=ZoneInfo("Asia/Tokyo")).astimezone(UTC)
     defs.statuses = {"spring": status}
@@ -537,7 +507,7 @@ DRIP = {"type": "drip", "at": OCC, "timezone": NEW_YORK}
 def test_linked_workflow_campaign_enrols() -> None:
     """A drip campaign starts its workflow for the contact (which sends its first email)."""
     c = campaign(content=None, workflow="nurture", schedule=DRIP)
-    outcome, verdict = deliver(contact(), c, T0, defs=Definitions(c, workflows=[NURTURE]))
+    outcome, verdict = deliver(contact(), c, T0, defs=definitions(c, workflows=[NURTURE]))
     state = new_state(outcome)
     (ex,) = executions(state).values()
     assert (Verdict("enrolled"), "nurture", "waiting", ["Welcome"], {"spring": OCC}) == (
@@ -549,7 +519,7 @@ def test_linked_workflow_already_running_is_not_enrolled() -> None:
     """Ada is in the nurture flow already (its own trigger started it) and its re-entry
     is once_at_a_time: the campaign does not start a second one."""
     c = campaign(content=None, workflow="nurture", schedule=DRIP)
-    defs = Definitions(c, workflows=[NURTURE])
+    defs = definitions(c, workflows=[NURTURE])
     ada = contact()
     running = handle_event(ada, parsed_event("custom.nurture", None, event_id="n-1",  # type: ignore[arg-type]
                                              at=T0 - HOUR), context(defs), T0 - HOUR)
@@ -578,7 +548,7 @@ def test_campaign_started_triggers_the_accounts_workflows(campaign_id: str,
     """An account workflow triggered by campaign.started (for this campaign) is started
     by the delivery, beside the campaign's own send."""
     c = campaign(id=campaign_id)
-    outcome, verdict = deliver(contact(), c, T0, defs=Definitions(c, workflows=[THANKS]))
+    outcome, verdict = deliver(contact(), c, T0, defs=definitions(c, workflows=[THANKS]))
     assert (Verdict("sent"), started, len(started)) == (
         verdict, workflows_run(new_state(outcome)), len(outcome.effects.sends))
 
@@ -589,7 +559,7 @@ def test_publish_events(publish: bool) -> None:
     campaign.completed are emitted, already marked seen in the new state, so the copies
     that come back change nothing."""
     c = campaign(delivery={"publish_events": publish})
-    defs = Definitions(c)
+    defs = definitions(c)
     outcome, _ = deliver(contact(), c, T0, defs=defs)
     state = new_state(outcome)
     if not publish:
@@ -635,7 +605,7 @@ def _joiner_campaign(**schedule: Any) -> dict[str, Any]:
 def test_drip_enrols_joiners(joined: datetime, schedule: dict[str, Any],
                              enrolled: bool) -> None:
     c = _joiner_campaign(**schedule)
-    defs = Definitions(c, workflows=[NURTURE])
+    defs = definitions(c, workflows=[NURTURE])
     event = parsed_event("contact.added_to_group", {"group": "vip"}, event_id="join",
                          at=joined)
     outcome = handle_event(contact(), event, context(defs), joined)  # type: ignore[arg-type]
@@ -649,7 +619,7 @@ def test_drip_with_seconds_in_at_enrols_a_contact_once() -> None:
     event does not enrol her again."""
     one_email = workflow("nurture", {"event": "custom.nurture"}, {"hi": email("Welcome")})
     c = _joiner_campaign(at="2026-03-02T09:00:00")
-    defs = Definitions(c, workflows=[one_email])
+    defs = definitions(c, workflows=[one_email])
     delivered, verdict = deliver(contact(groups=["vip"]), c, T0, defs=defs)
     assert Verdict("enrolled") == verdict
     later = parsed_event("custom.ping", None, event_id="ping", at=T0 + HOUR)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import orjson
 from producers.publisher import build_event
 from streams.definitions import parse_definition
 from streams.events import ContactEvent, parse_event
+from tables.campaigns import CAMPAIGN_WORKFLOW, content_workflow
+from tables.compliance import default_policy
 from tables.contacts import apply_event
 
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # a Monday, 09:00 in New York (not quiet hours)
@@ -82,17 +85,30 @@ def definition(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class Registry:
-    """An in-memory ``lookup(account, workflow_id, version)`` over published versions."""
+    """The definitions a worker holds (``tables.handlers.Definitions``), in memory:
+    workflows by version, campaigns (a content campaign's workflow under
+    ``campaign:<id>``), one account policy (default: the defaults) and campaign statuses
+    (``statuses``: campaign id → paused / cancelled; default running)."""
 
-    def __init__(self, *definitions: dict[str, Any]) -> None:
+    def __init__(self, *definitions: dict[str, Any],
+                 campaigns: Iterable[dict[str, Any]] = (),
+                 policy: dict[str, Any] | None = None) -> None:
         self.by_key: dict[tuple[str, str, int], dict[str, Any]] = {}
         for d in definitions:
             self.publish(d)
+        self.by_campaign = {c["id"]: c for c in campaigns}
+        self._policy = policy
+        self.statuses: dict[str, str] = {}
 
     def publish(self, d: dict[str, Any]) -> None:
         self.by_key[(d["account"], d["id"], d["version"])] = d
 
     def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
+        if workflow_id.startswith(CAMPAIGN_WORKFLOW):
+            found = self.by_campaign.get(workflow_id.removeprefix(CAMPAIGN_WORKFLOW))
+            if found is None or found["content"] is None or found["version"] != version:
+                return None
+            return content_workflow(found, self.policy(account))
         return self.by_key.get((account, workflow_id, version))
 
     def active(self, account: str) -> list[dict[str, Any]]:
@@ -102,6 +118,18 @@ class Registry:
             if acc == account and d["active"]:
                 newest[wf_id] = d
         return list(newest.values())
+
+    def keywords(self, account: str) -> list[dict[str, Any]]:
+        return []
+
+    def policy(self, account: str) -> dict[str, Any]:
+        return self._policy or default_policy(account)
+
+    def campaigns(self, account: str) -> list[dict[str, Any]]:
+        return [c for c in self.by_campaign.values() if c["account"] == account]
+
+    def campaign_status(self, account: str, campaign_id: str) -> str:
+        return self.statuses.get(campaign_id, "running")
 
 
 def parsed_event(
