@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from streams import compat
+from streams.app import MAX_REQUEST_BYTES
 from streams.commands import Control
 from streams.compat import committed_offset, send_batches
 from streams.events import Rejected, parse_event
@@ -72,15 +73,18 @@ __all__ = ["DEAD_LETTER_MAX_BYTES", "Cycle", "compute_slice", "install"]
 
 log = logging.getLogger(__name__)
 
+#: The largest value one record may carry: the producer's request limit less room for the
+#: key, headers and batch framing (900 KiB).
+RECORD_MAX_BYTES = MAX_REQUEST_BYTES - 124 * 1024
 #: A dead letter keeps the original bytes up to this size; a larger original keeps its
 #: first :data:`DEAD_LETTER_PREFIX_BYTES`, with its size and SHA-256 in the headers.
-DEAD_LETTER_MAX_BYTES = 900 * 1024
+DEAD_LETTER_MAX_BYTES = RECORD_MAX_BYTES
 DEAD_LETTER_PREFIX_BYTES = 64 * 1024
 #: Batches whose durable part may be running at once (see ``contact_agent``).
 IN_FLIGHT = 2
 #: The largest state a wake-up or a control command may leave (events stop at
 #: MAX_STATE_BYTES); past it the change cannot be stored and is audited instead.
-HARD_STATE_BYTES = 900 * 1024
+HARD_STATE_BYTES = RECORD_MAX_BYTES
 
 Handler = Callable[[ContactState | None], Outcome]
 
@@ -108,10 +112,8 @@ class Cycle:
         self.partitions = worker.settings.partitions
         #: The latest state of every contact the batch touched (None: has none).
         self.states: dict[str, ContactState | None] = {}
-        #: The contacts the batch changed (their latest state is in ``states``), and
-        #: their states encoded by :meth:`seal` for step 3.
-        self.changed: set[str] = set()
-        #: Each changed contact's latest state as JSON (made once, to check its size).
+        #: Each changed key's latest state as JSON (made once, when its size is checked;
+        #: the state itself is in ``states``), and encoded by :meth:`seal` for step 3.
         self.json: dict[str, bytes] = {}
         self.encoded: dict[str, bytes] = {}
         #: Duplicates: contacts whose read model is refreshed though nothing changed.
@@ -122,6 +124,11 @@ class Cycle:
         self.acks: list[Any] = []
         #: A campaign slice this cycle runs (agents/campaigns.py), told when it is done.
         self.slice: Slice | None = None
+
+    @property
+    def changed(self) -> set[str]:
+        """The keys the batch changed."""
+        return set(self.json)
 
     # -- state ---------------------------------------------------------------------
     def state(self, key: str) -> ContactState | None:
@@ -158,7 +165,7 @@ class Cycle:
             self.rearm.add(key)
             return
         stored = before["revision"] if before is not None else 0
-        new["revision"] = stored if key in self.changed else stored + 1
+        new["revision"] = stored if key in self.json else stored + 1
         limit = MAX_STATE_BYTES if event else HARD_STATE_BYTES
         data = orjson.dumps(new)  # the size the limits count, and what seal compresses
         if (grown := len(data)) > limit:
@@ -173,7 +180,6 @@ class Cycle:
             return
         self.states[key] = new
         self.json[key] = data
-        self.changed.add(key)
         self.rearm.add(key)
         self.effects(outcome.effects, new["contact_id"])
 
@@ -303,14 +309,8 @@ class Cycle:
         self.out(self.w.names.routed, message.key, message.value, partition, headers)
 
     def seal(self) -> None:
-        """Encode each changed contact's final state, once."""
-        for key in self.changed:
-            data = self.json.get(key)
-            if data is None:
-                state = self.states[key]
-                assert state is not None
-                data = orjson.dumps(state)
-            self.encoded[key] = encode_json(data)
+        """Encode each changed key's final state, once."""
+        self.encoded = {key: encode_json(data) for key, data in self.json.items()}
 
     # -- the durable part ----------------------------------------------------------
     async def finish(self) -> None:
@@ -320,7 +320,7 @@ class Cycle:
         only once its effects are acknowledged, so a state is never durable before the
         effects it counts); its local store writes after the batch before's."""
         w, previous = self.w, self.previous
-        writes = bool(self.records or self.changed)
+        writes = bool(self.records or self.json)
         await fault(w, "stall", writes)
         await fault(w, "crash", writes)
         try:
@@ -367,7 +367,7 @@ class Cycle:
                 progress.append(dict(state))
                 continue
             rows.append((key, state["revision"], value))
-        for key in self.reproject - self.changed:
+        for key in self.reproject.difference(self.json):
             raw, state = self.w.store.get_raw(key), self.state(key)
             if raw is not None and state is not None:
                 rows.append((key, state["revision"], raw))
@@ -477,8 +477,9 @@ async def compute_slice(worker: Worker, work: Slice, previous: Cycle | None = No
             paced += verdict.outcome in ("sent", "enrolled")
     for record in work.audit:
         cycle.emit_audit(record)
-    cycle.states[work.progress_key] = orjson.loads(orjson.dumps(work.progress))
-    cycle.changed.add(work.progress_key)
+    data = orjson.dumps(work.progress)  # a snapshot: the fan-out goes on changing it
+    cycle.states[work.progress_key] = orjson.loads(data)
+    cycle.json[work.progress_key] = data
     cycle.seal()
     work.computed.set()
     return cycle

@@ -61,7 +61,6 @@ __all__ = [
     "encode_json",
     "peek_next_due",
     "public_view",
-    "size",
     "split_key",
 ]
 
@@ -239,11 +238,6 @@ def decode(value: bytes) -> ContactState:
     if value[:1] == _V1:
         value = _UNPACK.decompress(value[1:])
     return cast(ContactState, orjson.loads(value))
-
-
-def size(state: ContactState) -> int:
-    """The state's size as the limits count it: its JSON, before compression."""
-    return len(orjson.dumps(state))
 
 
 _NEXT_DUE = re.compile(rb'^\{"next_due":(null|"([^"]+)")')

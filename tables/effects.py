@@ -67,10 +67,6 @@ class Outcome:
     effects: Effects = field(default_factory=Effects)
     duplicate: bool = False
 
-    @property
-    def changed(self) -> bool:
-        return self.state is not None
-
 
 class Origin(TypedDict, total=False):
     kind: Literal["workflow", "keyword", "campaign"]

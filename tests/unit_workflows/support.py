@@ -22,6 +22,7 @@ from streams.events import ContactEvent, parse_event
 from tables.campaigns import CAMPAIGN_WORKFLOW, content_workflow
 from tables.compliance import default_policy
 from tables.contacts import apply_event
+from tables.handlers import event_dict
 
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # a Monday, 09:00 in New York (not quiet hours)
 DAY = timedelta(days=1)
@@ -149,11 +150,8 @@ def parsed_event(
 
 
 def engine_event(event: ContactEvent) -> dict[str, Any]:
-    """The dict the engine gets (as ``_event_dict`` in agents/contacts.py builds it)."""
-    env = event.envelope
-    return {"id": env.id, "type": env.type, "time": env.time.isoformat(),
-            "account": env.account, "causationdepth": env.causationdepth,
-            "data": event.data.model_dump(mode="json")}
+    """The dict the engine gets (:func:`tables.handlers.event_dict`)."""
+    return event_dict(event)
 
 
 def apply(
