@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import orjson
 import zstandard
 
+from streams.compat import Record, send_batches
 from tables.contacts import peek_next_due, split_key
 from tables.store import partition_for
 
@@ -122,7 +123,7 @@ def install(worker: Worker) -> None:
             log.info("timer index: partitions %s assigned, %d contacts with waits",
                      sorted(new), count)
         now = worker.clock.now()
-        pending = []
+        records: list[Record] = []
         for key in index.pop_due(now, settings.timer_max_per_tick):
             raw = store.get_raw(key)
             due = peek_next_due(raw) if raw is not None else None
@@ -133,9 +134,7 @@ def install(worker: Worker) -> None:
                 continue
             account, contact_id = split_key(key)
             wakeup = orjson.dumps({"account": account, "contact_id": contact_id})
-            pending.append(await app.producer.send(
-                names.wakeups, contact_id.encode(), wakeup,
-                partition_for(contact_id, settings.partitions), None, None))
+            records.append((names.wakeups, store.partition(key), contact_id.encode(), wakeup,
+                            None))
             index.schedule(key, now + RESEND_AFTER)
-        if pending:
-            await asyncio.gather(*pending)
+        await (await send_batches(app, records))()

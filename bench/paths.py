@@ -103,7 +103,7 @@ from bench.harness import (
 )
 from streams.embedded import EmbeddedBroker, EmbeddedRedis
 from streams.settings import Settings
-from streams.topics import topic_name
+from streams.topics import TopicNames, topic_name
 
 __all__ = ["DEFAULT_PATHS", "PATHS", "contacts"]
 
@@ -258,7 +258,7 @@ async def _ingest_like(bench: Bench, path: str, name: str, *,
     bench.results.append(result)
     s = await prepare(cfg, cfg.prefix(name))
     in_topic = topic_name(s, "contact-events")
-    changelog = f"{s.group_id}-contacts-changelog"
+    changelog = TopicNames.of(s).changelog("contacts")
     expected = expected_versions(events)
     await produce_all(cfg.bootstrap, in_topic, events, partitioner, cfg.partitions)
 
@@ -312,7 +312,7 @@ async def _ingest_workers(bench: Bench, base: Result) -> None:
     result = Result(f"ingest, {n} workers", events=len(events), workers=n, baseline=base.path)
     bench.results.append(result)
     s = await prepare(cfg, cfg.prefix(f"ingest{n}w"))
-    changelog = f"{s.group_id}-contacts-changelog"
+    changelog = TopicNames.of(s).changelog("contacts")
     expected = expected_versions(events)
     deadline = time.monotonic() + cfg.timeout
     workers = await start_group(cfg, s.topic_prefix, n, deadline)
@@ -461,7 +461,7 @@ async def contacts(bench: Bench, store: str) -> None:
     s = await prepare(cfg, cfg.prefix(f"contacts-{store}"), [POLICY, ONBOARDING, VIP])
     in_topic = topic_name(s, "contact-events")
     sms_tps = tps_of(topic_name(s, "send.sms"), cfg.partitions)
-    changelog = f"{s.group_id}-contacts-changelog"
+    changelog = TopicNames.of(s).changelog("contacts")
     worker = BenchWorker(cfg, s.topic_prefix, store=f"{store}://").start()
     try:
         deadline = time.monotonic() + cfg.timeout
@@ -791,7 +791,7 @@ async def _campaign_run(bench: Bench, n_workers: int) -> None:
     clock.write_text("0")
     events = list(campaign_contacts(cfg.run_id, n))
     expected = expected_versions(events)
-    changelog = f"{s.group_id}-contacts-changelog"
+    changelog = TopicNames.of(s).changelog("contacts")
     deadline = time.monotonic() + cfg.timeout + len(events) / 300
     workers = await start_group(cfg, s.topic_prefix, n_workers, deadline,
                                 env={"DRIPSTREAM_CLOCK_OFFSET_FILE": str(clock)})

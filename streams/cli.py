@@ -187,7 +187,7 @@ def define(
         # Every problem before any connection; and what publish_definition writes must
         # encode (orjson reads 1024 levels deep but writes only about 250).
         orjson.dumps(definition)
-        parse_any(definition)
+        parse_any(definition, min_interval_s=0)  # the interval: against the account's, below
     except orjson.JSONDecodeError as exc:
         typer.echo(f"invalid: not JSON: {exc}", err=True)
         raise typer.Exit(2) from None

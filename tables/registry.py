@@ -176,6 +176,10 @@ class Registry(CompactedView):
         except (DefinitionError, orjson.JSONDecodeError, ValueError) as exc:
             log.error("ignoring invalid definition %r: %s", key, exc)
             return
+        if definition.kind in ("account", "campaign"):
+            # A content campaign's workflow is made from the campaign and its account's
+            # policy (the zone): made again from the newest.
+            self._made = {k: v for k, v in self._made.items() if k[0] != definition.account}
         if isinstance(definition, CampaignControl):
             slot = "cancel" if definition.action == "cancel" else "pause"
             controls = self._controls.setdefault((definition.account, definition.campaign_id),
