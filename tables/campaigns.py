@@ -26,13 +26,12 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from tables import executions
 from tables.contacts import ContactState, copy_state
-from tables.effects import Effects, Outcome
+from tables.effects import Effects, Outcome, iso
 from tables.schedule import (
     Occurrence,
     contact_instant,
@@ -137,11 +136,6 @@ class Verdict:
     at: datetime | None = None
 
 
-@lru_cache(maxsize=16)
-def _iso(t: datetime) -> str:
-    return t.isoformat()
-
-
 def campaign_event(
     contact: Mapping[str, Any], campaign_id: str, occurrence: str, event_type: str,
     now: datetime,
@@ -151,7 +145,7 @@ def campaign_event(
     seed = "\x1f".join((contact["account"], campaign_id, occurrence, contact["contact_id"],
                         event_type))
     return {"id": "cmp-" + hashlib.sha256(seed.encode()).hexdigest()[:28],
-            "type": event_type, "time": _iso(now), "account": contact["account"],
+            "type": event_type, "time": iso(now), "account": contact["account"],
             "causationdepth": 0, "data": {"campaign_id": campaign_id, "run_id": occurrence}}
 
 

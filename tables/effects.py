@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Literal, TypedDict
 
 from streams.commands import SendCommand
@@ -30,6 +31,7 @@ __all__ = [
     "Outcome",
     "audit_record",
     "contact_event",
+    "iso",
     "message_id",
     "send_command",
     "suppression",
@@ -99,6 +101,12 @@ class Draft(TypedDict, total=False):
     expires_at: str
 
 
+@lru_cache(maxsize=64)
+def iso(t: datetime) -> str:
+    """ISO text of ``t``: a handler stamps the same ``now`` on many records, made once."""
+    return t.isoformat()
+
+
 def send_command(draft: Draft) -> SendCommand:
     """The send command the channel workers get (validated: a bug fails here, loudly)."""
     return SendCommand.model_validate(draft)
@@ -115,7 +123,7 @@ def audit_record(
 ) -> dict[str, Any]:
     """An ``<prefix>audit`` record about ``contact``."""
     return {"account": contact["account"], "contact_id": contact["contact_id"],
-            "reason": reason, "at": now.isoformat(), **extra}
+            "reason": reason, "at": iso(now), **extra}
 
 
 def contact_event(
@@ -130,7 +138,7 @@ def contact_event(
         "source": source,
         "type": event_type,
         "subject": contact["contact_id"],
-        "time": now.isoformat(),
+        "time": iso(now),
         "account": contact["account"],
         "causationdepth": depth,
         "data": data,
@@ -143,5 +151,5 @@ def suppression(
 ) -> dict[str, Any]:
     """A change to the account's suppression list (``remove`` lifts one of ``reason``)."""
     return {"account": contact["account"], "address": address, "reason": reason,
-            "contact_id": contact["contact_id"], "at": now.isoformat(), "remove": remove,
+            "contact_id": contact["contact_id"], "at": iso(now), "remove": remove,
             **extra}

@@ -30,6 +30,7 @@ from tables.effects import (
     Origin,
     audit_record,
     contact_event,
+    iso,
     message_id,
     send_command,
 )
@@ -99,15 +100,9 @@ def render(template: str, contact: Any, event: dict[str, Any]) -> str:
     return "".join(out)
 
 
-@lru_cache(maxsize=64)
-def _iso(t: datetime) -> str:
-    """ISO text of ``t`` (a handler stamps ``now`` on many fields: made once)."""
-    return t.isoformat()
-
-
 def _history(ex: Execution, step: str, outcome: str, now: datetime, **extra: Any) -> None:
     history = ex["history"]
-    history.append({"step": step, "outcome": outcome, "at": _iso(now), **extra})  # type: ignore[typeddict-item]
+    history.append({"step": step, "outcome": outcome, "at": iso(now), **extra})  # type: ignore[typeddict-item]
     if len(history) > HISTORY_MAX:
         del history[: len(history) - HISTORY_MAX]
 
@@ -116,7 +111,7 @@ def _end(
     ex: Execution, status: Ended, reason: str, now: datetime,
     contact: ContactState | None = None, fx: Effects | None = None,
 ) -> None:
-    ex.update({"status": status, "ended_reason": reason, "ended_at": _iso(now),
+    ex.update({"status": status, "ended_reason": reason, "ended_at": iso(now),
                "due_at": None, "waiting_for": None, "remaining_s": None})
     _history(ex, ex["step"], status, now, reason=reason)
     deferred = ex.pop("deferred", None)
@@ -155,8 +150,8 @@ def _send(
                                  deferred["expires_at"])
     else:
         mid = message_id(contact["account"], ex["id"], sid, ex["seq"])
-        created = _iso(now)
-        expires = _iso(now + timedelta(seconds=parse_duration(step["expires_after"])))
+        created = iso(now)
+        expires = iso(now + timedelta(seconds=parse_duration(step["expires_after"])))
     command: Draft = {
         "message_id": mid,
         "channel": channel,
@@ -187,7 +182,7 @@ def _send(
         _history(ex, sid, "sent", now, message_id=mid)
     elif decision.action == "defer":
         assert decision.until is not None
-        until = _iso(decision.until)
+        until = iso(decision.until)
         ex.update({"status": "waiting", "due_at": until, "deferred": {
             "message_id": mid, "created_at": created, "expires_at": expires}})
         fx.audit.append(audit_record(contact, now, decision.reason or "", message_id=mid,
@@ -235,8 +230,8 @@ def _run(
             else:
                 due = now + timedelta(seconds=parse_duration(step["timeout"]))
                 ex["waiting_for"] = {"event": step["event"], "criteria": step["criteria"]}
-            ex.update({"status": "waiting", "due_at": _iso(due)})
-            _history(ex, sid, "waiting", now, until=_iso(due))
+            ex.update({"status": "waiting", "due_at": iso(due)})
+            _history(ex, sid, "waiting", now, until=iso(due))
         elif kind in _STATE_EVENTS:
             event_type, attr = _STATE_EVENTS[kind]
             fx.events.append(contact_event(
@@ -362,7 +357,7 @@ def on_event(
             step = wf["steps"][ex["step"]]
             _history(ex, ex["step"], "event_received", now, event_id=event["id"])
             ex.update({"status": "running", "due_at": None, "waiting_for": None,
-                       "scheduled_at": _iso(now)})
+                       "scheduled_at": iso(now)})
             _goto(ex, step.get("next"), now)
             fx += _run(ex, wf, contact, now, compliance)
         if ex["status"] in ACTIVE and any(
@@ -409,13 +404,13 @@ def enrol(
     new: Execution = {
         "id": eid, "workflow_id": wf["id"], "version": wf["version"],
         "status": "running", "step": wf["start"], "seq": 0, "depth": depth,
-        "started_at": _iso(now), "scheduled_at": _iso(scheduled_at or now),
+        "started_at": iso(now), "scheduled_at": iso(scheduled_at or now),
         "ended_at": None, "ended_reason": None, "due_at": None, "remaining_s": None,
         "waiting_for": None, "trigger": _trigger(event, wf), "history": [],
     }
     contact["executions"][eid] = new
     runs = contact["runs"].setdefault(wf["id"], {"count": 0, "last_started_at": ""})
-    runs.update({"last_started_at": _iso(now), "count": runs["count"] + 1})
+    runs.update({"last_started_at": iso(now), "count": runs["count"] + 1})
     fx += _run(new, wf, contact, now, compliance)
     return fx, "started"
 
@@ -450,7 +445,7 @@ def on_wakeup(
                 _end(ex, "cancelled", "campaign_cancelled", now, contact, fx)
                 continue
             if status == "paused":
-                ex["due_at"] = _iso(now + HOLD)
+                ex["due_at"] = iso(now + HOLD)
                 _history(ex, ex["step"], "held", now, until=ex["due_at"])
                 continue
         step = wf["steps"][ex["step"]]
@@ -463,7 +458,7 @@ def on_wakeup(
         _history(ex, ex["step"], "timed_out" if timed_out else "waited", now,
                  due_at=ex["due_at"])
         ex.update({"status": "running", "due_at": None, "waiting_for": None,
-                   "scheduled_at": _iso(due)})
+                   "scheduled_at": iso(due)})
         _goto(ex, step.get("timeout_next") if timed_out else step.get("next"), now)
         fx += _run(ex, wf, contact, now, compliance)
     if not fired:
@@ -488,8 +483,8 @@ def control(
         _history(ex, ex["step"], "paused", now)
     elif action == "resume" and ex["status"] == "paused":
         due = now + timedelta(seconds=ex["remaining_s"] or 0.0)
-        ex.update({"status": "waiting", "due_at": _iso(due), "remaining_s": None})
-        _history(ex, ex["step"], "resumed", now, until=_iso(due))
+        ex.update({"status": "waiting", "due_at": iso(due), "remaining_s": None})
+        _history(ex, ex["step"], "resumed", now, until=iso(due))
     elif action == "cancel" and ex["status"] in ACTIVE:
         _end(ex, "cancelled", "cancelled", now, contact, fx)
     else:
