@@ -46,13 +46,15 @@ import orjson
 from agents.contacts import EXIT_FATAL
 from streams.definitions import parse_duration
 from tables.campaigns import (
-    CAMPAIGN_WORKFLOW,
     Delivery,
     Throttle,
+    campaign_workflow,
+    campaign_zone,
     due,
     next_after,
     starts_at,
 )
+from tables.contacts import split_key
 from tables.schedule import Occurrence, is_occurrence, parse_local
 
 if TYPE_CHECKING:
@@ -80,14 +82,25 @@ def progress_key(partition: int, account: str, campaign_id: str) -> str:
 
 @dataclass(slots=True)
 class SliceRecord:
-    """What a dead letter says about a delivery that failed (there is no input record)."""
+    """What a dead letter says about a delivery that failed (there is no input record):
+    made per contact, its bytes only when a dead letter needs them."""
 
-    key: bytes
-    value: bytes
+    contact: str
     partition: int
+    campaign_id: str | None
+    occurrence: str | None
     topic: str = "campaign"
     offset: int = -1
     headers: Any = None
+
+    @property
+    def key(self) -> bytes:
+        return split_key(self.contact)[1].encode()
+
+    @property
+    def value(self) -> bytes:
+        return orjson.dumps({"campaign_id": self.campaign_id, "occurrence": self.occurrence,
+                             "contact": self.contact})
 
 
 @dataclass(eq=False)
@@ -121,9 +134,14 @@ class Slice:
 
     def record(self, key: str) -> SliceRecord:
         delivery = self.delivery
-        about = {"campaign_id": delivery.campaign["id"] if delivery else None,
-                 "occurrence": delivery.occurrence if delivery else None, "contact": key}
-        return SliceRecord(key.partition(":")[2].encode(), orjson.dumps(about), self.partition)
+        if delivery is None:
+            return SliceRecord(key, self.partition, None, None)
+        return SliceRecord(key, self.partition, delivery.campaign["id"], delivery.occurrence)
+
+    @property
+    def paced(self) -> int:
+        """Sends (enrolments) so far: what the throttle counts."""
+        return sum(self.counts[c] for c in _PACED)
 
     def tally(self, outcome: str, at: datetime | None) -> None:
         if outcome == "later":
@@ -203,9 +221,7 @@ class Scheduler:
                     self.tasks[ident] = asyncio.ensure_future(work)
 
     def zone(self, campaign: dict[str, Any]) -> ZoneInfo:
-        name = (campaign["schedule"].get("timezone")
-                or self.w.registry.policy(campaign["account"])["timezone"])
-        return ZoneInfo(name)
+        return campaign_zone(campaign, self.w.registry.policy(campaign["account"]))
 
     def progress(self, partition: int, account: str, campaign_id: str) -> dict[str, Any]:
         ident = (partition, account, campaign_id)
@@ -292,14 +308,6 @@ class Scheduler:
         await self.submit(Slice(partition, key, progress, self.w.app.consumer_generation_id,
                                 audit=audit or []))
 
-    def _workflow(self, campaign: dict[str, Any]) -> dict[str, Any] | None:
-        registry, account = self.w.registry, campaign["account"]
-        if campaign["content"] is not None:
-            return registry.lookup(account, CAMPAIGN_WORKFLOW + campaign["id"],
-                                   campaign["version"])
-        linked = [wf for wf in registry.active(account) if wf["id"] == campaign["workflow"]]
-        return linked[0] if linked else None
-
     def _stopped(self, campaign: dict[str, Any]) -> bool:
         """Paused, cancelled or changed since the fan-out began: stop after this slice
         (the tick decides what comes next, from the progress)."""
@@ -316,7 +324,7 @@ class Scheduler:
         key = progress_key(partition, account, campaign["id"])
         entry = progress["running"][occurrence]
         entry.update({"status": "running", "version": campaign["version"]})
-        workflow = self._workflow(campaign)
+        workflow = campaign_workflow(w.registry, campaign)
         if workflow is None:
             log.error("campaign %s:%s: workflow %r is not defined or not active; the "
                       "occurrence fails", account, campaign["id"], campaign["workflow"])
@@ -364,7 +372,7 @@ class Scheduler:
                 if work.next_wave is not None and (wave is None or work.next_wave < wave):
                     wave = work.next_wave
                 if throttle is not None:
-                    throttle.use(sum(work.counts[c] for c in _PACED))
+                    throttle.use(work.paced)
                 if position >= len(keys):
                     break
             while unfinished:

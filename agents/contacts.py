@@ -462,9 +462,8 @@ async def compute_slice(worker: Worker, work: Slice, previous: Cycle | None = No
         verdicts.append(verdict)
         return outcome
 
-    paced = 0
     for n, key in enumerate(work.keys):
-        if work.budget is not None and paced >= work.budget:
+        if work.budget is not None and work.paced >= work.budget:
             break
         if n % 100 == 99:
             await asyncio.sleep(0)
@@ -474,7 +473,6 @@ async def compute_slice(worker: Worker, work: Slice, previous: Cycle | None = No
         if verdicts:
             verdict = verdicts[0]
             work.tally(verdict.outcome, verdict.at)
-            paced += verdict.outcome in ("sent", "enrolled")
     for record in work.audit:
         cycle.emit_audit(record)
     data = orjson.dumps(work.progress)  # a snapshot: the fan-out goes on changing it

@@ -258,21 +258,19 @@ def _campaign_warnings(campaign: dict[str, Any], registry: Any) -> list[str]:
     """What is valid but probably not meant: a schedule with nothing left to fire, a
     linked workflow the workers do not have (yet)."""
     from datetime import UTC, datetime
-    from zoneinfo import ZoneInfo
 
-    from tables.campaigns import next_after
+    from tables.campaigns import campaign_workflow, campaign_zone, next_after
 
     warnings = []
     account = campaign["account"]
     known = registry.campaign(account, campaign["id"])  # its newest version, if any
-    zone = ZoneInfo(campaign["schedule"]["timezone"] or registry.policy(account)["timezone"])
+    zone = campaign_zone(campaign, registry.policy(account))
     if next_after(campaign, zone, datetime.now(UTC), None) is None:
         warnings.append("schedule: no occurrence after now: it will never fire (a time in "
                         "the past does not fire; see docs/campaigns.md)")
-    linked = campaign.get("workflow")
-    if linked and not any(wf["id"] == linked for wf in registry.active(account)):
-        warnings.append(f"workflow: {linked!r} is not an active workflow of {account} (yet): "
-                        "an occurrence without it fails")
+    if campaign["workflow"] and campaign_workflow(registry, campaign) is None:
+        warnings.append(f"workflow: {campaign['workflow']!r} is not an active workflow of "
+                        f"{account} (yet): an occurrence without it fails")
     if known is not None and known["version"] >= campaign["version"] and known != campaign:
         warnings.append(f"version: {account}/{campaign['id']} is at v{known['version']} "
                         "already; the workers ignore a changed version: publish a higher one")
@@ -305,13 +303,12 @@ def _campaign(registry: Any, account: str, campaign_id: str) -> dict[str, Any]:
 @campaign_cli.command("status")
 def campaign_status(campaign_id: str, account: Account) -> None:
     """Each occurrence's progress, summed over the partitions that report it."""
-    from zoneinfo import ZoneInfo
 
     from redis.asyncio import Redis
 
     from agents.campaigns import COUNTERS
     from streams.settings import Settings
-    from tables.campaigns import next_after
+    from tables.campaigns import campaign_zone, next_after
     from tables.readmodel import ReadModel
 
     settings = Settings()
@@ -344,8 +341,7 @@ def campaign_status(campaign_id: str, account: Account) -> None:
     status = registry.campaign_status(account, campaign_id)
     upcoming = None
     if status != "cancelled" and campaign["active"]:
-        zone = ZoneInfo(campaign["schedule"]["timezone"]
-                        or registry.policy(account)["timezone"])
+        zone = campaign_zone(campaign, registry.policy(account))
         last = max((r["last"] for r in records if r["last"]), default=None)
         found = next_after(campaign, zone, registry.published_at(campaign), last)
         upcoming = found and {"occurrence": found.id, "at": found.at.isoformat()}

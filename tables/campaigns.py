@@ -37,6 +37,7 @@ from tables.schedule import (
     contact_instant,
     earliest_instant,
     latest_instant,
+    occurrence_id,
     occurrences,
     parse_local,
     resolve,
@@ -44,7 +45,7 @@ from tables.schedule import (
 from tables.triggers import criteria_hold
 
 if TYPE_CHECKING:
-    from tables.handlers import Context
+    from tables.handlers import Context, Definitions
 
 __all__ = [
     "CAMPAIGN_WORKFLOW",
@@ -53,6 +54,8 @@ __all__ = [
     "Throttle",
     "Verdict",
     "campaign_event",
+    "campaign_workflow",
+    "campaign_zone",
     "content_workflow",
     "due",
     "enrol_joiners",
@@ -83,12 +86,29 @@ def content_workflow(campaign: Mapping[str, Any], policy: Mapping[str, Any]) -> 
         "kind": "workflow", "id": CAMPAIGN_WORKFLOW + campaign["id"],
         "account": campaign["account"], "name": campaign["name"],
         "version": campaign["version"], "active": False,
-        "timezone": campaign["schedule"].get("timezone") or policy["timezone"],
+        "timezone": campaign_zone(campaign, policy).key,
         "trigger": {"event": "campaign.started", "keyword": None, "criteria": []},
         "goals": [], "reentry": {"policy": "every_time", "days": None},
         "on_capped": campaign["delivery"]["on_capped"], "start": "send",
         "steps": {"send": step}, "campaign": campaign["id"],
     }
+
+
+def campaign_zone(campaign: Mapping[str, Any], policy: Mapping[str, Any]) -> ZoneInfo:
+    """The zone of a campaign's schedule: its own, else its account's."""
+    return ZoneInfo(campaign["schedule"].get("timezone") or policy["timezone"])
+
+
+def campaign_workflow(definitions: Definitions, campaign: Mapping[str, Any]
+                      ) -> dict[str, Any] | None:
+    """The workflow each contact runs: a content campaign's own (``campaign:<id>``), or
+    the newest active version of the linked one (None: not defined, or not active)."""
+    account = campaign["account"]
+    if campaign["content"] is not None:
+        return definitions.lookup(account, CAMPAIGN_WORKFLOW + campaign["id"],
+                                  campaign["version"])
+    linked = [wf for wf in definitions.active(account) if wf["id"] == campaign["workflow"]]
+    return linked[0] if linked else None
 
 
 def in_audience(audience: Mapping[str, Any], contact: Mapping[str, Any]) -> bool:
@@ -254,22 +274,19 @@ def enrol_joiners(
                 or not campaign["active"]):
             continue
         cid = campaign["id"]
-        occurrence = parse_local(schedule["at"]).isoformat(timespec="minutes")
+        occurrence = occurrence_id(parse_local(schedule["at"]))
         marks = contact.get("campaigns") or {}
         if marks.get(cid, "") >= occurrence or not in_audience(campaign["audience"], contact):
             continue
-        policy = definitions.policy(contact["account"])
-        zone = ZoneInfo(schedule.get("timezone") or policy["timezone"])
+        zone = campaign_zone(campaign, definitions.policy(contact["account"]))
         begins = resolve(parse_local(occurrence), zone)
         until = schedule.get("until")
         if now < begins or (until and now > resolve(parse_local(until), zone)):
             continue
         if definitions.campaign_status(contact["account"], cid) != "running":
             continue
-        linked = [wf for wf in definitions.active(contact["account"])
-                  if wf["id"] == campaign["workflow"]]
-        if linked:
-            fx += _reach(contact, campaign, occurrence, linked[0], ctx, now, now)[0]
+        if (workflow := campaign_workflow(definitions, campaign)) is not None:
+            fx += _reach(contact, campaign, occurrence, workflow, ctx, now, now)[0]
     return fx
 
 

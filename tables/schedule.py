@@ -35,6 +35,7 @@ __all__ = [
     "latest_instant",
     "local_to_utc",
     "next_local_time",
+    "occurrence_id",
     "occurrences",
     "parse_local",
     "resolve",
@@ -241,7 +242,7 @@ def occurrences(
         local = parse_local(schedule["at"])
         at = resolve(local, zone)
         if at > origin:
-            yield Occurrence(_occurrence_id(local), local, at, 1)
+            yield Occurrence(occurrence_id(local), local, at, 1)
         return
     if kind != "recurring":
         raise ValueError(f"unknown schedule type {kind!r}")
@@ -265,12 +266,13 @@ def occurrences(
             continue
         index += 1
         if at > origin:
-            yield Occurrence(_occurrence_id(local), local, at, index)
+            yield Occurrence(occurrence_id(local), local, at, index)
         if limit is not None and index >= limit:
             return
 
 
-def _occurrence_id(local: datetime) -> str:
+def occurrence_id(local: datetime) -> str:
+    """An occurrence's id: its wall-clock time to the minute (sortable)."""
     return local.isoformat(timespec="minutes")
 
 
