@@ -34,6 +34,7 @@ from streams.embedded import EmbeddedRedis, WorkerProcess, read_records, topic_e
 from streams.settings import Settings
 from streams.topics import ensure_topics
 from tables.contacts import decode as decode_state
+from tables.readmodel import ReadModel
 from tables.store import partition_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1044,25 +1045,25 @@ async def redis_answers(url: str) -> bool:
 
 
 async def read_model_contacts(url: str, prefix: str) -> int:
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(url)
-    try:
-        return int(await client.scard(f"{prefix}contacts:{ACCOUNT}"))
-    finally:
-        await client.aclose()
+    """The bench account's contacts in the read model."""
+    return int(await _read_model(url, prefix, lambda model: model.count_contacts(ACCOUNT)))
 
 
 async def campaign_progress(url: str, prefix: str, campaign_id: str
                             ) -> dict[int, dict[str, Any]]:
-    """Each partition's progress record of a campaign of the bench account (the read
-    model's ``<prefix>campaign:<account>:<id>`` hash, :mod:`tables.readmodel`)."""
+    """Each partition's progress record of a campaign of the bench account."""
+    progress: dict[int, dict[str, Any]] = await _read_model(
+        url, prefix, lambda model: model.get_progress(ACCOUNT, campaign_id))
+    return progress
+
+
+async def _read_model(url: str, prefix: str, read: Callable[[ReadModel], Awaitable[Any]]
+                      ) -> Any:
     from redis.asyncio import Redis
 
     client = Redis.from_url(url)
     try:
-        raw = await client.hgetall(f"{prefix}campaign:{ACCOUNT}:{campaign_id}")
-        return {int(k): orjson.loads(v) for k, v in raw.items()}
+        return await read(ReadModel(client, prefix))
     finally:
         await client.aclose()
 

@@ -805,7 +805,11 @@ async def _campaign_run(bench: Bench, n_workers: int) -> None:
         if not watch.complete:
             raise TimeoutError(f"ingest: {len(watch.reached)}/{n} contacts applied by the "
                                "deadline")
-        await asyncio.sleep(2)  # the last read-model writes and commits
+        # The read model is written after the changelog: wait until it has them all.
+        while await read_model_contacts(cfg.redis_url, s.topic_prefix) < n:
+            if time.monotonic() > deadline:
+                raise TimeoutError("ingest: the read model did not get every contact")
+            await asyncio.sleep(0.1)
         # Start-up and ingest: what the workers logged before the first instant.
         count, lines = log_warnings(workers, ignore=CLOCK_WARNING)
         results = [await _fire(bench, workers, s.topic_prefix, clock, label, cid, at, every)

@@ -105,6 +105,9 @@ class ReadModel:
         state = await self.get_state(account, contact_id)
         return {} if state is None else state["executions"]
 
+    async def count_contacts(self, account: str) -> int:
+        return int(await self.redis.scard(f"{self.prefix}contacts:{account}"))
+
     async def contact_ids(self, account: str) -> set[str]:
         members = await self.redis.smembers(f"{self.prefix}contacts:{account}")
         return {m.decode() if isinstance(m, bytes) else m for m in members}

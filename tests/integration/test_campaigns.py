@@ -6,7 +6,6 @@ days away fires at once; nothing here sleeps.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 from collections import Counter
@@ -59,6 +58,32 @@ async def add_contacts(stack: Stack, *contacts: list[dict[str, Any]]) -> None:
         await stack.wait_contact(events[0]["account"], events[0]["subject"], len(events))
 
 
+async def signups(stack: Stack, n: int, timeout: float = 60.0) -> None:
+    """``n`` contacts of acme with a phone and SMS consent, published together and waited
+    for in the read model."""
+    await stack.publisher.send_many([build_event(
+        "acme", f"c{i:06d}", "contact.created",
+        {"phone": "+14155550123", "consent": {"sms": True}}, event_id=f"c{i}")
+        for i in range(n)])
+
+    async def ingested() -> bool:
+        return await stack.read_model.count_contacts("acme") == n
+
+    await eventually(ingested, timeout=timeout, what=f"{n} contacts in the read model")
+
+
+def assert_rate(stamps: list[float], rate: float, partitions: int) -> None:
+    """Sends at these times (s) kept to ``rate`` per minute: no 5 s window holds more than
+    5 s of it (plus the throttle's 1 s tolerance and a slot per partition), and the whole
+    took the time the rate implies (less two seconds' worth)."""
+    stamps, per_s, window, j = sorted(stamps), rate / 60, 5.0, 0
+    for i, t in enumerate(stamps):
+        while stamps[j] < t - window:
+            j += 1
+        assert i - j + 1 <= per_s * (window + 1) + partitions, t
+    assert stamps[-1] - stamps[0] >= (len(stamps) - per_s * 2) / per_s
+
+
 def sms(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in records]
 
@@ -90,11 +115,7 @@ async def test_one_time_campaign_reaches_its_audience_once(stack: Stack) -> None
     assert await stack.read_all("send.sms") == []  # not yet its time
     stack.skip((at - start).total_seconds() + 1)
 
-    async def completed() -> dict[str, Any] | None:
-        totals = (await progress(stack, "acme", "spring")).get(local(at))
-        return totals if totals and totals["completed"] == stack.settings.partitions else None
-
-    totals = await eventually(completed, what="the occurrence completed everywhere")
+    totals = await completed_everywhere(stack, "spring", local(at))
     sent = sms(await stack.read_all("send.sms"))
     assert sorted(c["contact_id"] for c in sent) == ["ann", "bob"]
     assert {c["body"] for c in sent} == {"Hi Ann: 20% off today", "Hi Bob: 20% off today"}
@@ -305,19 +326,7 @@ async def test_audience_of_100k_over_two_workers_with_and_without_throttle(
     n = 100_000
     stack.start_worker()
     stack.start_worker()
-    producer = stack.publisher._producer
-    events = stack.topic("contact-events")
-    pending = []
-    for i in range(n):
-        event = build_event("acme", f"k{i}", "contact.created", {
-            "phone": f"+1415{i:07d}", "consent": {"sms": True}}, event_id=f"k{i}")
-        pending.append(await producer.send(events, orjson.dumps(event), f"k{i}".encode()))
-    await asyncio.gather(*pending)
-
-    async def ingested() -> bool:
-        return int(await stack.redis.scard(f"{stack.settings.topic_prefix}contacts:acme")) == n
-
-    await eventually(ingested, timeout=180, what="100k contacts in the read model")
+    await signups(stack, n, timeout=180)
     at = stack.now() + timedelta(minutes=1)
     await stack.define(campaign(id="all", audience={},
                                 schedule={"type": "once", "at": local(at), "timezone": "UTC"}))
@@ -337,16 +346,8 @@ async def test_audience_of_100k_over_two_workers_with_and_without_throttle(
         assert len(sends) == n
         assert len({c["contact_id"] for _, c in sends}) == n  # each exactly once
         assert len({c["message_id"] for _, c in sends}) == n
-    stamps = sorted(t / 1000 for t, _ in by_campaign["campaign:slow"])
-    per_s = rate / 60
-    # Never faster than the rate over any 5 s (give or take the throttle's 1 s tolerance
-    # and one slot per partition), and not slower than half of it overall.
-    window, j = 5.0, 0
-    for i, t in enumerate(stamps):
-        while stamps[j] < t - window:
-            j += 1
-        assert i - j + 1 <= per_s * (window + 1) + stack.settings.partitions, t
-    assert stamps[-1] - stamps[0] >= (n - per_s * 2) / per_s
+    assert_rate([t / 1000 for t, _ in by_campaign["campaign:slow"]], rate,
+                stack.settings.partitions)
 
 
 async def test_daily_local_time_occurrences_overlap(stack: Stack) -> None:
@@ -391,17 +392,7 @@ async def test_a_clean_stop_mid_fanout_exits_0_and_the_next_worker_goes_on(
     await stack.define(campaign(schedule={"type": "once", "at": local(at), "timezone": "UTC"},
                                 audience={}))
     worker = stack.start_worker()
-    producer, topic = stack.publisher._producer, stack.topic("contact-events")
-    pending = [await producer.send(topic, orjson.dumps(build_event(
-        "acme", f"c{i:04d}", "contact.created", {"phone": "+14155550123",
-                                                  "consent": {"sms": True}},
-        event_id=f"c{i}")), f"c{i:04d}".encode()) for i in range(n)]
-    await asyncio.gather(*pending)
-
-    async def ingested() -> bool:
-        return int(await stack.redis.scard(f"{stack.settings.topic_prefix}contacts:acme")) == n
-
-    await eventually(ingested, what="the contacts")
+    await signups(stack, n)
     stack.set_time(at)
     await eventually(lambda: _count_at_least(stack, 200), what="the first sends")
     assert worker.kill(signal.SIGTERM, timeout=30) == 0
@@ -494,24 +485,9 @@ async def test_throttle_spaces_sends_across_partitions(stack: Stack) -> None:
     await stack.define(campaign(schedule={"type": "once", "at": local(at), "timezone": "UTC"},
                                 delivery={"throttle_per_minute": rate}, audience={}))
     stack.start_worker()
-    producer, topic = stack.publisher._producer, stack.topic("contact-events")
-    await asyncio.gather(*[await producer.send(topic, orjson.dumps(build_event(
-        "acme", f"t{i:03d}", "contact.created", {"phone": "+14155550123",
-                                                 "consent": {"sms": True}},
-        event_id=f"t{i}")), f"t{i:03d}".encode()) for i in range(n)])
-
-    async def ingested() -> bool:
-        return int(await stack.redis.scard(f"{stack.settings.topic_prefix}contacts:acme")) == n
-
-    await eventually(ingested, what="the contacts")
+    await signups(stack, n)
     stack.set_time(at)
     await completed_everywhere(stack, "spring", local(at))
     records = await stack.read_all("send.sms")
     assert len({orjson.loads(r.value)["contact_id"] for r in records}) == n
-    stamps = sorted(r.timestamp / 1000 for r in records)
-    per_s, window, j = rate / 60, 5.0, 0
-    for i, t in enumerate(stamps):
-        while stamps[j] < t - window:
-            j += 1
-        assert i - j + 1 <= per_s * (window + 1) + stack.settings.partitions, t
-    assert stamps[-1] - stamps[0] >= (n - per_s * 2) / per_s
+    assert_rate([r.timestamp / 1000 for r in records], rate, stack.settings.partitions)
