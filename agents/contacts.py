@@ -44,6 +44,7 @@ from faust.types import TP
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from agents.timers import state_due
 from streams import compat
 from streams.app import MAX_REQUEST_BYTES
 from streams.commands import Control
@@ -342,8 +343,8 @@ class Cycle:
         w.store.apply(states)
         for key in self.rearm:
             state = self.states.get(key)
-            if state is not None:
-                w.due_index.schedule(key, state["next_due"])
+            if state is not None and key[0] != "~":
+                w.due_index.schedule(key, state_due(w, key, state))
         self.stored.set()
         await fault(w, "after_state", writes)
         await self.project()  # the revision check orders batches' projections

@@ -2,9 +2,14 @@
 
 The source of truth for every wait is the execution inside the contact's table value
 (``due_at``; the contact's earliest is ``next_due``), so waits survive restarts,
-redeploys and rebalances with the table. Each worker keeps an in-memory :class:`DueIndex`
+redeploys and rebalances with the table. A contact's inactivity period
+(:mod:`tables.inactivity`) is one more due time, derived from the same value and the
+account's current thresholds: a contact holds **one** timer, the earlier of the two
+(:func:`due_of`). Each worker keeps an in-memory :class:`DueIndex`
 of due times for the partitions it owns *actively*, built by scanning the table when a
-partition is assigned and updated by the contact agent after every batch. Every
+partition is assigned and updated by the contact agent after every batch; when an
+account's inactivity thresholds change, its contacts on the worker's partitions are
+looked at again (in memory, nothing is written). Every
 ``DRIPSTREAM_TIMER_INTERVAL_S`` the tick sends a wake-up for each contact whose next due
 time has come to ``<prefix>wakeups`` on the contact's own partition — at most
 ``DRIPSTREAM_TIMER_MAX_PER_TICK`` per tick, so a backlog after an outage is caught up at
@@ -28,18 +33,34 @@ import orjson
 import zstandard
 
 from streams.compat import Record, send_batches
-from tables.contacts import peek_next_due, split_key
+from tables.contacts import ContactState, peek_timers, split_key
+from tables.inactivity import earliest
 from tables.store import partition_for
 
 if TYPE_CHECKING:
     from agents.worker import Worker
 
-__all__ = ["RESEND_AFTER", "DueIndex", "install"]
+__all__ = ["RESEND_AFTER", "DueIndex", "due_of", "install", "state_due"]
 
 log = logging.getLogger(__name__)
 
 #: A wake-up not acted on within this long (lost, or its partition moved) is sent again.
 RESEND_AFTER = timedelta(seconds=30)
+
+
+def due_of(worker: Worker, key: str, raw: bytes) -> datetime | None:
+    """The contact's timer from its encoded state (only its first fields are read)."""
+    next_due, record = peek_timers(raw)
+    return earliest(next_due, record,
+                    worker.registry.inactivity_thresholds(split_key(key)[0]))
+
+
+def state_due(worker: Worker, key: str, state: ContactState) -> datetime | None:
+    """The contact's timer from its decoded state."""
+    record = state.get("inactivity")
+    return earliest(state["next_due"],
+                    None if record is None else (record["since"], record["fired"]),
+                    worker.registry.inactivity_thresholds(split_key(key)[0]))
 
 
 class DueIndex:
@@ -91,13 +112,13 @@ def install(worker: Worker) -> None:
     app, settings, names, store = worker.app, worker.settings, worker.names, worker.store
     index = worker.due_index
 
-    async def rebuild(partitions: set[int]) -> int:
+    async def rebuild(partitions: set[int], prefix: str = "") -> int:
         count = 0
-        for n, (key, value) in enumerate(store.items(partitions)):
+        for n, (key, value) in enumerate(store.items(partitions, prefix)):
             if key[0] == "~":
                 continue  # a partition's campaign progress, not a contact
             try:
-                due = peek_next_due(value)
+                due = due_of(worker, key, value)
             except (ValueError, TypeError, AttributeError, zstandard.ZstdError) as exc:
                 log.error("timer index: unreadable state for %r skipped: %r", key, exc)
                 continue
@@ -110,7 +131,7 @@ def install(worker: Worker) -> None:
 
     @app.timer(interval=settings.timer_interval_s)  # type: ignore[untyped-decorator]
     async def fire_due_waits() -> None:
-        if app.rebalancing or app.in_recovery:
+        if app.rebalancing or app.in_recovery or not worker.registry.ready.is_set():
             return
         actives = {tp.partition for tp in app.assignor.assigned_actives()
                    if tp.topic == names.events}
@@ -120,16 +141,22 @@ def install(worker: Worker) -> None:
         if new := actives - index.partitions:
             index.partitions |= new
             count = await rebuild(new)
-            log.info("timer index: partitions %s assigned, %d contacts with waits",
+            log.info("timer index: partitions %s assigned, %d contacts with timers",
                      sorted(new), count)
+        for account in sorted(worker.registry.threshold_changes()):
+            # A new inactivity threshold may already have come for some of them.
+            count = await rebuild(index.partitions, f"{account}:")
+            log.info("timer index: %s's inactivity thresholds are now %s; %d contacts "
+                     "with timers", account, worker.registry.inactivity_thresholds(account),
+                     count)
         now = worker.clock.now()
         records: list[Record] = []
         for key in index.pop_due(now, settings.timer_max_per_tick):
             raw = store.get_raw(key)
-            due = peek_next_due(raw) if raw is not None else None
+            due = due_of(worker, key, raw) if raw is not None else None
             if due is None:
                 continue
-            if datetime.fromisoformat(due) > now:
+            if due > now:
                 index.schedule(key, due)
                 continue
             account, contact_id = split_key(key)

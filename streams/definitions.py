@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES, Zone
+from tables.inactivity import DEFAULT_ACTIVITY_TYPES
 from tables.schedule import check_cron, cron_min_interval, parse_local
 
 __all__ = [
@@ -164,6 +165,10 @@ class Trigger(BaseModel):
 
     event: str
     keyword: str | None = Field(None, description="keyword.received only; case-insensitive")
+    inactive_days: int | None = Field(
+        None, ge=1, le=3650,
+        description="contact.inactive only: the threshold (days without activity) this "
+                    "workflow reacts to; dripstream detects it for every contact")
     criteria: list[Criterion] = Field(default_factory=list)
 
     _check_event = field_validator("event")(_event_type)
@@ -356,6 +361,22 @@ class Replies(BaseModel):
                  "Reply STOP to cancel. Support: {support}")
 
 
+def _event_types(values: list[str]) -> list[str]:
+    return [_event_type(v) for v in values]
+
+
+class InactivityPolicy(BaseModel):
+    """What counts as activity for inactivity detection (``docs/workflows.md``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    activity_types: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_ACTIVITY_TYPES),
+        min_length=1, description="event types that end an inactivity period")
+
+    _check_types = field_validator("activity_types")(_event_types)
+
+
 class AccountPolicy(BaseModel):
     """Per-account compliance settings (``kind: account``); defaults apply without one."""
 
@@ -373,6 +394,7 @@ class AccountPolicy(BaseModel):
     replies: Replies = Field(default_factory=Replies)
     campaign_min_interval: Duration = Field(
         "1h", description="recurring campaigns may not fire more often than this")
+    inactivity: InactivityPolicy = Field(default_factory=InactivityPolicy)
 
 
 class Keyword(BaseModel):
@@ -657,6 +679,10 @@ def _graph_errors(raw: dict[str, Any]) -> list[str]:
         event = trigger.get("event")
         if isinstance(event, str) and event != "keyword.received":
             errors.append("trigger.keyword: only for trigger event keyword.received")
+    if isinstance(trigger, dict) and trigger.get("inactive_days") is not None:
+        event = trigger.get("event")
+        if isinstance(event, str) and event != "contact.inactive":
+            errors.append("trigger.inactive_days: only for trigger event contact.inactive")
     # Cycles from every step (start first), so a cycle shows even when start is unknown;
     # reachability only when start and every reference resolve: a dangling reference may
     # be a typo for the very step that then looks unreachable.

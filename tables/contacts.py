@@ -52,6 +52,7 @@ __all__ = [
     "Applied",
     "ContactState",
     "Execution",
+    "Inactivity",
     "SendRecord",
     "apply_event",
     "contact_key",
@@ -60,6 +61,7 @@ __all__ = [
     "encode",
     "encode_json",
     "peek_next_due",
+    "peek_timers",
     "public_view",
     "split_key",
 ]
@@ -129,6 +131,17 @@ class Execution(TypedDict):
     deferred: NotRequired[dict[str, str]]
 
 
+class Inactivity(TypedDict):
+    """The contact's inactivity period (:mod:`tables.inactivity`): ``since`` its start
+    (the newest activity, or the creation), ``fired`` the thresholds (days) reported in
+    it, ``active`` whether the contact was ever active. It follows ``next_due`` in the
+    value, so the timer index reads both without decoding the rest (:func:`peek_timers`)."""
+
+    since: str
+    fired: list[int]
+    active: bool
+
+
 class Run(TypedDict):
     count: int
     last_started_at: str
@@ -140,6 +153,8 @@ class ContactState(TypedDict):
     #: The earliest wake-up any execution waits for (first, so the timer index can read it
     #: without decoding the rest: :func:`peek_next_due`).
     next_due: str | None
+    #: Second, for the same reason (absent only in states written before it existed).
+    inactivity: NotRequired[Inactivity]
     account: str
     contact_id: str
     phone: str | None
@@ -240,16 +255,29 @@ def decode(value: bytes) -> ContactState:
     return cast(ContactState, orjson.loads(value))
 
 
-_NEXT_DUE = re.compile(rb'^\{"next_due":(null|"([^"]+)")')
+_TIMERS = re.compile(rb'^\{"next_due":(null|"([^"]+)")(?:,"inactivity":\{"since":"([^"]+)",'
+                     rb'"fired":\[([0-9,]*)\])?')
+
+
+def peek_timers(value: bytes) -> tuple[str | None, tuple[str, list[int]] | None]:
+    """``next_due`` and the inactivity record's ``(since, fired)`` of an encoded state:
+    they are its first fields, so nothing else is decoded."""
+    if value[:1] == _V1:
+        value = _UNPACK.decompressobj().decompress(value[1:])
+    match = _TIMERS.match(value)
+    if match is None or match.group(3) is None:  # another shape: decode it all
+        state = decode(value)
+        record = state.get("inactivity")
+        return state.get("next_due"), (None if record is None
+                                       else (record["since"], list(record["fired"])))
+    due = None if match.group(2) is None else match.group(2).decode()
+    fired = match.group(4)
+    return due, (match.group(3).decode(), [int(n) for n in fired.split(b",")] if fired else [])
 
 
 def peek_next_due(value: bytes) -> str | None:
-    """``next_due`` of an encoded state (it is the first field: no full decode)."""
-    if value[:1] == _V1:
-        value = _UNPACK.decompressobj().decompress(value[1:])
-    if (match := _NEXT_DUE.match(value)) is not None:
-        return None if match.group(2) is None else match.group(2).decode()
-    return decode(value).get("next_due")
+    """``next_due`` of an encoded state (the executions' earliest wait)."""
+    return peek_timers(value)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +290,7 @@ def _new_state(event: ContactEvent, now: datetime) -> ContactState:
     stamp = now.isoformat()
     return {
         "next_due": None,
+        "inactivity": {"since": stamp, "fired": [], "active": False},
         "account": event.account,
         "contact_id": event.contact_id,
         "phone": None,
@@ -359,7 +388,13 @@ def _with(members: list[str], item: str, present: bool) -> list[str]:
 
 def copy_state(state: ContactState) -> ContactState:
     """A copy that can be changed without touching ``state`` (the table's value)."""
-    new = state.copy()
+    if "inactivity" in state:
+        new = state.copy()
+        new["inactivity"] = state["inactivity"].copy()
+    else:  # written before inactivity existed: put its record second, where peeks look
+        new = cast(ContactState, {"next_due": state["next_due"], "inactivity": {
+            "since": state["last_activity_at"] or state["created_at"], "fired": [],
+            "active": state["last_activity_at"] is not None}, **state})
     new["attributes"] = dict(state["attributes"])
     new["consent"] = dict(state["consent"])
     new["seen"] = dict(state["seen"])

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from streams.commands import Control
 from streams.events import ContactEvent
-from tables import executions
+from tables import executions, inactivity
 from tables.campaigns import enrol_joiners
 from tables.compliance import report_suppression
 from tables.contacts import ContactState, apply_event, copy_state
@@ -60,6 +60,9 @@ class Definitions(Protocol):
     def campaign_status(self, account: str, campaign_id: str) -> str:
         ...
 
+    def inactivity_thresholds(self, account: str) -> tuple[int, ...]:
+        ...
+
 
 @dataclass(frozen=True)
 class Context:
@@ -89,7 +92,7 @@ class Wakeup:
 def event_dict(event: ContactEvent) -> dict[str, Any]:
     """The event as the engine reads it (plain values, as triggers and templates see it)."""
     env = event.envelope
-    return {"id": env.id, "type": env.type, "time": env.time.isoformat(),
+    return {"id": env.id, "type": env.type, "source": env.source, "time": env.time.isoformat(),
             "account": env.account, "causationdepth": env.causationdepth,
             "data": event.data.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
@@ -97,8 +100,8 @@ def event_dict(event: ContactEvent) -> dict[str, Any]:
 def handle_event(
     state: ContactState | None, event: ContactEvent, ctx: Context, now: datetime
 ) -> Outcome:
-    """Profile, dedupe, keywords, suppression reports, workflows. A repeat of a recent
-    event id changes nothing (``Outcome.duplicate``). Raises
+    """Profile, dedupe, inactivity period, keywords, suppression reports, workflows. A
+    repeat of a recent event id changes nothing (``Outcome.duplicate``). Raises
     :class:`streams.events.Rejected` (``limit_exceeded``) before any change."""
     applied = apply_event(state, event, now, ctx.dedupe_window_s)
     if applied.duplicate:
@@ -106,10 +109,14 @@ def handle_event(
     new, account = applied.state, event.account
     ev = event_dict(event)
     rules = ctx.compliance(account)
+    inactivity.track(new["inactivity"], event.type, event.time, now,
+                     rules.policy["inactivity"]["activity_types"])
     fx, react = Effects(), True
     if event.type == "keyword.received":
         fx += on_keyword(new, ev, ctx.definitions.keywords(account), rules, now)
         react = not system_keyword(ev, rules.policy)
+    elif event.type == "contact.inactive":
+        react = not inactivity.is_stale(new, ev)
     if (change := report_suppression(new, ev, now)) is not None:
         fx.suppressions.append(change)
     if react:
@@ -122,7 +129,8 @@ def handle_event(
 def handle_wakeup(
     state: ContactState | None, wakeup: Wakeup, ctx: Context, now: datetime
 ) -> Outcome:
-    """Fire what is due (nothing early; a repeated wake-up finds nothing left)."""
+    """Fire what is due — waits, and inactivity thresholds reached (nothing early; a
+    repeated wake-up finds nothing left)."""
     if state is None:
         return Outcome()
     new = copy_state(state)
@@ -130,7 +138,13 @@ def handle_wakeup(
     fx = executions.on_wakeup(
         new, ctx.definitions.lookup, now, ctx.compliance(account),
         lambda campaign_id: ctx.definitions.campaign_status(account, campaign_id))
-    return Outcome() if fx is None else Outcome(new, fx)
+    inactive = inactivity.on_wakeup(new, ctx.definitions.inactivity_thresholds(account), now)
+    if fx is None and inactive is None:
+        return Outcome()
+    fx = fx or Effects()
+    if inactive is not None:
+        fx += inactive
+    return Outcome(new, fx)
 
 
 def handle_control(

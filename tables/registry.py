@@ -33,6 +33,7 @@ from streams.definitions import AccountPolicy, CampaignControl, DefinitionError,
 from streams.settings import Settings
 from tables.campaigns import CAMPAIGN_WORKFLOW, content_workflow
 from tables.compliance import default_policy
+from tables.inactivity import thresholds
 
 __all__ = ["CompactedView", "Registry", "Suppressions"]
 
@@ -100,6 +101,10 @@ class Registry(CompactedView):
         #: (account, campaign id) → {"pause": action, "cancel": action} (newest of each).
         self._controls: dict[tuple[str, str], dict[str, str]] = {}
         self._made: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self._thresholds: dict[str, tuple[int, ...]] = {}
+        #: Accounts whose inactivity thresholds changed since the timer last looked
+        #: (:meth:`threshold_changes`): their contacts' timers are re-armed.
+        self._threshold_changes: set[str] = set()
 
     def __str__(self) -> str:
         return f"{sum(len(ids) for ids in self._by_account.values())} definitions"
@@ -151,6 +156,17 @@ class Registry(CompactedView):
         """The account's active workflows, newest version of each."""
         return [wf for wf in self._newest("workflow", account) if wf["active"]]
 
+    def inactivity_thresholds(self, account: str) -> tuple[int, ...]:
+        """The ``inactive_days`` the account's active workflows react to, ascending."""
+        if (found := self._thresholds.get(account)) is None:
+            found = self._thresholds[account] = thresholds(self.active(account))
+        return found
+
+    def threshold_changes(self) -> set[str]:
+        """The accounts whose thresholds changed since the last call (then forgotten)."""
+        changed, self._threshold_changes = self._threshold_changes, set()
+        return changed
+
     def keywords(self, account: str) -> list[dict[str, Any]]:
         return [kw for kw in self._newest("keyword", account) if kw["active"]]
 
@@ -167,6 +183,8 @@ class Registry(CompactedView):
             elif len(parts) == 4 and parts[3].isdigit():
                 ids = self._by_account.get((parts[0], parts[1]), {})
                 ids.get(parts[2], {}).pop(int(parts[3]), None)
+                if parts[0] == "workflow":
+                    self._rethreshold(parts[1])
             return
         try:
             # A campaign's minimum interval was checked against its account's policy when
@@ -196,9 +214,17 @@ class Registry(CompactedView):
                       definition.version)
             return
         versions[definition.version] = value_dict
+        if definition.kind == "workflow":
+            self._rethreshold(definition.account)
         if definition.kind == "campaign":
             self._published.setdefault((definition.account, ident, definition.version),
                                        timestamp)
+
+
+    def _rethreshold(self, account: str) -> None:
+        before = self._thresholds.pop(account, None)
+        if self.inactivity_thresholds(account) != (before or ()):
+            self._threshold_changes.add(account)
 
 
 class Suppressions(CompactedView):

@@ -120,4 +120,7 @@ def trigger_matches(
         said = keyword_of(str(event["data"].get("keyword") or event["data"].get("text") or ""))
         if said != keyword_of(trigger["keyword"]):
             return False
+    if trigger.get("inactive_days") is not None:
+        if event["data"].get("threshold_days") != trigger["inactive_days"]:
+            return False
     return criteria_hold(trigger.get("criteria", []), event, contact)

@@ -64,3 +64,25 @@ def test_a_version_is_write_once() -> None:
     changed["steps"]["s"]["body"] = "other"
     r = registry(flow("acme", 1), changed)
     assert r.lookup("acme", "w", 1)["steps"]["s"]["body"] == "v1"  # type: ignore[index]
+
+
+def inactive_flow(account: str, days: int, *, ident: str = "winback", version: int = 1,
+                  active: bool = True) -> dict[str, Any]:
+    return {**flow(account, version, active=active, ident=ident),
+            "trigger": {"event": "contact.inactive", "inactive_days": days}}
+
+
+def test_inactivity_thresholds_per_account_and_their_changes() -> None:
+    """Each account's thresholds come from its own active workflows; defining, replacing
+    or deactivating one reports the account once as changed (the timers re-arm it)."""
+    r = registry(inactive_flow("acme", 30), inactive_flow("acme", 7, ident="early"),
+                 inactive_flow("globex", 90))
+    assert ((7, 30), (90,), ()) == (r.inactivity_thresholds("acme"),
+                                    r.inactivity_thresholds("globex"),
+                                    r.inactivity_thresholds("initech"))
+    assert {"acme", "globex"} == r.threshold_changes()
+    assert set() == r.threshold_changes()
+    r.apply(*record(flow("acme", 1, ident="other")))  # no threshold moves
+    assert set() == r.threshold_changes()
+    r.apply(*record(inactive_flow("acme", 7, ident="early", version=2, active=False)))
+    assert ({"acme"}, (30,)) == (r.threshold_changes(), r.inactivity_thresholds("acme"))

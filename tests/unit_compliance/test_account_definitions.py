@@ -23,7 +23,8 @@ from tests.unit_workflows.support import welcome_raw
 
 def test_policy_defaults() -> None:
     """An account without a policy gets 5/20/50 calendar caps, SMS/MMS quiet hours
-    08:00-21:00 deferred, and the usual word lists."""
+    08:00-21:00 deferred, the usual word lists, and replies, clicks, opens and purchases
+    as the activity that ends an inactivity period."""
     expected = {
         "kind": "account", "account": ACCOUNT, "version": 1, "brand": "dripstream",
         "support": "your sender", "timezone": "UTC",
@@ -38,6 +39,8 @@ def test_policy_defaults() -> None:
             "help": ["HELP", "INFO"],
         },
         "campaign_min_interval": "1h",
+        "inactivity": {"activity_types": ["keyword.received", "message.clicked",
+                                          "message.opened", "purchase.completed"]},
     }
     actual = default_policy(ACCOUNT)
     assert expected == {k: v for k, v in actual.items() if k != "replies"}

@@ -23,6 +23,7 @@ from tables.campaigns import CAMPAIGN_WORKFLOW, content_workflow
 from tables.compliance import default_policy
 from tables.contacts import apply_event
 from tables.handlers import event_dict
+from tables.inactivity import thresholds
 
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)  # a Monday, 09:00 in New York (not quiet hours)
 DAY = timedelta(days=1)
@@ -122,6 +123,9 @@ class Registry:
 
     def keywords(self, account: str) -> list[dict[str, Any]]:
         return []
+
+    def inactivity_thresholds(self, account: str) -> tuple[int, ...]:
+        return thresholds(self.active(account))
 
     def policy(self, account: str) -> dict[str, Any]:
         return self._policy or default_policy(account)
