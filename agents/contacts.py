@@ -59,7 +59,8 @@ from tables.contacts import (
     split_key,
 )
 from tables.effects import Effects, Outcome, audit_record
-from tables.handlers import Wakeup, handle_control, handle_event, handle_wakeup
+from tables.handlers import Context, Wakeup, handle_control, handle_event, handle_wakeup
+from tables.journal import Recorder, Replayer
 from tables.store import partition_for
 
 if TYPE_CHECKING:
@@ -125,6 +126,11 @@ class Cycle:
         self.acks: list[Any] = []
         #: A campaign slice this cycle runs (agents/campaigns.py), told when it is done.
         self.slice: Slice | None = None
+        #: Per input partition: the answers its records' handlers got (tables/journal.py),
+        #: journalled before the effects leave.
+        self.recorders: dict[int, Recorder] = {}
+        #: The answers the record being handled reads (its recorder, or its replay's).
+        self.deciding: Recorder | Replayer | None = None
 
     @property
     def changed(self) -> set[str]:
@@ -185,6 +191,23 @@ class Cycle:
         self.effects(outcome.effects, new["contact_id"])
 
     # -- records in ------------------------------------------------------------------
+    def decide_with(self, message: Any) -> tuple[Context, datetime]:
+        """What a record's handler reads besides its state: the answers and ``now`` it was
+        handled with before (a replay, from the journal), or this batch's, recorded."""
+        w = self.w
+        replay = w.journal.replay(message.topic, message.partition, message.offset)
+        if replay is not None:
+            entry, replayer = replay
+            self.deciding = replayer
+            return w.context(replayer, replayer.suppressed), entry.now
+        recorder = self.recorders.get(message.partition)
+        if recorder is None:
+            recorder = self.recorders[message.partition] = Recorder(
+                w.registry, w.suppressions.reason, self.now)
+        recorder.cover(message.topic, message.offset)
+        self.deciding = recorder
+        return w.context(recorder, recorder.suppressed), self.now
+
     def event(self, message: Any) -> None:
         names = self.w.names
         try:
@@ -202,8 +225,9 @@ class Cycle:
             else:
                 self.forward(message, expected)
             return
+        ctx, now = self.decide_with(message)
         self.apply(contact_key(event.account, event.contact_id), message,
-                   lambda state: handle_event(state, event, self.ctx, self.now), event=True)
+                   lambda state: handle_event(state, event, ctx, now), event=True)
 
     def wakeup(self, message: Any) -> None:
         try:
@@ -212,8 +236,9 @@ class Cycle:
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             self.dead_letter(message, Rejected("invalid_data", f"wake-up: {exc!r}"))
             return
+        ctx, now = self.decide_with(message)
         self.apply(contact_key(wakeup.account, wakeup.contact_id), message,
-                   lambda state: handle_wakeup(state, wakeup, self.ctx, self.now), event=False)
+                   lambda state: handle_wakeup(state, wakeup, ctx, now), event=False)
 
     def control(self, message: Any) -> None:
         try:
@@ -222,8 +247,10 @@ class Cycle:
             self.dead_letter(message, Rejected("invalid_data", str(exc)))
             return
 
+        ctx, now = self.decide_with(message)
+
         def handle(state: ContactState | None) -> Outcome:
-            return handle_control(state, command, self.ctx, self.now)
+            return handle_control(state, command, ctx, now)
 
         if command.action != "cancel_all":
             assert command.contact_id is not None
@@ -261,6 +288,8 @@ class Cycle:
             # and the next record (a send right after a START) must already see it. Safe
             # before it is durable: a batch that fails takes this process with it.
             self.w.suppressions.apply(listed, value)
+            if self.deciding is not None:  # and the answers the batch's records read
+                self.deciding.own(change)
             self.out(names.suppressions, listed, value)
 
     def out(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
@@ -325,6 +354,8 @@ class Cycle:
         await fault(w, "stall", writes)
         await fault(w, "crash", writes)
         try:
+            if self.records or self.json:  # what they were decided with, durable first
+                await (await send_batches(w.app, w.journal.records(self.recorders)))()
             if previous is not None:
                 await previous.effects_queued.wait()
             acknowledged = await send_batches(w.app, self.records)
@@ -409,6 +440,8 @@ async def compute(worker: Worker, batch: list[Any], previous: Cycle | None = Non
     app, names, gaps = worker.app, worker.names, worker.gaps
     cycle = Cycle(worker, worker.clock.now(), previous)
     generation = app.consumer_generation_id
+    await worker.journal.prepare({m.partition for m in batch
+                                  if m.generation_id == generation}, generation)
     rewound: set[TP] = set()
     for n, message in enumerate(batch):
         if n % 100 == 99:

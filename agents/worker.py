@@ -16,12 +16,15 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from redis.asyncio import Redis
 
 from agents import campaigns, contacts, timers
+from agents.journal import Journal
 from agents.timers import DueIndex
 from streams.app import build_app
 from streams.clock import Clock
@@ -29,7 +32,7 @@ from streams.compat import App, Batches, committed_offset
 from streams.gapguard import GapGuard
 from streams.settings import Settings
 from streams.topics import TopicNames
-from tables.handlers import Context
+from tables.handlers import Context, Definitions
 from tables.readmodel import ReadModel
 from tables.registry import Registry, Suppressions
 from tables.store import ContactStore
@@ -98,14 +101,19 @@ class Worker:
     health: Health
     batches: Batches
     due_index: DueIndex = field(default_factory=lambda: DueIndex())
+    #: Set by :func:`build` (it needs the worker's names and settings).
+    journal: Journal = field(init=False)
     #: Tests only (DRIPSTREAM_FAULT): batches that reached each fault point.
     faults: dict[str, int] = field(default_factory=dict)
     #: Set when a clean stop begins: campaign slices are no longer run (their progress
     #: is stored; the next owner goes on from it).
     stopping: bool = False
 
-    def context(self) -> Context:
-        return Context(self.registry, self.suppressions.reason,
+    def context(self, definitions: Definitions | None = None,
+                suppressed: Callable[[str, str], str | None] | None = None) -> Context:
+        """What the handlers read: the registry and the suppression list (live), or what a
+        batch recorded or a replay gives back (tables/journal.py)."""
+        return Context(definitions or self.registry, suppressed or self.suppressions.reason,
                        self.settings.max_causation_depth, self.settings.dedupe_window_s)
 
 
@@ -128,6 +136,12 @@ def build(settings: Settings) -> Worker:
         batches=Batches((names.events, names.routed, names.wakeups, names.control),
                         settings.batch_max),
     )
+
+    worker.journal = Journal(worker)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def stop_journal(app: Any, **kwargs: Any) -> None:
+        await worker.journal.stop()
 
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def follow_definitions() -> None:

@@ -50,6 +50,9 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("suppressions", True, None, "per account: addresses never to send to"),
     TopicSpec("control", False, 7 * DAY_MS, "pause/resume/cancel commands for executions"),
     TopicSpec("wakeups", False, DAY_MS, "internal: due waits, sent by the timer tick"),
+    TopicSpec("journal", False, DAY_MS,
+              "internal: what each batch's decisions read (now, definitions, suppressions), "
+              "written before its effects so a replay decides the same"),
     TopicSpec("audit", False, 30 * DAY_MS, "every send that did not go out, with reason"),
     TopicSpec("send.sms", False, 7 * DAY_MS, "send commands for SMS channel workers"),
     TopicSpec("send.mms", False, 7 * DAY_MS, "send commands for MMS channel workers"),
@@ -90,6 +93,10 @@ class TopicNames:
     @property
     def control(self) -> str:
         return f"{self.prefix}control"
+
+    @property
+    def journal(self) -> str:
+        return f"{self.prefix}journal"
 
     @property
     def definitions(self) -> str:

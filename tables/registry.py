@@ -125,6 +125,12 @@ class Registry(CompactedView):
             return made
         return self._by_account.get(("workflow", account), {}).get(workflow_id, {}).get(version)
 
+    def version(self, kind: str, account: str, ident: str, version: int
+                ) -> dict[str, Any] | None:
+        """One definition by its exact version (an account policy's ``ident`` is
+        ``policy``); versions are write-once, so the answer never changes once given."""
+        return self._by_account.get((kind, account), {}).get(ident, {}).get(version)
+
     def campaign(self, account: str, campaign_id: str, version: int | None = None
                  ) -> dict[str, Any] | None:
         """A campaign's given version, or its newest."""

@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from agents.contacts import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_PREFIX_BYTES, Cycle
+from agents.journal import Journal
 from agents.timers import DueIndex
 from producers.publisher import build_event
 from streams.settings import Settings
 from streams.topics import TopicNames
 from tables.contacts import ContactState, decode
 from tables.handlers import Context
+from tables.journal import Entry, Replayer
 from tables.store import partition_for
-from tests.unit_workflows.support import Registry
+from tests.unit_workflows.support import Registry, definition
 
 NOW = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
 PARTITIONS = 4
@@ -47,6 +49,14 @@ class Store:
         return self.states.get(key)
 
 
+class Suppressions:
+    def __init__(self) -> None:
+        self.listed: dict[tuple[str, str], str] = {}
+
+    def reason(self, account: str, address: str) -> str | None:
+        return self.listed.get((account, address))
+
+
 class Worker:
     """What a Cycle reads of agents.worker.Worker."""
 
@@ -56,9 +66,11 @@ class Worker:
         self.store = Store()
         self.due_index = DueIndex()
         self.registry = registry or Registry()
+        self.suppressions = Suppressions()
+        self.journal = Journal(self)  # type: ignore[arg-type]  # a stand-in worker
 
-    def context(self) -> Context:
-        return Context(self.registry, lambda account, address: None)
+    def context(self, definitions: Any = None, suppressed: Any = None) -> Context:
+        return Context(definitions or self.registry, suppressed or self.suppressions.reason)
 
 
 def event(contact: str, event_type: str, data: dict[str, Any], *, ident: str,
@@ -198,3 +210,54 @@ def test_the_batch_before_is_read_while_its_write_is_in_flight() -> None:
     second.event(event("c-1", "contact.tagged", {"tag": "b"}, ident="e1", offset=1))
     state = written(second)
     assert (state["tags"], state["version"], state["revision"]) == (["a", "b"], 2, 2)
+
+
+# -- replays decide the same (tables/journal.py) ------------------------------------------------
+
+WELCOME = definition({"id": "welcome", "account": "acme", "name": "Welcome", "version": 1,
+                      "trigger": {"event": "contact.created"}, "start": "hi",
+                      "steps": {"hi": {"kind": "send_sms", "body": "v1"}}})
+
+
+def signup_message(offset: int = 4) -> Message:
+    return event("c-1", "contact.created", {"phone": "+14155550101", "consent": {"sms": True}},
+                 ident="signup", offset=offset)
+
+
+def test_a_batch_records_what_its_handlers_read_and_a_replay_reads_it_back() -> None:
+    """The first time: v1's SMS goes out, and the answers (the active v1, no suppression)
+    are recorded with the offsets they cover. Replayed from that entry after v2 was
+    published and the address suppressed, an hour later: the same send, on v1, counted."""
+    registry = Registry(WELCOME)
+    worker = Worker(registry)
+    first = cycle(worker)
+    message = signup_message()
+    first.event(message)
+    [sent] = [orjson.loads(r[3]) for r in first.records if r[0] == NAMES.send("sms")]
+    [(_, partition, _, value, _)] = worker.journal.records(first.recorders)
+    entry = Entry.decode(value)
+    assert (partition, entry.now, entry.ranges[NAMES.events]) == (
+        message.partition, NOW, (4, 4))
+    assert [["welcome", 1]] == entry.answers[("active", "acme")]
+    assert entry.answers[("suppressed", "acme", "+14155550101")] is None
+
+    registry.publish(definition({**WELCOME, "version": 2,
+                                 "steps": {"hi": {"kind": "send_sms", "body": "v2"}}}))
+    worker.suppressions.listed[("acme", "+14155550101")] = "manual"
+    worker.journal.generation = 0
+    worker.journal.entries = {message.partition: [
+        (entry, Replayer(entry, registry, worker.suppressions.reason))]}
+    again = Cycle(worker, NOW + timedelta(hours=1))  # type: ignore[arg-type]
+    again.event(message)
+    [resent] = [orjson.loads(r[3]) for r in again.records if r[0] == NAMES.send("sms")]
+    state = written(again)
+    assert (resent, [s["id"] for s in state["sends"]], again.recorders) == (
+        sent, [sent["message_id"]], {})
+    # A record the entry does not cover is decided afresh: v2, and suppressed.
+    later = Cycle(worker, NOW + timedelta(hours=1))  # type: ignore[arg-type]
+    later.event(event("c-1", "contact.created", {"phone": "+14155550101",
+                                                  "consent": {"sms": True}},
+                      ident="signup-2", offset=5))
+    assert ([], ["suppressed"]) == (
+        [r for r in later.records if r[0] == NAMES.send("sms")],
+        [orjson.loads(r[3])["reason"] for r in later.records if r[0] == NAMES.audit])

@@ -127,6 +127,17 @@ class Registry:
     def inactivity_thresholds(self, account: str) -> tuple[int, ...]:
         return thresholds(self.active(account))
 
+    def version(self, kind: str, account: str, ident: str, version: int
+                ) -> dict[str, Any] | None:
+        if kind == "workflow":
+            return self.by_key.get((account, ident, version))
+        if kind == "campaign":
+            found = self.by_campaign.get(ident)
+            return found if found is not None and found["version"] == version else None
+        if kind == "account" and self._policy is not None:
+            return self._policy if self._policy["version"] == version else None
+        return None
+
     def policy(self, account: str) -> dict[str, Any]:
         return self._policy or default_policy(account)
 
