@@ -30,7 +30,7 @@ from pydantic import (
     field_validator,
 )
 
-from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES, Zone
+from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES, MAX_CAP, Zone
 from tables.inactivity import DEFAULT_ACTIVITY_TYPES
 from tables.schedule import check_cron, cron_min_interval, parse_local
 
@@ -311,9 +311,9 @@ class Caps(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    day: int | None = Field(None, ge=0)
-    week: int | None = Field(None, ge=0)
-    month: int | None = Field(None, ge=0)
+    day: int | None = Field(None, ge=0, le=MAX_CAP)
+    week: int | None = Field(None, ge=0, le=MAX_CAP)
+    month: int | None = Field(None, ge=0, le=MAX_CAP)
 
 
 class CapPolicy(BaseModel):

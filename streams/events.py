@@ -88,16 +88,24 @@ class _Data(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+#: The highest frequency cap per window (an account's or a contact's own): a contact
+#: remembers its newest 256 sends (tables/compliance.py ``MAX_SENDS``), so every cap up to
+#: this is counted exactly.
+MAX_CAP = 200
+CapLimit = Annotated[int, Field(ge=0, le=MAX_CAP)]
+
+
 class ContactProfile(_Data):
     """``contact.created`` / ``contact.updated``: the fields present are set, absent ones kept."""
 
     phone: str | None = Field(None, pattern=r"^\+[1-9][0-9]{6,14}$", description="E.164")
-    email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    email: str | None = Field(None, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     timezone: Zone | None = Field(None, description="IANA zone name, e.g. Europe/Berlin")
-    locale: str | None = Field(None, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
+    locale: str | None = Field(None, max_length=35,
+                               pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
     attributes: dict[str, Any] = Field(default_factory=dict)
     consent: dict[Channel, bool] = Field(default_factory=dict)
-    caps: dict[Literal["day", "week", "month"], Annotated[int, Field(ge=0)]] | None = Field(
+    caps: dict[Literal["day", "week", "month"], CapLimit] | None = Field(
         None, description="this contact's own frequency caps (override the account's)"
     )
 

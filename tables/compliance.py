@@ -24,6 +24,7 @@ from tables.schedule import local_to_utc, next_local_time
 
 __all__ = [
     "KEEP_SENDS",
+    "MAX_SENDS",
     "calendar_window",
     "cap_until",
     "classify_keyword",
@@ -35,6 +36,11 @@ __all__ = [
 
 #: How long sends are remembered: longer than any window (a calendar month, 30 days).
 KEEP_SENDS = timedelta(days=32)
+#: At most this many sends are remembered per contact (every cap a policy can set is
+#: below it: streams/events.py ``MAX_CAP``). Past it the oldest transactional sends
+#: are forgotten first — caps never stop those, so a stream of order confirmations could
+#: otherwise grow the contact without end — then the oldest others.
+MAX_SENDS = 256
 ROLLING = {"day": timedelta(days=1), "week": timedelta(days=7), "month": timedelta(days=30)}
 
 
@@ -121,6 +127,13 @@ def record_send(contact: ContactState, command: Mapping[str, Any], now: datetime
         sends.append({"id": command["message_id"], "at": now.astimezone(UTC).isoformat(),
                       "channel": command["channel"], "to": command.get("to"),
                       "transactional": bool(command.get("transactional"))})
+    if len(sends) > MAX_SENDS:
+        excess = len(sends) - MAX_SENDS
+        oldest = [n for n, s in enumerate(sends) if s["transactional"]][:excess]
+        oldest += [n for n, s in enumerate(sends) if not s["transactional"]][
+            :excess - len(oldest)]
+        gone = set(oldest)
+        sends = [s for n, s in enumerate(sends) if n not in gone]
     contact["sends"] = sends
 
 

@@ -24,6 +24,7 @@ bounded; an event that would take a contact past a limit is rejected with reason
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,6 +47,7 @@ __all__ = [
     "MAX_ATTRIBUTES",
     "MAX_ATTRIBUTES_BYTES",
     "MAX_GROUPS",
+    "MAX_MARK_CHARS",
     "MAX_SEEN",
     "MAX_STATE_BYTES",
     "MAX_TAGS",
@@ -63,6 +65,7 @@ __all__ = [
     "peek_next_due",
     "peek_timers",
     "public_view",
+    "seen_mark",
     "split_key",
 ]
 
@@ -77,6 +80,9 @@ ACTIVITY_TYPES = frozenset(
 #: At most this many event ids are remembered per contact (the newest), whatever the
 #: window: the marks travel with every state write, so they must stay small.
 MAX_SEEN = 256
+#: An event id longer than this is remembered by a digest (34 characters) instead: ids
+#: may be 256 characters, and 256 of those would be half of a state's room.
+MAX_MARK_CHARS = 64
 MAX_TAGS = 256
 MAX_GROUPS = 256
 MAX_ATTRIBUTES = 256
@@ -286,6 +292,13 @@ class Applied:
     duplicate: bool
 
 
+def seen_mark(event_id: str) -> str:
+    """How an applied event id is remembered: itself, or a digest of a long one."""
+    if len(event_id) <= MAX_MARK_CHARS:
+        return event_id
+    return "h:" + hashlib.blake2b(event_id.encode(), digest_size=16).hexdigest()
+
+
 def _new_state(event: ContactEvent, now: datetime) -> ContactState:
     stamp = now.isoformat()
     return {
@@ -345,7 +358,8 @@ def apply_event(
     limit; ``state`` is never changed.
     """
     horizon = now.timestamp() - dedupe_window_s
-    if state is not None and state["seen"].get(event.id, -1.0) >= horizon:
+    mark = seen_mark(event.id)
+    if state is not None and state["seen"].get(mark, -1.0) >= horizon:
         return Applied(state, duplicate=True)
     new = _new_state(event, now) if state is None else copy_state(state)
 
@@ -372,7 +386,7 @@ def apply_event(
 
     seen = [(k, t) for k, t in new["seen"].items() if t >= horizon][-(MAX_SEEN - 1):]
     new["seen"] = dict(seen)
-    new["seen"][event.id] = now.timestamp()
+    new["seen"][mark] = now.timestamp()
     new["updated_at"] = now.isoformat()
     new["last_event_at"] = _later(new["last_event_at"], event.time)
     if event.type in ACTIVITY_TYPES or event.type.startswith("custom."):
