@@ -131,6 +131,9 @@ class Cycle:
         self.recorders: dict[int, Recorder] = {}
         #: The answers the record being handled reads (its recorder, or its replay's).
         self.deciding: Recorder | Replayer | None = None
+        #: Journal records this batch did not write (it had no effects): the next batch
+        #: with effects writes them first, unless this one's states are stored by then.
+        self.unjournalled: list[compat.Record] = []
 
     @property
     def changed(self) -> set[str]:
@@ -354,8 +357,7 @@ class Cycle:
         await fault(w, "stall", writes)
         await fault(w, "crash", writes)
         try:
-            if self.records or self.json:  # what they were decided with, durable first
-                await (await send_batches(w.app, w.journal.records(self.recorders)))()
+            await self.journal()
             if previous is not None:
                 await previous.effects_queued.wait()
             acknowledged = await send_batches(w.app, self.records)
@@ -386,6 +388,22 @@ class Cycle:
         self.done.set()
         if self.slice is not None:
             self.slice.done.set()
+
+    async def journal(self) -> None:
+        """Make what the batch's decisions read durable before its effects leave
+        (tables/journal.py). A batch without effects leaves it to the next batch that has
+        some: a replay only has to agree with effects someone may have seen, and those of
+        a later batch depend on this one's states too (unless these are stored by then)."""
+        records = self.w.journal.records(self.recorders)
+        if not self.records:
+            self.unjournalled = records
+            return
+        before = self.previous
+        while before is not None and not before.stored.is_set():
+            records = before.unjournalled + records
+            before = before.previous
+        if records:
+            await (await send_batches(self.w.app, records))()
 
     async def project(self) -> None:
         """Changed and re-seen contacts to the read model, retrying while Redis is away

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 from faust.types import TP
 
-from streams.compat import committed_offset
+from streams.compat import Record, committed_offset
 from streams.embedded import read_records, topic_ends
 from tables.journal import Entry, Recorder, Replayer
 
@@ -105,8 +105,7 @@ class Journal:
                 return entry, replayer
         return None
 
-    def records(self, recorders: dict[int, Recorder]) -> list[tuple[str, int, bytes | None,
-                                                                    bytes, None]]:
+    def records(self, recorders: dict[int, Recorder]) -> list[Record]:
         """The journal records of a batch's recorders, one per partition."""
         return [(self.topic, partition, None, recorder.entry().encode(), None)
                 for partition, recorder in sorted(recorders.items()) if recorder.ranges]

@@ -68,6 +68,7 @@ class Worker:
         self.registry = registry or Registry()
         self.suppressions = Suppressions()
         self.journal = Journal(self)  # type: ignore[arg-type]  # a stand-in worker
+        self.app = None
 
     def context(self, definitions: Any = None, suppressed: Any = None) -> Context:
         return Context(definitions or self.registry, suppressed or self.suppressions.reason)
@@ -261,3 +262,35 @@ def test_a_batch_records_what_its_handlers_read_and_a_replay_reads_it_back() -> 
     assert ([], ["suppressed"]) == (
         [r for r in later.records if r[0] == NAMES.send("sms")],
         [orjson.loads(r[3])["reason"] for r in later.records if r[0] == NAMES.audit])
+
+
+async def test_a_batch_without_effects_leaves_its_journal_to_the_next_with_effects(
+        monkeypatch: Any) -> None:
+    """The first batch only tags (no effects): it writes no journal record. The next sends:
+    it writes both batches' entries before its effects — unless the first is stored."""
+    written: list[list[Any]] = []
+
+    async def send_batches(app: Any, records: Any) -> Any:
+        written.append(list(records))
+
+        async def acked() -> dict[Any, int]:
+            return {}
+
+        return acked
+
+    monkeypatch.setattr("agents.contacts.send_batches", send_batches)
+    worker = Worker(Registry(WELCOME))
+    quiet = cycle(worker)
+    quiet.event(event("c-1", "contact.tagged", {"tag": "a"}, ident="t", offset=3))
+    await quiet.journal()
+    loud = Cycle(worker, NOW, quiet)  # type: ignore[arg-type]
+    loud.event(signup_message(offset=4))
+    await loud.journal()
+    assert (1, 1) == (len(quiet.unjournalled), len(written))
+    assert [{NAMES.events: (3, 3)}, {NAMES.events: (4, 4)}] == [
+        Entry.decode(r[3]).ranges for r in written[0]]
+    quiet.stored.set()
+    again = Cycle(worker, NOW, quiet)  # type: ignore[arg-type]
+    again.event(signup_message(offset=5))
+    await again.journal()
+    assert [{NAMES.events: (5, 5)}] == [Entry.decode(r[3]).ranges for r in written[1]]
