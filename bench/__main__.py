@@ -73,6 +73,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--campaign-contacts", type=int, default=100_000,
                    help="campaign path: contacts of the account, ingested before the "
                         "campaign fires (100000)")
+    p.add_argument("--recovery-contacts", type=int, default=200_000,
+                   help="contacts in the table for the recovery path (200000)")
     p.add_argument("--contacts-stores", type=_stores, default=("memory",),
                    help="table stores of the memory mode: memory,rocksdb (memory)")
     p.add_argument("--idle-seconds", type=float, default=30.0,
@@ -116,7 +118,8 @@ async def run(args: argparse.Namespace, bootstrap: str, broker: EmbeddedBroker |
         contacts=args.contacts, contacts_stores=args.contacts_stores,
         idle_seconds=args.idle_seconds,
         idle_fetch_waits=tuple(round(w) for w in args.idle_fetch_waits), pyspy=args.pyspy,
-        broker_given=broker is None, campaign_contacts=args.campaign_contacts)
+        broker_given=broker is None, campaign_contacts=args.campaign_contacts,
+        recovery_contacts=args.recovery_contacts)
     desc = f"embedded Tansu {bootstrap}" if broker else f"{bootstrap} (given)"
     bench = Bench(cfg, make_events(cfg.events, cfg.run_id), desc,
                   broker.pid if broker else None)

@@ -104,6 +104,7 @@ class Config:
     pyspy: float = 0.0
     broker_given: bool = False
     campaign_contacts: int = 100_000
+    recovery_contacts: int = 200_000
 
     @property
     def embedded(self) -> bool:
@@ -279,6 +280,7 @@ class Bench:
     memory: list[MemoryResult] = field(default_factory=list)
     idle: list[IdleResult] = field(default_factory=list)
     campaigns: list[CampaignResult] = field(default_factory=list)
+    recovery: list[Any] = field(default_factory=list)  # bench.recovery.RecoveryResult
     profiles: list[Profile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)

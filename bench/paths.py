@@ -101,6 +101,7 @@ from bench.harness import (
     wait_count,
     wait_for_topic,
 )
+from bench.recovery import recovery
 from streams.embedded import EmbeddedBroker, EmbeddedRedis
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_name
@@ -833,9 +834,9 @@ async def campaign(bench: Bench) -> None:
 
 PATHS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "raw": raw, "ingest": ingest, "routed": routed, "rocksdb": rocksdb,
-    "workflow": workflow, "idle": idle, "campaign": campaign,
+    "workflow": workflow, "idle": idle, "campaign": campaign, "recovery": recovery,
 }
 #: What ``make bench`` runs (``idle`` takes minutes of mostly waiting, ``campaign`` ingests
-#: 100k contacts per worker count first: ask for them).
+#: 100k contacts per worker count first, ``recovery`` 200k per store and case: ask for them).
 DEFAULT_PATHS = ("raw", "ingest", "routed", "rocksdb", "workflow")
 

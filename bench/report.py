@@ -245,6 +245,19 @@ def _campaigns(bench: Bench) -> list[str]:
     return lines
 
 
+def _recovery(bench: Bench) -> list[str]:
+    if not bench.recovery:
+        return []
+    n = bench.recovery[0].contacts
+    lines = ["", f"recovery: {n:,} contacts in the table; restart = worker start -> a probe "
+                 "event per partition applied; failover = SIGKILL of one of two workers -> "
+                 "the probes of the partitions that moved applied by the survivor",
+             f"{'case':<22} {'store':<8} {'first s':>8} {'all s':>8} {'RSS':>9}"]
+    lines += [f"{r.label:<22} {r.store:<8} {_fmt(r.first_s, '.2f'):>8} "
+              f"{_fmt(r.all_s, '.2f'):>8} {_mb(r.rss):>9}" for r in bench.recovery]
+    return lines
+
+
 def _profile(p: Profile) -> list[str]:
     if not p.samples:
         return ["", f"py-spy: {p.path}: no busy samples ({p.idle} idle); {p.file}"]
@@ -265,6 +278,7 @@ def _notes(bench: Bench) -> list[str]:
     notes += [(f"contacts {m.store}", n) for m in bench.memory for n in m.notes]
     notes += [(f"idle {r.label}", n) for r in bench.idle for n in r.notes]
     notes += [(f"campaign {c.label}, {c.workers}w", n) for c in bench.campaigns for n in c.notes]
+    notes += [(f"recovery {r.label} {r.store}", n) for r in bench.recovery for n in r.notes]
     notes += [("bench", n) for n in bench.notes]
     lines = [f"note      {path}: {text}" for path, text in notes]
     for failure in bench.failures:
@@ -279,6 +293,7 @@ def report(bench: Bench) -> str:
     lines += _memory(bench)
     lines += _idle(bench)
     lines += _campaigns(bench)
+    lines += _recovery(bench)
     for p in bench.profiles:
         lines += _profile(p)
     lines += _notes(bench)

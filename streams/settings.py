@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./dripstream.db"
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
     data_dir: Path = Path("./data")
+    standby_replicas: int | None = Field(
+        None, ge=0, description="standby copies of each table partition on other workers; "
+                                "default 1 with rocksdb:// (a failover then reads only the "
+                                "changelog's tail), 0 with memory:// (its standbys are not "
+                                "used on failover)")
     profile: Profile = "production"
     app_id: str | None = Field(None, description="consumer group; defaults to <prefix>worker")
     fetch_max_wait_ms: int | None = Field(None, ge=0, description="default 1500, embedded 10")
@@ -105,6 +110,12 @@ class Settings(BaseSettings):
         if self.idle_fetch_max_wait_ms is not None:
             return self.idle_fetch_max_wait_ms
         return 250 if self.embedded else self.fetch_wait_ms
+
+    @property
+    def standbys(self) -> int:
+        if self.standby_replicas is not None:
+            return self.standby_replicas
+        return 1 if self.store.startswith("rocksdb") else 0
 
     @property
     def health_path(self) -> Path:
