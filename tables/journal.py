@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import orjson
 
 from tables.compliance import default_policy
+from tables.handlers import Definitions
 
 __all__ = ["Entry", "Recorder", "Replayer", "Versions"]
 
@@ -38,31 +39,10 @@ Answer = Any
 Key = tuple[Any, ...]
 
 
-class Versions(Protocol):
-    """What a worker's registry answers (:class:`tables.handlers.Definitions`), and one
-    definition by its exact version (``kind`` workflow / account / keyword / campaign;
-    the account policy's id is ``policy``)."""
-
-    def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
-        ...
-
-    def active(self, account: str) -> list[dict[str, Any]]:
-        ...
-
-    def keywords(self, account: str) -> list[dict[str, Any]]:
-        ...
-
-    def policy(self, account: str) -> dict[str, Any]:
-        ...
-
-    def campaigns(self, account: str) -> list[dict[str, Any]]:
-        ...
-
-    def campaign_status(self, account: str, campaign_id: str) -> str:
-        ...
-
-    def inactivity_thresholds(self, account: str) -> tuple[int, ...]:
-        ...
+class Versions(Definitions, Protocol):
+    """What a worker's registry answers, and one definition by its exact version
+    (``kind`` workflow / account / keyword / campaign; an account policy's id is
+    ``policy``)."""
 
     def version(self, kind: str, account: str, ident: str, version: int
                 ) -> dict[str, Any] | None:
