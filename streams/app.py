@@ -61,10 +61,8 @@ def build_app(settings: Settings) -> App:
         broker=settings.broker,
         broker_credentials=_credentials(settings),
         store=settings.store,
-        # Faust's default is 1. Only a store that knows its changelog offset (rocksdb)
-        # starts a promoted standby from where it was; the memory store re-reads the
-        # partition from the start and drops standby keys after each recovery, so its
-        # standbys would double memory and changelog reads for nothing (docs/operations.md).
+        # Faust's default is 1 whatever the store: with memory:// a standby copy doubles a
+        # worker's memory, so there it is asked for (docs/operations.md).
         table_standby_replicas=settings.standbys,
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,

@@ -52,6 +52,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, cast
 
 import faust
+import faust.stores.memory
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import for_code
 from aiokafka.protocol.fetch import FetchRequest
@@ -63,12 +64,14 @@ __all__ = [
     "CHECKED",
     "App",
     "Batches",
+    "MemoryStore",
     "Record",
     "StoreAccess",
     "committed_offset",
     "end_offsets",
     "refresh_metadata",
     "send_batches",
+    "use_memory_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -316,6 +319,62 @@ async def end_offsets(
         raise RuntimeError(f"the broker's Fetch response left out {missing}")
     listed = await consumer.end_offsets(partitions)
     return {tp: max(result.get(tp, 0), listed.get(tp, 0)) for tp in partitions}
+
+
+class MemoryStore(faust.stores.memory.Store[bytes, bytes]):
+    """Faust's memory store, which also knows the changelog offset of what it holds (as
+    the RocksDB store does).
+
+    Faust's own returns no persisted offset, so every rebalance re-reads every partition
+    the worker is given from the changelog's start — the ones it keeps included — and a
+    promoted standby copy too; and it drops standby keys after each recovery. Measured
+    with 200k contacts: ~40 s of re-reading per rebalance. With offsets kept in memory
+    (empty in a new process: a restart still reads everything) a rebalance reads only the
+    tail of the partitions kept and of standby copies. Keys and offsets of a partition
+    neither active nor standby are dropped together after a recovery."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._offsets: dict[int, int] = {}
+
+    def persisted_offset(self, tp: TP) -> int | None:
+        return self._offsets.get(tp.partition)
+
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        self._offsets[tp.partition] = offset
+
+    def apply_changelog_batch(self, batch: Iterable[Any], to_key: Callable[[Any], Any],
+                              to_value: Callable[[Any], Any]) -> None:
+        events = list(batch)
+        super().apply_changelog_batch(events, to_key, to_value)
+        offsets = self._offsets
+        for event in events:
+            partition, offset = event.message.partition, event.message.offset
+            if offset > offsets.get(partition, -1):
+                offsets[partition] = offset
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        keep = {tp.partition for tp in active_tps} | {tp.partition for tp in standby_tps}
+        gone = [k for k, p in self._key_partition.items() if p not in keep]
+        for key in gone:
+            self.data.pop(key, None)
+            self._key_partition.pop(key, None)
+        for partition in [p for p in self._offsets if p not in keep]:
+            del self._offsets[partition]
+
+
+def use_memory_store(table: Any) -> None:
+    """Make a table build a :class:`MemoryStore` where Faust would build its own: when the
+    store is first used, in the running loop (a mode service built earlier would belong
+    to no loop and never stop), with the arguments ``Table._new_store_by_url`` passes."""
+
+    def new_store_by_url(url: Any) -> MemoryStore:
+        return MemoryStore(
+            url, table.app, table, table_name=table.name, key_type=table.key_type,
+            key_serializer=table.key_serializer, value_serializer=table.value_serializer,
+            value_type=table.value_type, loop=table.loop, options=table.options)
+
+    table._new_store_by_url = new_store_by_url
 
 
 class StoreAccess:

@@ -34,10 +34,10 @@ class Settings(BaseSettings):
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
     data_dir: Path = Path("./data")
     standby_replicas: int | None = Field(
-        None, ge=0, description="standby copies of each table partition on other workers; "
-                                "default 1 with rocksdb:// (a failover then reads only the "
-                                "changelog's tail), 0 with memory:// (its standbys are not "
-                                "used on failover)")
+        None, ge=0, description="standby copies of each table partition on other workers "
+                                "(a failover then reads only the changelog's tail); default 1 "
+                                "with rocksdb://, 0 with memory:// (a copy there doubles each "
+                                "worker's memory)")
     profile: Profile = "production"
     app_id: str | None = Field(None, description="consumer group; defaults to <prefix>worker")
     fetch_max_wait_ms: int | None = Field(None, ge=0, description="default 1500, embedded 10")

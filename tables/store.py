@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
-from streams.compat import StoreAccess, send_batches
+from streams.compat import StoreAccess, send_batches, use_memory_store
 from tables.contacts import ContactState, decode, split_key
 
 __all__ = ["ContactStore", "Written", "partition_for"]
@@ -61,6 +61,8 @@ class ContactStore:
             value_type=bytes, help="Contact state by <account>:<contact id>",
             options=dict(ROCKSDB_OPTIONS) if rocksdb else None,
         )
+        if not rocksdb:
+            use_memory_store(self.table)  # a rebalance reads only the changelog's tail
         self._access = StoreAccess(self.table)
 
     def partition(self, key: str) -> int:

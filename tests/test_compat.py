@@ -32,6 +32,9 @@ FINGERPRINTS = {
         "c2701bfc3e6f6cad",
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._highwaters": "a7f4f97d9f32aca2",
     "faust.transport.drivers.aiokafka:Consumer._new_consumer_thread": "0870ec53dea75083",
+    # compat.MemoryStore extends these (and use_memory_store builds it as this does).
+    "faust.stores.memory:Store.persisted_offset": "fbba5c6544979388",
+    "faust.tables.base:Collection._new_store_by_url": "343a8125107d3f69",
     # StoreAccess writes the stores the way these read them back.
     "faust.stores.memory:Store.apply_changelog_batch": "71863e3cd727aac2",
     "faust.stores.memory:Store.on_recovery_completed": "a00bef343e139602",
