@@ -195,6 +195,7 @@ def publish(
     async def run() -> None:
         async with Publisher(
             settings.bootstrap_servers, topic_prefix=settings.topic_prefix,
+            idempotence=False if settings.embedded else None,  # Tansu cannot
             **settings.kafka_security(),
         ) as pub:
             await pub.send(envelope)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -171,11 +171,11 @@ class Settings(BaseSettings):
             servers.append(url.split("://", 1)[-1].strip().rstrip("/"))
         return servers
 
-    def kafka_security(self) -> dict[str, object]:
+    def kafka_security(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients (producer, consumer, admin)."""
         import ssl
 
-        kwargs: dict[str, object] = {"security_protocol": self.security_protocol}
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.security_protocol in ("SSL", "SASL_SSL"):
             ctx = ssl.create_default_context(
                 cafile=str(self.ssl_cafile) if self.ssl_cafile else None
