@@ -237,11 +237,12 @@ def skip_reason(
 
     - ``expired``: ``now`` is at or past ``expires_at``;
     - compliance replies (:data:`tables.gate.EXEMPT_PURPOSES`) skip the next two;
-    - ``suppressed``: the address is suppressed by a record (``(reason, at)``) newer than
-      ``created_at - margin_s``. Older ones the gate knew when it let the command go, so
-      what this worker sees is a lift it has not read yet (a START lifts an opt-out in the
-      same batch that sends its confirmation); the margin covers the gate's own follower
-      lag for suppressions written elsewhere;
+    - ``suppressed``: the address is suppressed by a record (``(reason, at)``) at or after
+      ``created_at - margin_s`` (the same instant too: the engine stamps one time on a
+      batch, and a STOP after the send in that batch must win). Older ones the gate knew
+      when it let the command go, so what this worker sees is a lift it has not read yet
+      (a START lifts an opt-out in the same batch that sends its confirmation); the
+      margin covers the gate's own follower lag for suppressions written elsewhere;
     - ``opted_out`` / ``no_consent``: the contact's state in the read model forbids the
       channel — only a state at least as new as the command (``updated_at >=
       created_at``): an older one is what the gate had already overruled, since the
@@ -252,7 +253,7 @@ def skip_reason(
     if command.purpose in EXEMPT_PURPOSES:
         return None
     if suppression is not None:
-        if suppression[1] > command.created_at - timedelta(seconds=margin_s):
+        if suppression[1] >= command.created_at - timedelta(seconds=margin_s):
             return "suppressed"
     if contact is not None:
         updated = contact.get("updated_at")
@@ -635,7 +636,10 @@ class ChannelWorker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await self._consumer.stop()
+            try:  # leaving the group: bounded, a broker that does not answer must not
+                await asyncio.wait_for(self._consumer.stop(), 10)  # hold the exit
+            except TimeoutError:
+                log.warning("channel %s: the consumer did not stop within 10 s", self.channel)
             await self._producer.stop()
             await self.provider.close()
             with contextlib.suppress(Exception):

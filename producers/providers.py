@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import os
 import random
+import ssl
 import sys
 import uuid
 from collections import Counter
@@ -252,7 +253,10 @@ class WebhookProvider(Provider):
         return self.lookup_url is not None
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(timeout=self.timeout, verify=self.verify_tls,
+        verify: ssl.SSLContext | bool = (ssl.create_default_context(cafile=self.verify_tls)
+                                         if isinstance(self.verify_tls, str)
+                                         else self.verify_tls)
+        self._client = httpx.AsyncClient(timeout=self.timeout, verify=verify,
                                          follow_redirects=False)
 
     async def close(self) -> None:
