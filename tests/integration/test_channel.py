@@ -289,3 +289,27 @@ async def test_hard_bounce_callback_suppresses_the_address(stack: Stack) -> None
     assert records[0]["address"] == call["to"]
     assert records[0]["reason"] == "bounced"
     assert records[0]["message_id"] == call["message_id"]
+
+
+async def test_exit_statuses(stack: Stack, tmp_path: Any) -> None:
+    """0 after SIGTERM, 2 on invalid settings (with the reason), 70 when the broker cannot
+    be reached."""
+    worker = stack.start_channel("email")
+
+    async def consuming() -> bool:
+        return "consuming" in stack.channel_log(0)
+
+    await eventually(consuming, what="the worker consuming")
+    assert worker.kill(signal.SIGTERM) == 0
+    assert "stopped" in stack.channel_log(0)
+    bad = stack.start_channel("sms", env={"DRIPSTREAM_CHANNEL_MAX_IN_FLIGHT": "0"})
+    assert bad.wait(30) == 2
+    assert "DRIPSTREAM_CHANNEL_MAX_IN_FLIGHT" in stack.channel_log(1)
+    webhook = stack.start_channel("sms", "webhook")
+    assert webhook.wait(30) == 2
+    assert "DRIPSTREAM_CHANNEL_WEBHOOK_URL" in stack.channel_log(2)
+    from streams.embedded import free_port
+
+    nowhere = stack.start_channel("sms", env={
+        "DRIPSTREAM_BROKER": f"kafka://127.0.0.1:{free_port()}"})
+    assert nowhere.wait(60) == 70, stack.channel_log(3)

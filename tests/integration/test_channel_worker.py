@@ -25,6 +25,7 @@ from producers.channel import (
 )
 from streams.commands import SendCommand
 from tests.stack import Stack, eventually
+from tests.test_webhook import SECRET, Receiver, receiver  # noqa: F401  # the fixture
 
 pytestmark = pytest.mark.integration
 
@@ -248,3 +249,21 @@ async def test_graceful_stop_finishes_the_call_in_flight_and_releases_retries(
     await run_until(nxt, lambda: _events_with(stack, 3), "the rest delivered")
     assert calls == Counter({"msg-a1": 1, "msg-b1": 2, "msg-a2": 1})
     assert await committed(stack, w.group_id) == 3
+
+
+async def test_webhook_retries_through_the_worker(
+    stack: Stack, receiver: Receiver,  # noqa: F811  # the fixture imported above
+) -> None:
+    """A receiver answering 503, 503, then 200: the worker retries with backoff and
+    reports one message.sent; every request carries the same idempotency key."""
+    from producers.providers import WebhookProvider
+
+    receiver.answers += [(503, {}, 0.0), (503, {}, 0.0), (200, {"id": "wh-9"}, 0.0)]
+    provider = WebhookProvider(receiver.url, SECRET, verify_tls=str(receiver.ca_file))
+    await put(stack, raw_command("msg-h1", "c-h", stack))
+    w = ChannelWorker(stack.settings.model_copy(update={
+        "channel_heartbeat_s": 0.3, "channel_backoff_s": 0.01}), "sms", provider)
+    assert w.policy == "assume_sent"  # no lookup URL: the webhook cannot look up
+    await run_until(w, lambda: _events_with(stack, 1), "the report")
+    assert (await events(stack))["msg-h1:sent"]["data"]["provider_id"] == "wh-9"
+    assert [h["Idempotency-Key"] for h, _ in receiver.requests] == ["msg-h1"] * 3
