@@ -83,6 +83,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from producers.publisher import build_event
 from streams.clock import Clock
 from streams.commands import SendCommand
+from streams.compat import set_fetch_wait
 from streams.events import encode_event
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
@@ -605,7 +606,7 @@ class ChannelWorker:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers, group_id=self.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=s.channel_batch_max, fetch_max_wait_ms=s.idle_fetch_wait_ms,
+            max_poll_records=s.channel_batch_max, fetch_max_wait_ms=s.fetch_wait_ms,
             **group, **s.kafka_security())
         server: Any = None
         try:
@@ -619,11 +620,18 @@ class ChannelWorker:
             log.info("channel %s: consuming %s as %s (provider %s, policy %s)", self.channel,
                      self.names.send(self.channel), self.token, self.provider.name,
                      self.policy)
+            quiet_since: float | None = None
             while not self._stop.is_set():
                 for task in tasks:
                     if task.done():
                         task.result()  # a follower that died raises here
                 batch = await self._consumer.getmany(timeout_ms=250)
+                # Short fetch waits while commands flow, long once quiet for a second
+                # (the engine's rule: the embedded broker holds a fetch ~half its wait).
+                now = asyncio.get_running_loop().time()
+                quiet_since = None if batch else (quiet_since or now)
+                set_fetch_wait(self._consumer, s.idle_fetch_wait_ms if quiet_since is not None
+                               and now - quiet_since > 1.0 else s.fetch_wait_ms)
                 if batch:
                     self._current = asyncio.ensure_future(self._process(batch))
                     try:
