@@ -512,7 +512,7 @@ class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is u
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        await self.worker.settle()
+        await self.worker.settle(leaving=True)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("channel %s: assigned %s", self.worker.channel,
@@ -556,6 +556,7 @@ class ChannelWorker:
         self.callback_secret = callback_secret
         self.callback_port: int | None = settings.channel_callback_port
         self._stop = asyncio.Event()
+        self._leaving = asyncio.Event()  # set by a stop and during a rebalance
         self._current: asyncio.Future[None] | None = None
         self._settling = asyncio.Lock()
         self._batch: _Batch | None = None
@@ -573,6 +574,7 @@ class ChannelWorker:
     def stop(self) -> None:
         """Begin a clean stop (what SIGTERM does)."""
         self._stop.set()
+        self._leaving.set()
 
     async def main(self, install_signals: bool = True) -> int:
         loop = asyncio.get_running_loop()
@@ -696,9 +698,19 @@ class ChannelWorker:
                 log.warning("channel %s: heartbeat failed (%r)", self.channel, exc)
             await asyncio.sleep(interval)
 
-    async def settle(self) -> None:
-        """Wait for the batch in flight, then commit what it finished (also what a
-        rebalance does before giving partitions up)."""
+    async def settle(self, leaving: bool = False) -> None:
+        """Wait for the batch in flight, then commit what it finished. ``leaving`` (a
+        rebalance, before partitions are given up): as at a stop, no new command starts
+        and commands waiting for a retry are released, so the partitions move promptly."""
+        if leaving:
+            self._leaving.set()
+        try:
+            await self._settle()
+        finally:
+            if not self._stop.is_set():
+                self._leaving.clear()
+
+    async def _settle(self) -> None:
         async with self._settling:
             current, self._current = self._current, None
             if current is not None:
@@ -782,7 +794,7 @@ class ChannelWorker:
                        entries: Mapping[str, Entry | None], state: Any) -> None:
         """One contact's commands, in order; stops at the first left unfinished."""
         for tp, offset, command in items:
-            if self._stop.is_set():
+            if self._leaving.is_set():
                 return
             async with self._sem:
                 try:
@@ -856,8 +868,8 @@ class ChannelWorker:
                 log.info("channel %s: %s transient error %r; retry %d in %.2f s",
                          self.channel, command.message_id, exc.reason, attempt, delay)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                if self._stop.is_set():
+                    await asyncio.wait_for(self._leaving.wait(), delay)
+                if self._leaving.is_set():
                     raise _Stopping from None  # released: the next owner delivers it
                 continue
             except PermanentError as exc:

@@ -267,3 +267,33 @@ async def test_webhook_retries_through_the_worker(
     await run_until(w, lambda: _events_with(stack, 1), "the report")
     assert (await events(stack))["msg-h1:sent"]["data"]["provider_id"] == "wh-9"
     assert [h["Idempotency-Key"] for h, _ in receiver.requests] == ["msg-h1"] * 3
+
+
+async def test_rebalance_releases_retries_and_moves_promptly(stack: Stack) -> None:
+    """A worker whose commands all wait for a long retry gives them up when a second
+    worker joins: the newcomer delivers its share at once, not after the backoff."""
+    async def busy(cmd: SendCommand) -> Outcome:
+        raise TransientError("busy")
+
+    async def fine(cmd: SendCommand) -> Outcome:
+        return Outcome.sent(f"p-{cmd.message_id}")
+
+    for p in range(stack.settings.partitions):
+        await put(stack, raw_command(f"msg-r{p}", f"c-r{p}", stack), partition=p)
+    first = worker(stack, busy, channel_backoff_s=120, channel_backoff_max_s=120)
+    first_task = asyncio.ensure_future(first.main(install_signals=False))
+    ledger = Ledger(stack.redis, stack.settings.topic_prefix, 60)
+
+    async def all_waiting() -> bool:
+        entries = [await ledger.get(f"msg-r{p}") for p in range(stack.settings.partitions)]
+        return all(e is not None and e.state == "pending" for e in entries)
+
+    await eventually(all_waiting, what="every command waiting for its retry")
+    second = worker(stack, fine)
+    try:
+        await run_until(second, lambda: _events_with(stack, stack.settings.partitions // 2),
+                        "the newcomer's share delivered")
+    finally:
+        first.stop()
+        assert await asyncio.wait_for(first_task, 30) == 0
+    assert second.stats["sent"] >= stack.settings.partitions // 2
