@@ -40,7 +40,7 @@ The worker consumes ``<prefix>send.<channel>`` in the consumer group
    asks the provider by idempotency key (``message_id``) — found: record what it says;
    not found: deliver now — or ``assume_sent`` (``message.sent`` with ``"assumed":
    true``). A reservation of a live owner (a rebalance in the middle of its call) is
-   waited for, with a deadline.
+   waited for as long as the owner lives.
 5. **Report**: ``message.sent`` / ``message.failed`` / ``message.bounced`` contact events
    with the message id, keyed by contact, ids ``<message_id>:<status>``.
 6. **Commit** a batch's offsets only once every outcome is recorded and every report
@@ -893,19 +893,28 @@ class ChannelWorker:
 
     async def _theirs(self, batch: _Batch, command: SendCommand, entry: Entry,
                       state: Any) -> None:
-        """A reservation without an outcome: wait while its owner lives (it is mid-call,
-        e.g. during a rebalance), with a deadline; then it is unknown."""
+        """A reservation without an outcome: wait as long as its owner lives (it is
+        mid-call, e.g. during a rebalance; a live owner always settles or releases what it
+        reserved, its calls are bounded), warning now and then; once its liveness key is
+        gone it is a crash during the call: unknown. No deadline on a live owner: a lease
+        that ran out under a slow call would let two workers call the provider."""
         ledger = self._ledger
         assert ledger is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.settings.channel_call_timeout_s
-                                  + 3 * self.settings.channel_heartbeat_s)
+        warn_at = loop.time() + self.settings.channel_call_timeout_s
         current: Entry | None = entry
         while current is not None and current.state == "reserved" \
-                and current.owner != self.token and loop.time() < deadline:
+                and current.owner != self.token:
             owner = current.owner
             if not await self._redis_call(lambda: ledger.alive(owner)):  # noqa: B023
                 break
+            if self._leaving.is_set():
+                raise _Stopping  # not ours: left to whoever owns the partition next
+            if loop.time() > warn_at:
+                self.stats["waited"] += 1
+                log.warning("channel %s: %s still reserved by the live worker %s",
+                            self.channel, command.message_id, owner)
+                warn_at += self.settings.channel_call_timeout_s
             await asyncio.sleep(0.1)
             current = await self._redis_call(lambda: ledger.get(command.message_id))
         if current is None or current.state == "pending":

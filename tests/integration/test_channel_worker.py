@@ -297,3 +297,39 @@ async def test_rebalance_releases_retries_and_moves_promptly(stack: Stack) -> No
         first.stop()
         assert await asyncio.wait_for(first_task, 30) == 0
     assert second.stats["sent"] >= stack.settings.partitions // 2
+
+
+async def test_a_live_owners_reservation_is_waited_for_not_taken(stack: Stack) -> None:
+    """A command reserved by another live worker (mid-call during a rebalance) is waited
+    for — however long its call takes — and, once that worker records the outcome,
+    reported, never sent a second time."""
+    calls: Counter[str] = Counter()
+
+    async def deliver(cmd: SendCommand) -> Outcome:
+        calls[cmd.message_id] += 1
+        return Outcome.sent()
+
+    raw = raw_command("msg-live", "c-live", stack)
+    ledger = Ledger(stack.redis, stack.settings.topic_prefix, 60)
+    await ledger.beat("other", 60)
+    assert await ledger.claim(SendCommand.model_validate(raw), "other", 1.0,
+                              "reserved") is None
+    await put(stack, raw)
+    w = worker(stack, deliver, channel_call_timeout_s=0.5)  # the wait outlasts it
+    task = asyncio.ensure_future(w.main(install_signals=False))
+    try:
+        await eventually(lambda: _log_says(w), what="the worker waiting")
+        assert calls == Counter()
+        assert await ledger.record(SendCommand.model_validate(raw), "other", state="sent",
+                                   provider_id="p-other", at=stack.now().isoformat())
+        found = await eventually(lambda: _events_with(stack, 1), what="the report")
+    finally:
+        w.stop()
+        assert await asyncio.wait_for(task, 30) == 0
+    assert found["msg-live:sent"]["data"]["provider_id"] == "p-other"
+    assert calls == Counter() and w.stats["unknown"] == 0
+
+
+async def _log_says(w: ChannelWorker) -> bool:
+    """The worker has been waiting at least one call timeout (it warned)."""
+    return w.stats["waited"] >= 1
