@@ -124,7 +124,8 @@ class FileFaults:
     """Tests only: fractions of calls that fail (by a hash of the message id, so a run
     is reproducible): ``transient`` (per attempt: a retry may pass), ``permanent``,
     ``drop`` (recorded — accepted — then the response is lost: an unknown outcome), and
-    ``delay_ms`` per call (a slow provider)."""
+    ``delay_ms`` per call (a slow provider: half before the call is recorded, half after,
+    so a crash lands on both sides of it)."""
 
     transient: float = 0.0
     permanent: float = 0.0
@@ -185,8 +186,11 @@ class FileProvider(Provider):
     async def deliver(self, command: SendCommand) -> Outcome:
         faults, mid = self.faults, command.message_id
         self._calls[mid] += 1
-        if faults.delay_ms:
-            await asyncio.sleep(faults.delay_ms / 1000 * (0.5 + random.random()))
+        # A slow provider: half the delay before it records the call, half after (a crash
+        # then lands as often after the provider took a message as before).
+        delay = faults.delay_ms / 1000 * (0.5 + random.random()) / 2
+        if delay:
+            await asyncio.sleep(delay)
         if faults.hit(faults.transient, mid, "transient", self._calls[mid]):
             self._append(command, "transient")
             raise TransientError("file provider: simulated outage", "503")
@@ -195,6 +199,8 @@ class FileProvider(Provider):
             raise PermanentError("invalid_destination", "file provider: simulated rejection")
         provider_id = f"file-{uuid.uuid4().hex[:16]}"
         self._append(command, "accepted", provider_id)
+        if delay:
+            await asyncio.sleep(delay)
         if faults.hit(faults.drop, mid, "drop"):
             raise ConnectionResetError("file provider: response lost after accepting")
         return Outcome.sent(provider_id)

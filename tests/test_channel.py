@@ -279,3 +279,36 @@ def test_webhook_wants_https_and_a_secret() -> None:
     with pytest.raises(ValueError, match="secret"):
         WebhookProvider("https://example.com/hook", b"")
     WebhookProvider("http://127.0.0.1:1/hook", b"s", allow_http=True)  # dev/tests only
+
+
+async def test_console_provider_prints_the_send() -> None:
+    import io
+
+    from producers.providers import ConsoleProvider
+
+    out = io.StringIO()
+    outcome = await ConsoleProvider(out).deliver(command(body="Hi Ada!"))
+    assert outcome.status == "sent" and (outcome.provider_id or "").startswith("console-")
+    assert out.getvalue() == "sms → +14155550101: Hi Ada!  (acme/c-1, msg-1)\n"
+
+
+async def test_file_provider_records_every_call_and_looks_up_its_own(tmp_path: Any) -> None:
+    from producers.channel import PermanentError, TransientError
+    from producers.providers import FileProvider, read_calls
+
+    provider = FileProvider(tmp_path / "calls.jsonl", FileFaults.parse("transient=1"))
+    await provider.start()
+    with pytest.raises(TransientError):
+        await provider.deliver(command())
+    provider.faults = FileFaults.parse("permanent=1")
+    with pytest.raises(PermanentError):
+        await provider.deliver(command())
+    provider.faults = FileFaults.parse("drop=1")
+    with pytest.raises(ConnectionResetError):  # recorded, then the answer is lost
+        await provider.deliver(command())
+    found = await provider.lookup(command())
+    assert await provider.lookup(command(message_id="msg-2")) is None
+    await provider.close()
+    calls = read_calls(tmp_path / "calls.jsonl")
+    assert [c["result"] for c in calls] == ["transient", "permanent", "accepted"]
+    assert found is not None and found.provider_id == calls[2]["provider_id"]
