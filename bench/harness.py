@@ -139,6 +139,8 @@ class Latency:
     send_rate: float | None = None  # what the producer achieved
     output_rate: float | None = None  # outputs received / (last receipt - first send)
     latencies_ms: list[float] = field(default_factory=list)
+    #: The channel path: each output's last hop alone (send command → provider call).
+    channel_ms: list[float] = field(default_factory=list)
 
     def percentile(self, q: float) -> float | None:
         return percentile(self.latencies_ms, q)
@@ -605,7 +607,8 @@ class BenchWorker:
     with its own data directory and log in the run's work directory."""
 
     def __init__(self, cfg: Config, prefix: str, *, name: str = "0", store: str = "memory://",
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 command: tuple[str, ...] = ("worker",)) -> None:
         tag = f"{prefix.strip('.')}-{name}"
         self.data_dir = cfg.workdir / f"data-{tag}"
         environ = {k: v for k, v in os.environ.items() if not k.startswith("DRIPSTREAM_")}
@@ -623,7 +626,7 @@ class BenchWorker:
             **(env or {}),
         })
         self.process = WorkerProcess(environ, cfg.workdir / f"worker-{tag}.log",
-                                     cwd=cfg.workdir, new_session=True)
+                                     cwd=cfg.workdir, new_session=True, command=command)
 
     @property
     def pid(self) -> int:

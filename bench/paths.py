@@ -60,6 +60,7 @@ from bench.harness import (
     CampaignResult,
     Config,
     IdleResult,
+    Latency,
     MemoryResult,
     Partitioner,
     Result,
@@ -436,6 +437,158 @@ async def workflow(bench: Bench) -> None:
     _latency_notes(result)
     if cfg.workers > 1:
         await _workflow_workers(bench, result)
+
+
+# --------------------------------------------------------------------------- channel
+
+
+def _calls(path: Path) -> list[dict[str, Any]]:
+    from producers.providers import read_calls
+
+    return [c for c in read_calls(path) if c["result"] == "accepted"]
+
+
+async def _wait_calls(path: Path, n: int, deadline: float, alive: Callable[[], None],
+                      keep: Callable[[dict[str, Any]], bool] = lambda c: True
+                      ) -> list[dict[str, Any]]:
+    """The file provider's accepted calls once ``n`` of them pass ``keep``; reads only
+    what was appended since the last look (the bench must not take the workers' CPU)."""
+    found: list[dict[str, Any]] = []
+    offset = 0
+
+    def appended() -> bytes:
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+            return chunk[:chunk.rfind(b"\n") + 1]  # whole lines only
+        return b""
+
+    while time.monotonic() < deadline:
+        alive()
+        complete = appended()
+        offset += len(complete)
+        for line in complete.splitlines():
+            call = orjson.loads(line)
+            if call["result"] == "accepted" and keep(call):
+                found.append(call)
+        if len(found) >= n:
+            return found
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{path.name}: fewer than {n} provider calls in time")
+
+
+async def _channel_latency(cfg: Config, in_topic: str, calls: Path, rate: float, seq_base: int,
+                           alive: Callable[[], None]) -> Latency:
+    """Stamped ``contact.created`` for fresh contacts at ``rate``/s; latency = the provider
+    call's time (the file provider's ``at``) - the stamp (the command's body)."""
+    m = cfg.latency_count(rate)
+    lat = Latency(offered=rate)
+    producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap, linger_ms=0)
+    await producer.start()
+    seqs = range(seq_base, seq_base + m)
+    try:
+        start = time.monotonic()
+        for k, seq in enumerate(seqs):
+            if (ahead := start + k / rate - time.monotonic()) > 0:
+                await asyncio.sleep(ahead)  # pacing the offered rate
+            key, event = stamped_event(cfg.run_id, "lat", seq, "contact.created", time.time())
+            await producer.send(in_topic, orjson.dumps(event), key=key)
+        await producer.flush()
+        lat.sent, lat.send_rate = m, m / max(1e-9, time.monotonic() - start)
+    finally:
+        await producer.stop()
+    wanted = {f"{cfg.run_id}-lat{seq}" for seq in seqs}
+    found = await _wait_calls(calls, m, time.monotonic() + cfg.timeout, alive,
+                              lambda c: c["contact_id"] in wanted)
+    receipts = [datetime.fromisoformat(c["at"]).timestamp() for c in found]
+    lat.latencies_ms = [(r - float(c["body"])) * 1000 for r, c in zip(receipts, found,
+                                                                       strict=True)]
+    first_sent = min(float(c["body"]) for c in found)
+    lat.output_rate = len(found) / max(1e-9, max(receipts) - first_sent)
+    # The channel worker's share: its provider call - the command's created_at.
+    created = {c["message_id"]: datetime.fromisoformat(c["created_at"]).timestamp()
+               for c in map(orjson.loads, (r.value for r in await read_topic(
+                   cfg, in_topic.replace("contact-events", "send.sms"))))
+               if c["contact_id"] in wanted}
+    lat.channel_ms = [(r - created[c["message_id"]]) * 1000
+                      for r, c in zip(receipts, found, strict=True) if c["message_id"] in created]
+    return lat
+
+
+async def _engine_caught_up(cfg: Config, s: Settings, deadline: float,
+                            alive: Callable[[], None]) -> None:
+    """Until the engine's group has committed to the end of ``contact-events`` (it has
+    applied every ``message.sent`` of the throughput phase: a latency phase must not queue
+    behind them)."""
+    tps = tps_of(topic_name(s, "contact-events"), cfg.partitions)
+    probe = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, group_id=s.group_id,
+                             enable_auto_commit=False)
+    await probe.start()
+    try:
+        while time.monotonic() < deadline:
+            alive()
+            ends = await end_offsets(cfg, tps)
+            done = [(await probe.committed(tp) or 0) >= ends[tp] for tp in tps]
+            if all(done):
+                return
+            await asyncio.sleep(0.5)
+    finally:
+        await probe.stop()
+    raise TimeoutError("the engine did not catch up with the reports")
+
+
+async def channel(bench: Bench) -> None:
+    """event → trigger → gate → send command → ``dripstream channel sms --provider file``
+    → the provider call recorded (ledger reserve + outcome in Redis, ``message.sent``
+    back). Throughput: first → last provider call of N; latency per offered rate."""
+    cfg = bench.cfg
+    n = cfg.events
+    result = Result("channel worker (sms, file)", events=n)
+    bench.results.append(result)
+    s = await prepare(cfg, cfg.prefix("channel"), [POLICY, WORKFLOW])
+    in_topic = topic_name(s, "contact-events")
+    calls = cfg.workdir / f"calls-{s.topic_prefix.strip('.')}.jsonl"
+    now = time.time()
+    created = [stamped_event(cfg.run_id, "c", i, "contact.created", now) for i in range(n)]
+    await produce_all(cfg.bootstrap, in_topic, [(k, orjson.dumps(e)) for k, e in created])
+    workers = [BenchWorker(cfg, s.topic_prefix).start(),
+               BenchWorker(cfg, s.topic_prefix, name="sms",
+                           command=("channel", "sms", "--provider", "file"),
+                           env={"DRIPSTREAM_CHANNEL_FILE": str(calls)}).start()]
+    alive = all_alive(workers)
+    try:
+        deadline = time.monotonic() + cfg.timeout
+        found = await _wait_calls(calls, n, deadline, alive)
+        times = sorted(datetime.fromisoformat(c["at"]).timestamp() for c in found)
+        result.seconds = times[-1] - times[0]
+        result.startup_s = times[0] - min(w.started_at for w in workers)
+        caught_up = time.monotonic()
+        await _engine_caught_up(cfg, s, deadline, alive)
+        lag = time.monotonic() - caught_up
+        result.notes.append(f"the engine applied the last reports {lag:.1f} s after the "
+                            "last provider call was seen")
+        for k, rate in enumerate((100.0, cfg.rate)):
+            lat = await _channel_latency(cfg, in_topic, calls, rate, (k + 1) * SEQ_STRIDE,
+                                         alive)
+            result.latency.append(lat)
+            part = sorted(lat.channel_ms)
+            if part:
+                result.notes.append(
+                    f"at {rate:.0f}/s: p50 {lat.percentile(50):.0f} ms event → provider call, "
+                    f"of which send command → provider call (the channel worker) p50 "
+                    f"{part[len(part) // 2]:.0f} ms, p99 {part[int(len(part) * 0.99)]:.0f} ms")
+        alive()
+        every = _calls(calls)
+        ids = Counter(c["message_id"] for c in every)
+        sends = await count_records(cfg, topic_name(s, "send.sms"))
+        reports = await count_records(cfg, topic_name(s, "contact-events"))
+        result.notes.append(
+            f"checks: {len(every)} provider calls for {sends} send commands, "
+            f"{len(ids)} distinct message ids, {sum(v > 1 for v in ids.values())} called "
+            f"twice; contact-events now {reports} (the events + one message.sent each)")
+    finally:
+        await stop_all(workers)
+    _latency_notes(result)
 
 
 # --------------------------------------------------------------------------- contacts
@@ -834,9 +987,10 @@ async def campaign(bench: Bench) -> None:
 
 PATHS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "raw": raw, "ingest": ingest, "routed": routed, "rocksdb": rocksdb,
-    "workflow": workflow, "idle": idle, "campaign": campaign, "recovery": recovery,
+    "workflow": workflow, "idle": idle, "campaign": campaign, "channel": channel,
+    "recovery": recovery,
 }
 #: What ``make bench`` runs (``idle`` takes minutes of mostly waiting, ``campaign`` ingests
 #: 100k contacts per worker count first, ``recovery`` 200k per store and case: ask for them).
-DEFAULT_PATHS = ("raw", "ingest", "routed", "rocksdb", "workflow")
+DEFAULT_PATHS = ("raw", "ingest", "routed", "rocksdb", "workflow", "channel")
 

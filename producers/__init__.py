@@ -1,2 +1,3 @@
-"""The edges other people run: the publisher SDK for upstream systems (and, later, the
-channel-worker SDK)."""
+"""The edges other people run: the publisher SDK for upstream systems (``publisher``), the
+channel-worker SDK (``channel``) and its reference providers (``providers``), and the
+admin helpers (``admin``)."""

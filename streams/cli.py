@@ -50,6 +50,79 @@ def worker() -> None:
     raise typer.Exit(run(build(settings)))
 
 
+def _settings_or_exit() -> Any:
+    """The settings; invalid ones are printed and exit 2."""
+    from pydantic import ValidationError
+
+    from streams.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for error in exc.errors(include_url=False):
+            name = ".".join(str(p) for p in error["loc"]).upper()
+            where = f"DRIPSTREAM_{name}" if name else "settings"
+            typer.echo(f"invalid {where}: {error['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+
+@cli.command()
+def channel(
+    name: Annotated[str, typer.Argument(help="sms | mms | email")],
+    provider: Annotated[str, typer.Option(help="console | file | webhook")] = "console",
+    policy: Annotated[str | None, typer.Option(
+        help="unknown outcomes: lookup | assume_sent (default: lookup if the provider can)")
+    ] = None,
+) -> None:
+    """Run a channel worker: deliver <prefix>send.<name> through a reference provider,
+    each message id at most once, and report back (docs/channel-workers.md).
+
+    Exit status: 0 after SIGTERM/SIGINT, 70 on a fatal error, 2 on invalid settings."""
+    import logging
+
+    from producers.channel import ChannelWorker
+    from producers.providers import build_provider
+
+    settings = _settings_or_exit()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    if settings.channel_file_faults:
+        typer.echo(f"WARNING: provider faults {settings.channel_file_faults!r} (tests only)",
+                   err=True)
+    secret = settings.channel_callback_secret or settings.channel_webhook_secret
+    try:
+        if policy not in (None, "lookup", "assume_sent"):
+            raise ValueError(f"unknown policy {policy!r} (lookup, assume_sent)")
+        worker = ChannelWorker(settings, name, build_provider(settings, provider),
+                               policy="lookup" if policy == "lookup" else
+                               "assume_sent" if policy else None,
+                               callback_secret=secret.get_secret_value().encode()
+                               if secret else None)
+    except ValueError as exc:
+        typer.echo(f"invalid: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(worker.run())
+
+
+def _start_channels(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    """``dev``: a console SMS and email worker, so a send shows up in the terminal."""
+    return [subprocess.Popen([sys.executable, "-m", "streams.cli", "channel", name,
+                              "--provider", "console"], env=env, start_new_session=True)
+            for name in ("sms", "email")]
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM each, then wait (SIGKILL after 15 s)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @cli.command()
 def health(
     max_age: Annotated[float, typer.Option(help="seconds the liveness file may be old")] = 30.0,
@@ -122,6 +195,7 @@ def publish(
     async def run() -> None:
         async with Publisher(
             settings.bootstrap_servers, topic_prefix=settings.topic_prefix,
+            idempotence=False if settings.embedded else None,  # Tansu cannot
             **settings.kafka_security(),
         ) as pub:
             await pub.send(envelope)
@@ -491,6 +565,8 @@ def dev(
     worker_proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
                                    start_new_session=True)
     typer.echo(f"worker   pid {worker_proc.pid}; Ctrl-C stops everything")
+    channels = _start_channels(env)  # console sms + email workers: sends print here
+    typer.echo(f"channels sms, email (console) pids {[p.pid for p in channels]}")
     try:
         if demo:
             _demo()
@@ -498,6 +574,7 @@ def dev(
     except KeyboardInterrupt:
         pass
     finally:
+        _stop_all(channels)
         if worker_proc.poll() is None:
             worker_proc.send_signal(signal.SIGTERM)
             try:

@@ -71,6 +71,7 @@ __all__ = [
     "end_offsets",
     "refresh_metadata",
     "send_batches",
+    "set_fetch_wait",
     "use_memory_store",
 ]
 
@@ -161,6 +162,14 @@ class BatchConsumer(driver.Consumer):
         fetcher = getattr(consumer, "_fetcher", None)
         if fetcher is not None and fetcher._fetch_max_wait_ms != wait_ms:
             fetcher._fetch_max_wait_ms = wait_ms
+
+
+def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> None:
+    """A plain aiokafka consumer's fetch wait from its next request on (the channel
+    workers' adaptive wait; the fetcher reads ``_fetch_max_wait_ms`` per request)."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None and fetcher._fetch_max_wait_ms != wait_ms:
+        fetcher._fetch_max_wait_ms = wait_ms
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):

@@ -144,8 +144,8 @@ class EmbeddedRedis:
 
 
 class WorkerProcess:
-    """A ``dripstream worker`` process (``python -m streams.cli worker``) with ``env``,
-    its stdout and stderr in ``log_path``.
+    """A ``dripstream worker`` process (``python -m streams.cli worker``; ``command``: another
+    subcommand, e.g. a channel worker) with ``env``, its stdout and stderr in ``log_path``.
 
     A real process, so a test can SIGKILL it and a benchmark can read its memory and CPU
     from ``/proc``. ``new_session`` keeps a terminal's Ctrl-C away from it (the benchmark
@@ -155,9 +155,10 @@ class WorkerProcess:
 
     def __init__(
         self, env: Mapping[str, str], log_path: Path, *, cwd: Path | None = None,
-        new_session: bool = False,
+        new_session: bool = False, command: tuple[str, ...] = ("worker",),
     ) -> None:
         self.env = dict(env)
+        self.command = command  # e.g. ("channel", "sms", "--provider", "file")
         self.log_path = log_path
         self.cwd = cwd
         self.new_session = new_session
@@ -168,7 +169,7 @@ class WorkerProcess:
         with open(self.log_path, "ab") as log:
             self.started_at = time.time()
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", "streams.cli", *self.command],
                 env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=self.new_session,
             )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +68,59 @@ class Settings(BaseSettings):
         60.0, gt=0, description="no progress for this long with input waiting = stalled")
     stall_exit_s: float = Field(
         300.0, ge=0, description="exit (status 70) after being stalled this long; 0: never")
+    # Channel workers (`dripstream channel`, producers/channel.py).
+    channel_max_in_flight: int = Field(
+        16, ge=1, description="channel workers: provider calls at once (different contacts)")
+    channel_batch_max: int = Field(
+        200, ge=1, description="channel workers: send commands taken per fetch (at most)")
+    channel_call_timeout_s: float = Field(
+        30.0, gt=0, description="channel workers: a provider call taking longer has an "
+                                "unknown outcome (the same on every worker of a channel)")
+    channel_max_attempts: int = Field(
+        5, ge=1, description="channel workers: provider calls per command on transient errors")
+    channel_backoff_s: float = Field(
+        0.5, ge=0, description="channel workers: first retry delay (doubles, full jitter)")
+    channel_backoff_max_s: float = Field(
+        30.0, ge=0, description="channel workers: longest retry delay")
+    channel_ledger_ttl_s: int = Field(
+        14 * 24 * 3600, ge=1, description="channel workers: how long a message id is "
+                                          "remembered (longer than the send topics' 7 days)")
+    channel_heartbeat_s: float = Field(
+        5.0, gt=0, description="channel workers: liveness key refresh; a worker silent for "
+                               "3 of these is taken for dead (its reservations unknown)")
+    channel_unknown_policy: Literal["lookup", "assume_sent"] | None = Field(
+        None, description="channel workers: an outcome not known after a crash or a timeout "
+                          "is looked up at the provider or assumed sent (default: lookup "
+                          "if the provider can)")
+    channel_suppression_margin_s: float = Field(
+        5.0, ge=0, description="channel workers: a suppression newer than a command's "
+                               "created_at minus this vetoes it (older ones the gate knew)")
+    channel_file: Path = Field(
+        Path("./data/provider-calls.jsonl"),
+        description="file provider: one JSON line appended per provider call")
+    channel_file_faults: str | None = Field(
+        None, pattern=r"^((transient|permanent|drop|delay_ms|seed)=[0-9.]+,?)+$",
+        description="tests only, file provider: fractions of calls that fail transiently / "
+                    "permanently / lose their response after being recorded, a delay per "
+                    "call, e.g. transient=0.1,drop=0.05,delay_ms=20")
+    channel_webhook_url: str | None = Field(
+        None, description="webhook provider: https URL each send is POSTed to")
+    channel_webhook_secret: SecretStr | None = Field(
+        None, description="webhook provider: HMAC-SHA256 key of the signature header")
+    channel_webhook_lookup_url: str | None = Field(
+        None, description="webhook provider: GET <url>/<message_id> answers whether a send "
+                          "arrived (enables the lookup policy)")
+    channel_webhook_connect_timeout_s: float = Field(5.0, gt=0)
+    channel_webhook_read_timeout_s: float = Field(10.0, gt=0)
+    channel_webhook_ca_file: Path | None = Field(
+        None, description="webhook provider: CA bundle to verify the receiver with")
+    channel_webhook_allow_http: bool = Field(
+        False, description="dev/tests only: allow an http:// webhook URL")
+    channel_callback_port: int | None = Field(
+        None, description="serve signed provider callbacks on this port (0: a free one)")
+    channel_callback_secret: SecretStr | None = Field(
+        None, description="key the provider signs callbacks with (default: the webhook "
+                          "secret)")
     web_enabled: bool = False
     web_port: int = 6066
     log_level: str = "info"
@@ -129,11 +182,11 @@ class Settings(BaseSettings):
             servers.append(url.split("://", 1)[-1].strip().rstrip("/"))
         return servers
 
-    def kafka_security(self) -> dict[str, object]:
+    def kafka_security(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka clients (producer, consumer, admin)."""
         import ssl
 
-        kwargs: dict[str, object] = {"security_protocol": self.security_protocol}
+        kwargs: dict[str, Any] = {"security_protocol": self.security_protocol}
         if self.security_protocol in ("SSL", "SASL_SSL"):
             ctx = ssl.create_default_context(
                 cafile=str(self.ssl_cafile) if self.ssl_cafile else None

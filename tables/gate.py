@@ -28,7 +28,8 @@ from typing import Any, Literal
 from tables.compliance import cap_until, default_policy, quiet_until
 from tables.schedule import contact_zone
 
-__all__ = ["DEFAULTS", "EXEMPT_PURPOSES", "REASONS", "Compliance", "Decision", "decide"]
+__all__ = ["DEFAULTS", "EXEMPT_PURPOSES", "REASONS", "Compliance", "Decision", "consent_veto",
+           "decide"]
 
 REASONS = ("no_destination", "suppressed", "no_consent", "opted_out", "expired",
            "quiet_hours_deferred", "quiet_hours", "frequency_capped")
@@ -67,6 +68,17 @@ def _consent(contact: Mapping[str, Any], channel: str) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
+def consent_veto(contact: Mapping[str, Any], channel: str) -> str | None:
+    """``opted_out`` / ``no_consent`` if the contact's consent forbids the channel, else
+    None (shared with the channel workers' re-check, ``producers/channel.py``)."""
+    consent = _consent(contact, channel)
+    if consent is False:
+        return "opted_out"
+    if consent is None and channel in ("sms", "mms"):
+        return "no_consent"
+    return None
+
+
 def decide(
     command: Mapping[str, Any], contact: Mapping[str, Any], policy: Mapping[str, Any],
     suppressed: bool, now: datetime, on_capped: str = "drop", zone: str | None = None,
@@ -78,11 +90,8 @@ def decide(
     if command.get("purpose") not in EXEMPT_PURPOSES:
         if suppressed:
             return Decision("drop", "suppressed")
-        consent = _consent(contact, channel)
-        if consent is False:
-            return Decision("drop", "opted_out")
-        if consent is None and channel in ("sms", "mms"):
-            return Decision("drop", "no_consent")
+        if (veto := consent_veto(contact, channel)) is not None:
+            return Decision("drop", veto)
     if now >= datetime.fromisoformat(command["expires_at"]):
         return Decision("drop", "expired")
     if command.get("transactional"):

@@ -62,6 +62,7 @@ class Stack:
             timer_interval_s=0.2,
         )
         self.workers: list[WorkerProcess] = []
+        self.channels: list[WorkerProcess] = []
         self.redis = Redis.from_url(redis_url)
         self.read_model = ReadModel(self.redis, self.settings.topic_prefix)
         self.publisher = Publisher(bootstrap, topic_prefix=self.settings.topic_prefix)
@@ -160,7 +161,7 @@ class Stack:
             raise AssertionError(f"{suffix}: could not read to the end ({exc})") from None
 
     async def stop(self) -> None:
-        for worker in self.workers:
+        for worker in [*self.channels, *self.workers]:
             if worker.exit_code is None:
                 worker.kill()
         await self.publisher.__aexit__(None, None, None)
@@ -180,6 +181,27 @@ class Stack:
                                cwd=ROOT).start()
         self.workers.append(worker)
         return worker
+
+    def start_channel(self, channel: str, provider: str = "file",
+                      env: Mapping[str, str] | None = None) -> WorkerProcess:
+        """A ``dripstream channel`` process (fast heartbeats and retries for tests); its
+        log is ``channel-<n>.log``; the file provider writes :attr:`calls_path`."""
+        n = len(self.channels)
+        extra = {"DRIPSTREAM_CHANNEL_FILE": str(self.calls_path),
+                 "DRIPSTREAM_CHANNEL_HEARTBEAT_S": "0.3",
+                 "DRIPSTREAM_CHANNEL_BACKOFF_S": "0.05",
+                 "DRIPSTREAM_CHANNEL_BACKOFF_MAX_S": "0.2", **(env or {})}
+        worker = WorkerProcess({**self.env, **extra}, self.tmp_path / f"channel-{n}.log",
+                               cwd=ROOT, command=("channel", channel, "--provider", provider))
+        self.channels.append(worker.start())
+        return worker
+
+    @property
+    def calls_path(self) -> Path:
+        return self.tmp_path / "provider-calls.jsonl"
+
+    def channel_log(self, n: int = 0) -> str:
+        return (self.tmp_path / f"channel-{n}.log").read_text(errors="replace")
 
     def kill(self, worker: WorkerProcess, sig: int = signal.SIGKILL) -> None:
         worker.kill(sig, timeout=30)

@@ -311,6 +311,8 @@ class _Lines:
 def _started(output: str) -> list[int]:
     """The pids of the broker and worker `dev` printed it started (by port, by pid)."""
     pids = [int(m) for m in re.findall(r"worker\s+pid (\d+)", output)]
+    for found in re.findall(r"channels .* pids \[([0-9, ]+)\]", output):  # console workers
+        pids += [int(p) for p in found.split(",")]
     for port in re.findall(r"broker\s+kafka://127\.0\.0\.1:(\d+)", output):
         found = subprocess.run(["pgrep", "-f", f"listener-url tcp://127.0.0.1:{port}"],
                                capture_output=True, text=True).stdout.split()
@@ -372,6 +374,6 @@ def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path, stop: str)
     assert "+14155550101" == state["phone"]
     assert "stopped" == output.splitlines()[-1]
     assert (0, []) == (returncode, leftovers)
-    assert len(started) == 2, output
+    assert len(started) == 4, output  # broker, worker, the sms and email channel workers
     assert f"data     {(tmp_path / 'data').resolve()}" in output
     assert "ERROR" not in stderr.read_text()
