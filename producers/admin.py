@@ -64,7 +64,8 @@ async def suppress(
     reason: str = "manual", *, remove: bool = False,
 ) -> None:
     """Add an address to (or lift it from) an account's suppression list."""
-    record = {"account": account, "address": address, "reason": reason, "remove": remove}
+    record = {"account": account, "address": address, "reason": reason, "remove": remove,
+              "at": datetime.now(UTC).isoformat()}
     await producer.send_and_wait(f"{topic_prefix}suppressions",
                                  key=f"{account}:{address}".encode(), value=orjson.dumps(record))
 

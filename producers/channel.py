@@ -283,8 +283,12 @@ def outcome_event(
     if status == "bounced":
         data["reason"] = reason or code or "bounced"
         data["bounce_type"] = bounce_type or "hard"
-    return build_event(command.account, command.contact_id, f"message.{status}", data,
-                       event_id=f"{command.message_id}:{status}", time=at, source=source)
+    event = build_event(command.account, command.contact_id, f"message.{status}", data,
+                        event_id=f"{command.message_id}:{status}", time=at, source=source)
+    # One hop deeper than what sent it, so the engine's loop guard sees a chain through
+    # the channel ("message.failed → a workflow's send → fails again …").
+    event["causationdepth"] = (command.origin.depth or 0) + 1
+    return event
 
 
 def audit_skip(command: SendCommand, reason: str, at: datetime, **extra: Any

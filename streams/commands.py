@@ -33,6 +33,8 @@ class Origin(BaseModel):
     step_id: str | None = None
     keyword: str | None = None
     event_id: str | None = None
+    depth: int | None = Field(
+        None, ge=0, description="causation depth of what sent it; reports carry depth + 1")
 
 
 class SendCommand(BaseModel):

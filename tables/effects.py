@@ -79,6 +79,7 @@ class Origin(TypedDict, total=False):
     step_id: str
     keyword: str
     event_id: str
+    depth: int
 
 
 class Draft(TypedDict, total=False):

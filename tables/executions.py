@@ -130,7 +130,8 @@ def _goto(ex: Execution, target: str | None, now: datetime) -> None:
 
 def _origin(ex: Execution, step_id: str) -> Origin:
     origin: Origin = {"kind": "workflow", "workflow_id": ex["workflow_id"],
-                      "version": ex["version"], "execution_id": ex["id"], "step_id": step_id}
+                      "version": ex["version"], "execution_id": ex["id"], "step_id": step_id,
+                      "depth": ex["depth"]}
     if ex["workflow_id"].startswith("campaign:"):  # a content campaign's (tables/campaigns.py)
         origin["kind"] = "campaign"
         origin["campaign_id"] = ex["workflow_id"][len("campaign:"):]

@@ -51,7 +51,7 @@ def _reply(
         "purpose": purpose,
         "reply_from": event["data"].get("to"),
         "origin": {"kind": "keyword", "keyword": keyword_of(event["data"]["keyword"]),
-                   "event_id": event["id"]},
+                   "event_id": event["id"], "depth": int(event.get("causationdepth", 0))},
         "created_at": now.isoformat(),
         "expires_at": (now + timedelta(hours=1)).isoformat(),
     }

@@ -131,6 +131,17 @@ def test_outcome_events_are_contract_events(status: str, extra: dict[str, Any],
     assert event["data"] == {"message_id": "msg-1", "channel": "sms", **data}
 
 
+@pytest.mark.parametrize(("depth", "expected"), [(None, 1), (0, 1), (3, 4)])
+def test_a_report_is_one_hop_deeper_than_what_sent_it(depth: int | None, expected: int
+                                                      ) -> None:
+    """The engine's loop guard counts the channel hop (a message.failed that starts a
+    workflow whose send fails again … stops at the guard's depth)."""
+    origin = {"kind": "workflow", "workflow_id": "w", "version": 1, "execution_id": "w/e",
+              "step_id": "s", "depth": depth}
+    event = outcome_event(command(origin=origin), "failed", SOON, "urn:test", code="x")
+    assert parse_event(orjson.dumps(event), b"c-1").envelope.causationdepth == expected
+
+
 def test_audit_skip_is_an_audit_record() -> None:
     record = audit_skip(command(), "suppressed", SOON)
     AuditRecord.model_validate(record)

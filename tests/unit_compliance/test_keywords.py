@@ -65,14 +65,14 @@ def handle(
 
 def reply(body: str, purpose: str, keyword: str, *, event_id: str = "e-kw",
           at: datetime = NOON, channel: str = "sms",
-          reply_from: str = SHORT_CODE) -> SendCommand:
+          reply_from: str = SHORT_CODE, depth: int = 0) -> SendCommand:
     """The transactional reply to Ada's text ``event_id``."""
     digest = hashlib.sha256(f"{ACCOUNT}\x1f{event_id}\x1freply".encode()).hexdigest()[:32]
     return SendCommand.model_validate({
         "message_id": "msg-" + digest, "channel": channel, "account": ACCOUNT,
         "contact_id": CONTACT, "to": PHONE, "body": body, "transactional": True,
         "purpose": purpose, "reply_from": reply_from,
-        "origin": {"kind": "keyword", "keyword": keyword, "event_id": event_id},
+        "origin": {"kind": "keyword", "keyword": keyword, "event_id": event_id, "depth": depth},
         "created_at": at.isoformat(), "expires_at": (at + timedelta(hours=1)).isoformat()})
 
 
@@ -274,14 +274,14 @@ WELCOME = "Acme: welcome to VIP! Help: help@acme.example"
 ACCOUNT_KEYWORDS: list[tuple[dict[str, Any], str, str, Effects, dict[str, bool]]] = [
     # JOIN on its short code: the group event (one level deeper), consent, the reply.
     (keyword(), "Join now", SHORT_CODE,
-     Effects(sends=[reply(WELCOME, "keyword_reply", "JOIN")], events=[joined()],
+     Effects(sends=[reply(WELCOME, "keyword_reply", "JOIN", depth=2)], events=[joined()],
              suppressions=[suppression(remove=True)]),
      {"sms": True, "mms": True}),
     # JOIN to another number: this keyword does not match.
     (keyword(), "JOIN", OTHER_CODE, Effects(), {}),
     # A keyword for any number matches on every number.
     (keyword(to=[]), "join", OTHER_CODE,
-     Effects(sends=[reply(WELCOME, "keyword_reply", "JOIN", reply_from=OTHER_CODE)],
+     Effects(sends=[reply(WELCOME, "keyword_reply", "JOIN", reply_from=OTHER_CODE, depth=2)],
              events=[joined()], suppressions=[suppression(remove=True)]),
      {"sms": True, "mms": True}),
     # An inactive keyword does nothing.

@@ -42,9 +42,10 @@ EX = "welcome/e-created"
 DUE = T0 + 2 * DAY
 
 
-def origin(step_id: str, *, ex: str = EX, wf: str = "welcome", version: int = 1) -> dict[str, Any]:
+def origin(step_id: str, *, ex: str = EX, wf: str = "welcome", version: int = 1,
+           depth: int = 0) -> dict[str, Any]:
     return {"kind": "workflow", "workflow_id": wf, "version": version, "execution_id": ex,
-            "step_id": step_id}
+            "step_id": step_id, "depth": depth}
 
 
 def start(
