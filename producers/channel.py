@@ -89,6 +89,7 @@ from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
 from tables.contacts import decode
 from tables.gate import EXEMPT_PURPOSES, consent_veto
+from tables.readmodel import contact_hash
 from tables.registry import Suppressions
 
 __all__ = [
@@ -778,8 +779,8 @@ class ChannelWorker:
             async with ledger.redis.pipeline(transaction=False) as pipe:
                 for message_id in ids:
                     pipe.hgetall(ledger.key(message_id))
-                for account, contact_id in contacts:  # tables/readmodel.py's key
-                    pipe.hget(f"{prefix}contact:{account}:{contact_id}", "value")
+                for account, contact_id in contacts:
+                    pipe.hget(contact_hash(prefix, account, contact_id), "value")
                 return list(await pipe.execute())
 
         found = await self._redis_call(read)

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from tables.contacts import ContactState, Execution, decode, public_view, split_key
 
-__all__ = ["ReadModel"]
+__all__ = ["ReadModel", "contact_hash"]
 
 #: For each contact i: KEYS[2i-1] its hash, KEYS[2i] its account's id set; ARGV[3i-2..3i]
 #: revision, value, contact id. Writes each contact unless a newer revision is there.
@@ -46,6 +46,12 @@ return written
 _CHUNK = 500
 
 
+def contact_hash(prefix: str, account: str, contact_id: str) -> str:
+    """The Redis hash of a contact's state (field ``value``: the encoded table value), for
+    readers that pipeline it with reads of their own (the channel-worker SDK)."""
+    return f"{prefix}contact:{account}:{contact_id}"
+
+
 class ReadModel:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
@@ -53,7 +59,7 @@ class ReadModel:
         self._write = redis.register_script(_WRITE_IF_NEWER)
 
     def _key(self, account: str, contact_id: str) -> str:
-        return f"{self.prefix}contact:{account}:{contact_id}"
+        return contact_hash(self.prefix, account, contact_id)
 
     async def put_many(self, contacts: Iterable[tuple[str, int, bytes]]) -> int:
         """Store each ``(state key, revision, encoded state)`` unless a newer revision is
