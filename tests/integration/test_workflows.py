@@ -78,7 +78,7 @@ async def test_signup_welcome_wait_branch_email(stack: Stack) -> None:
     assert first["body"] == "Hi Ann, welcome!"
     assert first["transactional"] is False
     assert first["origin"] == {"kind": "workflow", "workflow_id": "welcome", "version": 1,
-                               "execution_id": ann["id"], "step_id": "hello"}
+                               "execution_id": ann["id"], "step_id": "hello", "depth": 0}
     assert first["message_id"].startswith("msg-")
     assert datetime.fromisoformat(first["expires_at"]) == (
         datetime.fromisoformat(first["created_at"]) + timedelta(days=1))
