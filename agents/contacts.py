@@ -567,6 +567,11 @@ def install(worker: Worker) -> None:
             except Exception:
                 log.critical("the batch failed; exiting so it is redone", exc_info=True)
                 os._exit(EXIT_FATAL)
+            # Let go of the batch's records now, not when the next batch comes: those it
+            # skipped (of an older generation, fetched before a rewind) stay unacked, and
+            # Faust's rebalance waits for every unacked record still alive (wait_empty,
+            # a weak set) with the consumer paused, so no next batch would ever come.
+            del batch
             in_flight.append((cycle, asyncio.ensure_future(finished(cycle))))
             await asyncio.sleep(0)  # its first writes leave before the next batch is computed
             if len(in_flight) > IN_FLIGHT:
