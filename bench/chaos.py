@@ -297,6 +297,25 @@ def schedule(cfg: ChaosConfig, rng: random.Random) -> list[tuple[float, str, flo
     return sorted(out)
 
 
+#: The liveness probe of docs/operations.md: the health file older than this (s) ...
+PROBE_MAX_AGE_S = 30.0
+#: ... for a worker up at least this long (start-up and recovery write none yet).
+PROBE_GRACE_S = 90.0
+
+
+def stale(stack: Stack, name: str, worker: WorkerProcess) -> bool:
+    """Would ``dripstream health --max-age 30`` fail for this worker? (Its liveness file
+    stops being rewritten once it is stalled: no batch finished for 60 s with input
+    waiting, or a rebalance that long.)"""
+    if time.time() - worker.started_at < PROBE_GRACE_S:
+        return False
+    try:
+        age = time.time() - (stack.workdir / f"data-{name}" / "health").stat().st_mtime
+    except OSError:
+        return True
+    return age > PROBE_MAX_AGE_S
+
+
 async def supervise(stack: Stack, cfg: ChaosConfig, rng: random.Random, start: float,
                     stop: asyncio.Event) -> None:
     """Run the fault schedule; restart any worker that exited by itself, until ``stop``."""
@@ -344,9 +363,15 @@ async def supervise(stack: Stack, cfg: ChaosConfig, rng: random.Random, start: f
             elif action == "broker":
                 pending.append(asyncio.create_task(broker_restart(arg)))
         for name, worker in list(stack.workers.items()):
-            if worker.exit_code is not None and name not in stack.retiring:
+            if name in stack.retiring:
+                continue
+            if worker.exit_code is not None:
                 stack.note("exit", worker=name, exit=worker.exit_code,
                            log=str(worker.log_path))
+                stack.start_worker(name)
+            elif stale(stack, name, worker):  # what a liveness probe does (operations.md)
+                code = await asyncio.to_thread(worker.kill, signal.SIGKILL, 30.0)
+                stack.note("liveness_kill", worker=name, pid=worker.pid, exit=code)
                 stack.start_worker(name)
         await asyncio.sleep(0.25)
     await asyncio.gather(*pending)
@@ -495,10 +520,12 @@ async def run(cfg: ChaosConfig, seed: int | None = None) -> Outcome:
         stats = await publish(stack, plan, start)
         stack.note("published", **stats)
         await asyncio.sleep(max(0.0, start + cfg.duration_s - time.monotonic()))
+        seconds["load_and_faults"] = round(time.monotonic() - start, 1)
+        # The schedule is over; the supervisor goes on restarting workers that exit by
+        # themselves (a stalled one exits 70) until the input has drained.
+        drained = await drain(stack, cfg, plan, start)
         stop.set()
         await supervisor
-        seconds["load_and_faults"] = round(time.monotonic() - start, 1)
-        drained = await drain(stack, cfg, plan, start)
         seconds["drain"] = round(time.monotonic() - start - seconds["load_and_faults"], 1)
         stack.note("drained" if drained else "not_drained")
         collected = time.monotonic()
@@ -527,6 +554,7 @@ def report(outcome: Outcome, cfg: ChaosConfig) -> str:
         f"+ {f.get('duplicate_inputs')} duplicates (upstream retries) + "
         f"{f.get('invalid_inputs')} invalid",
         f"  faults: {kinds['kill']} SIGKILLs, {kinds['exit']} exits by themselves (restarted), "
+        f"{kinds['liveness_kill']} killed by the liveness probe (stalled), "
         f"third worker added {kinds['worker_added']}x / stopped {kinds['worker_stopped']}x, "
         f"Redis stopped {kinds['redis_stop']}x, broker killed and restarted "
         f"{kinds['broker_start']}x",
