@@ -125,17 +125,24 @@ class BatchConsumer(driver.Consumer):
             if self.should_stop:
                 break
             fetched = False
+            # The read offsets as this loop leaves them. A seek while a fetch is handed
+            # over (the gap guard's rewind, from the agent or a timer, while this waits on
+            # a full queue) moves one: the rest of that fetch is then stale, and taking its
+            # next offset for a hole would let commits pass records nobody processed.
+            left = dict(read_offset)
             async for tp, message in self.getmany(timeout=1.0):
                 fetched = True
                 offset = message.offset
                 last = read_offset[tp]
+                if left.get(tp, last) != last:
+                    continue  # fetched before a seek: it comes again from where that put it
                 if last is not None and offset < last:
                     continue  # fetched before a seek back; it comes again
                 if last is not None and offset - last > 1 and tp.topic in inputs:
                     # A hole in the offsets (transaction markers): Faust's own bookkeeping
                     # lets commits pass it. The gap guard checks the hole is real first.
                     await self._add_gap(tp, last + 1, offset)
-                read_offset[tp] = offset
+                read_offset[tp] = left[tp] = offset
                 if tp.topic in inputs:
                     self.track_message(message)
                     batch.append(message)
