@@ -34,7 +34,7 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from streams.embedded import (
 )
 from streams.settings import Settings
 from streams.topics import CHANNELS, TopicNames, ensure_topics
+from tables.contacts import peek_timers
 from tables.readmodel import ReadModel
 
 __all__ = ["ChaosConfig", "Faults", "Outcome", "default_config", "main", "run", "short_config"]
@@ -403,9 +404,21 @@ async def lag(stack: Stack) -> dict[str, int]:
         await group.stop()
 
 
+async def overdue(stack: Stack) -> int:
+    """Contacts whose next timer (a wait, a deferred send) is more than 2 s past due on
+    the workers' clock, from the contacts changelog's latest record of each: a wait not
+    fired yet (an unanswered wake-up is sent again after 30 s)."""
+    records = await read_to_end(stack.broker.bootstrap, stack.names.changelog("contacts"),
+                                stack.cfg.partitions, embedded=True, max_seconds=300.0)
+    latest = {r.key: r.value for r in records if r.key and not r.key.startswith(b"~")}
+    horizon = Clock(stack.clock_file).now() - timedelta(seconds=2)
+    return sum(1 for value in latest.values()
+               if (due := peek_timers(value)[0]) and datetime.fromisoformat(due) <= horizon)
+
+
 async def drain(stack: Stack, cfg: ChaosConfig, plan: Plan, start: float) -> bool:
-    """Wait until every wait has come due and the input is committed (twice in a row,
-    2 s apart); False if not by the deadline."""
+    """Wait until every wait has come due, the input is committed and no timer is
+    overdue (twice in a row, 2 s apart); False if not by the deadline."""
     w = plan.workload
     due = start + plan.last_at + max(w.drip_wait_s, w.cart_timeout_s) + 5.0
     deadline = time.monotonic() + cfg.drain_timeout_s
@@ -418,6 +431,8 @@ async def drain(stack: Stack, cfg: ChaosConfig, plan: Plan, start: float) -> boo
             except (KafkaError, OSError) as exc:
                 behind = {"?": -1}
                 print(f"[chaos] lag unavailable: {exc!r}", file=sys.stderr)
+            if not behind and (late := await overdue(stack)):
+                behind = {"overdue timers": late}
             quiet = 0 if behind else quiet + 1
             if quiet >= 2:
                 return True
@@ -532,6 +547,7 @@ async def run(cfg: ChaosConfig, seed: int | None = None) -> Outcome:
         obs = await collect(stack, plan, workdir / "records" if cfg.dump else None)
         run_end = Clock(stack.clock_file).now()
         verdict = verify(plan, obs, run_end)
+        verdict.figures["overdue_timers"] = await overdue(stack)
         seconds["verify"] = round(time.monotonic() - collected, 1)
         seconds["total"] = round(time.monotonic() - start, 1)
         outcome = Outcome(seed, verdict, drained, stack.faults, seconds, workdir)
@@ -565,7 +581,7 @@ def report(outcome: Outcome, cfg: ChaosConfig) -> str:
         f"repeats)",
         f"  races: {f.get('stop_races')} drip follow-ups before the STOP, "
         f"{f.get('late_purchases')} purchases after the cart timeout; wait lateness (s) "
-        f"{f.get('wait_lateness_s')}",
+        f"{f.get('wait_lateness_s')}; timers overdue at the end: {f.get('overdue_timers')}",
         f"  time (s): {outcome.seconds}",
         "  checks (violations, must be 0):",
     ]
