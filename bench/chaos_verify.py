@@ -6,10 +6,10 @@ the :class:`~bench.chaos_workload.Plan` and those records it computes what each 
 owed and compares. Its model is its own: what a contact should get follows from its class
 and its valid inputs in the order they were read back from the input topic (duplicates
 dropped by event id), not from running the engine's handlers. The engine's pure logic is
-used in two places only, both for arithmetic the checks need, not for decisions:
-``tables.compliance.calendar_window`` (a cap window's bounds in a zone) and
-``tables.compliance.quiet_hours`` via :func:`quiet_until` (is a local time in quiet
-hours), and ``tables.contacts.decode`` to read states.
+used for arithmetic the checks need, never for decisions:
+``tables.compliance.calendar_window`` (a cap window's bounds in a zone),
+``tables.compliance.quiet_until`` (is a local time in quiet hours), and
+``tables.contacts.decode`` to read states.
 
 A *logical send* is what one step of one execution (or one keyword reply) sends: key
 ``(contact, execution id, step id)`` or ``(contact, "keyword", event id)``, from the
