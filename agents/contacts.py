@@ -152,9 +152,13 @@ class Cycle:
                 self.states[key] = self.w.store.get(key)
         return self.states[key]
 
-    def apply(self, key: str, message: Any, handler: Handler, *, event: bool) -> None:
+    def apply(self, key: str, message: Any, handler: Handler, *, event: bool,
+              heal: bool = False) -> None:
         """Run one record's handler against the contact's latest state and keep the
-        outcome — or dead-letter the record, leaving the contact as it was."""
+        outcome — or dead-letter the record, leaving the contact as it was. ``heal``
+        (wake-ups, controls): a record that changes nothing re-projects the contact, as a
+        duplicate event does — it may be the redo of one whose state was written but never
+        reached the read model (a crash between steps 3 and 4)."""
         before = self.state(key)
         try:
             outcome = handler(before)
@@ -173,6 +177,8 @@ class Cycle:
         new = outcome.state
         if new is None:
             self.rearm.add(key)
+            if heal and before is not None:
+                self.reproject.add(key)
             return
         stored = before["revision"] if before is not None else 0
         new["revision"] = stored if key in self.json else stored + 1
@@ -241,7 +247,8 @@ class Cycle:
             return
         ctx, now = self.decide_with(message)
         self.apply(contact_key(wakeup.account, wakeup.contact_id), message,
-                   lambda state: handle_wakeup(state, wakeup, ctx, now), event=False)
+                   lambda state: handle_wakeup(state, wakeup, ctx, now), event=False,
+                   heal=True)
 
     def control(self, message: Any) -> None:
         try:
@@ -260,7 +267,7 @@ class Cycle:
             key = contact_key(command.account, command.contact_id)
             if self.state(key) is None:
                 log.warning("control %s for %s: no such contact", command.action, key)
-            self.apply(key, message, handle, event=False)
+            self.apply(key, message, handle, event=False, heal=True)
             return
         # Sent to every partition; each owner cancels the executions it holds.
         prefix = f"{command.account}:"
@@ -578,6 +585,11 @@ def install(worker: Worker) -> None:
             except Exception:
                 log.critical("the batch failed; exiting so it is redone", exc_info=True)
                 os._exit(EXIT_FATAL)
+            # Let go of the batch's records now, not when the next batch comes: those it
+            # skipped (of an older generation, fetched before a rewind) stay unacked, and
+            # Faust's rebalance waits for every unacked record still alive (wait_empty,
+            # a weak set) with the consumer paused, so no next batch would ever come.
+            del batch
             in_flight.append((cycle, asyncio.ensure_future(finished(cycle))))
             await asyncio.sleep(0)  # its first writes leave before the next batch is computed
             if len(in_flight) > IN_FLIGHT:

@@ -73,6 +73,8 @@ class DueIndex:
         self._due: dict[str, float] = {}
         #: Partitions this worker owns actively (the tick keeps it current).
         self.partitions: set[int] = set()
+        #: The consumer generation :attr:`partitions` were owned under.
+        self.generation: int | None = None
 
     def __len__(self) -> int:
         return len(self._due)
@@ -89,6 +91,20 @@ class DueIndex:
         if len(self._heap) > 2 * len(self._due) + 1024:
             self._heap = [(t, k) for k, t in self._due.items()]
             heapq.heapify(self._heap)
+
+    def assigned(self, actives: set[int], generation: int, partitions: int) -> set[int]:
+        """Take ``actives`` as the partitions owned under consumer ``generation``; the
+        ones to (re)read from the table. After any rebalance that is all of them: a
+        partition owned before and again now may have been another worker's in between
+        (the ticks skip rebalances, so a lost-and-regained partition looks unchanged),
+        and that worker changed its contacts' timers. Within a generation, only the newly
+        owned. Contacts of partitions no longer owned are forgotten."""
+        new = set(actives) if generation != self.generation else actives - self.partitions
+        if self.partitions - actives:
+            self.drop_partitions(actives, partitions)
+        self.partitions = set(actives)
+        self.generation = generation
+        return new
 
     def drop_partitions(self, keep: set[int], partitions: int) -> None:
         """Forget contacts of partitions no longer owned."""
@@ -135,11 +151,7 @@ def install(worker: Worker) -> None:
             return
         actives = {tp.partition for tp in app.assignor.assigned_actives()
                    if tp.topic == names.events}
-        if gone := index.partitions - actives:
-            index.drop_partitions(actives, settings.partitions)
-            index.partitions -= gone
-        if new := actives - index.partitions:
-            index.partitions |= new
+        if new := index.assigned(actives, app.consumer_generation_id, settings.partitions):
             count = await rebuild(new)
             log.info("timer index: partitions %s assigned, %d contacts with timers",
                      sorted(new), count)

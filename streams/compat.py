@@ -129,10 +129,18 @@ class BatchConsumer(driver.Consumer):
             if self.should_stop:
                 break
             fetched = False
+            # The input read offsets as this loop leaves them. A seek while a fetch is
+            # handed over (the gap guard's rewind, from the agent or a timer, while this
+            # waits on a full queue) moves one: the rest of that fetch is then stale, and
+            # taking its next offset for a hole would let commits pass records nobody
+            # processed. (Other topics — changelogs in recovery — are left as Faust has them.)
+            left = {tp: offset for tp, offset in read_offset.items() if tp.topic in inputs}
             async for tp, message in self.getmany(timeout=1.0):
                 fetched = True
                 offset = message.offset
                 last = read_offset[tp]
+                if tp.topic in inputs and left.get(tp, last) != last:
+                    continue  # fetched before a seek: it comes again from where that put it
                 if last is not None and offset < last:
                     continue  # fetched before a seek back; it comes again
                 if last is not None and offset - last > 1 and tp.topic in inputs:
@@ -141,6 +149,7 @@ class BatchConsumer(driver.Consumer):
                     await self._add_gap(tp, last + 1, offset)
                 read_offset[tp] = offset
                 if tp.topic in inputs:
+                    left[tp] = offset
                     self.track_message(message)
                     batch.append(message)
                     if len(batch) >= batch_max:

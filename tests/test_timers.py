@@ -68,6 +68,33 @@ def test_partitions_no_longer_owned_are_forgotten() -> None:
     assert sorted(kept) == sorted(k for k in keys if partition_for(k[5:], 4) in {0, 1})
 
 
+def test_a_partition_lost_and_regained_between_ticks_is_read_again() -> None:
+    """A partition owned, lost to another worker (who changed its contacts' timers) and
+    owned again, all between two ticks, looks unchanged by its set: the new generation
+    makes it be read from the table again (found by the chaos run: waits never fired)."""
+    index = DueIndex()
+    assert index.assigned({3, 5, 7}, generation=1, partitions=8) == {3, 5, 7}
+    assert index.assigned({3, 5, 7}, generation=1, partitions=8) == set()
+    assert index.assigned({0, 3, 5}, generation=1, partitions=8) == {0}
+    # Expelled while a batch was stuck, 7 was another worker's, then ours again.
+    assert index.assigned({0, 3, 5, 7}, generation=8, partitions=8) == {0, 3, 5, 7}
+    assert index.partitions == {0, 3, 5, 7}
+
+
+def test_partitions_given_up_in_a_rebalance_are_forgotten() -> None:
+    """A new assignment without a partition drops its contacts' timers."""
+    from tables.store import partition_for
+
+    index = DueIndex()
+    index.assigned({0, 1, 2, 3}, generation=1, partitions=4)
+    keys = [f"acme:c{n}" for n in range(40)]
+    for key in keys:
+        index.schedule(key, T0)
+    index.assigned({0, 1}, generation=2, partitions=4)
+    assert sorted(index.pop_due(T0, 100)) == sorted(
+        k for k in keys if partition_for(k[5:], 4) in {0, 1})
+
+
 @pytest.mark.parametrize(
     ("lag", "rebalancing", "idle_for", "expected"),
     [
