@@ -20,11 +20,30 @@ What is here, and why:
   logic see them exactly as they see stream events.
 
   Unlike Faust's stream, records fetched under an older consumer generation are dropped
-  *without* an ack. Faust's stream acks them ("otherwise the lag would increase"); the
-  commit made while the rebalance waits for streams to empty then moves past records
-  nobody processed, and the new generation seeks to that commit. That is the input loss
-  ``streams/gapguard.py`` was written against (faust-streaming#216/#221/#606 report the
-  same family); the guard stays as a check.
+  *without* an ack (Faust's stream acks them, "otherwise the lag would increase"), and the
+  drain never tells Faust a range of offsets is a gap (see the next point).
+- **Fetch positions: the input-loss root cause** (docs/reliability.md). Faust's
+  ``Consumer._drain_messages`` keeps a "read offset" per partition and, when a record's
+  offset is more than one past it, records the offsets in between as a gap that commits
+  may pass (``_add_gap``; meant for transaction markers). ``perform_seek`` (the end of
+  every recovery) sets the read offset back to the committed offset while the drain may
+  still be handing over records fetched *before* the seek: the next of those looks like a
+  jump, so a "gap" is recorded over records that were delivered and are not processed
+  yet, and the records fetched again from the committed offset are dropped as already
+  read. ``Consumer._new_offset`` then adds the whole gap to the acked offsets: commits
+  crawl one offset at a time while the duplicates last, then jump past records nobody
+  acked -- after a SIGKILL or a rebalance those are never read again
+  (tests/integration/test_input_loss.py, bench/inputloss.py). Here instead: every move of
+  a partition's position (a seek, a seek to the committed offset) is counted in the
+  consumer's thread, each fetch remembers the counts it was made at, and the drain drops
+  a record fetched before its partition last moved -- aiokafka fetches it again from the
+  new position, so the offsets the agent sees are contiguous and no gap is invented. With
+  it: seeks happen in the consumer's thread (Faust calls aiokafka's ``seek`` from the main
+  thread, where the thread's hand-over of a fetch can overwrite it), the seek to the
+  committed offset also moves an input partition that has no committed offset (aiokafka
+  leaves it where it is, past whatever Faust dropped there), and aiokafka is never asked
+  for the records of an empty set of partitions (it reads that as "all of them", and
+  Faust then drops what it did not ask for).
 - **Fetch wait**: Faust hard-codes ``fetch_max_wait_ms=1500``; the embedded broker holds
   a fetch for about half of it even when data arrives, so it is set from settings — and
   adapted: the short wait while records flow, a long one once the input has been quiet
@@ -53,6 +72,7 @@ from typing import Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
+from aiokafka.consumer.fetcher import OffsetResetStrategy
 from aiokafka.errors import for_code
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.structs import TopicPartition
@@ -105,8 +125,24 @@ class Batches:
 class BatchConsumer(driver.Consumer):
     """Faust's aiokafka consumer, delivering the agent's input records in batches."""
 
+    _thread: _ConsumerThread
+    #: The position moves (:attr:`_ConsumerThread.moves`) the records being drained were
+    #: fetched at; set by :meth:`_getmany` for each fetch.
+    _fetched_moves: Mapping[TP, int] = {}
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _getmany(  # Faust's signature
+        self, active_partitions: set[TP] | None, timeout: float,  # noqa: ASYNC109
+    ) -> Any:
+        records = await super()._getmany(active_partitions, timeout)
+        self._fetched_moves = getattr(records, "moves", {})
+        return records
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        # Faust calls aiokafka's seek from this thread; in the consumer's thread instead.
+        await self._thread.seek_in_thread(partition, offset)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # the replaced Faust method
         batches: Batches | None = cast(App, self.app).batches
@@ -115,6 +151,7 @@ class BatchConsumer(driver.Consumer):
             return
         callback = self.callback
         read_offset = self._read_offset
+        moves = self._thread.moves
         stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
         inputs, batch_max = batches.topics, batches.batch_max
         app = cast(App, self.app)
@@ -127,15 +164,12 @@ class BatchConsumer(driver.Consumer):
             fetched = False
             async for tp, message in self.getmany(timeout=1.0):
                 fetched = True
-                offset = message.offset
-                last = read_offset[tp]
-                if last is not None and offset < last:
-                    continue  # fetched before a seek back; it comes again
-                if last is not None and offset - last > 1 and tp.topic in inputs:
-                    # A hole in the offsets (transaction markers): Faust's own bookkeeping
-                    # lets commits pass it. The gap guard checks the hole is real first.
-                    await self._add_gap(tp, last + 1, offset)
-                read_offset[tp] = offset
+                if self._fetched_moves.get(tp, 0) != moves.get(tp, 0):
+                    # Fetched before its partition moved (a seek): aiokafka fetches it again
+                    # from the new position. Delivered, it would make the records fetched
+                    # again look like a jump back, or a hole to skip (see the module doc).
+                    continue
+                read_offset[tp] = message.offset
                 if tp.topic in inputs:
                     self.track_message(message)
                     batch.append(message)
@@ -160,12 +194,94 @@ class BatchConsumer(driver.Consumer):
             fetcher._fetch_max_wait_ms = wait_ms
 
 
+class _Fetched(dict[TP, list[Any]]):
+    """Faust's record map, with the position moves of its partitions when fetched."""
+
+    moves: dict[TP, int]
+
+
+class _Live:
+    """Faust's live set of active partitions, as aiokafka's ``fetched_records`` reads it:
+    never empty (an empty set there means every assigned partition)."""
+
+    def __init__(self, tps: set[TP]) -> None:
+        self.tps = tps
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self.tps
+
+
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        #: Moves of each partition's fetch position (seeks, seeks to the committed
+        #: offset), counted in the consumer's thread before the position changes.
+        self.moves: defaultdict[TP, int] = defaultdict(int)
+
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
         consumer: AIOKafkaConsumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher.
         consumer._fetch_max_wait_ms = cast(App, self.app).fetch_wait_ms
         return consumer
+
+    async def _fetch_records(
+        self, consumer: AIOKafkaConsumer, active_partitions: set[TP] | None,
+        timeout: float | None = None,  # noqa: ASYNC109 (Faust's signature)
+        max_records: int | None = None,
+    ) -> _Fetched:
+        # Faust passes its live set of active partitions: it may empty while the fetcher
+        # waits for records (recovery pauses the changelogs), and aiokafka would then hand
+        # over every partition's records, which Faust's getmany drops (positions past
+        # them) because it did not ask for them.
+        wanted = None if active_partitions is None else _Live(active_partitions)
+        records = await super()._fetch_records(consumer, cast(Any, wanted), timeout=timeout,
+                                               max_records=max_records)
+        fetched = _Fetched(records)
+        fetched.moves = {tp: self.moves[tp] for tp in records}  # no await since the fetch
+        return fetched
+
+    async def seek_in_thread(self, tp: TP, offset: int) -> None:
+        await self.call_thread(self._seek_now, tp, offset)
+
+    async def _seek_now(self, tp: TP, offset: int) -> None:
+        self.moves[tp] += 1
+        self._ensure_consumer().seek(tp, offset)
+
+    async def _seek_wait(self, consumer: AIOKafkaConsumer, partitions: Mapping[TP, int]) -> None:
+        for tp in partitions:
+            self.moves[tp] += 1
+        await super()._seek_wait(consumer, partitions)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        result: Mapping[TP, int] = await self.call_thread(self._seek_to_committed)
+        return result
+
+    async def _seek_to_committed(self) -> dict[TP, int | None]:
+        """aiokafka's ``seek_to_committed``, but for every partition the group commits:
+        aiokafka seeks only a partition whose committed offset is above 0, so one with no
+        commit yet stays past the records Faust dropped there before the seek (a
+        rebalance, a new generation) and those are never read. Such a partition goes back
+        to where the group would start it (the reset policy, ``earliest`` here)."""
+        consumer = self._ensure_consumer()
+        committed_by_group = self.app.topics.acks_enabled_for
+        strategy = consumer._fetcher._default_reset_strategy
+        committed: dict[TP, int | None] = {}
+        for tp in consumer._subscription.assigned_partitions():
+            offset = await consumer.committed(tp)
+            committed[tp] = offset
+            if offset is not None:
+                self.moves[tp] += 1
+                consumer.seek(tp, offset)
+            elif committed_by_group(tp.topic) and strategy != OffsetResetStrategy.NONE:
+                self.moves[tp] += 1
+                if strategy == OffsetResetStrategy.EARLIEST:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    await consumer.seek_to_end(tp)
+        return committed
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         if cast(App, self.app).embedded and not self.consumer.in_transaction:

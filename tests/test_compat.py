@@ -18,15 +18,34 @@ import pytest
 from streams import compat
 
 FINGERPRINTS = {
-    # Replaced by compat.BatchConsumer._drain_messages (read-offset and gap handling
-    # copied from it).
+    # Replaced by compat.BatchConsumer._drain_messages (its read-offset bookkeeping kept;
+    # its gap handling is the input-loss cause, not copied).
     "faust.transport.consumer:Consumer._drain_messages": "44a2500309e83c63",
-    # Called by the batch drain and the agent: tracking, acks, holes, rewinds, fetching.
+    # Called by the batch drain and the agent: tracking, acks, rewinds, fetching. getmany
+    # calls _wait_next_records -> _getmany once per fetch (BatchConsumer._getmany keeps the
+    # fetch's position moves for the drain) and drops records when the flow stops, the
+    # generation changes or a partition is paused, relying on perform_seek ->
+    # seek_to_committed to read them again.
     "faust.transport.consumer:Consumer.track_message": "217d7f1399a4cd8e",
     "faust.transport.consumer:Consumer.ack": "5fcf41cf45153475",
-    "faust.transport.consumer:Consumer._add_gap": "4df2573ded7c1c2c",
     "faust.transport.consumer:Consumer.seek": "b86a9fe05f956b30",
     "faust.transport.consumer:Consumer.getmany": "4b168d84882a70d6",
+    "faust.transport.consumer:Consumer._wait_next_records": "6218e1969a636b3f",
+    "faust.transport.consumer:Consumer.perform_seek": "0e8c130ff4b0afd8",
+    "faust.transport.consumer:ThreadDelegateConsumer._getmany": "f9d47aa9010b5ff2",
+    "faust.transport.consumer:ThreadDelegateConsumer._seek": "4f95c631420410a5",
+    # Whole gap intervals are added to the acked offsets once an acked offset passes their
+    # start: the loss when a gap is recorded over records not processed yet
+    # (docs/reliability.md); the batch drain records none.
+    "faust.transport.consumer:Consumer._new_offset": "1d2c7ea89a7ad4f1",
+    # Wrapped (position moves counted, the live active set) or replaced (seek to the
+    # committed offset) by compat._ConsumerThread; getmany reaches _fetch_records.
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._fetch_records":
+        "39a2c6c79fc1455a",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._seek_wait": "9d221e816d940467",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.seek_to_committed":
+        "775ab0adc4b052ab",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.getmany": "26fc5fc9f3b667e1",
     # The fetch wait is set on the consumer this builds; end offsets replace this one.
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer":
         "c2701bfc3e6f6cad",
@@ -43,6 +62,13 @@ FINGERPRINTS = {
     # own for each request (the adaptive fetch wait sets it).
     "aiokafka.consumer.consumer:AIOKafkaConsumer.start": "2f1ba70443327538",
     "aiokafka.consumer.fetcher:Fetcher._get_actions_per_node": "1dab2cf937d165d0",
+    # compat._ConsumerThread._seek_to_committed imitates this one (which seeks only a
+    # committed offset above 0); fetched_records reads an empty partition set as "every
+    # partition" (hence compat._Live); seek_to drops the buffered fetch, so a record
+    # fetched before a move is fetched again from the new position.
+    "aiokafka.consumer.consumer:AIOKafkaConsumer.seek_to_committed": "f6cd85c8b70a4ccf",
+    "aiokafka.consumer.fetcher:Fetcher.fetched_records": "be4348896b9b66af",
+    "aiokafka.consumer.fetcher:Fetcher.seek_to": "f0ba6aba6c22ef83",
 }
 
 
@@ -80,10 +106,77 @@ def test_attributes_compat_reads_exist() -> None:
     assert callable(AIOKafkaClient.force_metadata_update)
     assert isinstance(SubscriptionState.subscription, property)
     init = inspect.getsource(import_module("faust.transport.consumer").Consumer.__init__)
-    for name in ("_read_offset", "_committed_offset"):
+    for name in ("_read_offset", "_committed_offset", "_gap"):
         assert f"self.{name} = " in init, name
+    fetcher = inspect.getsource(import_module("aiokafka.consumer.fetcher").Fetcher.__init__)
+    assert "self._default_reset_strategy = " in fetcher
     memory = inspect.getsource(import_module("faust.stores.memory").Store.__post_init__)
     assert "self._key_partition" in memory and "self.data" in memory
     rocksdb = import_module("faust.stores.rocksdb").Store
     assert "self._key_index" in inspect.getsource(rocksdb.__init__)
     assert rocksdb.offset_key == b"__faust\0offset__"  # StoreAccess.items skips it
+
+
+def _offsets_consumer(committed: int) -> Any:
+    """The part of Faust's consumer its commit bookkeeping (``_new_offset``) reads."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from intervaltree import IntervalTree
+
+    consumer = SimpleNamespace(_acked=defaultdict(list), _acked_index=defaultdict(set),
+                               _gap=defaultdict(IntervalTree),
+                               _committed_offset=defaultdict(lambda: None))
+    consumer._committed_offset[TP] = committed
+    return consumer
+
+
+def _acked(consumer: Any, *offsets: int) -> None:
+    for offset in offsets:  # what Consumer.ack records
+        consumer._acked_index[TP].add(offset)
+        consumer._acked[TP].append(offset)
+
+
+TP = ("events", 0)
+
+
+def _commit(consumer: Any) -> int:
+    from faust.transport.consumer import Consumer
+
+    offset = Consumer._new_offset(consumer, TP)
+    if offset is not None and Consumer._should_commit(consumer, TP, offset):
+        consumer._committed_offset[TP] = offset
+    committed: int = consumer._committed_offset[TP]
+    return committed
+
+
+async def test_faust_commits_past_a_gap_recorded_over_records_in_flight() -> None:
+    """Upstream behaviour the fix avoids: once a gap is recorded over records that were
+    delivered (the jump after perform_seek), commits crawl one offset at a time while the
+    duplicates last, then pass records nobody acked (500..502 acked, 503..1249 not)."""
+    from faust.transport.consumer import Consumer
+
+    consumer = _offsets_consumer(500)
+    await Consumer._add_gap(consumer, TP, 501, 1250)
+    _acked(consumer, 500, 501, 502)
+    assert [_commit(consumer) for _ in range(3)] == [502, 503, 1251]
+
+
+def test_faust_commits_one_past_an_unacked_committed_offset() -> None:
+    """Upstream (faust-streaming#606): with 14 committed and 15 acked, Faust commits 16
+    though 14 was never acked. The agent acks each partition's records in input order,
+    so this never happens to it; a change that acks out of order must handle it."""
+    consumer = _offsets_consumer(14)
+    _acked(consumer, 15)
+    assert _commit(consumer) == 16
+
+
+def test_the_active_partitions_aiokafka_sees_are_never_empty() -> None:
+    """aiokafka's fetched_records reads an empty set as every partition; compat hands it
+    Faust's live set (changes show through) that is never falsy."""
+    live: set[Any] = set()
+    view = compat._Live(live)
+    assert view and ("t", 0) not in view
+    live.add(("t", 0))
+    assert ("t", 0) in view
+
