@@ -21,7 +21,8 @@ What is here, and why:
 
   Unlike Faust's stream, records fetched under an older consumer generation are dropped
   *without* an ack (Faust's stream acks them, "otherwise the lag would increase"), and the
-  drain never tells Faust a range of offsets is a gap (see the next point).
+  drain never tells Faust a range of offsets is a gap: only the gap guard does, once the
+  broker has shown those offsets hold no records (:func:`skip_offsets`).
 - **Fetch positions: the input-loss root cause** (docs/reliability.md). Faust's
   ``Consumer._drain_messages`` keeps a "read offset" per partition and, when a record's
   offset is more than one past it, records the offsets in between as a gap that commits
@@ -52,8 +53,9 @@ What is here, and why:
   first offset of the last record batch + 1. :func:`end_offsets` reads the true end from
   a Fetch response's high watermark; Faust's table recovery uses it (embedded profile
   only), and so do the compacted-topic followers, the tests and the bench.
-- **Offsets Faust keeps**: the committed offset per partition (no public API) and the
-  consumer's fetch position, for the gap guard.
+- **Offsets Faust keeps**: the committed offset per partition (no public API), the
+  consumer's fetch position, and what the broker stores at given offsets
+  (:func:`absent_offsets`), for the gap guard.
 - **Table store access by partition**: the contact agent writes a batch's changed
   contacts itself (one changelog record per contact, acknowledged before the read model
   is written). Faust's stores pick a partition from the "current event", which a batch
@@ -68,6 +70,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
@@ -75,20 +78,24 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.fetcher import OffsetResetStrategy
 from aiokafka.errors import for_code
 from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 
 __all__ = [
     "CHECKED",
+    "Absent",
     "App",
     "Batches",
     "Record",
     "StoreAccess",
+    "absent_offsets",
     "committed_offset",
     "end_offsets",
     "refresh_metadata",
     "send_batches",
+    "skip_offsets",
 ]
 
 log = logging.getLogger(__name__)
@@ -283,6 +290,12 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
                     await consumer.seek_to_end(tp)
         return committed
 
+    async def absent(self, tp: TP, start: int, end: int) -> Absent:
+        """:func:`absent_offsets` with this consumer's client (in its thread)."""
+        result: Absent = await self.call_thread(
+            lambda: absent_offsets(self._ensure_consumer(), tp, start, end))
+        return result
+
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         if cast(App, self.app).embedded and not self.consumer.in_transaction:
             return await end_offsets(self._ensure_consumer(), partitions)
@@ -314,6 +327,10 @@ class App(faust.App):
     def deliver_batches(self, batches: Batches) -> None:
         """Hand the records of ``batches.topics`` to the agent in lists (see module doc)."""
         self.batches = batches
+
+    async def absent_offsets(self, tp: TP, start: int, end: int) -> Absent:
+        """:func:`absent_offsets` for ``tp``, asked with the consumer's own client."""
+        return await cast(BatchConsumer, self.consumer)._thread.absent(tp, start, end)
 
     def fetch_position(self, tp: TP) -> int | None:
         """The next offset the underlying aiokafka consumer will hand over for ``tp``."""
@@ -383,6 +400,95 @@ def committed_offset(app: faust.App, tp: TP) -> int | None:
     """The committed offset of ``tp`` as Faust's consumer knows it (no public API)."""
     offset: int | None = cast(Any, app.consumer)._committed_offset.get(tp)
     return offset
+
+
+def skip_offsets(app: faust.App, tp: TP, start: int, end: int) -> None:
+    """Let Faust's commits pass offsets ``start..end-1`` of ``tp`` -- only once the broker
+    has shown they hold no records (:func:`absent_offsets`). Into Faust's gap tree as
+    ``Consumer._new_offset`` reads it; not through ``_add_gap``, which leaves out the
+    committed offset itself, so a hole starting there would hold commits back forever."""
+    gaps = cast(Any, app.consumer)._gap[tp]
+    gaps.addi(start, end)
+    gaps.merge_overlaps()
+
+
+@dataclass(frozen=True, slots=True)
+class Absent:
+    """What the broker stores at a range of offsets the agent never saw records at."""
+
+    proven: bool  # no record is stored at any of them
+    deleted: int = 0  # offsets below the log start offset (removed by retention)
+    markers: int = 0  # offsets held by control batches (transaction markers)
+    detail: str = ""  # why not proven
+
+
+async def absent_offsets(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int
+) -> Absent:
+    """Whether the broker holds no record at offsets ``start..end-1`` of ``tp``, read from
+    the log itself: offsets below the log start offset were deleted by retention; offsets
+    inside a control batch are transaction markers (aiokafka skips those batches, so a
+    consumer of a transactional producer's topic sees one offset missing per
+    transaction). Anything else -- a data record stored there, an offset no batch covers,
+    a fetch that returns nothing -- is not proof: on a delete-policy topic records are
+    never removed from inside the log, so the consumer dropped them. Run in the
+    consumer's own event loop (its client's)."""
+    client = consumer._client
+    leader = client.cluster.leader_for_partition(tp)
+    if leader is None or leader == -1:
+        await client.force_metadata_update()
+        leader = client.cluster.leader_for_partition(tp)
+    if leader is None or leader == -1:
+        return Absent(False, detail=f"no leader known for {tp}")
+    first = (await consumer.beginning_offsets([tp])).get(tp, 0)
+    deleted = max(0, min(end, first) - start)
+    cursor, markers = max(start, first), 0
+    limit = 1024 * 1024
+    while cursor < end:
+        request = FetchRequest(
+            max_wait_time=10, min_bytes=1, max_bytes=limit, isolation_level=0,
+            topics=[(tp.topic, [(tp.partition, cursor, limit)])],
+        )
+        response = await client.send(leader, request)
+        parts = [part for topic, answers in response.topics if topic == tp.topic
+                 for part in answers if part[0] == tp.partition]
+        if not parts:
+            return Absent(False, deleted, markers, f"no answer for {tp} at {cursor}")
+        _, error_code, _, *data = parts[0]
+        if error_code:
+            return Absent(False, deleted, markers,
+                          f"{for_code(error_code).__name__} fetching {tp} at {cursor}")
+        cursor, found, why = _walk(data[-1], cursor, end)
+        markers += found
+        if why:
+            return Absent(False, deleted, markers, why)
+    return Absent(True, deleted, markers)
+
+
+def _walk(data: bytes, cursor: int, end: int) -> tuple[int, int, str]:
+    """Walk a fetch's record batches from offset ``cursor`` towards ``end``: (where it
+    got to, how many of the offsets passed are transaction markers, why the walk stopped
+    short -- empty if it did not)."""
+    records = MemoryRecords(data)
+    start, markers = cursor, 0
+    while cursor < end and records.has_next():
+        batch = cast(Any, records.next_batch())
+        if batch is None or batch.next_offset <= cursor:
+            continue
+        if batch.base_offset > cursor:
+            return cursor, markers, (f"no record batch holds offsets {cursor}.."
+                                     f"{batch.base_offset - 1}")
+        if not batch.is_control_batch:
+            held = next((r.offset for r in batch if cursor <= r.offset < end), None)
+            if held is not None:
+                return cursor, markers, f"the broker holds a record at offset {held}"
+            return cursor, markers, (f"a data batch at {batch.base_offset} has no record "
+                                     f"at {cursor} (compacted?)")
+        markers += min(end, batch.next_offset) - cursor
+        cursor = batch.next_offset
+    if cursor == start:
+        return cursor, markers, f"nothing fetched at offset {cursor}"
+    return cursor, markers, ""
 
 
 async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:

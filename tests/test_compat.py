@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from importlib import import_module, metadata
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -34,9 +34,9 @@ FINGERPRINTS = {
     "faust.transport.consumer:Consumer.perform_seek": "0e8c130ff4b0afd8",
     "faust.transport.consumer:ThreadDelegateConsumer._getmany": "f9d47aa9010b5ff2",
     "faust.transport.consumer:ThreadDelegateConsumer._seek": "4f95c631420410a5",
-    # Whole gap intervals are added to the acked offsets once an acked offset passes their
-    # start: the loss when a gap is recorded over records not processed yet
-    # (docs/reliability.md); the batch drain records none.
+    # compat.skip_offsets writes the gap tree the way this reads it (whole intervals are
+    # added to the acked offsets once an acked offset passes their start: the loss when a
+    # gap is recorded over records not processed yet, docs/reliability.md).
     "faust.transport.consumer:Consumer._new_offset": "1d2c7ea89a7ad4f1",
     # Wrapped (position moves counted, the live active set) or replaced (seek to the
     # committed offset) by compat._ConsumerThread; getmany reaches _fetch_records.
@@ -162,6 +162,21 @@ async def test_faust_commits_past_a_gap_recorded_over_records_in_flight() -> Non
     assert [_commit(consumer) for _ in range(3)] == [502, 503, 1251]
 
 
+def test_skip_offsets_lets_commits_pass_exactly_the_hole() -> None:
+    """A proven hole at the committed offset itself (two transaction markers at 10, 11):
+    commits pass it once a record after it is acked, and stop at the first record after
+    it that is not."""
+    from types import SimpleNamespace
+
+    consumer = _offsets_consumer(10)
+    compat.skip_offsets(cast(Any, SimpleNamespace(consumer=consumer)), cast(Any, TP), 10, 12)
+    assert _commit(consumer) == 10  # nothing acked yet: nothing to commit
+    _acked(consumer, 13)  # 12 not acked
+    assert _commit(consumer) == 12
+    _acked(consumer, 12)
+    assert _commit(consumer) == 14
+
+
 def test_faust_commits_one_past_an_unacked_committed_offset() -> None:
     """Upstream (faust-streaming#606): with 14 committed and 15 acked, Faust commits 16
     though 14 was never acked. The agent acks each partition's records in input order,
@@ -180,3 +195,49 @@ def test_the_active_partitions_aiokafka_sees_are_never_empty() -> None:
     live.add(("t", 0))
     assert ("t", 0) in view
 
+
+def _batch(base: int, count: int, *, control: bool = False) -> bytes:
+    """A v2 record batch of ``count`` records from offset ``base`` (a control batch: one
+    commit marker, as a transaction coordinator writes it)."""
+    import struct
+
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy as Builder
+
+    class Marker(Builder):  # type: ignore[misc]
+        def _get_attributes(self, include_compression_type: bool = True) -> int:
+            attributes: int = super()._get_attributes(include_compression_type)
+            return attributes | self.CONTROL_MASK
+
+    builder = (Marker if control else Builder)(2, 0, int(control), -1, -1, -1, 1 << 20)
+    for n in range(count):
+        key, value = (struct.pack(">hh", 0, 1), struct.pack(">hi", 0, 0)) if control else (
+            None, b"v")
+        builder.append(n, timestamp=None, key=key, value=value, headers=[])
+    data = builder.build()
+    struct.pack_into(">q", data, 0, base)  # the base offset (outside the CRC)
+    return bytes(data)
+
+
+def test_offsets_in_a_control_batch_are_transaction_markers() -> None:
+    """Records 0..4, a commit marker at 5, records 6..8: 5 holds no record; 2 and 3 do;
+    and an offset no batch covers is never taken for a marker."""
+    log = _batch(0, 5) + _batch(5, 1, control=True) + _batch(6, 3)
+    assert compat._walk(log, 5, 6) == (6, 1, "")
+    assert compat._walk(log, 2, 4) == (2, 0, "the broker holds a record at offset 2")
+    holed = _batch(0, 5) + _batch(7, 2)
+    assert compat._walk(holed, 5, 7)[2] == "no record batch holds offsets 5..6"
+    assert compat._walk(b"", 5, 6)[2] == "nothing fetched at offset 5"
+
+
+async def test_offsets_below_the_log_start_were_deleted_by_retention() -> None:
+    """The broker's log starts at 5: offsets 2..4 no longer exist."""
+    from types import SimpleNamespace
+
+    async def beginning_offsets(tps: list[Any]) -> dict[Any, int]:
+        return dict.fromkeys(tps, 5)
+
+    cluster = SimpleNamespace(leader_for_partition=lambda tp: 1)
+    consumer = SimpleNamespace(_client=SimpleNamespace(cluster=cluster),
+                               beginning_offsets=beginning_offsets)
+    absent = await compat.absent_offsets(cast(Any, consumer), cast(Any, TP), 2, 5)
+    assert absent == compat.Absent(True, deleted=3)

@@ -1,7 +1,8 @@
 """The input-loss root cause (docs/reliability.md), reproduced deterministically against
-the broker with dripstream's Faust consumer (tests/integration/seek_probe.py drives it).
+the broker with dripstream's Faust consumer (tests/integration/seek_probe.py drives it),
+and the gap guard that stays as its detector.
 
-Both fail with the consumer as it was before streams/compat.py counted position
+The first two fail with the consumer as it was before streams/compat.py counted position
 moves: the first commits offset 31 with only 10..29 acked (and crawls one offset per
 commit on the way), the second never reads 20..99 again."""
 
@@ -15,10 +16,13 @@ from typing import Any
 
 import pytest
 
+from producers.publisher import build_event
 from tests.conftest import Broker
-from tests.stack import ROOT
+from tests.stack import ROOT, Stack, eventually
 
 pytestmark = pytest.mark.integration
+
+CONTACTS = 60
 
 
 def probe(broker: Broker, scenario: str) -> dict[str, Any]:
@@ -55,3 +59,29 @@ def test_records_faust_drops_on_an_uncommitted_partition_are_read_again(
     assert set(result["delivered"]) == set(range(100))
     assert result["delivered"][:20] == list(range(20))
 
+
+async def test_the_gap_guard_finds_rewinds_heals_and_counts_lost_records(stack: Stack) -> None:
+    """Ten input records never reach the guard (``DRIPSTREAM_FAULT=lose_input``, as the
+    consumer lost them before the fix): the broker holds them, so the guard rewinds, the
+    records are read again, every contact is processed, and the liveness file counts each
+    hole found, rewound and healed."""
+    await stack.publisher.send_many([
+        build_event("acme", f"c-{n}", "contact.created", {}, event_id=f"e-{n}")
+        for n in range(CONTACTS)])
+    stack.start_worker(env={"DRIPSTREAM_FAULT": "lose_input:20"})
+    for n in range(CONTACTS):
+        await stack.wait_contact("acme", f"c-{n}", 1, timeout=60)
+    path = stack.settings.health_path
+
+    async def counted() -> dict[str, int] | None:
+        holes = json.loads(path.read_text())["input_holes"] if path.exists() else None
+        return holes if holes and holes["healed"] else None
+
+    holes = await eventually(counted, timeout=30, what="the liveness file's hole counts")
+    assert holes["holes"] >= 1
+    assert holes["healed"] == holes["rewinds"] == holes["holes"]
+    assert (holes["explained"], holes["undelivered"], holes["stuck"]) == (0, 0, 0)
+    log = stack.worker_log(0)
+    assert "fault injection: lose_input" in log
+    assert "never reached the agent (the broker holds a record at offset" in log
+    assert "read again after 1 rewind(s)" in log
