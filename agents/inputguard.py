@@ -9,6 +9,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
+from aiokafka.errors import IllegalStateError
 from faust.types import TP
 
 from streams import compat
@@ -61,7 +62,7 @@ async def admit(worker: Worker, message: Any) -> Literal["process", "skip", "rew
         log.warning("input %s[%s]: offsets %s..%s never reached the agent (%s); reading "
                     "again [input hole %d]", topic, partition, start, end - 1,
                     absent.detail, gaps.counts.holes)
-        await app.consumer.seek(tp, offset)
+        await _seek(app, tp, offset)
     elif (hole := gaps.hole(topic, partition)) is not None:
         log.error("input %s[%s]: offsets %s..%s still missing after %d rewind(s) (%s); "
                   "reading again in %.0f s [input hole %d stuck]", topic, partition,
@@ -87,13 +88,14 @@ async def heal(worker: Worker, *, idle: bool) -> None:
     """The timer's part: the rewinds of stuck holes that are due, and, while the agent is
     idle, partitions whose fetched records never reached it."""
     app, gaps = worker.app, worker.gaps
+    if app.rebalancing or app.in_recovery:
+        return  # the new generation reads from the committed offsets anyway
     now = time.monotonic()
     for hole in gaps.due(now):
-        tp = TP(hole.topic, hole.partition)
         log.warning("input %s[%s]: reading offsets %s..%s again (rewind %d)", hole.topic,
                     hole.partition, hole.start, hole.end - 1, hole.rewinds)
-        await app.consumer.seek(tp, hole.start)
-    if not idle or app.rebalancing or app.in_recovery:
+        await _seek(app, TP(hole.topic, hole.partition), hole.start)
+    if not idle:
         return
     for tp in app.assignor.assigned_actives():
         if tp.topic not in worker.batches.topics:
@@ -105,4 +107,13 @@ async def heal(worker: Worker, *, idle: bool) -> None:
             log.warning("input %s[%s]: fetched up to %s but the agent is at %s; reading "
                         "again [input hole %d]", tp.topic, tp.partition, fetched, offset,
                         gaps.counts.holes)
-            await app.consumer.seek(tp, offset)
+            await _seek(app, tp, offset)
+
+
+async def _seek(app: Any, tp: TP, offset: int) -> None:
+    """Rewind ``tp`` -- unless a rebalance took it away meanwhile: its next owner reads it
+    from the committed offset, which never passed the hole."""
+    try:
+        await app.consumer.seek(tp, offset)
+    except IllegalStateError:
+        log.info("input %s[%s]: no longer assigned; not rewound", tp.topic, tp.partition)
