@@ -44,11 +44,12 @@ from faust.types import TP
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from agents import inputguard
 from agents.timers import state_due
 from streams import compat
 from streams.app import MAX_REQUEST_BYTES
 from streams.commands import Control
-from streams.compat import committed_offset, send_batches
+from streams.compat import send_batches
 from streams.events import Rejected, parse_event
 from tables.campaigns import handle_delivery
 from tables.contacts import (
@@ -462,7 +463,7 @@ async def fault(worker: Worker, point: str, writes: bool) -> None:
 
 async def compute(worker: Worker, batch: list[Any], previous: Cycle | None = None) -> Cycle:
     """Step 1 of a batch (see the module doc): every record through its handler."""
-    app, names, gaps = worker.app, worker.names, worker.gaps
+    app, names = worker.app, worker.names
     cycle = Cycle(worker, worker.clock.now(), previous)
     generation = app.consumer_generation_id
     await worker.journal.prepare({m.partition for m in batch
@@ -474,15 +475,10 @@ async def compute(worker: Worker, batch: list[Any], previous: Cycle | None = Non
         tp = message.tp
         if message.generation_id != generation or tp in rewound:
             continue  # fetched before a rebalance or a rewind: it comes again, unacked
-        verdict = gaps.observe(message.topic, message.partition, message.offset,
-                               message.generation_id, committed_offset(app, tp))
-        if verdict.action == "rewind":
-            log.warning("input %s[%s]: offsets %s..%s never reached the agent; reading again",
-                        message.topic, message.partition, verdict.offset, message.offset - 1)
-            await app.consumer.seek(tp, verdict.offset)
+        admitted = await inputguard.admit(worker, message)
+        if admitted == "rewound":
             rewound.add(tp)
-            continue
-        if verdict.action == "skip":
+        if admitted != "process":
             continue
         cycle.acks.append(message)
         if message.topic == names.events or message.topic == names.routed:
@@ -609,17 +605,6 @@ def install(worker: Worker) -> None:
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def heal_lost_input() -> None:
-        """Rewind partitions whose fetched records never reached the (idle) agent."""
+        """The gap guard's timer: stuck holes' rewinds; fetched records never handed over."""
         idle = time.monotonic() - busy_until[0] >= 2.0 and worker.batches.empty()
-        if app.rebalancing or app.in_recovery or not idle:
-            return
-        for tp in app.assignor.assigned_actives():
-            if tp.topic not in worker.batches.topics:
-                continue
-            fetched = app.fetch_position(tp)
-            offset = worker.gaps.lost_behind(tp.topic, tp.partition, fetched,
-                                             committed_offset(app, tp) or 0)
-            if offset is not None:
-                log.warning("input %s[%s]: fetched up to %s but the agent is at %s; "
-                            "reading again", tp.topic, tp.partition, fetched, offset)
-                await app.consumer.seek(tp, offset)
+        await inputguard.heal(worker, idle=idle)

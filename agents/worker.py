@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,8 +66,14 @@ class Health:
     def progress(self) -> None:
         self.last_progress = time.monotonic()
 
-    def judge(self, lag: int, rebalancing: bool, now: float) -> str:
-        """``ok``, ``idle``, ``rebalancing`` or ``stalled``."""
+    def judge(self, lag: int, rebalancing: bool, now: float,
+              stuck_since: float | None = None) -> str:
+        """``ok``, ``idle``, ``rebalancing`` or ``stalled``. ``stuck_since``: when the
+        oldest input hole the gap guard cannot close became stuck (streams/gapguard.py);
+        one stuck for ``stall_after_s`` is a stall whatever else progresses."""
+        if stuck_since is not None and now - stuck_since >= self.stall_after_s:
+            self.stalled_since = self.stalled_since or now
+            return "stalled"
         if rebalancing:
             self.rebalancing_since = self.rebalancing_since or now
             if now - self.rebalancing_since < self.stall_after_s:
@@ -177,15 +183,24 @@ def _install_health(worker: Worker) -> None:
                 # Committed, not merely seen: a batch taken but never made durable is lag.
                 lag += max(0, end - (committed_offset(app, tp) or 0))
         now = time.monotonic()
-        status = health.judge(lag, bool(app.rebalancing), now)
+        stuck = worker.gaps.stuck()
+        stuck_since = min((h.stuck_since for h in stuck if h.stuck_since), default=None)
+        status = health.judge(lag, bool(app.rebalancing), now, stuck_since)
+        holes = asdict(worker.gaps.counts) | {"stuck": len(stuck)}
         if status != "stalled":
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"status": status, "lag": lag, "pid": os.getpid(),
+                                        "input_holes": holes,
                                         "at": datetime.now(UTC).isoformat()}))
             return
         stalled = now - (health.stalled_since or now)
-        log.warning("stalled: %d input records waiting, no progress for %.0f s", lag,
-                    now - health.last_progress)
+        if stuck:
+            log.warning("stalled: %d input hole(s) stuck (%s); input holes %s", len(stuck),
+                        ", ".join(f"{h.topic}[{h.partition}] {h.start}..{h.end - 1}"
+                                  for h in stuck), holes)
+        else:
+            log.warning("stalled: %d input records waiting, no progress for %.0f s", lag,
+                        now - health.last_progress)
         if settings.stall_exit_s and stalled >= settings.stall_exit_s:
             log.critical("stalled for %.0f s; exiting (%d) so a supervisor restarts the worker",
                          stalled, EXIT_FATAL)

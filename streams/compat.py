@@ -20,11 +20,31 @@ What is here, and why:
   logic see them exactly as they see stream events.
 
   Unlike Faust's stream, records fetched under an older consumer generation are dropped
-  *without* an ack. Faust's stream acks them ("otherwise the lag would increase"); the
-  commit made while the rebalance waits for streams to empty then moves past records
-  nobody processed, and the new generation seeks to that commit. That is the input loss
-  ``streams/gapguard.py`` was written against (faust-streaming#216/#221/#606 report the
-  same family); the guard stays as a check.
+  *without* an ack (Faust's stream acks them, "otherwise the lag would increase"), and the
+  drain never tells Faust a range of offsets is a gap: only the gap guard does, once the
+  broker has shown those offsets hold no records (:func:`skip_offsets`).
+- **Fetch positions: the input-loss root cause** (docs/reliability.md). Faust's
+  ``Consumer._drain_messages`` keeps a "read offset" per partition and, when a record's
+  offset is more than one past it, records the offsets in between as a gap that commits
+  may pass (``_add_gap``; meant for transaction markers). ``perform_seek`` (the end of
+  every recovery) sets the read offset back to the committed offset while the drain may
+  still be handing over records fetched *before* the seek: the next of those looks like a
+  jump, so a "gap" is recorded over records that were delivered and are not processed
+  yet, and the records fetched again from the committed offset are dropped as already
+  read. ``Consumer._new_offset`` then adds the whole gap to the acked offsets: commits
+  crawl one offset at a time while the duplicates last, then jump past records nobody
+  acked -- after a SIGKILL or a rebalance those are never read again
+  (tests/integration/test_input_loss.py, bench/inputloss.py). Here instead: every move of
+  a partition's position (a seek, a seek to the committed offset) is counted in the
+  consumer's thread, each fetch remembers the counts it was made at, and the drain drops
+  a record fetched before its partition last moved -- aiokafka fetches it again from the
+  new position, so the offsets the agent sees are contiguous and no gap is invented. With
+  it: seeks happen in the consumer's thread (Faust calls aiokafka's ``seek`` from the main
+  thread, where the thread's hand-over of a fetch can overwrite it), the seek to the
+  committed offset also moves an input partition that has no committed offset (aiokafka
+  leaves it where it is, past whatever Faust dropped there), and aiokafka is never asked
+  for the records of an empty set of partitions (it reads that as "all of them", and
+  Faust then drops what it did not ask for).
 - **Fetch wait**: Faust hard-codes ``fetch_max_wait_ms=1500``; the embedded broker holds
   a fetch for about half of it even when data arrives, so it is set from settings — and
   adapted: the short wait while records flow, a long one once the input has been quiet
@@ -33,8 +53,9 @@ What is here, and why:
   first offset of the last record batch + 1. :func:`end_offsets` reads the true end from
   a Fetch response's high watermark; Faust's table recovery uses it (embedded profile
   only), and so do the compacted-topic followers, the tests and the bench.
-- **Offsets Faust keeps**: the committed offset per partition (no public API) and the
-  consumer's fetch position, for the gap guard.
+- **Offsets Faust keeps**: the committed offset per partition (no public API), the
+  consumer's fetch position, and what the broker stores at given offsets
+  (:func:`absent_offsets`), for the gap guard.
 - **Table store access by partition**: the contact agent writes a batch's changed
   contacts itself (one changelog record per contact, acknowledged before the read model
   is written). Faust's stores pick a partition from the "current event", which a batch
@@ -49,29 +70,35 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
 import faust.stores.memory
 from aiokafka import AIOKafkaConsumer
+from aiokafka.consumer.fetcher import OffsetResetStrategy
 from aiokafka.errors import for_code
 from aiokafka.protocol.fetch import FetchRequest
+from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 
 __all__ = [
     "CHECKED",
+    "Absent",
     "App",
     "Batches",
     "MemoryStore",
     "Record",
     "StoreAccess",
+    "absent_offsets",
     "committed_offset",
     "end_offsets",
     "refresh_metadata",
     "send_batches",
     "set_fetch_wait",
+    "skip_offsets",
     "use_memory_store",
 ]
 
@@ -109,8 +136,24 @@ class Batches:
 class BatchConsumer(driver.Consumer):
     """Faust's aiokafka consumer, delivering the agent's input records in batches."""
 
+    _thread: _ConsumerThread
+    #: The position moves (:attr:`_ConsumerThread.moves`) the records being drained were
+    #: fetched at; set by :meth:`_getmany` for each fetch.
+    _fetched_moves: Mapping[TP, int] = {}
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def _getmany(  # Faust's signature
+        self, active_partitions: set[TP] | None, timeout: float,  # noqa: ASYNC109
+    ) -> Any:
+        records = await super()._getmany(active_partitions, timeout)
+        self._fetched_moves = getattr(records, "moves", {})
+        return records
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        # Faust calls aiokafka's seek from this thread; in the consumer's thread instead.
+        await self._thread.seek_in_thread(partition, offset)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # the replaced Faust method
         batches: Batches | None = cast(App, self.app).batches
@@ -119,6 +162,7 @@ class BatchConsumer(driver.Consumer):
             return
         callback = self.callback
         read_offset = self._read_offset
+        moves = self._thread.moves
         stopped, fetcher_stopped = self._stopped.is_set, fetcher._stopped.is_set
         inputs, batch_max = batches.topics, batches.batch_max
         app = cast(App, self.app)
@@ -129,27 +173,15 @@ class BatchConsumer(driver.Consumer):
             if self.should_stop:
                 break
             fetched = False
-            # The input read offsets as this loop leaves them. A seek while a fetch is
-            # handed over (the gap guard's rewind, from the agent or a timer, while this
-            # waits on a full queue) moves one: the rest of that fetch is then stale, and
-            # taking its next offset for a hole would let commits pass records nobody
-            # processed. (Other topics — changelogs in recovery — are left as Faust has them.)
-            left = {tp: offset for tp, offset in read_offset.items() if tp.topic in inputs}
             async for tp, message in self.getmany(timeout=1.0):
                 fetched = True
-                offset = message.offset
-                last = read_offset[tp]
-                if tp.topic in inputs and left.get(tp, last) != last:
-                    continue  # fetched before a seek: it comes again from where that put it
-                if last is not None and offset < last:
-                    continue  # fetched before a seek back; it comes again
-                if last is not None and offset - last > 1 and tp.topic in inputs:
-                    # A hole in the offsets (transaction markers): Faust's own bookkeeping
-                    # lets commits pass it. The gap guard checks the hole is real first.
-                    await self._add_gap(tp, last + 1, offset)
-                read_offset[tp] = offset
+                if self._fetched_moves.get(tp, 0) != moves.get(tp, 0):
+                    # Fetched before its partition moved (a seek): aiokafka fetches it again
+                    # from the new position. Delivered, it would make the records fetched
+                    # again look like a jump back, or a hole to skip (see the module doc).
+                    continue
+                read_offset[tp] = message.offset
                 if tp.topic in inputs:
-                    left[tp] = offset
                     self.track_message(message)
                     batch.append(message)
                     if len(batch) >= batch_max:
@@ -181,12 +213,100 @@ def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> None:
         fetcher._fetch_max_wait_ms = wait_ms
 
 
+class _Fetched(dict[TP, list[Any]]):
+    """Faust's record map, with the position moves of its partitions when fetched."""
+
+    moves: dict[TP, int]
+
+
+class _Live:
+    """Faust's live set of active partitions, as aiokafka's ``fetched_records`` reads it:
+    never empty (an empty set there means every assigned partition)."""
+
+    def __init__(self, tps: set[TP]) -> None:
+        self.tps = tps
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __contains__(self, tp: object) -> bool:
+        return tp in self.tps
+
+
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        #: Moves of each partition's fetch position (seeks, seeks to the committed
+        #: offset), counted in the consumer's thread before the position changes.
+        self.moves: defaultdict[TP, int] = defaultdict(int)
+
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
         consumer: AIOKafkaConsumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher.
         consumer._fetch_max_wait_ms = cast(App, self.app).fetch_wait_ms
         return consumer
+
+    async def _fetch_records(
+        self, consumer: AIOKafkaConsumer, active_partitions: set[TP] | None,
+        timeout: float | None = None,  # noqa: ASYNC109 (Faust's signature)
+        max_records: int | None = None,
+    ) -> _Fetched:
+        # Faust passes its live set of active partitions: it may empty while the fetcher
+        # waits for records (recovery pauses the changelogs), and aiokafka would then hand
+        # over every partition's records, which Faust's getmany drops (positions past
+        # them) because it did not ask for them.
+        wanted = None if active_partitions is None else _Live(active_partitions)
+        records = await super()._fetch_records(consumer, cast(Any, wanted), timeout=timeout,
+                                               max_records=max_records)
+        fetched = _Fetched(records)
+        fetched.moves = {tp: self.moves[tp] for tp in records}  # no await since the fetch
+        return fetched
+
+    async def seek_in_thread(self, tp: TP, offset: int) -> None:
+        await self.call_thread(self._seek_now, tp, offset)
+
+    async def _seek_now(self, tp: TP, offset: int) -> None:
+        self.moves[tp] += 1
+        self._ensure_consumer().seek(tp, offset)
+
+    async def _seek_wait(self, consumer: AIOKafkaConsumer, partitions: Mapping[TP, int]) -> None:
+        for tp in partitions:
+            self.moves[tp] += 1
+        await super()._seek_wait(consumer, partitions)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        result: Mapping[TP, int] = await self.call_thread(self._seek_to_committed)
+        return result
+
+    async def _seek_to_committed(self) -> dict[TP, int | None]:
+        """aiokafka's ``seek_to_committed``, but for every partition the group commits:
+        aiokafka seeks only a partition whose committed offset is above 0, so one with no
+        commit yet stays past the records Faust dropped there before the seek (a
+        rebalance, a new generation) and those are never read. Such a partition goes back
+        to where the group would start it (the reset policy, ``earliest`` here)."""
+        consumer = self._ensure_consumer()
+        committed_by_group = self.app.topics.acks_enabled_for
+        strategy = consumer._fetcher._default_reset_strategy
+        committed: dict[TP, int | None] = {}
+        for tp in consumer._subscription.assigned_partitions():
+            offset = await consumer.committed(tp)
+            committed[tp] = offset
+            if offset is not None:
+                self.moves[tp] += 1
+                consumer.seek(tp, offset)
+            elif committed_by_group(tp.topic) and strategy != OffsetResetStrategy.NONE:
+                self.moves[tp] += 1
+                if strategy == OffsetResetStrategy.EARLIEST:
+                    await consumer.seek_to_beginning(tp)
+                else:
+                    await consumer.seek_to_end(tp)
+        return committed
+
+    async def absent(self, tp: TP, start: int, end: int) -> Absent:
+        """:func:`absent_offsets` with this consumer's client (in its thread)."""
+        result: Absent = await self.call_thread(
+            lambda: absent_offsets(self._ensure_consumer(), tp, start, end))
+        return result
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         if cast(App, self.app).embedded and not self.consumer.in_transaction:
@@ -219,6 +339,10 @@ class App(faust.App):
     def deliver_batches(self, batches: Batches) -> None:
         """Hand the records of ``batches.topics`` to the agent in lists (see module doc)."""
         self.batches = batches
+
+    async def absent_offsets(self, tp: TP, start: int, end: int) -> Absent:
+        """:func:`absent_offsets` for ``tp``, asked with the consumer's own client."""
+        return await cast(BatchConsumer, self.consumer)._thread.absent(tp, start, end)
 
     def fetch_position(self, tp: TP) -> int | None:
         """The next offset the underlying aiokafka consumer will hand over for ``tp``."""
@@ -288,6 +412,95 @@ def committed_offset(app: faust.App, tp: TP) -> int | None:
     """The committed offset of ``tp`` as Faust's consumer knows it (no public API)."""
     offset: int | None = cast(Any, app.consumer)._committed_offset.get(tp)
     return offset
+
+
+def skip_offsets(app: faust.App, tp: TP, start: int, end: int) -> None:
+    """Let Faust's commits pass offsets ``start..end-1`` of ``tp`` -- only once the broker
+    has shown they hold no records (:func:`absent_offsets`). Into Faust's gap tree as
+    ``Consumer._new_offset`` reads it; not through ``_add_gap``, which leaves out the
+    committed offset itself, so a hole starting there would hold commits back forever."""
+    gaps = cast(Any, app.consumer)._gap[tp]
+    gaps.addi(start, end)
+    gaps.merge_overlaps()
+
+
+@dataclass(frozen=True, slots=True)
+class Absent:
+    """What the broker stores at a range of offsets the agent never saw records at."""
+
+    proven: bool  # no record is stored at any of them
+    deleted: int = 0  # offsets below the log start offset (removed by retention)
+    markers: int = 0  # offsets held by control batches (transaction markers)
+    detail: str = ""  # why not proven
+
+
+async def absent_offsets(
+    consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int
+) -> Absent:
+    """Whether the broker holds no record at offsets ``start..end-1`` of ``tp``, read from
+    the log itself: offsets below the log start offset were deleted by retention; offsets
+    inside a control batch are transaction markers (aiokafka skips those batches, so a
+    consumer of a transactional producer's topic sees one offset missing per
+    transaction). Anything else -- a data record stored there, an offset no batch covers,
+    a fetch that returns nothing -- is not proof: on a delete-policy topic records are
+    never removed from inside the log, so the consumer dropped them. Run in the
+    consumer's own event loop (its client's)."""
+    client = consumer._client
+    leader = client.cluster.leader_for_partition(tp)
+    if leader is None or leader == -1:
+        await client.force_metadata_update()
+        leader = client.cluster.leader_for_partition(tp)
+    if leader is None or leader == -1:
+        return Absent(False, detail=f"no leader known for {tp}")
+    first = (await consumer.beginning_offsets([tp])).get(tp, 0)
+    deleted = max(0, min(end, first) - start)
+    cursor, markers = max(start, first), 0
+    limit = 1024 * 1024
+    while cursor < end:
+        request = FetchRequest(
+            max_wait_time=10, min_bytes=1, max_bytes=limit, isolation_level=0,
+            topics=[(tp.topic, [(tp.partition, cursor, limit)])],
+        )
+        response = await client.send(leader, request)
+        parts = [part for topic, answers in response.topics if topic == tp.topic
+                 for part in answers if part[0] == tp.partition]
+        if not parts:
+            return Absent(False, deleted, markers, f"no answer for {tp} at {cursor}")
+        _, error_code, _, *data = parts[0]
+        if error_code:
+            return Absent(False, deleted, markers,
+                          f"{for_code(error_code).__name__} fetching {tp} at {cursor}")
+        cursor, found, why = _walk(data[-1], cursor, end)
+        markers += found
+        if why:
+            return Absent(False, deleted, markers, why)
+    return Absent(True, deleted, markers)
+
+
+def _walk(data: bytes, cursor: int, end: int) -> tuple[int, int, str]:
+    """Walk a fetch's record batches from offset ``cursor`` towards ``end``: (where it
+    got to, how many of the offsets passed are transaction markers, why the walk stopped
+    short -- empty if it did not)."""
+    records = MemoryRecords(data)
+    start, markers = cursor, 0
+    while cursor < end and records.has_next():
+        batch = cast(Any, records.next_batch())
+        if batch is None or batch.next_offset <= cursor:
+            continue
+        if batch.base_offset > cursor:
+            return cursor, markers, (f"no record batch holds offsets {cursor}.."
+                                     f"{batch.base_offset - 1}")
+        if not batch.is_control_batch:
+            held = next((r.offset for r in batch if cursor <= r.offset < end), None)
+            if held is not None:
+                return cursor, markers, f"the broker holds a record at offset {held}"
+            return cursor, markers, (f"a data batch at {batch.base_offset} has no record "
+                                     f"at {cursor} (compacted?)")
+        markers += min(end, batch.next_offset) - cursor
+        cursor = batch.next_offset
+    if cursor == start:
+        return cursor, markers, f"nothing fetched at offset {cursor}"
+    return cursor, markers, ""
 
 
 async def refresh_metadata(consumer: AIOKafkaConsumer) -> None:

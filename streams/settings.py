@@ -55,10 +55,12 @@ class Settings(BaseSettings):
         None, description="tests only: a file holding seconds added to the clock"
     )
     fault: str | None = Field(
-        None, pattern=r"^(after_effects|after_state|crash|stall)(:[0-9]+)?$",
+        None, pattern=r"^(after_effects|after_state|crash|stall|lose_input)(:[0-9]+)?$",
         description="tests only, at the Nth batch that writes anything: after_effects / "
                     "after_state SIGKILL the worker once the effects / the table writes are "
-                    "acknowledged; crash fails the Faust app; stall stops the agent",
+                    "acknowledged; crash fails the Faust app; stall stops the agent. "
+                    "lose_input:N drops the Nth to N+9th input records to reach the agent, "
+                    "once, before the gap guard sees them (as the consumer once lost input)",
     )
     health_file: Path | None = Field(
         None, description="liveness file, touched while the worker makes progress; "

@@ -11,22 +11,41 @@ from __future__ import annotations
 import hashlib
 import inspect
 from importlib import import_module, metadata
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from streams import compat
 
 FINGERPRINTS = {
-    # Replaced by compat.BatchConsumer._drain_messages (read-offset and gap handling
-    # copied from it).
+    # Replaced by compat.BatchConsumer._drain_messages (its read-offset bookkeeping kept;
+    # its gap handling is the input-loss cause, not copied).
     "faust.transport.consumer:Consumer._drain_messages": "44a2500309e83c63",
-    # Called by the batch drain and the agent: tracking, acks, holes, rewinds, fetching.
+    # Called by the batch drain and the agent: tracking, acks, rewinds, fetching. getmany
+    # calls _wait_next_records -> _getmany once per fetch (BatchConsumer._getmany keeps the
+    # fetch's position moves for the drain) and drops records when the flow stops, the
+    # generation changes or a partition is paused, relying on perform_seek ->
+    # seek_to_committed to read them again.
     "faust.transport.consumer:Consumer.track_message": "217d7f1399a4cd8e",
     "faust.transport.consumer:Consumer.ack": "5fcf41cf45153475",
-    "faust.transport.consumer:Consumer._add_gap": "4df2573ded7c1c2c",
     "faust.transport.consumer:Consumer.seek": "b86a9fe05f956b30",
     "faust.transport.consumer:Consumer.getmany": "4b168d84882a70d6",
+    "faust.transport.consumer:Consumer._wait_next_records": "6218e1969a636b3f",
+    "faust.transport.consumer:Consumer.perform_seek": "0e8c130ff4b0afd8",
+    "faust.transport.consumer:ThreadDelegateConsumer._getmany": "f9d47aa9010b5ff2",
+    "faust.transport.consumer:ThreadDelegateConsumer._seek": "4f95c631420410a5",
+    # compat.skip_offsets writes the gap tree the way this reads it (whole intervals are
+    # added to the acked offsets once an acked offset passes their start: the loss when a
+    # gap is recorded over records not processed yet, docs/reliability.md).
+    "faust.transport.consumer:Consumer._new_offset": "1d2c7ea89a7ad4f1",
+    # Wrapped (position moves counted, the live active set) or replaced (seek to the
+    # committed offset) by compat._ConsumerThread; getmany reaches _fetch_records.
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._fetch_records":
+        "39a2c6c79fc1455a",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._seek_wait": "9d221e816d940467",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.seek_to_committed":
+        "775ab0adc4b052ab",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.getmany": "26fc5fc9f3b667e1",
     # The fetch wait is set on the consumer this builds; end offsets replace this one.
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer":
         "c2701bfc3e6f6cad",
@@ -46,6 +65,13 @@ FINGERPRINTS = {
     # own for each request (the adaptive fetch wait sets it).
     "aiokafka.consumer.consumer:AIOKafkaConsumer.start": "2f1ba70443327538",
     "aiokafka.consumer.fetcher:Fetcher._get_actions_per_node": "1dab2cf937d165d0",
+    # compat._ConsumerThread._seek_to_committed imitates this one (which seeks only a
+    # committed offset above 0); fetched_records reads an empty partition set as "every
+    # partition" (hence compat._Live); seek_to drops the buffered fetch, so a record
+    # fetched before a move is fetched again from the new position.
+    "aiokafka.consumer.consumer:AIOKafkaConsumer.seek_to_committed": "f6cd85c8b70a4ccf",
+    "aiokafka.consumer.fetcher:Fetcher.fetched_records": "be4348896b9b66af",
+    "aiokafka.consumer.fetcher:Fetcher.seek_to": "f0ba6aba6c22ef83",
 }
 
 
@@ -83,10 +109,138 @@ def test_attributes_compat_reads_exist() -> None:
     assert callable(AIOKafkaClient.force_metadata_update)
     assert isinstance(SubscriptionState.subscription, property)
     init = inspect.getsource(import_module("faust.transport.consumer").Consumer.__init__)
-    for name in ("_read_offset", "_committed_offset"):
+    for name in ("_read_offset", "_committed_offset", "_gap"):
         assert f"self.{name} = " in init, name
+    fetcher = inspect.getsource(import_module("aiokafka.consumer.fetcher").Fetcher.__init__)
+    assert "self._default_reset_strategy = " in fetcher
     memory = inspect.getsource(import_module("faust.stores.memory").Store.__post_init__)
     assert "self._key_partition" in memory and "self.data" in memory
     rocksdb = import_module("faust.stores.rocksdb").Store
     assert "self._key_index" in inspect.getsource(rocksdb.__init__)
     assert rocksdb.offset_key == b"__faust\0offset__"  # StoreAccess.items skips it
+
+
+def _offsets_consumer(committed: int) -> Any:
+    """The part of Faust's consumer its commit bookkeeping (``_new_offset``) reads."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from intervaltree import IntervalTree
+
+    consumer = SimpleNamespace(_acked=defaultdict(list), _acked_index=defaultdict(set),
+                               _gap=defaultdict(IntervalTree),
+                               _committed_offset=defaultdict(lambda: None))
+    consumer._committed_offset[TP] = committed
+    return consumer
+
+
+def _acked(consumer: Any, *offsets: int) -> None:
+    for offset in offsets:  # what Consumer.ack records
+        consumer._acked_index[TP].add(offset)
+        consumer._acked[TP].append(offset)
+
+
+TP = ("events", 0)
+
+
+def _commit(consumer: Any) -> int:
+    from faust.transport.consumer import Consumer
+
+    offset = Consumer._new_offset(consumer, TP)
+    if offset is not None and Consumer._should_commit(consumer, TP, offset):
+        consumer._committed_offset[TP] = offset
+    committed: int = consumer._committed_offset[TP]
+    return committed
+
+
+async def test_faust_commits_past_a_gap_recorded_over_records_in_flight() -> None:
+    """Upstream behaviour the fix avoids: once a gap is recorded over records that were
+    delivered (the jump after perform_seek), commits crawl one offset at a time while the
+    duplicates last, then pass records nobody acked (500..502 acked, 503..1249 not)."""
+    from faust.transport.consumer import Consumer
+
+    consumer = _offsets_consumer(500)
+    await Consumer._add_gap(consumer, TP, 501, 1250)
+    _acked(consumer, 500, 501, 502)
+    assert [_commit(consumer) for _ in range(3)] == [502, 503, 1251]
+
+
+def test_skip_offsets_lets_commits_pass_exactly_the_hole() -> None:
+    """A proven hole at the committed offset itself (two transaction markers at 10, 11):
+    commits pass it once a record after it is acked, and stop at the first record after
+    it that is not."""
+    from types import SimpleNamespace
+
+    consumer = _offsets_consumer(10)
+    compat.skip_offsets(cast(Any, SimpleNamespace(consumer=consumer)), cast(Any, TP), 10, 12)
+    assert _commit(consumer) == 10  # nothing acked yet: nothing to commit
+    _acked(consumer, 13)  # 12 not acked
+    assert _commit(consumer) == 12
+    _acked(consumer, 12)
+    assert _commit(consumer) == 14
+
+
+def test_faust_commits_one_past_an_unacked_committed_offset() -> None:
+    """Upstream (faust-streaming#606): with 14 committed and 15 acked, Faust commits 16
+    though 14 was never acked. The agent acks each partition's records in input order,
+    so this never happens to it; a change that acks out of order must handle it."""
+    consumer = _offsets_consumer(14)
+    _acked(consumer, 15)
+    assert _commit(consumer) == 16
+
+
+def test_the_active_partitions_aiokafka_sees_are_never_empty() -> None:
+    """aiokafka's fetched_records reads an empty set as every partition; compat hands it
+    Faust's live set (changes show through) that is never falsy."""
+    live: set[Any] = set()
+    view = compat._Live(live)
+    assert view and ("t", 0) not in view
+    live.add(("t", 0))
+    assert ("t", 0) in view
+
+
+def _batch(base: int, count: int, *, control: bool = False) -> bytes:
+    """A v2 record batch of ``count`` records from offset ``base`` (a control batch: one
+    commit marker, as a transaction coordinator writes it)."""
+    import struct
+
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy as Builder
+
+    class Marker(Builder):  # type: ignore[misc]
+        def _get_attributes(self, include_compression_type: bool = True) -> int:
+            attributes: int = super()._get_attributes(include_compression_type)
+            return attributes | self.CONTROL_MASK
+
+    builder = (Marker if control else Builder)(2, 0, int(control), -1, -1, -1, 1 << 20)
+    for n in range(count):
+        key, value = (struct.pack(">hh", 0, 1), struct.pack(">hi", 0, 0)) if control else (
+            None, b"v")
+        builder.append(n, timestamp=None, key=key, value=value, headers=[])
+    data = builder.build()
+    struct.pack_into(">q", data, 0, base)  # the base offset (outside the CRC)
+    return bytes(data)
+
+
+def test_offsets_in_a_control_batch_are_transaction_markers() -> None:
+    """Records 0..4, a commit marker at 5, records 6..8: 5 holds no record; 2 and 3 do;
+    and an offset no batch covers is never taken for a marker."""
+    log = _batch(0, 5) + _batch(5, 1, control=True) + _batch(6, 3)
+    assert compat._walk(log, 5, 6) == (6, 1, "")
+    assert compat._walk(log, 2, 4) == (2, 0, "the broker holds a record at offset 2")
+    holed = _batch(0, 5) + _batch(7, 2)
+    assert compat._walk(holed, 5, 7)[2] == "no record batch holds offsets 5..6"
+    assert compat._walk(b"", 5, 6)[2] == "nothing fetched at offset 5"
+
+
+async def test_offsets_below_the_log_start_were_deleted_by_retention() -> None:
+    """The broker's log starts at 5: offsets 2..4 no longer exist."""
+    from types import SimpleNamespace
+
+    async def beginning_offsets(tps: list[Any]) -> dict[Any, int]:
+        return dict.fromkeys(tps, 5)
+
+    cluster = SimpleNamespace(leader_for_partition=lambda tp: 1)
+    consumer = SimpleNamespace(_client=SimpleNamespace(cluster=cluster),
+                               beginning_offsets=beginning_offsets)
+    absent = await compat.absent_offsets(cast(Any, consumer), cast(Any, TP), 2, 5)
+    assert absent == compat.Absent(True, deleted=3)

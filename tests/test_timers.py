@@ -120,3 +120,13 @@ def test_a_rebalance_that_never_ends_is_a_stall() -> None:
     assert health.judge(0, True, 100.0) == "rebalancing"
     assert health.judge(0, True, 170.0) == "stalled"
     assert health.judge(0, False, 171.0) == "idle"
+
+
+def test_an_input_hole_stuck_for_the_limit_is_a_stall() -> None:
+    """A hole the gap guard cannot close (streams/gapguard.py) stalls the worker once stuck
+    for ``stall_after_s``, though its other partitions make progress."""
+    health = Health(stall_after_s=60.0, last_progress=0.0)
+    assert health.judge(50, False, 30.0, stuck_since=0.0) == "ok"
+    health.last_progress = 60.0  # batches of other partitions finish
+    assert health.judge(50, False, 61.0, stuck_since=0.0) == "stalled"
+    assert health.judge(50, False, 62.0, stuck_since=None) == "ok"  # the hole closed
