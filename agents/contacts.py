@@ -49,7 +49,7 @@ from agents.timers import state_due
 from streams import compat
 from streams.app import MAX_REQUEST_BYTES
 from streams.commands import Control
-from streams.compat import send_batches
+from streams.compat import expelled, send_batches
 from streams.events import Rejected, parse_event
 from tables.campaigns import handle_delivery
 from tables.contacts import (
@@ -368,12 +368,14 @@ class Cycle:
             await self.journal()
             if previous is not None:
                 await previous.effects_queued.wait()
+            self.still_member()
             acknowledged = await send_batches(w.app, self.records)
             self.effects_queued.set()
             await acknowledged()
             await fault(w, "after_effects", writes)
             if previous is not None:
                 await previous.state_queued.wait()
+            self.still_member()
             written = await w.store.send(self.encoded)
             self.state_queued.set()
             states = await written()
@@ -396,6 +398,17 @@ class Cycle:
         self.done.set()
         if self.slice is not None:
             self.slice.done.set()
+
+    def still_member(self) -> None:
+        """Before the effects and before the table write: a worker the group has thrown
+        out (a batch that waited longer than the rebalance timeout, for Redis say) must
+        not write behind the partition's new owner, which has recovered the table and
+        redoes the input (with this batch's journal). There are no transactions to fence
+        it: it exits. (A member thrown out between this check and the write it guards
+        still writes once: the window is a heartbeat, not a rebalance.)"""
+        if expelled(self.w.app):
+            raise Fatal("the group has expelled this worker (its partitions may be another "
+                        "worker's now)")
 
     async def journal(self) -> None:
         """Make what the batch's decisions read durable before its effects leave

@@ -237,4 +237,8 @@ def run(worker: Worker) -> int:
         print(f"dripstream worker: fatal error (exit {exc.code}); exiting {EXIT_FATAL}",
               file=sys.stderr)
         return EXIT_FATAL
+    except Exception:  # Faust's own crashes (seen: its standby recovery, its fetcher on a
+        # stop during a rebalance) escape as exceptions: the documented status, not 1.
+        log.critical("the worker crashed; exiting %d", EXIT_FATAL, exc_info=True)
+        return EXIT_FATAL
     return 0

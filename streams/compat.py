@@ -95,6 +95,7 @@ __all__ = [
     "absent_offsets",
     "committed_offset",
     "end_offsets",
+    "expelled",
     "refresh_metadata",
     "send_batches",
     "set_fetch_wait",
@@ -406,6 +407,17 @@ async def send_batches(
         return last
 
     return acknowledged
+
+
+def expelled(app: faust.App) -> bool:
+    """Has the group thrown this member out (its heartbeat or commit answered
+    UnknownMemberId / IllegalGeneration: aiokafka's coordinator then resets its
+    generation and member id)? Its partitions may already be another worker's."""
+    consumer = getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None:
+        return False
+    return bool(coordinator.generation < 0 or not coordinator.member_id)
 
 
 def committed_offset(app: faust.App, tp: TP) -> int | None:

@@ -294,3 +294,34 @@ async def test_a_batch_without_effects_leaves_its_journal_to_the_next_with_effec
     again.event(signup_message(offset=5))
     await again.journal()
     assert [{NAMES.events: (5, 5)}] == [Entry.decode(r[3]).ranges for r in written[1]]
+
+
+async def test_a_worker_thrown_out_of_the_group_writes_no_effects_and_no_state(
+        monkeypatch: Any) -> None:
+    """Expelled (a batch waited past the rebalance timeout): before its effects the cycle
+    finds out and stops the worker (Fatal: exit 70), so nothing lands behind the new
+    owner; only the journal entry went out, which the new owner reads for its replay."""
+    from agents.contacts import Fatal
+
+    written: list[str] = []
+
+    async def send_batches(app: Any, records: Any) -> Any:
+        written.extend(topic for topic, *_ in records)
+
+        async def acked() -> dict[Any, int]:
+            return {}
+
+        return acked
+
+    monkeypatch.setattr("agents.contacts.send_batches", send_batches)
+    monkeypatch.setattr("agents.contacts.expelled", lambda app: True)
+    c = cycle(Worker(Registry(WELCOME)))
+    c.event(signup_message())
+    c.seal()
+    try:
+        await c.finish()
+    except Fatal as exc:
+        assert "expelled" in str(exc)
+    else:
+        raise AssertionError("an expelled worker went on writing")
+    assert written == [NAMES.journal]
