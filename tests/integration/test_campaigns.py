@@ -74,13 +74,15 @@ async def signups(stack: Stack, n: int, timeout: float = 60.0) -> None:
 
 def assert_rate(stamps: list[float], rate: float, partitions: int) -> None:
     """Sends at these times (s) kept to ``rate`` per minute: no 5 s window holds more than
-    5 s of it (plus the throttle's 1 s tolerance and a slot per partition), and the whole
-    took the time the rate implies (less two seconds' worth)."""
+    5 s of it (plus the throttle's 1 s tolerance, a slot per partition, and half a second
+    for the write: the throttle decides when a slice is computed, the timestamps are when
+    its send commands were produced, a batch's journal and the batch before's effects
+    later), and the whole took the time the rate implies (less two seconds' worth)."""
     stamps, per_s, window, j = sorted(stamps), rate / 60, 5.0, 0
     for i, t in enumerate(stamps):
         while stamps[j] < t - window:
             j += 1
-        assert i - j + 1 <= per_s * (window + 1) + partitions, t
+        assert i - j + 1 <= per_s * (window + 1.5) + partitions, t
     assert stamps[-1] - stamps[0] >= (len(stamps) - per_s * 2) / per_s
 
 
