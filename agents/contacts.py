@@ -516,7 +516,7 @@ async def compute(worker: Worker, batch: list[Any], previous: Cycle | None = Non
     """Step 1 of a batch (see the module doc): every record through its handler."""
     app, names = worker.app, worker.names
     cycle = Cycle(worker, worker.clock.now(), previous)
-    generation = app.consumer_generation_id
+    generation, wall = app.consumer_generation_id, time.time()
     await worker.journal.prepare({m.partition for m in batch
                                   if m.generation_id == generation}, generation)
     rewound: set[TP] = set()
@@ -531,6 +531,8 @@ async def compute(worker: Worker, batch: list[Any], previous: Cycle | None = Non
             rewound.add(tp)
         if admitted != "process":
             continue
+        worker.input_clock.took(message.topic, message.partition, message.offset,
+                                message.timestamp, generation, wall)
         cycle.acks.append(message)
         if message.topic == names.events or message.topic == names.routed:
             cycle.event(message)
