@@ -23,7 +23,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from agents import campaigns, contacts, timers
+from agents import campaigns, contacts, observe, timers
 from agents.journal import Journal
 from agents.timers import DueIndex, InputClock
 from streams.app import build_app
@@ -164,6 +164,7 @@ def build(settings: Settings) -> Worker:
     contacts.install(worker)
     timers.install(worker)
     campaigns.install(worker)
+    observe.install(worker)
     _install_health(worker)
     return worker
 

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
                           "secret)")
     web_enabled: bool = False
     web_port: int = 6066
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="the worker's Prometheus /metrics port; 0: off "
+                                          "(several workers on one host need one each)")
     log_level: str = "info"
 
     # Kafka security, passed through to the clients (real clusters only).
