@@ -246,6 +246,11 @@ class Suppressions(CompactedView):
     def reason(self, account: str, address: str) -> str | None:
         return self._reasons.get((account, address))
 
+    def listing(self, account: str) -> dict[str, str]:
+        """The account's suppressed addresses and their reasons (the admin API's list)."""
+        return {address: reason for (acc, address), reason in self._reasons.items()
+                if acc == account}
+
     def apply(self, key: bytes | None, value: bytes | None, timestamp: int = 0) -> None:
         account, _, address = (key or b"").decode().partition(":")
         if value is None:
