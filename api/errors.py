@@ -22,7 +22,7 @@ __all__ = ["PROBLEM", "Problem", "install", "problem_response"]
 PROBLEM = "application/problem+json"
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
            405: "Method not allowed", 409: "Conflict", 413: "Content too large",
-           415: "Unsupported media type", 422: "Unprocessable content",
+           415: "Unsupported media type", 501: "Not implemented", 422: "Unprocessable content",
            429: "Too many requests", 500: "Internal server error", 503: "Unavailable"}
 
 

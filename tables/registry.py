@@ -56,8 +56,8 @@ class CompactedView:
             bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
             fetch_max_wait_ms=settings.follow_max_wait_ms, **settings.kafka_security(),
         )
-        await consumer.start()
-        try:
+        try:  # start inside: a follower cancelled while starting still closes it
+            await consumer.start()
             partitions = consumer.partitions_for_topic(topic)
             while not partitions:  # the worker creates its topics at start; wait for them
                 await asyncio.sleep(0.5)

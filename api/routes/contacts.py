@@ -34,7 +34,8 @@ router = APIRouter(prefix="/v1/accounts/{account}", tags=["contacts"])
 Reader = Annotated[Principal, Depends(Allow(READ))]
 Operator = Annotated[Principal, Depends(Allow(OPERATE))]
 ContactId = Annotated[str, Path(min_length=1, max_length=256)]
-ExecutionId = Annotated[str, Path(min_length=1, max_length=256)]
+ExecutionId = Annotated[str, Path(min_length=1, max_length=512,
+                                 description="e.g. welcome/evt-1 (the slash is part of it)")]
 WorkflowId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 Status = Literal["running", "waiting", "paused", "completed", "cancelled", "failed"]
 
@@ -149,7 +150,7 @@ async def list_executions(account: str, contact_id: ContactId, who: Reader, svc:
                 next_cursor=f"{page[-1]['started_at']}|{page[-1]['id']}" if more else None)
 
 
-@router.get("/contacts/{contact_id}/executions/{execution_id}",
+@router.get("/contacts/{contact_id}/executions/{execution_id:path}",
             summary="One execution with its step history")
 async def show_execution(account: str, contact_id: ContactId, execution_id: ExecutionId,
                          who: Reader, svc: ServicesDep) -> dict[str, Any]:
@@ -160,7 +161,7 @@ async def show_execution(account: str, contact_id: ContactId, execution_id: Exec
     return _execution_view(dict(ex), True)
 
 
-@router.post("/contacts/{contact_id}/executions/{execution_id}/{action}", status_code=202,
+@router.post("/contacts/{contact_id}/executions/{execution_id:path}/{action}", status_code=202,
              response_model=Accepted, summary="Pause, resume or cancel an execution")
 async def control_execution(
     account: str, contact_id: ContactId, execution_id: ExecutionId,

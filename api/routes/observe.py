@@ -43,6 +43,10 @@ class Observed(Protocol):
 
 
 def _model(svc: Services) -> Observed:
+    """The read model, if it has the indexes (501 while this build's does not)."""
+    if not hasattr(svc.read_model, "list_executions"):
+        raise Problem(501, "this build's read model has no execution index yet",
+                      type_="not-implemented")
     return cast(Observed, svc.read_model)
 
 

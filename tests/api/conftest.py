@@ -14,7 +14,6 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -104,11 +103,11 @@ def api_settings(database_url: str, **extra: Any) -> ApiSettings:
 @pytest.fixture
 async def api(stack: Stack, databases: Databases) -> AsyncIterator[Api]:
     settings = api_settings(databases.new())
-    app = create_app(stack.settings, settings, clock=lambda: datetime.now(UTC))
+    app = create_app(stack.settings, settings, clock=stack.now)  # the workers' clock
     async with AsyncExitStack() as exits:
         await exits.enter_async_context(app.router.lifespan_context(app))
         client = await exits.enter_async_context(httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://api"))
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://api"))
         assert settings.bootstrap_key is not None
         yield Api(stack, client, app, settings.database_url,
                   settings.bootstrap_key.get_secret_value())
