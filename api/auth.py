@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from sqlalchemy import select
 from api.db import ApiKey
 from api.deps import Services
 from api.errors import Problem
+from streams.events import ACCOUNT_PATTERN
 
 __all__ = ["ADMIN", "EDIT", "INGEST", "OPERATE", "READ", "ROLES", "Allow", "Principal",
            "Role", "bearer_source", "digest", "new_key"]
@@ -48,6 +50,7 @@ OPERATE: frozenset[Role] = frozenset({"operator", "admin"})
 INGEST: frozenset[Role] = frozenset({"ingest", "admin"})
 ADMIN: frozenset[Role] = frozenset({"admin"})
 
+_ACCOUNT = re.compile(ACCOUNT_PATTERN)
 #: The bootstrap principal's account: it may act in any.
 ANY_ACCOUNT = "*"
 #: A key found (or not) is remembered this long: a revoked key stops within it.
@@ -150,8 +153,8 @@ class Allow:
         svc: Services = request.app.state.services
         principal = await authenticate(request, svc)
         account = request.path_params.get("account")
-        if account is not None and not principal.may_see(account):
-            raise Problem(404, "not found")
+        if account is not None and not (_ACCOUNT.match(account) and principal.may_see(account)):
+            raise Problem(404, "not found")  # no such account, or not the caller's
         if principal.role not in self.roles:
             raise Problem(403, f"role {principal.role!r} may not do this "
                                f"(allowed: {', '.join(sorted(self.roles))})")
