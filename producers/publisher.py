@@ -92,6 +92,12 @@ class PublishResult:
     offset: int | None = None
 
 
+def _json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, as :func:`streams.events.parse_event`
+    reports it (``list``, ``str``, ``int``, ``NoneType``…: Python's names)."""
+    return type(value).__name__
+
+
 class Publisher:
     """Validates and sends contact events to ``<prefix>contact-events``, keyed by contact.
 
@@ -161,7 +167,7 @@ class Publisher:
         for future in pending:
             await future
 
-    async def publish_many(self, events: Sequence[Mapping[str, Any]]) -> list[PublishResult]:
+    async def publish_many(self, events: Sequence[Any]) -> list[PublishResult]:
         """Validate each event and send the valid ones, batched by the producer; one
         :class:`PublishResult` per event, in order, once every send is acknowledged or
         failed. An invalid event does not stop the others."""
@@ -170,14 +176,23 @@ class Publisher:
         for index, event in enumerate(events):
             ident = event.get("id") if isinstance(event, Mapping) else None
             ident = ident if isinstance(ident, str) else None
+            if not isinstance(event, Mapping):
+                # As parse_event words it for a record that is not an object (dict() of a
+                # list of pairs or of "" would otherwise make one up).
+                results[index] = PublishResult(
+                    index, None, False, "malformed_json",
+                    f"expected a JSON object, got {_json_type(event)}")
+                continue
             try:
                 value = encode_event(dict(event))
                 parsed = parse_event(value)
             except Rejected as exc:
                 results[index] = PublishResult(index, ident, False, exc.reason, exc.detail)
                 continue
-            except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
-                results[index] = PublishResult(index, ident, False, "malformed_json", str(exc))
+            except (orjson.JSONEncodeError, TypeError, ValueError, RecursionError) as exc:
+                # orjson writes at most ~254 levels (it reads 1024): deeper is malformed here.
+                results[index] = PublishResult(index, ident, False, "malformed_json",
+                                               f"cannot encode the event: {exc}")
                 continue
             try:
                 future = await self._producer.send(self.topic, value=value,

@@ -104,6 +104,48 @@ def channel(
     raise typer.Exit(worker.run())
 
 
+@cli.command("api")
+def api_command() -> None:
+    """Serve the admin API (docs/api.md) on DRIPSTREAM_API_HOST:DRIPSTREAM_API_PORT.
+
+    Exit status: 2 on invalid settings (also: no DRIPSTREAM_API_BOOTSTRAP_KEY outside dev)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from api.app import create_app
+    from api.settings import ApiSettings
+
+    settings = _settings_or_exit()
+    try:
+        api_settings = ApiSettings()
+        app = create_app(settings, api_settings)
+    except (ValidationError, RuntimeError) as exc:
+        typer.echo(f"invalid: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if api_settings.fault is not None:
+        typer.echo(f"WARNING: API fault injection {api_settings.fault!r} (tests only)",
+                   err=True)
+    uvicorn.run(app, host=api_settings.host, port=api_settings.port,
+                log_level=settings.log_level.lower(), access_log=False)
+
+
+def _start_api(env: dict[str, str], data_dir: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    """``dev``: the admin API on SQLite under the data dir, with a fresh bootstrap key."""
+    import secrets
+
+    key = env.get("DRIPSTREAM_API_BOOTSTRAP_KEY") or f"ds_boot_{secrets.token_urlsafe(32)}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    api_env = {"DRIPSTREAM_API_DEV": "true", "DRIPSTREAM_API_BOOTSTRAP_KEY": key,
+               "DRIPSTREAM_API_DATABASE_URL":
+                   f"sqlite+aiosqlite:///{(data_dir / 'api.db').resolve()}", **env}
+    api_env["DRIPSTREAM_API_BOOTSTRAP_KEY"] = key
+    host = api_env.get("DRIPSTREAM_API_HOST", "127.0.0.1")
+    port = api_env.get("DRIPSTREAM_API_PORT", "8080")
+    proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "api"], env=api_env,
+                            start_new_session=True)
+    return proc, f"http://{host}:{port}", key
+
+
 def _start_channels(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     """``dev``: a console SMS and email worker, so a send shows up in the terminal."""
     return [subprocess.Popen([sys.executable, "-m", "streams.cli", "channel", name,
@@ -567,6 +609,11 @@ def dev(
     typer.echo(f"worker   pid {worker_proc.pid}; Ctrl-C stops everything")
     channels = _start_channels(env)  # console sms + email workers: sends print here
     typer.echo(f"channels sms, email (console) pids {[p.pid for p in channels]}")
+    api_proc, api_url, api_key = _start_api(env, settings.data_dir)
+    channels.append(api_proc)
+    typer.echo(f"api      {api_url}/v1  (docs {api_url}/docs, metrics {api_url}/metrics)")
+    typer.echo(f"api key  {api_key}  (bootstrap admin of every account: "
+               f"Authorization: Bearer <key>)")
     try:
         if demo:
             _demo()

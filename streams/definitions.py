@@ -20,6 +20,7 @@ import string
 from datetime import time as dtime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
+from zoneinfo import available_timezones
 
 from pydantic import (
     AfterValidator,
@@ -30,7 +31,7 @@ from pydantic import (
     field_validator,
 )
 
-from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES, MAX_CAP, Zone
+from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES, MAX_CAP, check_zone
 from tables.inactivity import DEFAULT_ACTIVITY_TYPES
 from tables.schedule import check_cron, cron_min_interval, parse_local
 
@@ -78,6 +79,26 @@ def parse_duration(text: str) -> int:
     if seconds <= 0:
         raise ValueError(f"duration {text!r} must be longer than 0")
     return seconds
+
+
+@lru_cache(maxsize=1)
+def _iana_names() -> frozenset[str]:
+    """The canonical IANA names: what zoneinfo lists, less the files that are not zones
+    (``localtime``, ``Factory``) — and ``posix/…``, ``right/…`` are not listed at all."""
+    return frozenset(available_timezones() - {"localtime", "Factory", "posixrules"})
+
+
+def _check_iana(value: str) -> str:
+    check_zone(value)
+    if value not in _iana_names():
+        raise ValueError(f"{value!r} is not an IANA time zone name (e.g. Europe/Berlin)")
+    return value
+
+
+#: An IANA time zone name that definitions may use: stricter than the events' ``Zone``
+#: (which accepts whatever zoneinfo can open), since a definition is written once and
+#: applied to every contact.
+Zone = Annotated[str, AfterValidator(_check_iana)]
 
 
 def _check_duration(value: str) -> str:
@@ -218,6 +239,10 @@ class Send(_Step):
             raise ValueError("send_mms needs at least one media_urls entry")
         if self.kind != "send_email" and self.subject:
             raise ValueError(f"{self.kind} has no subject")
+        if self.kind != "send_mms" and self.media_urls:
+            raise ValueError(f"{self.kind} has no media_urls")
+        if any(not url.startswith("https://") for url in self.media_urls):
+            raise ValueError("media_urls must be https:// URLs")
 
 
 class Wait(_Step):

@@ -56,8 +56,8 @@ class CompactedView:
             bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
             fetch_max_wait_ms=settings.follow_max_wait_ms, **settings.kafka_security(),
         )
-        await consumer.start()
-        try:
+        try:  # start inside: a follower cancelled while starting still closes it
+            await consumer.start()
             partitions = consumer.partitions_for_topic(topic)
             while not partitions:  # the worker creates its topics at start; wait for them
                 await asyncio.sleep(0.5)
@@ -245,6 +245,11 @@ class Suppressions(CompactedView):
 
     def reason(self, account: str, address: str) -> str | None:
         return self._reasons.get((account, address))
+
+    def listing(self, account: str) -> dict[str, str]:
+        """The account's suppressed addresses and their reasons (the admin API's list)."""
+        return {address: reason for (acc, address), reason in self._reasons.items()
+                if acc == account}
 
     def apply(self, key: bytes | None, value: bytes | None, timestamp: int = 0) -> None:
         account, _, address = (key or b"").decode().partition(":")

@@ -1,0 +1,169 @@
+"""The admin API: ``create_app(settings, api_settings)`` builds the FastAPI app.
+
+Start-up (the lifespan) runs the migrations, connects the store, Redis, the broker, and
+starts two tasks: the outbox relay (:mod:`api.relay`) and a follower of the suppressions
+topic (the list's reads). Everything is under ``/v1``; the OpenAPI schema is
+``/openapi.json`` (docs at ``/docs``); Prometheus metrics at ``/metrics``. Every error
+is ``application/problem+json`` (:mod:`api.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from fastapi import FastAPI, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from redis.asyncio import Redis
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import errors
+from api.auth import bearer_source
+from api.db import connect, migrate
+from api.deps import Services
+from api.relay import Relay
+from api.routes import campaigns, contacts, events, keys, observe, suppressions
+from api.routes.definitions import definition_router, policy_router
+from api.settings import ApiSettings
+from api.store import FaultPlan
+from producers.publisher import Publisher
+from streams.settings import Settings
+from tables.readmodel import ReadModel
+from tables.registry import Suppressions
+
+__all__ = ["create_app"]
+
+_PROBLEM_SCHEMA = {"type": "object", "required": ["type", "title", "status", "detail"],
+                   "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                                  "status": {"type": "integer"},
+                                  "detail": {"type": "string"},
+                                  "errors": {"type": "array", "items": {"type": "object"}}}}
+_PROBLEM = {"content": {errors.PROBLEM: {"schema": _PROBLEM_SCHEMA}}}
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, **_PROBLEM} for status, text in (
+        (400, "malformed request"), (401, "no or unknown API key"),
+        (403, "the key's role may not do this"),
+        (404, "not found (also: another account's)"), (409, "conflict"),
+        (413, "body or batch too large"), (422, "invalid request or definition"),
+        (429, "rate limit (Retry-After)"), (501, "not in this build"),
+        (503, "the broker or store is unavailable"))}
+
+
+class BodyLimit:
+    """413 for a body over ``limit`` bytes, whether declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await errors.problem_response(413, f"the body is over {self.limit} bytes")(
+                scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise errors.Problem(413, f"the body is over {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _metrics(app: FastAPI, registry: CollectorRegistry) -> None:
+    requests = Counter("dripstream_api_requests", "API requests by route and status",
+                       ["method", "route", "status"], registry=registry)
+    latency = Histogram("dripstream_api_request_seconds", "API request latency by route",
+                        ["method", "route"], registry=registry,
+                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        latency.labels(request.method, route).observe(time.perf_counter() - started)
+        requests.labels(request.method, route, str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(settings: Settings | None = None, api_settings: ApiSettings | None = None, *,
+               clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FastAPI:
+    """The API for one deployment; ``clock`` is injected (tests)."""
+    settings = settings or Settings()
+    api = api_settings or ApiSettings()
+    if api.bootstrap_key is None and not api.dev:
+        raise RuntimeError("DRIPSTREAM_API_BOOTSTRAP_KEY is required outside `dripstream "
+                           "dev` (the admin key that creates every other key)")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(migrate, api.database_url)
+        engine, sessions = connect(api.database_url)
+        redis = Redis.from_url(settings.redis_url)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                                    **settings.kafka_security())
+        publisher = Publisher(settings.bootstrap_servers, topic_prefix=settings.topic_prefix,
+                              idempotence=False if settings.embedded else None,
+                              **settings.kafka_security())
+        await producer.start()
+        await publisher.__aenter__()
+        relay = Relay(sessions, producer, settings.topic_prefix, clock, api.relay_interval_s)
+        svc = Services(settings=settings, api=api, engine=engine, sessions=sessions,
+                       redis=redis, read_model=ReadModel(redis, settings.topic_prefix),
+                       producer=producer, publisher=publisher, suppressions=Suppressions(),
+                       clock=clock, wake_relay=relay.wake,
+                       extra={"faults": FaultPlan(api.fault), "relay": relay})
+        app.state.services = svc
+        tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
+                 asyncio.create_task(svc.suppressions.follow(
+                     settings, f"{settings.topic_prefix}suppressions"), name="suppressions")]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await publisher.__aexit__(None, None, None)
+            await producer.stop()
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(title="dripstream admin API", version="1", lifespan=lifespan,
+                  responses=RESPONSES,
+                  description="Definitions, events, contacts, executions and campaigns of "
+                              "dripstream accounts (docs/api.md).")
+    app.state.auth_sources = [bearer_source]
+    errors.install(app)
+    for kind, plural in (("workflow", "workflows"), ("keyword", "keywords")):
+        app.include_router(definition_router(kind, plural))
+    app.include_router(policy_router())
+    app.include_router(definition_router("campaign", "campaigns"))
+    for module in (campaigns, contacts, events, keys, suppressions, observe):
+        app.include_router(module.router)
+    _metrics(app, CollectorRegistry())
+    app.add_middleware(BodyLimit, limit=api.max_body_bytes)
+    return app

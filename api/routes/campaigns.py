@@ -1,0 +1,118 @@
+"""Campaign operations beside the campaign definitions (``api/routes/definitions.py``):
+preview (the audience now, from the read model), progress (each occurrence summed over
+the partitions that report it, ``ReadModel.get_progress``), status, and pause / resume /
+cancel (``producers.admin.control_campaign``).
+
+Controls are published first and recorded after (rows of kind ``campaign_control`` in the
+store, for the status): a failed publish records nothing; a failed record after a
+publish is repaired by sending the control again (the newest pause/resume wins, a cancel
+is final, so a repeat changes nothing). They do not go through the outbox — a control
+that overtakes its campaign's definition on the topic is still applied by the workers,
+which keep controls apart from versions.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from api import store
+from api.auth import OPERATE, READ, Allow, Principal
+from api.db import DefinitionVersion
+from api.deps import ServicesDep, SessionDep
+from api.errors import Problem
+from api.schemas import Accepted, Limit
+from producers.admin import control_campaign
+from tables.campaigns import in_audience
+
+router = APIRouter(prefix="/v1/accounts/{account}/campaigns", tags=["campaigns"])
+Reader = Annotated[Principal, Depends(Allow(READ))]
+Operator = Annotated[Principal, Depends(Allow(OPERATE))]
+CampaignId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+#: agents/campaigns.py COUNTERS (not imported: that module loads Faust); a test pins them.
+COUNTERS = ("sent", "deferred", "capped", "suppressed", "dropped", "enrolled",
+            "not_enrolled")
+
+
+async def _campaign(session: AsyncSession, account: str, campaign_id: str) -> dict[str, Any]:
+    row = await store.live(session, account=account, kind="campaign", def_id=campaign_id)
+    if row is None:
+        raise Problem(404, f"no campaign {campaign_id!r}")
+    return row.body
+
+
+async def status_of(session: AsyncSession, account: str, campaign_id: str) -> str:
+    """``cancelled`` (final), ``paused`` or ``running``, from the recorded controls."""
+    rows = await store.history(session, account=account, kind="campaign_control",
+                               def_id=campaign_id)
+    actions = [r.body["action"] for r in rows]
+    if "cancel" in actions:
+        return "cancelled"
+    return "paused" if actions and actions[-1] == "pause" else "running"
+
+
+def summarize(records: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each occurrence's counters summed over the partitions' progress records (as
+    ``dripstream campaign status`` prints them)."""
+    occurrences: dict[str, dict[str, Any]] = {}
+    for record in records.values():
+        for entry in [*record.get("history", []), *record.get("running", {}).values()]:
+            total = occurrences.setdefault(entry["id"], {
+                "occurrence": entry["id"], "at": entry.get("at"),
+                "version": entry.get("version"), "partitions": 0, "statuses": {},
+                **dict.fromkeys(COUNTERS, 0), "remaining": 0})
+            total["partitions"] += 1
+            total["statuses"][entry["status"]] = total["statuses"].get(entry["status"], 0) + 1
+            for name in (*COUNTERS, "remaining"):
+                total[name] += entry.get(name, 0)
+    for total in occurrences.values():
+        total["targeted"] = sum(total[n] for n in (*COUNTERS, "remaining"))
+    return sorted(occurrences.values(), key=lambda o: o["occurrence"])
+
+
+@router.get("/{campaign_id}/progress", summary="A campaign's status and progress")
+async def progress(account: str, campaign_id: CampaignId, who: Reader, session: SessionDep,
+                   svc: ServicesDep) -> dict[str, Any]:
+    campaign = await _campaign(session, account, campaign_id)
+    records = await svc.read_model.get_progress(account, campaign_id)
+    return {"campaign": campaign_id, "version": campaign["version"],
+            "active": campaign["active"],
+            "status": await status_of(session, account, campaign_id),
+            "occurrences": summarize(records)}
+
+
+@router.get("/{campaign_id}/preview", summary="The audience as it is now (sends nothing)")
+async def preview(account: str, campaign_id: CampaignId, who: Reader, session: SessionDep,
+                  svc: ServicesDep, limit: Limit = 10) -> dict[str, Any]:
+    """Its size and its first contacts, judged on the read model's states."""
+    campaign = await _campaign(session, account, campaign_id)
+    found = []
+    for contact_id in sorted(await svc.read_model.contact_ids(account)):
+        state = await svc.read_model.get_state(account, contact_id)
+        if state is not None and in_audience(campaign["audience"], state):
+            found.append(contact_id)
+    return {"campaign": campaign_id, "audience": len(found), "first": found[:limit]}
+
+
+@router.post("/{campaign_id}/{action}", status_code=202, response_model=Accepted,
+             summary="Pause, resume or cancel a campaign")
+async def control(account: str, campaign_id: CampaignId,
+                  action: Literal["pause", "resume", "cancel"], who: Operator,
+                  session: SessionDep, svc: ServicesDep) -> Accepted:
+    """Every worker applies it; a cancel is final (and cancels deferred sends)."""
+    await _campaign(session, account, campaign_id)
+    if await status_of(session, account, campaign_id) == "cancelled":
+        raise Problem(409, f"campaign {campaign_id!r} is cancelled (final)")
+    await control_campaign(svc.producer, svc.settings.topic_prefix, account, campaign_id,
+                           action)
+    previous = await store.history(session, account=account, kind="campaign_control",
+                                   def_id=campaign_id)
+    session.add(DefinitionVersion(
+        account=account, kind="campaign_control", def_id=campaign_id,
+        version=len(previous) + 1, created_at=svc.clock(), created_by=who.key_id,
+        body={"kind": "campaign_control", "account": account, "campaign_id": campaign_id,
+              "action": action, "at": svc.clock().isoformat()}))
+    await session.commit()
+    return Accepted(detail=f"{action} sent for campaign {campaign_id}")

@@ -1,0 +1,189 @@
+"""Contacts (from the Redis read model), their executions, and control.
+
+- a contact: its profile, consent, groups, tags (``tables.contacts.public_view``) and the
+  sends in each of its current cap windows (against the account policy's limits and the
+  contact's own caps); per-contact cap overrides (``PUT/DELETE …/caps``) are a
+  ``contact.updated`` event with ``data.caps``, as the contract defines them;
+- a contact's executions, with a status filter and cursor pagination, and one with its
+  step history;
+- pause / resume / cancel of one execution, cancel of every execution of a workflow
+  (``producers.admin.send_control``; the contact agent applies them in order with the
+  contact's events, so the read model shows the change a moment later).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from api import store
+from api.auth import OPERATE, READ, Allow, Principal
+from api.deps import ServicesDep, SessionDep
+from api.errors import Problem
+from api.schemas import Accepted, CapsIn, Cursor, Limit, Page
+from producers.admin import send_control
+from producers.publisher import build_event
+from streams.commands import Control
+from tables.compliance import ROLLING, calendar_window
+from tables.contacts import ContactState, public_view
+
+router = APIRouter(prefix="/v1/accounts/{account}", tags=["contacts"])
+Reader = Annotated[Principal, Depends(Allow(READ))]
+Operator = Annotated[Principal, Depends(Allow(OPERATE))]
+ContactId = Annotated[str, Path(min_length=1, max_length=256)]
+ExecutionId = Annotated[str, Path(min_length=1, max_length=512,
+                                 description="e.g. welcome/evt-1 (the slash is part of it)")]
+WorkflowId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Status = Literal["running", "waiting", "paused", "completed", "cancelled", "failed"]
+
+
+def cap_windows(state: ContactState, policy: dict[str, Any], now: datetime
+                ) -> dict[str, Any]:
+    """The sends in each current cap window (day, week, month) and each window's limit —
+    the account's, or the contact's own — as the send gate counts them."""
+    zone = ZoneInfo(state.get("timezone") or policy["timezone"])
+    caps = policy["caps"]
+    rolling = caps["windows"] == "rolling"
+    own = state.get("caps") or {}
+    sends = [(datetime.fromisoformat(s["at"]), s) for s in state.get("sends", [])]
+    out: dict[str, Any] = {"windows": caps["windows"], "timezone": str(zone)}
+    for kind in ("day", "week", "month"):
+        if rolling:
+            start, end = now - ROLLING[kind], now
+        else:
+            start, end = calendar_window(now, zone, kind)
+        inside = [s for t, s in sends
+                  if (start < t if rolling else start <= t) and t <= now]
+        by_channel: dict[str, int] = {}
+        for s in inside:
+            by_channel[s["channel"]] = by_channel.get(s["channel"], 0) + 1
+        out[kind] = {"start": start.isoformat(), "end": end.isoformat(), "sent": len(inside),
+                     "transactional": sum(1 for s in inside if s.get("transactional")),
+                     "by_channel": by_channel,
+                     "limit": own.get(kind, caps["limits"].get(kind)),
+                     "channel_limits": {ch: c.get(kind) for ch, c in
+                                        caps.get("channels", {}).items()}}
+    return out
+
+
+async def _state(svc: Any, account: str, contact_id: str) -> ContactState:
+    state: ContactState | None = await svc.read_model.get_state(account, contact_id)
+    if state is None:
+        raise Problem(404, f"no contact {contact_id!r}")
+    return state
+
+
+def _execution_view(ex: dict[str, Any], history: bool) -> dict[str, Any]:
+    view = {k: v for k, v in ex.items() if k != "trigger" and (history or k != "history")}
+    return view
+
+
+@router.get("/contacts", response_model=Page, summary="The account's contact ids")
+async def list_contacts(account: str, who: Reader, svc: ServicesDep, limit: Limit = 50,
+                        cursor: Cursor = None) -> Page:
+    """Sorted by id, from the read model."""
+    ids = sorted(await svc.read_model.contact_ids(account))
+    if cursor is not None:
+        ids = [i for i in ids if i > cursor]
+    page = ids[:limit]
+    return Page(items=[{"contact_id": i} for i in page],
+                next_cursor=page[-1] if len(ids) > limit else None)
+
+
+@router.get("/contacts/{contact_id}", summary="A contact: profile, consent, groups, tags, caps")
+async def show_contact(account: str, contact_id: ContactId, who: Reader, svc: ServicesDep,
+                       session: SessionDep) -> dict[str, Any]:
+    """From the read model (a moment behind the worker: docs/api.md, staleness)."""
+    state = await _state(svc, account, contact_id)
+    policy = await store.policy(session, account)
+    return {"contact": public_view(state),
+            "cap_windows": cap_windows(state, policy, svc.clock())}
+
+
+async def _publish_caps(svc: Any, account: str, contact_id: str,
+                        caps: dict[str, int] | None) -> None:
+    event = build_event(account, contact_id, "contact.updated", {"caps": caps},
+                        source="urn:dripstream:api", time=svc.clock())
+    [result] = await svc.publisher.publish_many([event])
+    if not result.accepted:
+        raise Problem(503 if result.reason == "publish_failed" else 422,
+                      f"{result.reason}: {result.detail}")
+
+
+@router.put("/contacts/{contact_id}/caps", status_code=202, response_model=Accepted,
+            summary="Give a contact frequency caps of its own")
+async def put_caps(account: str, contact_id: ContactId, body: CapsIn, who: Operator,
+                   svc: ServicesDep) -> Accepted:
+    """A ``contact.updated`` event with ``data.caps`` (windows left out: the account's)."""
+    caps = {k: v for k, v in body.model_dump().items() if v is not None}
+    await _publish_caps(svc, account, contact_id, caps)
+    return Accepted(detail=f"caps {caps} sent for {contact_id}")
+
+
+@router.delete("/contacts/{contact_id}/caps", status_code=202, response_model=Accepted,
+               summary="Drop a contact's own caps (the account's apply)")
+async def delete_caps(account: str, contact_id: ContactId, who: Operator, svc: ServicesDep
+                      ) -> Accepted:
+    await _publish_caps(svc, account, contact_id, None)
+    return Accepted(detail=f"caps cleared for {contact_id}")
+
+
+@router.get("/contacts/{contact_id}/executions", response_model=Page,
+            summary="A contact's executions")
+async def list_executions(account: str, contact_id: ContactId, who: Reader, svc: ServicesDep,
+                          status: Annotated[Status | None, Query()] = None,
+                          limit: Limit = 50, cursor: Cursor = None) -> Page:
+    """Newest first (by start, then id); without their step history."""
+    state = await _state(svc, account, contact_id)
+    found = sorted(state["executions"].values(),
+                   key=lambda e: (e["started_at"], e["id"]), reverse=True)
+    found = [e for e in found if status is None or e["status"] == status]
+    if cursor is not None:
+        at, _, ident = cursor.partition("|")
+        found = [e for e in found if (e["started_at"], e["id"]) < (at, ident)]
+    page = found[:limit]
+    more = len(found) > limit
+    return Page(items=[_execution_view(dict(e), False) for e in page],
+                next_cursor=f"{page[-1]['started_at']}|{page[-1]['id']}" if more else None)
+
+
+@router.get("/contacts/{contact_id}/executions/{execution_id:path}",
+            summary="One execution with its step history")
+async def show_execution(account: str, contact_id: ContactId, execution_id: ExecutionId,
+                         who: Reader, svc: ServicesDep) -> dict[str, Any]:
+    state = await _state(svc, account, contact_id)
+    ex = state["executions"].get(execution_id)
+    if ex is None:
+        raise Problem(404, f"no execution {execution_id!r}")
+    return _execution_view(dict(ex), True)
+
+
+@router.post("/contacts/{contact_id}/executions/{execution_id:path}/{action}", status_code=202,
+             response_model=Accepted, summary="Pause, resume or cancel an execution")
+async def control_execution(
+    account: str, contact_id: ContactId, execution_id: ExecutionId,
+    action: Literal["pause", "resume", "cancel"], who: Operator, svc: ServicesDep,
+) -> Accepted:
+    """Applied by the contact's worker in order with its events; a command that does not
+    fit the execution's status (resume of a running one) changes nothing."""
+    state = await _state(svc, account, contact_id)
+    if execution_id not in state["executions"]:
+        raise Problem(404, f"no execution {execution_id!r}")
+    await send_control(svc.producer, svc.settings.topic_prefix, Control(
+        action=action, account=account, contact_id=contact_id, execution_id=execution_id))
+    return Accepted(detail=f"{action} sent for {execution_id}")
+
+
+@router.post("/workflows/{workflow_id}/cancel-all", status_code=202, response_model=Accepted,
+             summary="Cancel every execution of a workflow")
+async def cancel_all(account: str, workflow_id: WorkflowId, who: Operator, svc: ServicesDep
+                     ) -> Accepted:
+    """Sent to every partition; each worker cancels the workflow's active executions."""
+    await send_control(svc.producer, svc.settings.topic_prefix, Control(
+        action="cancel_all", account=account, workflow_id=workflow_id))
+    return Accepted(detail=f"cancel_all sent for {workflow_id}")
+
+

@@ -1,0 +1,101 @@
+"""Request and response bodies of the admin API (pydantic at the edge only).
+
+Definition bodies are plain JSON objects here: the one validator is the workers' own
+(:func:`streams.definitions.parse_any`), whose errors come back as problem details.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.auth import Role
+
+__all__ = ["Cursor", "DefinitionOut", "KeyIn", "KeyOut", "Limit", "Page"]
+
+#: A page's size: at most 200.
+Limit = Annotated[int, Query(ge=1, le=200, description="items per page (≤ 200)")]
+#: The opaque cursor a page returned as ``next_cursor``.
+Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of a page")]
+#: A definition id in a path.
+Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class DefinitionOut(BaseModel):
+    """One version of a definition, as stored and as published."""
+
+    kind: str
+    account: str
+    id: str
+    version: int
+    created_at: datetime
+    created_by: str = Field(description="the key id that wrote it")
+    definition: dict[str, Any] = Field(description="the validated definition, as published")
+
+
+class Page(BaseModel):
+    items: list[dict[str, Any]]
+    next_cursor: str | None = None
+
+
+class DefinitionPage(BaseModel):
+    items: list[DefinitionOut]
+    next_cursor: str | None = None
+
+
+class KeyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    name: str = Field("", max_length=128)
+
+
+class KeyOut(BaseModel):
+    key_id: str
+    account: str
+    role: Role
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+    key: str | None = Field(None, description="the key itself: shown once, at creation")
+
+
+class SuppressionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = Field(min_length=3, max_length=254, description="E.164 phone or email")
+    reason: Literal["manual", "opted_out", "bounced", "complained"] = "manual"
+
+
+class CapsIn(BaseModel):
+    """A contact's own frequency caps (override the account's); null: no own cap."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    day: int | None = Field(None, ge=0, le=200)
+    week: int | None = Field(None, ge=0, le=200)
+    month: int | None = Field(None, ge=0, le=200)
+
+
+class EventResult(BaseModel):
+    index: int
+    status: Literal["accepted", "rejected"]
+    id: str | None
+    reason: str | None = None
+    detail: str | None = None
+
+
+class EventsOut(BaseModel):
+    accepted: int
+    rejected: int
+    results: list[EventResult]
+
+
+class Accepted(BaseModel):
+    """A command handed to the workers (they apply it asynchronously)."""
+
+    status: Literal["sent"] = "sent"
+    detail: str
