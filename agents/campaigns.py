@@ -37,13 +37,14 @@ import logging
 import os
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import orjson
 
 from agents.contacts import EXIT_FATAL
+from agents.timers import applied_until
 from streams.definitions import parse_duration
 from tables.campaigns import (
     Delivery,
@@ -214,9 +215,15 @@ class Scheduler:
         if len(self._next) > 10_000:
             self._next.clear()
         now = self.w.clock.now()
+        applied, offset = applied_until(self.w), self.w.clock.offset()
+
+        def input_now(partition: int) -> datetime:  # on the workers' clock
+            return datetime.fromtimestamp(applied(partition) + offset, UTC)
+
         for campaign in registry.campaigns():
             for partition in sorted(actives):
-                for occurrence, work in self.plan(partition, campaign, now):
+                for occurrence, work in self.plan(partition, campaign, now,
+                                                  input_now(partition)):
                     ident = (partition, campaign["account"], campaign["id"], occurrence)
                     self.tasks[ident] = asyncio.ensure_future(work)
 
@@ -232,9 +239,12 @@ class Scheduler:
             self.shared[ident] = progress
         return progress
 
-    def plan(self, partition: int, campaign: dict[str, Any], now: datetime
-             ) -> list[tuple[str, Any]]:
-        """What to start for this partition and campaign now: (occurrence, coroutine)."""
+    def plan(self, partition: int, campaign: dict[str, Any], now: datetime,
+             input_now: datetime | None = None) -> list[tuple[str, Any]]:
+        """What to start for this partition and campaign now: (occurrence, coroutine).
+        ``input_now``: up to when the partition's input is applied (agents/timers.py
+        InputClock) — an occurrence starts once what reached the broker before its
+        instant (a STOP in a backlog) is applied."""
         registry = self.w.registry
         account, cid = campaign["account"], campaign["id"]
         progress = self.progress(partition, account, cid)
@@ -268,7 +278,8 @@ class Scheduler:
         if first is None:
             return work
         grace = parse_duration(campaign["delivery"]["misfire_grace"])
-        plan = due(campaign, zone, origin, first, now, grace)
+        plan = due(campaign, zone, origin, first,
+                   now if input_now is None else min(now, input_now), grace)
         if plan is None:
             return work
         audit = []

@@ -31,6 +31,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import signal
 import time
 from collections import deque
@@ -46,11 +47,12 @@ from redis.exceptions import RedisError
 
 from agents import inputguard
 from agents.timers import state_due
-from streams import compat
+from streams import compat, metrics
 from streams.app import MAX_REQUEST_BYTES
 from streams.commands import Control
 from streams.compat import expelled, send_batches
-from streams.events import Rejected, parse_event
+from streams.events import ACCOUNT_PATTERN, Rejected, parse_event
+from tables.activity import Activity, dead_letter_entry
 from tables.campaigns import handle_delivery
 from tables.contacts import (
     MAX_STATE_BYTES,
@@ -135,6 +137,8 @@ class Cycle:
         #: Journal records this batch did not write (it had no effects): the next batch
         #: with effects writes them first, unless this one's states are stored by then.
         self.unjournalled: list[compat.Record] = []
+        #: What the batch did, for the read model's stats and recent lists and the metrics.
+        self.activity = Activity(now)
 
     @property
     def changed(self) -> set[str]:
@@ -164,13 +168,14 @@ class Cycle:
         try:
             outcome = handler(before)
         except Rejected as error:
-            self.dead_letter(message, error)
+            self.dead_letter(message, error, split_key(key)[0])
             return
         except Exception as exc:  # a bug, or input the logic cannot handle: keep the record
             log.exception("processing %s[%s]@%s failed", message.topic, message.partition,
                           message.offset)
             self.dead_letter(message, Rejected("processing_error",
-                                               f"{type(exc).__name__}: {exc}"))
+                                               f"{type(exc).__name__}: {exc}"),
+                             split_key(key)[0])
             return
         if outcome.duplicate:
             self.reproject.add(key)
@@ -189,7 +194,7 @@ class Cycle:
             reason = Rejected("limit_exceeded", f"the contact's state would be {grown} "
                               f"bytes, over the limit of {limit}")
             if event:
-                self.dead_letter(message, reason)
+                self.dead_letter(message, reason, split_key(key)[0])
             else:
                 log.critical("%s: %s; the change is not stored", key, reason.detail)
                 self.emit_audit(audit_record(new, self.now, "limit_exceeded",
@@ -236,8 +241,11 @@ class Cycle:
                 self.forward(message, expected)
             return
         ctx, now = self.decide_with(message)
+        rejected = len(self.activity.dead_letters)
         self.apply(contact_key(event.account, event.contact_id), message,
                    lambda state: handle_event(state, event, ctx, now), event=True)
+        if len(self.activity.dead_letters) == rejected:
+            self.activity.event(event.account, event.type)
 
     def wakeup(self, message: Any) -> None:
         try:
@@ -286,6 +294,7 @@ class Cycle:
         names, key = self.w.names, contact_id.encode()
         partition = partition_for(key, self.partitions)
         for command in fx.sends:
+            self.activity.send(command.account, command.channel)
             self.out(names.send(command.channel), key,
                      command.model_dump_json(exclude_none=True).encode(), partition)
         for event in fx.events:  # back to the contact's own partition, in order
@@ -315,13 +324,19 @@ class Cycle:
     def emit_audit(self, record: dict[str, Any]) -> None:
         log.info("audit %s %s:%s %s", record["reason"], record["account"],
                  record["contact_id"], record.get("message_id", ""))
+        self.activity.audited(record)
         self.out(self.w.names.audit, record["contact_id"].encode(), orjson.dumps(record))
 
-    def dead_letter(self, message: Any, error: Rejected) -> None:
+    def dead_letter(self, message: Any, error: Rejected, account: str | None = None) -> None:
         """The original key and bytes (or, when they cannot fit in a record, their first
-        bytes with the size and SHA-256), with the reason and where they came from."""
+        bytes with the size and SHA-256), with the reason and where they came from.
+        ``account``: whose recent dead letters list it (default: the one the record names,
+        if valid, else ``_``)."""
         value: bytes = message.value or b""
         key: bytes | None = message.key
+        self.activity.dead_letter(dead_letter_entry(
+            account or _account_named(value), error.reason, error.detail, str(message.topic),
+            message.partition, message.offset, key, value, self.now))
         headers = [
             ("dripstream.reason", error.reason.encode()),
             ("dripstream.detail", error.detail.encode()[:2000]),
@@ -372,6 +387,7 @@ class Cycle:
             acknowledged = await send_batches(w.app, self.records)
             self.effects_queued.set()
             await acknowledged()
+            self.observe()
             await fault(w, "after_effects", writes)
             if previous is not None:
                 await previous.state_queued.wait()
@@ -398,6 +414,12 @@ class Cycle:
         self.done.set()
         if self.slice is not None:
             self.slice.done.set()
+
+    def observe(self) -> None:
+        """The batch's metrics, once its effects are acknowledged (what a user sees)."""
+        wall = time.time()
+        metrics.observe_batch({kind: self.activity.totals(kind) for kind in metrics.COUNTERS},
+                              len(self.acks), (wall - m.timestamp for m in self.acks))
 
     def still_member(self) -> None:
         """Before the effects and before the table write: a worker the group has thrown
@@ -430,6 +452,7 @@ class Cycle:
         """Changed and re-seen contacts to the read model, retrying while Redis is away
         (the batch is not acked until it is there)."""
         rows: list[tuple[str, int, bytes]] = []
+        states: dict[str, ContactState] = {}
         progress: list[dict[str, Any]] = []
         for key, value in self.encoded.items():
             state = self.states[key]
@@ -438,20 +461,35 @@ class Cycle:
                 progress.append(dict(state))
                 continue
             rows.append((key, state["revision"], value))
+            states[key] = state
         for key in self.reproject.difference(self.json):
             raw, state = self.w.store.get_raw(key), self.state(key)
             if raw is not None and state is not None:
                 rows.append((key, state["revision"], raw))
+                states[key] = state
         delay = 0.1
-        while rows or progress:
+        activity = self.activity  # the batch's stats and recent lists, in the same pipeline
+        while rows or progress or activity:
             try:
-                await self.w.read_model.put_many(rows)
+                await self.w.read_model.put_many(rows, states=states, activity=activity)
                 await self.w.read_model.put_progress(progress)
                 return
             except (RedisError, OSError) as exc:
                 log.warning("read model write failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _account_named(value: bytes) -> str | None:
+    """The account a rejected record names, if it names a valid one (it may be no JSON)."""
+    try:
+        account = orjson.loads(value).get("account")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return account if isinstance(account, str) and _ACCOUNT.match(account) else None
+
+
+_ACCOUNT = re.compile(ACCOUNT_PATTERN)
 
 
 async def fault(worker: Worker, point: str, writes: bool) -> None:
@@ -478,7 +516,7 @@ async def compute(worker: Worker, batch: list[Any], previous: Cycle | None = Non
     """Step 1 of a batch (see the module doc): every record through its handler."""
     app, names = worker.app, worker.names
     cycle = Cycle(worker, worker.clock.now(), previous)
-    generation = app.consumer_generation_id
+    generation, wall = app.consumer_generation_id, time.time()
     await worker.journal.prepare({m.partition for m in batch
                                   if m.generation_id == generation}, generation)
     rewound: set[TP] = set()
@@ -493,6 +531,8 @@ async def compute(worker: Worker, batch: list[Any], previous: Cycle | None = Non
             rewound.add(tp)
         if admitted != "process":
             continue
+        worker.input_clock.took(message.topic, message.partition, message.offset,
+                                message.timestamp, generation, wall)
         cycle.acks.append(message)
         if message.topic == names.events or message.topic == names.routed:
             cycle.event(message)

@@ -26,13 +26,16 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import orjson
 import zstandard
+from faust.types import TP
 
-from streams.compat import Record, send_batches
+from streams.compat import Record, committed_offset, highwater, send_batches
 from tables.contacts import ContactState, peek_timers, split_key
 from tables.inactivity import earliest
 from tables.store import partition_for
@@ -40,7 +43,8 @@ from tables.store import partition_for
 if TYPE_CHECKING:
     from agents.worker import Worker
 
-__all__ = ["RESEND_AFTER", "DueIndex", "due_of", "install", "state_due"]
+__all__ = ["RESEND_AFTER", "DueIndex", "InputClock", "applied_until", "due_of", "install",
+           "state_due"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,64 @@ def state_due(worker: Worker, key: str, state: ContactState) -> datetime | None:
     return earliest(state["next_due"],
                     None if record is None else (record["since"], record["fired"]),
                     worker.registry.inactivity_thresholds(split_key(key)[0]))
+
+
+class InputClock:
+    """How far, in time, each partition's contact events have been taken by the agent: the
+    newest broker timestamp of the ``contact-events`` and ``routed`` records it has taken,
+    or "everything the broker has" once it is level with their high watermarks.
+
+    A wait is fired only once the input up to its due time is applied: a STOP, a purchase
+    or a reply that reached the broker before the wait came due is handled first, even when
+    the partition has a backlog — after a restart, a rebalance or a burst — which the
+    wake-up (a record on another topic) would otherwise overtake. Stream processors call
+    this firing timers on the watermark. Under load waits fire as late as the backlog is
+    long; a backlog not drained within ``DRIPSTREAM_TIMER_HOLD_S`` of the consumer
+    generation's start stops holding waits due more than that long ago."""
+
+    def __init__(self, topics: tuple[str, ...]) -> None:
+        self.topics = topics
+        self.generation: int | None = None
+        self.since = 0.0  # when this worker saw the generation first (POSIX seconds)
+        self.stamps: dict[int, float] = {}
+        self.positions: dict[tuple[str, int], int] = {}
+
+    def _roll(self, generation: int, now: float) -> None:
+        if generation != self.generation:  # a rebalance: committed offsets are the reference
+            self.generation, self.since = generation, now
+            self.stamps.clear()
+            self.positions.clear()
+
+    def took(self, topic: str, partition: int, offset: int, timestamp: float | None,
+             generation: int, now: float) -> None:
+        """The agent took a record (``timestamp``: its broker timestamp, seconds)."""
+        self._roll(generation, now)
+        if topic not in self.topics:
+            return
+        key = (topic, partition)
+        if offset + 1 > self.positions.get(key, -1):
+            self.positions[key] = offset + 1
+        if timestamp is not None and timestamp > self.stamps.get(partition, 0.0):
+            self.stamps[partition] = timestamp
+
+    def applied_until(self, partition: int, generation: int, highwaters: dict[str, int | None],
+                      committed: dict[str, int | None], now: float, hold: float) -> float:
+        """Up to when (POSIX seconds, the broker's clock) the partition's input counts as
+        applied: ``now`` once level with every input topic's high watermark; else the
+        newest timestamp taken — and, once the generation is ``hold`` seconds old, never
+        more than ``hold`` behind ``now`` (an input that never levels, say one ending in
+        an upstream transaction's marker, cannot hold a wait forever)."""
+        self._roll(generation, now)
+        level = True
+        for topic in self.topics:
+            high = highwaters.get(topic)
+            at = max(self.positions.get((topic, partition), 0), committed.get(topic) or 0)
+            if high is None or at < high:
+                level = False
+        if level:
+            return now
+        floor = now - hold if now - self.since >= hold else 0.0
+        return max(self.stamps.get(partition, 0.0), floor)
 
 
 class DueIndex:
@@ -112,16 +174,46 @@ class DueIndex:
                     not in keep]:
             del self._due[key]
 
-    def pop_due(self, now: datetime, limit: int) -> list[str]:
+    def pop_due(self, now: datetime, limit: int,
+                ready: Callable[[str, float], bool] = lambda key, due: True) -> list[str]:
+        """Up to ``limit`` contacts due at ``now`` and ``ready`` (their partition's input
+        applied up to their due time); the others due stay, in order (at most ``limit``
+        of those are looked at per call, so a lagging partition costs bounded work)."""
         out: list[str] = []
+        held: list[tuple[float, str]] = []
         stamp = now.timestamp()
-        while self._heap and len(out) < limit and self._heap[0][0] <= stamp:
+        while (self._heap and len(out) < limit and len(held) < limit
+               and self._heap[0][0] <= stamp):
             ts, key = heapq.heappop(self._heap)
             if self._due.get(key) != ts:
                 continue  # superseded
+            if not ready(key, ts):
+                held.append((ts, key))
+                continue
             del self._due[key]
             out.append(key)
+        for entry in held:
+            heapq.heappush(self._heap, entry)
         return out
+
+
+def applied_until(worker: Worker) -> Callable[[int], float]:
+    """For the tick: partition → up to when its input is applied (:class:`InputClock`),
+    from the consumer's last fetches (no broker round trip)."""
+    app, clock = worker.app, worker.input_clock
+    now, hold = time.time(), worker.settings.timer_hold_s
+    generation = app.consumer_generation_id
+    memo: dict[int, float] = {}
+
+    def until(partition: int) -> float:
+        if partition not in memo:
+            tps = {topic: TP(topic, partition) for topic in clock.topics}
+            memo[partition] = clock.applied_until(
+                partition, generation, {t: highwater(app, tp) for t, tp in tps.items()},
+                {t: committed_offset(app, tp) for t, tp in tps.items()}, now, hold)
+        return memo[partition]
+
+    return until
 
 
 def install(worker: Worker) -> None:
@@ -162,8 +254,14 @@ def install(worker: Worker) -> None:
                      "with timers", account, worker.registry.inactivity_thresholds(account),
                      count)
         now = worker.clock.now()
+        applied = applied_until(worker)
+        offset = worker.clock.offset()
+
+        def ready(key: str, due: float) -> bool:
+            return applied(store.partition(key)) >= due - offset  # the broker's clock
+
         records: list[Record] = []
-        for key in index.pop_due(now, settings.timer_max_per_tick):
+        for key in index.pop_due(now, settings.timer_max_per_tick, ready):
             raw = store.get_raw(key)
             due = due_of(worker, key, raw) if raw is not None else None
             if due is None:

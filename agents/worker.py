@@ -23,9 +23,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from agents import campaigns, contacts, timers
+from agents import campaigns, contacts, observe, timers
 from agents.journal import Journal
-from agents.timers import DueIndex
+from agents.timers import DueIndex, InputClock
 from streams.app import build_app
 from streams.clock import Clock
 from streams.compat import App, Batches, committed_offset
@@ -107,6 +107,9 @@ class Worker:
     health: Health
     batches: Batches
     due_index: DueIndex = field(default_factory=lambda: DueIndex())
+    #: Set by :func:`build`: how far each partition's input is applied (the timers wait
+    #: for it: agents/timers.py).
+    input_clock: InputClock = field(init=False)
     #: Set by :func:`build` (it needs the worker's names and settings).
     journal: Journal = field(init=False)
     #: Tests only (DRIPSTREAM_FAULT): batches that reached each fault point.
@@ -144,6 +147,7 @@ def build(settings: Settings) -> Worker:
     )
 
     worker.journal = Journal(worker)
+    worker.input_clock = InputClock((names.events, names.routed))
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def stop_journal(app: Any, **kwargs: Any) -> None:
@@ -160,6 +164,7 @@ def build(settings: Settings) -> Worker:
     contacts.install(worker)
     timers.install(worker)
     campaigns.install(worker)
+    observe.install(worker)
     _install_health(worker)
     return worker
 

@@ -205,6 +205,7 @@ class Stack:
             "DRIPSTREAM_REDIS_URL": self.redis.url,
             "DRIPSTREAM_STORE": "memory://",
             "DRIPSTREAM_DATA_DIR": str(self.workdir / f"data-{name}"),
+            "DRIPSTREAM_METRICS_PORT": "0",  # several workers on one host
             "DRIPSTREAM_LOG_LEVEL": "info",
             "DRIPSTREAM_CLOCK_OFFSET_FILE": str(self.clock_file),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),

@@ -620,6 +620,7 @@ class BenchWorker:
             "DRIPSTREAM_REDIS_URL": cfg.redis_url,
             "DRIPSTREAM_STORE": store,
             "DRIPSTREAM_DATA_DIR": str(self.data_dir),
+            "DRIPSTREAM_METRICS_PORT": "0",  # several workers on one host
             "DRIPSTREAM_LOG_LEVEL": "warning",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                         environ.get("PYTHONPATH")])),

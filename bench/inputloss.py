@@ -304,6 +304,7 @@ class Harness:
             "DRIPSTREAM_TOPIC_PREFIX": prefix,
             "DRIPSTREAM_PARTITIONS": str(self.args.partitions),
             "DRIPSTREAM_REDIS_URL": self.args.redis,
+            "DRIPSTREAM_METRICS_PORT": "0",  # several workers on one host
             "DRIPSTREAM_LOG_LEVEL": "info",
         })
         return env

@@ -96,6 +96,7 @@ __all__ = [
     "committed_offset",
     "end_offsets",
     "expelled",
+    "highwater",
     "refresh_metadata",
     "send_batches",
     "set_fetch_wait",
@@ -418,6 +419,16 @@ def expelled(app: faust.App) -> bool:
     if coordinator is None:
         return False
     return bool(coordinator.generation < 0 or not coordinator.member_id)
+
+
+def highwater(app: faust.App, tp: TP) -> int | None:
+    """The high watermark of an assigned partition as the consumer's last fetch saw it
+    (None: not known yet)."""
+    try:
+        found = app.consumer.highwater(tp)
+    except Exception:  # not assigned (any more), or no consumer yet
+        return None
+    return int(found) if found is not None else None
 
 
 def committed_offset(app: faust.App, tp: TP) -> int | None:

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     max_causation_depth: int = Field(5, ge=1, description="loop guard for emitted events")
     timer_interval_s: float = Field(1.0, gt=0, description="how often due waits are checked")
     timer_max_per_tick: int = Field(500, ge=1, description="wake-ups sent per tick (catch-up)")
+    timer_hold_s: float = Field(
+        60.0, ge=0, description="a due wait waits at most this long for its partition's "
+                                "earlier input (a STOP in a backlog) to be applied first")
     clock_offset_file: Path | None = Field(
         None, description="tests only: a file holding seconds added to the clock"
     )
@@ -125,6 +128,9 @@ class Settings(BaseSettings):
                           "secret)")
     web_enabled: bool = False
     web_port: int = 6066
+    metrics_port: int = Field(
+        9464, ge=0, le=65535, description="the worker's Prometheus /metrics port; 0: off "
+                                          "(several workers on one host need one each)")
     log_level: str = "info"
 
     # Kafka security, passed through to the clients (real clusters only).

@@ -83,6 +83,8 @@ class Stack:
             "DRIPSTREAM_LOG_LEVEL": "info",
             "DRIPSTREAM_CLOCK_OFFSET_FILE": str(s.clock_offset_file),
             "DRIPSTREAM_TIMER_INTERVAL_S": str(s.timer_interval_s),
+            # Several workers share the host: no metrics server unless a test asks for one.
+            "DRIPSTREAM_METRICS_PORT": "0",
         }
 
     def topic(self, suffix: str) -> str:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agents.timers import DueIndex
+from agents.timers import DueIndex, InputClock
 from agents.worker import Health
 
 T0 = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
@@ -130,3 +130,59 @@ def test_an_input_hole_stuck_for_the_limit_is_a_stall() -> None:
     health.last_progress = 60.0  # batches of other partitions finish
     assert health.judge(50, False, 61.0, stuck_since=0.0) == "stalled"
     assert health.judge(50, False, 62.0, stuck_since=None) == "ok"  # the hole closed
+
+
+# -- waits fire on the input's clock (InputClock) ------------------------------------------
+
+EVENTS, ROUTED = "t.contact-events", "t.routed"
+
+
+def test_a_partition_level_with_its_input_is_applied_up_to_now() -> None:
+    """Every input record the broker has was taken: nothing can still overtake a wait."""
+    clock = InputClock((EVENTS, ROUTED))
+    clock.took(EVENTS, 0, 41, 1000.0, generation=3, now=1990.0)
+    assert clock.applied_until(0, 3, {EVENTS: 42, ROUTED: 7}, {EVENTS: 30, ROUTED: 7},
+                               now=2000.0, hold=60) == 2000.0
+
+
+def test_a_backlog_holds_waits_at_its_newest_taken_record_for_a_while() -> None:
+    """Records still waiting on the broker: up to the newest timestamp taken — a wait due
+    later than that waits for the backlog (the STOP in it) — and once the generation is
+    ``hold`` old, never more than ``hold`` behind now."""
+    clock = InputClock((EVENTS, ROUTED))
+    clock.took(EVENTS, 0, 10, 1990.0, generation=3, now=2000.0)
+    backlog = {EVENTS: 500, ROUTED: 0}
+    assert clock.applied_until(0, 3, backlog, {}, now=2000.0, hold=60) == 1990.0
+    assert clock.applied_until(1, 3, backlog, {}, now=2030.0, hold=60) == 0.0  # took none
+    assert clock.applied_until(0, 3, backlog, {}, now=2100.0, hold=60) == 2040.0
+    assert clock.applied_until(1, 3, backlog, {}, now=2100.0, hold=60) == 2040.0
+
+
+def test_a_restart_gets_the_whole_hold_to_drain_its_backlog() -> None:
+    """A wait due long ago (the worker was down) still waits for the STOP before it: the
+    hold counts from the generation's start, not from the wait's due time."""
+    clock = InputClock((EVENTS, ROUTED))
+    assert clock.applied_until(0, 7, {EVENTS: 500, ROUTED: 0}, {EVENTS: 100},
+                               now=5000.0, hold=60) == 0.0
+    assert clock.applied_until(0, 7, {EVENTS: 500, ROUTED: 0}, {EVENTS: 100},
+                               now=5061.0, hold=60) == 5001.0
+
+
+def test_a_new_generation_forgets_what_was_taken() -> None:
+    """After a rebalance the committed offsets are the reference again."""
+    clock = InputClock((EVENTS, ROUTED))
+    clock.took(EVENTS, 0, 99, 1999.0, generation=3, now=1999.0)
+    clock.took(ROUTED, 5, 0, 1000.0, generation=4, now=2000.0)
+    assert clock.applied_until(0, 4, {EVENTS: 100, ROUTED: 0}, {EVENTS: 50}, 2000.0, 60) == 0.0
+    assert clock.applied_until(0, 4, {EVENTS: 100, ROUTED: 0}, {EVENTS: 100}, 2000.0,
+                               60) == 2000.0
+
+
+def test_waits_not_ready_stay_due_and_do_not_block_the_others() -> None:
+    """Contacts of a lagging partition are passed over (kept, in order); the others come."""
+    index = DueIndex()
+    index.schedule("acme:lagging", T0)
+    index.schedule("acme:fine", T0 + SECOND)
+    out = index.pop_due(T0 + 5 * SECOND, 10, lambda key, due: key != "acme:lagging")
+    assert (out, len(index)) == (["acme:fine"], 1)
+    assert index.pop_due(T0 + 5 * SECOND, 10) == ["acme:lagging"]

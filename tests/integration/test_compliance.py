@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from producers.publisher import build_event
+from tables.store import partition_for
 from tests.stack import Stack, eventually
 
 pytestmark = pytest.mark.integration
@@ -216,3 +217,38 @@ async def test_a_send_right_after_start_goes_out_before_the_list_catches_up(
                                                 None]
     assert sent[2]["body"] == "right away"
     assert len(await records(stack, "audit")) == 1
+
+
+async def test_a_stop_in_a_backlog_is_applied_before_a_wait_due_after_it(
+        stack: Stack) -> None:
+    """A wait comes due while its worker is down; the contact's STOP reached the broker
+    before that, behind a backlog of other contacts' events on the same partition. The
+    restarted worker holds the wake-up until the input up to the due time is applied: the
+    STOP wins (the send is dropped: suppressed), it is not overtaken by the wake-up (a
+    record on another topic, fetched at once)."""
+    await stack.define(flow("later", {"event": "contact.created"},
+                            {"w": {"kind": "wait", "duration": "6s", "next": "s"},
+                             "s": {"kind": "send_sms", "body": "after the wait"}}))
+    worker = stack.start_worker()
+    await stack.publisher.send(created("ann"))
+    ex = await stack.wait_execution("acme", "ann", lambda e: e["status"] == "waiting")
+    due = datetime.fromisoformat(ex["due_at"])
+    stack.kill(worker, signal.SIGTERM)
+    partition = partition_for("ann", stack.settings.partitions)
+    others = [c for c in (f"o{n}" for n in range(20_000))
+              if partition_for(c, stack.settings.partitions) == partition][:4000]
+    await stack.publisher.send_many([e for c in others for e in pings(c, 2)])
+    await stack.publisher.send(inbound("ann", "STOP", 1))
+    assert stack.now() < due  # the STOP reached the broker before the wait came due
+
+    async def passed() -> bool:
+        return stack.now() > due + timedelta(seconds=1)
+
+    await eventually(passed, timeout=30, what="the wait's due time")
+    stack.start_worker()
+    ann = await stack.wait_execution("acme", "ann", lambda e: e["status"] == "completed",
+                                     timeout=120)
+    assert [h.get("reason") for h in ann["history"] if h["step"] == "s"][:1] == ["suppressed"]
+    sent = await records(stack, "send.sms")
+    assert [s.get("purpose") for s in sent if s["contact_id"] == "ann"] == [
+        "opt_out_confirmation"]
