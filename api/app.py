@@ -3,7 +3,8 @@
 Start-up (the lifespan) runs the migrations, connects the store, Redis, the broker, and
 starts two tasks: the outbox relay (:mod:`api.relay`) and a follower of the suppressions
 topic (the list's reads). Everything is under ``/v1``; the OpenAPI schema is
-``/openapi.json`` (docs at ``/docs``); Prometheus metrics at ``/metrics``. Every error
+``/openapi.json`` (docs at ``/docs``); Prometheus metrics at ``/metrics``; the HTML
+dashboard at ``/dashboard`` (:mod:`api.dashboard`). Every error
 is ``application/problem+json`` (:mod:`api.errors`).
 """
 
@@ -28,7 +29,7 @@ from prometheus_client import (
 from redis.asyncio import Redis
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import errors
+from api import dashboard, errors
 from api.auth import bearer_source
 from api.db import connect, migrate
 from api.deps import Services
@@ -164,6 +165,7 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
     app.include_router(definition_router("campaign", "campaigns"))
     for module in (campaigns, contacts, events, keys, suppressions, observe):
         app.include_router(module.router)
+    dashboard.mount(app)  # /dashboard (docs/dashboard.md): a session cookie as an auth source
     _metrics(app, CollectorRegistry())
     app.add_middleware(BodyLimit, limit=api.max_body_bytes)
     return app

@@ -1,0 +1,313 @@
+"""The dashboard: HTML pages of the admin API at ``/dashboard`` (docs/dashboard.md).
+
+Server-rendered Jinja2 templates (``api/templates/``), charts as inline SVG
+(:mod:`api.charts`), one stylesheet (``api/static/``); no JavaScript. Every page calls the
+JSON routes' own functions (``api.routes.observe``, ``contacts``, ``campaigns``) with the
+caller's principal, so it shows exactly the numbers the API answers, and every button
+posts through the same function as the API's route. Who may see and do what is the
+API's check too: each page has :class:`Allow` (as a dependency), and a session cookie is
+one more auth source (:mod:`api.sessions`). Forms carry the session's CSRF token.
+
+:func:`mount` adds it all to the app built by :func:`api.app.create_app`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import re
+import secrets
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from api import sessions, store
+from api.auth import ANY_ACCOUNT, OPERATE, READ, Allow, Principal, Role
+from api.charts import stacked_bars
+from api.deps import ServicesDep, SessionDep
+from api.errors import Problem
+from api.routes import campaigns, contacts, observe
+from api.schemas import Cursor
+from streams.events import ACCOUNT_PATTERN
+from tables.readmodel import STATUSES, TERMINAL
+
+__all__ = ["mount", "router"]
+
+PREFIX = sessions.PREFIX
+_ACCOUNT = re.compile(ACCOUNT_PATTERN)
+#: No inline script or style anywhere, no other origin: a stored XSS has nothing to run.
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+
+_env = Environment(loader=PackageLoader("api", "templates"),
+                   autoescape=select_autoescape(["html"]), trim_blocks=True,
+                   lstrip_blocks=True)
+_env.filters["seg"] = lambda s: quote(str(s), safe="")
+_env.filters["path"] = lambda s: quote(str(s), safe="/")
+
+
+class LoginRequired(Exception):
+    """No session (or its key was revoked): the page answers with the login form."""
+
+
+class _Page:
+    """:class:`api.auth.Allow`, with "log in" instead of a 401."""
+
+    def __init__(self, roles: frozenset[Role]) -> None:
+        self.allow = Allow(roles)
+
+    async def __call__(self, request: Request) -> Principal:
+        try:
+            return await self.allow(request)
+        except Problem as exc:
+            if exc.status == 401:
+                raise LoginRequired from None
+            raise
+
+
+Reader = Annotated[Principal, Depends(_Page(READ))]
+Operator = Annotated[Principal, Depends(_Page(OPERATE))]
+Action = Literal["pause", "resume", "cancel"]
+router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+
+def render(request: Request, template: str, code: int = 200, **context: Any
+           ) -> HTMLResponse:
+    session: sessions.Session | None = getattr(request.state, "dash_session", None)
+    who: Principal | None = getattr(request.state, "principal", None)
+    body = _env.get_template(template).render(
+        request=request, prefix=PREFIX, session=session, who=who,
+        csrf=session.csrf if session else "",
+        can_operate=session is not None and who is not None and who.role in OPERATE,
+        **context)
+    return HTMLResponse(body, status_code=code, headers=_HEADERS)
+
+
+def _see_other(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
+
+
+# -- login / logout ---------------------------------------------------------------------
+@router.get("", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse)
+async def home(request: Request, svc: ServicesDep) -> Response:
+    """The session's account, else the login form."""
+    session = await sessions.load(svc, request.cookies.get(sessions.COOKIE))
+    if session is None:
+        return _see_other(f"{PREFIX}/login")
+    return _see_other(f"{PREFIX}/{quote(session.account, safe='')}")
+
+
+def _login_form(request: Request, code: int = 200, error: str = "") -> HTMLResponse:
+    token = request.cookies.get(sessions.LOGIN_COOKIE) or secrets.token_urlsafe(32)
+    response = render(request, "login.html", code, login_csrf=token, error=error)
+    sessions.set_cookie(response, request, sessions.LOGIN_COOKIE, token, 3600)
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_form(request: Request) -> HTMLResponse:
+    return _login_form(request)
+
+
+@router.post("/login")
+async def login(request: Request, svc: ServicesDep) -> Response:
+    """An API key in, a session cookie out (the bootstrap key also names an account)."""
+    fields = await sessions.form(request)
+    cookie = request.cookies.get(sessions.LOGIN_COOKIE, "")
+    if not cookie or not hmac.compare_digest(
+            fields.get("csrf", "").encode(), cookie.encode()):
+        raise Problem(403, "the login form's CSRF token is missing or wrong (reload it)")
+    key = fields.get("key", "").strip()
+    principal = await sessions.key_principal(svc, key) if key else None
+    if principal is None:
+        return _login_form(request, 401, "unknown or revoked API key")
+    account = principal.account
+    if account == ANY_ACCOUNT:
+        account = fields.get("account", "").strip()
+        if not _ACCOUNT.match(account):
+            return _login_form(request, 422, "the bootstrap key needs an account to show")
+    session = await sessions.create(svc, principal, account, key)
+    response = _see_other(f"{PREFIX}/{quote(account, safe='')}")
+    sessions.set_cookie(response, request, sessions.COOKIE, session.sid, sessions.TTL_S)
+    response.delete_cookie(sessions.LOGIN_COOKIE, path=PREFIX)
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, svc: ServicesDep) -> Response:
+    session = await sessions.load(svc, request.cookies.get(sessions.COOKIE))
+    if session is not None:
+        request.state.dash_session = session
+        sessions.check_csrf(request, await sessions.form(request))
+        await sessions.delete(svc, session.sid)
+    response = _see_other(f"{PREFIX}/login")
+    response.delete_cookie(sessions.COOKIE, path=PREFIX)
+    return response
+
+
+# -- pages ------------------------------------------------------------------------------
+def _per_second(rows: list[dict[str, Any]], kind: str) -> list[dict[str, float]]:
+    return [{k: v / 60 for k, v in row[kind].items()} for row in rows]
+
+
+@router.get("/{account}", response_class=HTMLResponse)
+async def overview(request: Request, account: str, who: Reader, svc: ServicesDep
+                   ) -> HTMLResponse:
+    """Rates over the last hour, the input lag, dead letters by reason."""
+    minutes: list[dict[str, Any]] = (await observe.stats(account, who, svc, 60))["minutes"]
+    labels = [m["minute"][11:16] for m in minutes]
+    totals = {kind: sum(sum(m[kind].values()) for m in minutes)
+              for kind in ("events", "sends", "nonsends", "deadletters")}
+    reasons = Counter[str]()
+    for m in minutes:
+        reasons.update(m["nonsends"])
+    dead = (await observe.dead_letters(account, who, svc, None, 200))["items"]
+    charts = {
+        "events": stacked_bars(_per_second(minutes, "events"), labels, unit="/s",
+                               title="events per second, by type"),
+        "sends": stacked_bars(_per_second(minutes, "sends"), labels, unit="/s",
+                              title="sends per second, by channel"),
+        "nonsends": stacked_bars([m["nonsends"] for m in minutes], labels,
+                                 title="non-sends per minute, by reason")}
+    return render(request, "overview.html", account=account, page="overview",
+                  totals=totals, charts=charts, reasons=sorted(reasons.items()),
+                  lag=await svc.read_model.lag(datetime.now(UTC)),  # written on the wall clock
+                  dead_reasons=sorted(Counter(d["reason"] for d in dead).items()),
+                  dead=dead[:10])
+
+
+@router.get("/{account}/workflows", response_class=HTMLResponse)
+async def workflows(request: Request, account: str, who: Reader, svc: ServicesDep,
+                    session: SessionDep) -> HTMLResponse:
+    """Each workflow (defined, or with executions in the index): counts per status and
+    per step, as ``GET …/workflows/{id}/counts``."""
+    rows, _ = await store.list_live(session, account=account, kind="workflow", after=None,
+                                    limit=200)
+    names = {r.def_id: r.body.get("name", "") for r in rows}
+    found = []
+    for workflow_id in sorted(set(names) | await svc.read_model.workflow_ids(account)):
+        counts = await observe.workflow_counts(account, workflow_id, who, svc)
+        found.append({"id": workflow_id, "name": names.get(workflow_id, ""), **counts})
+    return render(request, "workflows.html", account=account, page="workflows",
+                  workflows=found, statuses=STATUSES)
+
+
+@router.get("/{account}/workflows/{workflow_id}", response_class=HTMLResponse)
+async def executions(request: Request, account: str, workflow_id: observe.WorkflowId,
+                     who: Reader, svc: ServicesDep,
+                     status: Annotated[observe.Status | None, Query()] = None,
+                     cursor: Cursor = None) -> HTMLResponse:
+    """A page of the workflow's executions, newest first (``GET …/executions``)."""
+    found = await observe.workflow_executions(account, workflow_id, who, svc, status, 50,
+                                              cursor)
+    return render(request, "executions.html", account=account, page="workflows",
+                  workflow_id=workflow_id, status=status, items=found.items,
+                  next_cursor=found.next_cursor, statuses=STATUSES)
+
+
+@router.get("/{account}/contacts", response_class=HTMLResponse)
+async def contact_list(request: Request, account: str, who: Reader, svc: ServicesDep,
+                       cursor: Cursor = None) -> HTMLResponse:
+    found = await contacts.list_contacts(account, who, svc, 50, cursor)
+    return render(request, "contacts.html", account=account, page="contacts",
+                  items=found.items, next_cursor=found.next_cursor)
+
+
+@router.get("/{account}/contacts/{contact_id}", response_class=HTMLResponse)
+async def contact(request: Request, account: str, contact_id: contacts.ContactId,
+                  who: Reader, svc: ServicesDep, session: SessionDep) -> HTMLResponse:
+    """State, consent, groups, tags, cap windows, executions, sends and the audit records
+    of the sends that did not go."""
+    shown = await contacts.show_contact(account, contact_id, who, svc, session)
+    runs = await contacts.list_executions(account, contact_id, who, svc, None, 20, None)
+    audit = [r for r in (await observe.audit(account, who, svc, None, 200))["items"]
+             if r.get("contact_id") == contact_id]
+    return render(request, "contact.html", account=account, page="contacts",
+                  contact=shown["contact"], caps=shown["cap_windows"], runs=runs.items,
+                  audit=audit)
+
+
+@router.get("/{account}/contacts/{contact_id}/executions/{execution_id:path}",
+            response_class=HTMLResponse)
+async def execution(request: Request, account: str, contact_id: contacts.ContactId,
+                    execution_id: contacts.ExecutionId, who: Reader, svc: ServicesDep,
+                    sent: Annotated[Action | None, Query()] = None) -> HTMLResponse:
+    """One execution's timeline, and its buttons (operators)."""
+    ex = await contacts.show_execution(account, contact_id, execution_id, who, svc)
+    status = ex["status"]
+    actions = [] if status in TERMINAL else (
+        ["resume", "cancel"] if status == "paused" else ["pause", "cancel"])
+    return render(request, "execution.html", account=account, page="workflows",
+                  contact_id=contact_id, ex=ex, actions=actions, sent=sent)
+
+
+@router.post("/{account}/contacts/{contact_id}/executions/{execution_id:path}/{action}")
+async def control_execution(request: Request, account: str, contact_id: contacts.ContactId,
+                            execution_id: contacts.ExecutionId, action: Action,
+                            who: Operator, svc: ServicesDep) -> Response:
+    """``POST /v1/…/executions/{id}/{action}``'s function, behind the CSRF check."""
+    sessions.check_csrf(request, await sessions.form(request))
+    await contacts.control_execution(account, contact_id, execution_id, action, who, svc)
+    return _see_other(f"{PREFIX}/{quote(account, safe='')}/contacts/"
+                      f"{quote(contact_id, safe='')}/executions/"
+                      f"{quote(execution_id, safe='/')}?sent={action}")
+
+
+@router.get("/{account}/campaigns", response_class=HTMLResponse)
+async def campaign_list(request: Request, account: str, who: Reader, svc: ServicesDep,
+                        session: SessionDep,
+                        sent: Annotated[Action | None, Query()] = None) -> HTMLResponse:
+    """Each campaign's status and each occurrence's progress (``GET …/progress``)."""
+    rows, _ = await store.list_live(session, account=account, kind="campaign", after=None,
+                                    limit=200)
+    found = [await campaigns.progress(account, r.def_id, who, session, svc) for r in rows]
+    for c, r in zip(found, rows, strict=True):
+        c["name"] = r.body.get("name", "")
+        for o in c["occurrences"]:
+            o["done"] = o["targeted"] - o["remaining"]
+    return render(request, "campaigns.html", account=account, page="campaigns",
+                  campaigns=found, counters=campaigns.COUNTERS, sent=sent)
+
+
+@router.post("/{account}/campaigns/{campaign_id}/{action}")
+async def control_campaign(request: Request, account: str,
+                           campaign_id: campaigns.CampaignId, action: Action,
+                           who: Operator, svc: ServicesDep, session: SessionDep) -> Response:
+    """``POST /v1/…/campaigns/{id}/{action}``'s function, behind the CSRF check."""
+    sessions.check_csrf(request, await sessions.form(request))
+    await campaigns.control(account, campaign_id, action, who, session, svc)
+    return _see_other(f"{PREFIX}/{quote(account, safe='')}/campaigns?sent={action}")
+
+
+# -- mounting ---------------------------------------------------------------------------
+def mount(app: FastAPI) -> None:
+    """The pages, their static files, the session auth source and HTML error pages (the
+    API's own paths keep problem+json)."""
+    app.state.auth_sources.append(sessions.session_source)
+    app.mount(f"{PREFIX}/static", StaticFiles(packages=[("api", "static")]),
+              name="dashboard-static")
+    app.include_router(router)
+    json_problem = app.exception_handlers[Problem]
+
+    async def problem(request: Request, exc: Exception) -> Response:
+        if not request.url.path.startswith(PREFIX) or not isinstance(exc, Problem):
+            answer = json_problem(request, exc)
+            return await answer if inspect.isawaitable(answer) else answer
+        return render(request, "error.html", exc.status, status=exc.status,
+                      detail=exc.detail, account=request.path_params.get("account"))
+
+    async def login_required(request: Request, exc: Exception) -> Response:
+        return _see_other(f"{PREFIX}/login")
+
+    app.add_exception_handler(Problem, problem)
+    app.add_exception_handler(LoginRequired, login_required)

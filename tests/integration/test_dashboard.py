@@ -1,0 +1,295 @@
+"""The dashboard in a real headless Chromium, against a real stack: PostgreSQL (a database
+made for the test), Redis, the broker, one worker, and the API served by uvicorn on a free
+port. The pages show what the JSON API answers, their buttons act, viewers have none and
+a form without its CSRF token is refused.
+
+Chromium: Debian's (``/usr/bin/chromium``, or ``DRIPSTREAM_TEST_CHROMIUM``); ``.ci/run``
+installs it. Screenshots go to ``DRIPSTREAM_DASHBOARD_SCREENSHOTS`` (docs/dashboard/ was
+made that way) or the test's ``tmp_path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from playwright.async_api import ConsoleMessage, Error, Page, async_playwright, expect
+
+from api.app import create_app
+from producers.publisher import build_event
+from tests.api.conftest import Databases, _admin, api_settings
+from tests.stack import Stack, eventually
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = os.environ.get("DRIPSTREAM_TEST_CHROMIUM", "/usr/bin/chromium")
+DRIP = {
+    "id": "drip", "name": "Drip", "trigger": {"event": "contact.created"}, "start": "hello",
+    "steps": {
+        "hello": {"kind": "send_sms", "body": "Hi {{ contact.first_name | there }}",
+                  "next": "pause"},
+        "pause": {"kind": "wait", "duration": "1d", "next": "bye"},
+        "bye": {"kind": "send_sms", "body": "Bye"},
+    },
+}
+CAMPAIGN = {"id": "spring", "name": "Spring", "content": {"channel": "sms", "body": "Sale!"},
+            "schedule": {"type": "once", "at": "2030-03-01T10:00"}}
+KINDS = ("events", "sends", "nonsends", "deadletters")
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """An empty database of its own (the API migrates it at start-up)."""
+    dbs = Databases(f"dripstream_dash_{uuid.uuid4().hex[:8]}")
+    url = dbs.empty()
+    try:
+        yield url
+    finally:
+        for name in dbs.made:
+            _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[str]:
+    """The app on uvicorn in this event loop, on a port the OS picked; its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+
+    async def started() -> bool:
+        if task.done():
+            task.result()  # raises what stopped it
+            raise AssertionError("uvicorn stopped before it started")
+        return server.started
+
+    try:
+        await eventually(started, timeout=60, what="the API to start")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def watch(page: Page, problems: list[str]) -> None:
+    """Collect the page's console errors and uncaught exceptions."""
+    def console(message: ConsoleMessage) -> None:
+        if message.type == "error":
+            problems.append(f"{page.url}: console: {message.text}")
+
+    def crashed(error: Error) -> None:
+        problems.append(f"{page.url}: pageerror: {error}")
+
+    page.on("console", console)
+    page.on("pageerror", crashed)
+
+
+def totals(minutes: list[dict[str, Any]]) -> dict[str, int]:
+    return {kind: sum(sum(m[kind].values()) for m in minutes) for kind in KINDS}
+
+
+@pytest.fixture
+def chromium() -> str:
+    """The browser's path; a missing one fails the test (CI installs it), never skips."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run does), "
+                    f"or set DRIPSTREAM_TEST_CHROMIUM")
+    return CHROMIUM
+
+
+@pytest.fixture
+def shots(tmp_path: Path) -> Path:
+    path = Path(os.environ.get("DRIPSTREAM_DASHBOARD_SCREENSHOTS") or tmp_path / "shots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+async def test_dashboard_pages_buttons_and_roles(stack: Stack, database_url: str,
+                                                 chromium: str, shots: Path) -> None:
+    """Each page shows what the JSON API answers; pause pauses; viewers get no buttons
+    and are refused; a form without its CSRF token is 403; no page logs an error."""
+    settings = api_settings(database_url)
+    assert settings.bootstrap_key is not None
+    boot = {"Authorization": f"Bearer {settings.bootstrap_key.get_secret_value()}"}
+    app = create_app(stack.settings, settings, clock=stack.now)  # the workers' clock
+    async with served(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as c:
+        keys: dict[str, str] = {}
+        key_ids: dict[str, str] = {}
+        for role in ("viewer", "operator", "editor", "ingest"):
+            r = await c.post("/v1/accounts/acme/keys", headers=boot,
+                             json={"role": role, "name": role})
+            assert r.status_code == 201, r.text
+            keys[role], key_ids[role] = r.json()["key"], r.json()["key_id"]
+        bearer = {role: {"Authorization": f"Bearer {k}"} for role, k in keys.items()}
+        for path, body in (("workflows", DRIP), ("campaigns", CAMPAIGN)):
+            r = await c.post(f"/v1/accounts/acme/{path}", json=body, headers=bearer["editor"])
+            assert r.status_code == 201, r.text
+        stack.start_worker()
+        now = stack.now()
+        events = [
+            build_event("acme", "c-1", "contact.created", {
+                "phone": "+14155550101", "consent": {"sms": True},
+                "attributes": {"first_name": "Ada"}}, event_id="c1-created", time=now),
+            build_event("acme", "c-1", "contact.tagged", {"tag": "vip"}, event_id="c1-tag",
+                        time=now),
+            build_event("acme", "c-1", "contact.added_to_group", {"group": "customers"},
+                        event_id="c1-group", time=now),
+            # No consent: its first send does not go, and the audit says why.
+            build_event("acme", "c-2", "contact.created", {
+                "phone": "+14155550102", "consent": {"sms": False}}, event_id="c2-created",
+                time=now)]
+        r = await c.post("/v1/accounts/acme/events", json=events, headers=bearer["ingest"])
+        assert r.json()["accepted"] == 4, r.text
+        read = bearer["operator"]
+        c1 = "/v1/accounts/acme/contacts/c-1"
+
+        async def execution(status: str) -> dict[str, Any] | None:
+            r = await c.get(f"{c1}/executions", params={"status": status}, headers=read)
+            items = r.json()["items"] if r.status_code == 200 else []
+            return items[0] if items else None
+
+        async def settled() -> dict[str, Any] | None:
+            """The stats once the four events, the send and the non-send are counted."""
+            r = await c.get("/v1/accounts/acme/stats", headers=read)
+            found = totals(r.json()["minutes"])
+            done = found["events"] == 4 and found["sends"] == 1 and found["nonsends"] == 1
+            return found if done and await execution("waiting") else None
+
+        expected_totals = await eventually(settled, timeout=60, what="the workflow to run")
+        ex = await execution("waiting")
+        assert ex is not None
+        # The worker reports its lag every 5 s, on the wall clock.
+        await eventually(lambda: stack.read_model.lag(datetime.now(UTC)), timeout=20,
+                         what="the worker's lag report")
+
+        problems: list[str] = []
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=chromium)
+            context = await browser.new_context(viewport={"width": 1280, "height": 800})
+            context.set_default_timeout(15_000)
+            page = await context.new_page()
+            watch(page, problems)
+
+            async def shot(name: str) -> None:
+                await page.screenshot(path=shots / f"{name}.png")
+
+            # Log in as an operator.
+            await page.goto(f"{base}/dashboard/")
+            await expect(page).to_have_url(f"{base}/dashboard/login")
+            await shot("login")
+            await page.fill("#key", keys["operator"])
+            await page.click("button[type=submit]")
+            await expect(page).to_have_url(f"{base}/dashboard/acme")
+
+            # Overview: the stats' totals, as GET /stats sums them.
+            for kind in KINDS:
+                await expect(page.get_by_test_id(f"total-{kind}")).to_have_text(
+                    str(expected_totals[kind]))
+            await expect(page.locator("[data-testid^=lag-]").first).to_be_visible()
+            await shot("overview")
+
+            # Workflows: executions by status and per step, as GET /counts answers.
+            await page.click("text=Workflows")
+            counts = (await c.get("/v1/accounts/acme/workflows/drip/counts",
+                                  headers=read)).json()
+            assert counts["statuses"]["waiting"] == 2, counts  # c-2's run goes on unsent
+            for status, n in counts["statuses"].items():
+                await expect(page.get_by_test_id(f"count-drip-{status}")).to_have_text(str(n))
+            for step, n in counts["steps"].items():
+                await expect(page.get_by_test_id(f"step-drip-{step}")).to_have_text(str(n))
+            await shot("workflows")
+
+            # Its executions, then the waiting one's timeline.
+            await page.click("a[href$='/workflows/drip']")
+            await expect(page.get_by_test_id("execution-link")).to_have_count(2)
+            await shot("executions")
+            await page.locator("[data-testid=execution-link][href*='/contacts/c-1/']").click()
+            await expect(page.get_by_test_id("status")).to_have_text("waiting")
+            await expect(page.get_by_test_id("timeline")).to_contain_text("hello")
+            await shot("execution")
+            execution_url = page.url
+
+            # A forged form (the session's cookie, no token or a wrong one) is refused.
+            for form in ({}, {"csrf": "forged"}):
+                r2 = await context.request.post(f"{execution_url}/pause", form=form)
+                assert r2.status == 403, (form, r2.status, await r2.text())
+
+            # Pause: the JSON API shows it paused, a moment later.
+            await page.get_by_test_id("pause").click()
+            await expect(page.get_by_test_id("flash")).to_contain_text("pause sent")
+            await eventually(lambda: execution("paused"), timeout=30,
+                             what="the execution paused")
+            await page.reload()
+            await expect(page.get_by_test_id("status")).to_have_text("paused")
+            await expect(page.get_by_test_id("resume")).to_be_visible()
+
+            # The contact page: consent, groups and tags as GET /contacts/c-1 answers.
+            shown = (await c.get(c1, headers=read)).json()["contact"]
+            await page.goto(f"{base}/dashboard/acme/contacts/c-1")
+            await expect(page.get_by_test_id("consent-sms")).to_have_text(
+                f"sms: {'yes' if shown['consent']['sms'] else 'no'}")
+            await expect(page.get_by_test_id("tags")).to_have_text(", ".join(shown["tags"]))
+            await expect(page.get_by_test_id("groups")).to_have_text(
+                ", ".join(shown["groups"]))
+            assert (shown["tags"], shown["groups"]) == (["vip"], ["customers"])
+            await expect(page.get_by_test_id("sends")).to_contain_text("sms")
+            await shot("contact")
+            # c-2: why its send did not go, as GET /audit says.
+            audit = (await c.get("/v1/accounts/acme/audit", headers=read)).json()["items"]
+            reasons = [a["reason"] for a in audit if a["contact_id"] == "c-2"]
+            assert reasons, audit
+            await page.goto(f"{base}/dashboard/acme/contacts/c-2")
+            await expect(page.get_by_test_id("audit-reason")).to_have_text(reasons)
+            await shot("contact-nonsend")
+
+            # Campaigns: status and progress; pause goes through the API's function.
+            await page.click("text=Campaigns")
+            await expect(page.get_by_test_id("campaign-status-spring")).to_have_text("running")
+            await shot("campaigns")
+            await page.get_by_test_id("campaign-pause").click()
+            await expect(page.get_by_test_id("campaign-status-spring")).to_have_text("paused")
+            progress = (await c.get("/v1/accounts/acme/campaigns/spring/progress",
+                                    headers=read)).json()
+            assert progress["status"] == "paused", progress
+
+            # A viewer sees no buttons, and the role check refuses its POST (with a token).
+            viewer = await browser.new_context(viewport={"width": 1280, "height": 800})
+            viewer.set_default_timeout(15_000)
+            vpage = await viewer.new_page()
+            watch(vpage, problems)
+            await vpage.goto(f"{base}/dashboard/login")
+            await vpage.fill("#key", keys["viewer"])
+            await vpage.click("button[type=submit]")
+            await expect(vpage).to_have_url(f"{base}/dashboard/acme")
+            await vpage.goto(execution_url)
+            await expect(vpage.get_by_test_id("status")).to_have_text("paused")
+            await expect(vpage.locator("button[data-testid]")).to_have_count(0)
+            token = await vpage.locator("input[name=csrf]").first.get_attribute("value")
+            assert token
+            r2 = await viewer.request.post(f"{execution_url}/resume", form={"csrf": token})
+            assert r2.status == 403, (r2.status, await r2.text())
+            await vpage.goto(f"{base}/dashboard/acme/campaigns")
+            await expect(vpage.locator("button[data-testid]")).to_have_count(0)
+
+            # A revoked key ends its sessions; logging out ends the operator's.
+            r = await c.delete(f"/v1/accounts/acme/keys/{key_ids['viewer']}", headers=boot)
+            assert r.status_code == 200, r.text
+            await vpage.goto(f"{base}/dashboard/acme")
+            await expect(vpage).to_have_url(f"{base}/dashboard/login")
+            await page.click("text=Log out")
+            await expect(page).to_have_url(f"{base}/dashboard/login")
+            await page.goto(f"{base}/dashboard/acme/workflows")
+            await expect(page).to_have_url(f"{base}/dashboard/login")
+            await browser.close()
+        assert problems == []
