@@ -57,7 +57,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         (403, "the key's role may not do this"),
         (404, "not found (also: another account's)"), (409, "conflict"),
         (413, "body or batch too large"), (422, "invalid request or definition"),
-        (429, "rate limit (Retry-After)"), (501, "not in this build"),
+        (429, "rate limit (Retry-After)"),
         (503, "the broker or store is unavailable"))}
 
 

@@ -4,6 +4,7 @@ every status documented, every body and content type as the schema says."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import uuid
 
@@ -24,7 +25,11 @@ from tests.stack import Stack
 pytestmark = pytest.mark.integration
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
-EXAMPLES = 8  # per operation: the whole run stays a few seconds
+#: Per operation: the whole run stays a few seconds. DRIPSTREAM_TEST_FUZZ_EXAMPLES raises
+#: it (and draws new examples each run) for a deeper search on demand; CI's run is
+#: derandomized so that it judges the code, not the draw.
+EXAMPLES = int(os.environ.get("DRIPSTREAM_TEST_FUZZ_EXAMPLES", "8"))
+DERANDOMIZE = "DRIPSTREAM_TEST_FUZZ_EXAMPLES" not in os.environ
 
 
 def _fuzz(base: str, key: str) -> list[str]:
@@ -33,11 +38,9 @@ def _fuzz(base: str, key: str) -> list[str]:
     headers = {"Authorization": f"Bearer {key}"}
     for result in schema.get_all_operations():
         operation = result.ok()
-        if "observe" in operation.tags and not _observed(base, key):
-            continue  # the read model's indexes are not in this build (501, by design)
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, database=None,
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=DERANDOMIZE,
                   suppress_health_check=list(HealthCheck))
         def check(case: schemathesis.Case) -> None:
             response = case.call(base_url=base, headers=headers, timeout=10)
@@ -48,13 +51,6 @@ def _fuzz(base: str, key: str) -> list[str]:
         except Exception as exc:  # collect every operation's first failure
             failures.append(f"{operation.label}: {exc}"[:2000])
     return failures
-
-
-def _observed(base: str, key: str) -> bool:
-    import httpx
-
-    r = httpx.get(f"{base}/v1/accounts/acme/stats", headers={"Authorization": f"Bearer {key}"})
-    return r.status_code != 501
 
 
 async def test_every_route_conforms_to_its_schema(stack: Stack, databases: Databases) -> None:
