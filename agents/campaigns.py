@@ -47,6 +47,7 @@ from agents.contacts import EXIT_FATAL
 from agents.timers import applied_until
 from streams.definitions import parse_duration
 from tables.campaigns import (
+    COUNTERS,
     Delivery,
     Throttle,
     campaign_workflow,
@@ -70,9 +71,6 @@ log = logging.getLogger(__name__)
 SLICE_MAX = 500
 #: Finished occurrences a partition's progress keeps.
 HISTORY = 10
-#: The progress counters, by the outcome of each contact's delivery.
-COUNTERS = ("sent", "deferred", "capped", "suppressed", "dropped", "enrolled",
-            "not_enrolled")
 #: What the throttle counts: a message that went out, or an enrolment.
 _PACED = ("sent", "enrolled")
 

@@ -35,6 +35,7 @@ from api.errors import Problem
 from api.routes import campaigns, contacts, observe
 from api.schemas import Cursor
 from streams.events import ACCOUNT_PATTERN
+from tables.campaigns import COUNTERS
 from tables.readmodel import STATUSES, TERMINAL
 
 __all__ = ["mount", "router"]
@@ -276,7 +277,7 @@ async def campaign_list(request: Request, account: str, who: Reader, svc: Servic
         for o in c["occurrences"]:
             o["done"] = o["targeted"] - o["remaining"]
     return render(request, "campaigns.html", account=account, page="campaigns",
-                  campaigns=found, counters=campaigns.COUNTERS, sent=sent)
+                  campaigns=found, counters=COUNTERS, sent=sent)
 
 
 @router.post("/{account}/campaigns/{campaign_id}/{action}")

@@ -422,9 +422,8 @@ def campaign_status(campaign_id: str, account: Account) -> None:
 
     from redis.asyncio import Redis
 
-    from agents.campaigns import COUNTERS
     from streams.settings import Settings
-    from tables.campaigns import campaign_zone, next_after
+    from tables.campaigns import campaign_zone, next_after, summarize
     from tables.readmodel import ReadModel
 
     settings = Settings()
@@ -439,21 +438,8 @@ def campaign_status(campaign_id: str, account: Account) -> None:
         finally:
             await redis.aclose()
 
-    occurrences: dict[str, dict[str, Any]] = {}
-    records = asyncio.run(run()).values()
-    for record in records:
-        entries = [*record["history"], *record["running"].values()]
-        for entry in entries:
-            total = occurrences.setdefault(entry["id"], {
-                "occurrence": entry["id"], "at": entry["at"], "version": entry["version"],
-                "partitions": 0, "statuses": {}, **dict.fromkeys(COUNTERS, 0),
-                "remaining": 0})
-            total["partitions"] += 1
-            total["statuses"][entry["status"]] = total["statuses"].get(entry["status"], 0) + 1
-            for name in (*COUNTERS, "remaining"):
-                total[name] += entry.get(name, 0)
-    for total in occurrences.values():
-        total["targeted"] = sum(total[n] for n in (*COUNTERS, "remaining"))
+    progress = asyncio.run(run())
+    records = progress.values()
     status = registry.campaign_status(account, campaign_id)
     upcoming = None
     if status != "cancelled" and campaign["active"]:
@@ -465,7 +451,7 @@ def campaign_status(campaign_id: str, account: Account) -> None:
         "campaign": campaign_id, "account": account, "version": campaign["version"],
         "active": campaign["active"], "status": status, "next_occurrence": upcoming,
         "partitions": settings.partitions,
-        "occurrences": sorted(occurrences.values(), key=lambda o: o["occurrence"])},
+        "occurrences": summarize(progress)},
         indent=2))
 
 

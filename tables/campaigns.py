@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CAMPAIGN_WORKFLOW",
+    "COUNTERS",
     "Delivery",
     "Due",
     "Throttle",
@@ -413,3 +414,27 @@ class Throttle:
 
     def next_slot(self) -> float:
         return self.anchor + (self.spent * self.partitions + self.partition) * self.gap
+
+
+#: The progress counters, by the outcome of each contact's delivery.
+COUNTERS = ("sent", "deferred", "capped", "suppressed", "dropped", "enrolled",
+            "not_enrolled")
+
+
+def summarize(records: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each occurrence's counters summed over the partitions' progress records (what
+    ``dripstream campaign status`` and the API's progress route show)."""
+    occurrences: dict[str, dict[str, Any]] = {}
+    for record in records.values():
+        for entry in [*record.get("history", []), *record.get("running", {}).values()]:
+            total = occurrences.setdefault(entry["id"], {
+                "occurrence": entry["id"], "at": entry.get("at"),
+                "version": entry.get("version"), "partitions": 0, "statuses": {},
+                **dict.fromkeys(COUNTERS, 0), "remaining": 0})
+            total["partitions"] += 1
+            total["statuses"][entry["status"]] = total["statuses"].get(entry["status"], 0) + 1
+            for name in (*COUNTERS, "remaining"):
+                total[name] += entry.get(name, 0)
+    for total in occurrences.values():
+        total["targeted"] = sum(total[n] for n in (*COUNTERS, "remaining"))
+    return sorted(occurrences.values(), key=lambda o: o["occurrence"])

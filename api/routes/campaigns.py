@@ -25,15 +25,12 @@ from api.deps import ServicesDep, SessionDep
 from api.errors import Problem
 from api.schemas import Accepted, Limit
 from producers.admin import control_campaign
-from tables.campaigns import in_audience
+from tables.campaigns import in_audience, summarize
 
 router = APIRouter(prefix="/v1/accounts/{account}/campaigns", tags=["campaigns"])
 Reader = Annotated[Principal, Depends(Allow(READ))]
 Operator = Annotated[Principal, Depends(Allow(OPERATE))]
 CampaignId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-#: agents/campaigns.py COUNTERS (not imported: that module loads Faust); a test pins them.
-COUNTERS = ("sent", "deferred", "capped", "suppressed", "dropped", "enrolled",
-            "not_enrolled")
 
 
 async def _campaign(session: AsyncSession, account: str, campaign_id: str) -> dict[str, Any]:
@@ -51,25 +48,6 @@ async def status_of(session: AsyncSession, account: str, campaign_id: str) -> st
     if "cancel" in actions:
         return "cancelled"
     return "paused" if actions and actions[-1] == "pause" else "running"
-
-
-def summarize(records: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each occurrence's counters summed over the partitions' progress records (as
-    ``dripstream campaign status`` prints them)."""
-    occurrences: dict[str, dict[str, Any]] = {}
-    for record in records.values():
-        for entry in [*record.get("history", []), *record.get("running", {}).values()]:
-            total = occurrences.setdefault(entry["id"], {
-                "occurrence": entry["id"], "at": entry.get("at"),
-                "version": entry.get("version"), "partitions": 0, "statuses": {},
-                **dict.fromkeys(COUNTERS, 0), "remaining": 0})
-            total["partitions"] += 1
-            total["statuses"][entry["status"]] = total["statuses"].get(entry["status"], 0) + 1
-            for name in (*COUNTERS, "remaining"):
-                total[name] += entry.get(name, 0)
-    for total in occurrences.values():
-        total["targeted"] = sum(total[n] for n in (*COUNTERS, "remaining"))
-    return sorted(occurrences.values(), key=lambda o: o["occurrence"])
 
 
 @router.get("/{campaign_id}/progress", summary="A campaign's status and progress")

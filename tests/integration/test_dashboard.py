@@ -28,20 +28,12 @@ from playwright.async_api import ConsoleMessage, Error, Page, async_playwright, 
 from api.app import create_app
 from producers.publisher import build_event
 from tests.api.conftest import Databases, _admin, api_settings
+from tests.api.test_end_to_end import DRIP
 from tests.stack import Stack, eventually
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = os.environ.get("DRIPSTREAM_TEST_CHROMIUM", "/usr/bin/chromium")
-DRIP = {
-    "id": "drip", "name": "Drip", "trigger": {"event": "contact.created"}, "start": "hello",
-    "steps": {
-        "hello": {"kind": "send_sms", "body": "Hi {{ contact.first_name | there }}",
-                  "next": "pause"},
-        "pause": {"kind": "wait", "duration": "1d", "next": "bye"},
-        "bye": {"kind": "send_sms", "body": "Bye"},
-    },
-}
 CAMPAIGN = {"id": "spring", "name": "Spring", "content": {"channel": "sms", "body": "Sale!"},
             "schedule": {"type": "once", "at": "2030-03-01T10:00"}}
 KINDS = ("events", "sends", "nonsends", "deadletters")
