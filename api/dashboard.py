@@ -226,10 +226,10 @@ async def contact_list(request: Request, account: str, who: Reader, svc: Service
 
 @router.get("/{account}/contacts/{contact_id}", response_class=HTMLResponse)
 async def contact(request: Request, account: str, contact_id: contacts.ContactId,
-                  who: Reader, svc: ServicesDep, session: SessionDep) -> HTMLResponse:
+                  who: Reader, svc: ServicesDep) -> HTMLResponse:
     """State, consent, groups, tags, cap windows, executions, sends and the audit records
     of the sends that did not go."""
-    shown = await contacts.show_contact(account, contact_id, who, svc, session)
+    shown = await contacts.show_contact(account, contact_id, who, svc)
     runs = await contacts.list_executions(account, contact_id, who, svc, None, 20, None)
     audit = [r for r in (await observe.audit(account, who, svc, None, 200))["items"]
              if r.get("contact_id") == contact_id]

@@ -69,11 +69,27 @@ async def _rate(seconds: float, concurrency: int, call: Any) -> float:
     return done / (time.monotonic() - started)
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _phase(pid: int, seconds: float, concurrency: int, call: Any) -> tuple[float, float]:
+    """(requests/s, the API process's CPU ms per request): the client shares the machine,
+    so the second tells what one core of the API itself would serve (1000 / ms)."""
+    cpu = _cpu_s(pid)
+    started = time.monotonic()
+    rate = await _rate(seconds, concurrency, call)
+    done = rate * (time.monotonic() - started)
+    return rate, (_cpu_s(pid) - cpu) * 1000 / max(done, 1)
+
+
 def _pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))]
 
 
-async def measure(base: str, key: str, args: argparse.Namespace) -> dict[str, Any]:
+async def measure(base: str, key: str, args: argparse.Namespace, pid: int) -> dict[str, Any]:
     h = {"Authorization": f"Bearer {key}"}
     events = f"{base}/v1/accounts/bench/events"
     async with httpx.AsyncClient(headers=h, timeout=30,
@@ -89,16 +105,20 @@ async def measure(base: str, key: str, args: argparse.Namespace) -> dict[str, An
                                                   {"tag": tag}))
             await _until(lambda t=tag: _has(c, base, "c-0", t), 30)
             lags.append((time.perf_counter() - started) * 1000)
-        get_rate = await _rate(args.seconds, args.concurrency,
-                               lambda: c.get(f"{base}/v1/accounts/bench/contacts/c-0"))
+        get_rate, get_ms = await _phase(
+            pid, args.seconds, args.concurrency,
+            lambda: c.get(f"{base}/v1/accounts/bench/contacts/c-0"))
         batch = [build_event("bench", f"c-{n % 500}", "contact.tagged", {"tag": "x"})
                  for n in range(100)]
-        post_rate = await _rate(args.seconds, args.concurrency // 2 or 1,
-                                lambda: c.post(events, json=batch))
+        post_rate, post_ms = await _phase(pid, args.seconds, args.concurrency // 2 or 1,
+                                          lambda: c.post(events, json=batch))
     return {"staleness_ms": {"p50": round(_pct(lags, 0.5), 1),
                              "p95": round(_pct(lags, 0.95), 1), "n": len(lags),
                              "mean": round(statistics.mean(lags), 1)},
             "get_contact_rps": round(get_rate), "post_events_batch100_rps": round(post_rate),
+            "api_cpu_ms_per_get": round(get_ms, 2), "api_cpu_ms_per_post100": round(post_ms, 2),
+            "get_contact_rps_per_api_core": round(1000 / get_ms) if get_ms else None,
+            "post100_rps_per_api_core": round(1000 / post_ms) if post_ms else None,
             "post_events_per_s": round(post_rate * 100), "concurrency": args.concurrency}
 
 
@@ -146,7 +166,7 @@ def main() -> None:
                 if time.monotonic() > deadline or api.poll() is not None:
                     raise SystemExit(f"the API did not start: see {tmp / 'api.log'}") from None
                 time.sleep(0.1)
-        print(json.dumps(asyncio.run(measure(base, key, args)), indent=2))
+        print(json.dumps(asyncio.run(measure(base, key, args, api.pid)), indent=2))
     finally:
         api.send_signal(signal.SIGTERM)
         api.wait(15)

@@ -19,9 +19,8 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from api import store
 from api.auth import OPERATE, READ, Allow, Principal
-from api.deps import ServicesDep, SessionDep
+from api.deps import ServicesDep
 from api.errors import Problem
 from api.schemas import Accepted, CapsIn, Cursor, Limit, Page
 from producers.admin import send_control
@@ -94,11 +93,11 @@ async def list_contacts(account: str, who: Reader, svc: ServicesDep, limit: Limi
 
 
 @router.get("/contacts/{contact_id}", summary="A contact: profile, consent, groups, tags, caps")
-async def show_contact(account: str, contact_id: ContactId, who: Reader, svc: ServicesDep,
-                       session: SessionDep) -> dict[str, Any]:
+async def show_contact(account: str, contact_id: ContactId, who: Reader, svc: ServicesDep
+                       ) -> dict[str, Any]:
     """From the read model (a moment behind the worker: docs/api.md, staleness)."""
     state = await _state(svc, account, contact_id)
-    policy = await store.policy(session, account)
+    policy = await svc.policy(account)
     return {"contact": public_view(state),
             "cap_windows": cap_windows(state, policy, svc.clock())}
 

@@ -145,6 +145,7 @@ def policy_router() -> APIRouter:
                                 def_id=store.POLICY_ID, body=body, create=False,
                                 actor=who.key_id, now=svc.clock(),
                                 faults=svc.extra.get("faults"))
+        svc.policies.pop(account, None)
         svc.wake_relay()
         return out(row)
 
