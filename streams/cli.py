@@ -598,6 +598,7 @@ def dev(
     api_proc, api_url, api_key = _start_api(env, settings.data_dir)
     channels.append(api_proc)
     typer.echo(f"api      {api_url}/v1  (docs {api_url}/docs, metrics {api_url}/metrics)")
+    typer.echo(f"dashboard {api_url}/dashboard  (log in with the api key)")
     typer.echo(f"api key  {api_key}  (bootstrap admin of every account: "
                f"Authorization: Bearer <key>)")
     try:
