@@ -631,7 +631,8 @@ def _demo() -> None:
     settings = Settings()
 
     async def run() -> dict[str, Any] | None:
-        async with Publisher(settings.bootstrap_servers, topic_prefix=settings.topic_prefix) as p:
+        async with Publisher(settings.bootstrap_servers, topic_prefix=settings.topic_prefix,
+                             idempotence=False if settings.embedded else None) as p:
             await p.publish("demo", "c-1", "contact.created", {
                 "phone": "+14155550101", "timezone": "America/Los_Angeles",
                 "attributes": {"first_name": "Ada"}, "consent": {"sms": True},
