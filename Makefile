@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
-#   make run   – install into .venv and start the embedded stack (broker, Redis, worker)
+#   make run   – install into .venv and start the embedded stack (broker, Redis, worker,
+#                console channel workers, admin API and dashboard) with a demo
 #   make test  – install into .venv and run lint, types and the whole test suite
 PYTHON ?= python3.11
 VENV   := .venv

@@ -549,7 +549,7 @@ def dev(
     port: Annotated[int, typer.Option(help="broker port (0: a free one)")] = 0,
 ) -> None:
     """Run everything on this machine: Tansu broker, Redis (unless DRIPSTREAM_REDIS_URL), worker."""
-    from streams.embedded import EmbeddedBroker, EmbeddedRedis
+    from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -567,6 +567,9 @@ def dev(
     started.append(broker)
     env["DRIPSTREAM_BROKER"] = broker.url
     env["DRIPSTREAM_PROFILE"] = "embedded"
+    # The worker's metrics on a free port unless one is set: the default 9464 may be taken
+    # by another worker on this host.
+    env.setdefault("DRIPSTREAM_METRICS_PORT", str(free_port()))
     if "DRIPSTREAM_REDIS_URL" not in env:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
@@ -585,6 +588,8 @@ def dev(
     tables = settings.data_dir / f"{settings.group_id}-data"
     shutil.rmtree(tables, ignore_errors=True)
     os.environ.update(env)
+    if demo:  # before the worker starts: it loads every definition before any event
+        asyncio.run(_define_demo(settings))
 
     typer.echo(f"broker   {broker.url}  (Tansu, in memory)")
     typer.echo(f"redis    {env['DRIPSTREAM_REDIS_URL']}")
@@ -592,12 +597,14 @@ def dev(
                f"{settings.health_path.resolve()})")
     worker_proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"], env=env,
                                    start_new_session=True)
-    typer.echo(f"worker   pid {worker_proc.pid}; Ctrl-C stops everything")
+    typer.echo(f"worker   pid {worker_proc.pid}; metrics http://127.0.0.1:"
+               f"{env['DRIPSTREAM_METRICS_PORT']}/metrics; Ctrl-C stops everything")
     channels = _start_channels(env)  # console sms + email workers: sends print here
     typer.echo(f"channels sms, email (console) pids {[p.pid for p in channels]}")
     api_proc, api_url, api_key = _start_api(env, settings.data_dir)
     channels.append(api_proc)
-    typer.echo(f"api      {api_url}/v1  (docs {api_url}/docs, metrics {api_url}/metrics)")
+    typer.echo(f"api      {api_url}/v1  (pid {api_proc.pid}; docs {api_url}/docs, "
+               f"metrics {api_url}/metrics)")
     typer.echo(f"dashboard {api_url}/dashboard  (log in with the api key)")
     typer.echo(f"api key  {api_key}  (bootstrap admin of every account: "
                f"Authorization: Bearer <key>)")
@@ -618,6 +625,31 @@ def dev(
         for service in reversed(started):
             service.stop()
         typer.echo("stopped")
+
+
+#: The demo's workflow: an order confirmation (transactional, so quiet hours do not hold
+#: it at night), which the console SMS worker prints as it reaches the "provider".
+DEMO_WORKFLOW: dict[str, Any] = {
+    "kind": "workflow", "id": "order-confirmation", "account": "demo", "version": 1,
+    "name": "Order confirmation", "trigger": {"event": "purchase.completed"},
+    "reentry": {"policy": "every_time"}, "start": "thanks",
+    "steps": {"thanks": {"kind": "send_sms", "transactional": True,
+                         "body": "Thanks {{ contact.first_name | there }}, your order "
+                                 "is confirmed."}},
+}
+
+
+async def _define_demo(settings: Any) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from producers.admin import publish_definition
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    await producer.start()
+    try:
+        await publish_definition(producer, settings.topic_prefix, DEMO_WORKFLOW)
+    finally:
+        await producer.stop()
 
 
 def _demo() -> None:
@@ -652,7 +684,9 @@ def _demo() -> None:
         finally:
             await redis.aclose()
 
-    typer.echo("demo: published contact.created and purchase.completed for demo:c-1 …")
+    typer.echo("demo: defined workflow demo/order-confirmation; published contact.created "
+               "and purchase.completed for demo:c-1 (the console SMS worker prints the "
+               "confirmation) …")
     state = asyncio.run(run())
     if state is None:
         typer.echo("demo: the worker did not apply the events within 60 s", err=True)

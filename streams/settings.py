@@ -30,7 +30,6 @@ class Settings(BaseSettings):
     partitions: int = Field(8, ge=1, description="partitions of every keyed topic and table")
     replication_factor: int = Field(1, ge=1)
     redis_url: str = "redis://127.0.0.1:6379/0"
-    database_url: str = "sqlite:///./dripstream.db"
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://")
     data_dir: Path = Path("./data")
     standby_replicas: int | None = Field(

@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -93,7 +94,8 @@ async def main(scenario: str, bootstrap: str, name: str, profile: str) -> dict[s
             "broker_rebalance_timeout": 2.0} if embedded else {}
     app = compat.App(group, broker=f"kafka://{bootstrap}", fetch_wait_ms=10,
                      idle_fetch_wait_ms=10, embedded=embedded, web_enabled=False,
-                     autodiscover=False, consumer_auto_offset_reset="earliest", **fast)
+                     autodiscover=False, consumer_auto_offset_reset="earliest",
+                     datadir=tempfile.mkdtemp(prefix="seek-probe-"), **fast)
     batches = compat.Batches({topic}, batch_max=10, depth=1)
     app.deliver_batches(batches)
     source = app.topic(topic, key_type=bytes, value_type=bytes, partitions=1)
