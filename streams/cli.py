@@ -30,19 +30,9 @@ def worker() -> None:
 
     Exit status: 0 after SIGTERM/SIGINT, 70 on any fatal error (restart it), 2 on invalid
     settings."""
-    from pydantic import ValidationError
-
     from agents.worker import build, run
-    from streams.settings import Settings
 
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        for error in exc.errors(include_url=False):
-            name = ".".join(str(p) for p in error["loc"]).upper()
-            where = f"DRIPSTREAM_{name}" if name else "settings"
-            typer.echo(f"invalid {where}: {error['msg']}", err=True)
-        raise typer.Exit(2) from None
+    settings = _settings_or_exit()
     if settings.clock_offset_file is not None:
         typer.echo(f"WARNING: test clock shifted by {settings.clock_offset_file}", err=True)
     if settings.fault is not None:
