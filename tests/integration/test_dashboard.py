@@ -27,7 +27,7 @@ from playwright.async_api import ConsoleMessage, Error, Page, async_playwright, 
 
 from api.app import create_app
 from producers.publisher import build_event
-from tests.api.conftest import Databases, _admin, api_settings
+from tests.api.conftest import Databases, Postgres, api_settings
 from tests.api.test_end_to_end import DRIP
 from tests.stack import Stack, eventually
 
@@ -40,15 +40,13 @@ KINDS = ("events", "sends", "nonsends", "deadletters")
 
 
 @pytest.fixture
-def database_url() -> Iterator[str]:
+def database_url(postgres: Postgres) -> Iterator[str]:
     """An empty database of its own (the API migrates it at start-up)."""
-    dbs = Databases(f"dripstream_dash_{uuid.uuid4().hex[:8]}")
-    url = dbs.empty()
+    dbs = Databases(postgres, f"dripstream_dash_{uuid.uuid4().hex[:8]}")
     try:
-        yield url
+        yield dbs.empty()
     finally:
-        for name in dbs.made:
-            _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        dbs.drop_all()
 
 
 @asynccontextmanager
