@@ -1,13 +1,16 @@
 # Two commands do all set-up on a fresh machine:
 #   make run   – install into .venv and start the embedded stack (broker, Redis, worker,
 #                console channel workers, admin API and dashboard) with a demo
-#   make test  – install into .venv and run lint, types and the whole test suite
+#   make test  – install into .venv and run lint, types and the whole test suite (on the
+#                embedded Tansu broker)
+#   make test-kafka – the broker-facing (integration) tests on Apache Kafka, started here
+#                from Maven Central's jars (needs Java 17+ and Maven)
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench chaos clean
+.PHONY: run test test-kafka lint bench chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +27,9 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/pytest
+
+test-kafka: $(STAMP)
+	DRIPSTREAM_TEST_BROKER=kafka $(BIN)/pytest -m integration
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -41,12 +41,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
 from faust.types import TP
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from agents import inputguard
 from agents.timers import state_due
+from agents.transactions import NotOwned
 from streams import compat, metrics
 from streams.app import MAX_REQUEST_BYTES
 from streams.commands import Control
@@ -58,6 +60,7 @@ from tables.contacts import (
     MAX_STATE_BYTES,
     ContactState,
     contact_key,
+    decode,
     encode_json,
     split_key,
 )
@@ -126,6 +129,10 @@ class Cycle:
         #: Contacts the timer index must look at again (changed, or an early wake-up).
         self.rearm: set[str] = set()
         self.records: list[compat.Record] = []
+        #: Per record of ``records``: the input partition whose transaction it belongs to
+        #: (exactly-once: agents/transactions.py); ``source`` is the one being handled.
+        self.sources: list[int | None] = []
+        self.source: int | None = None
         self.acks: list[Any] = []
         #: A campaign slice this cycle runs (agents/campaigns.py), told when it is done.
         self.slice: Slice | None = None
@@ -210,6 +217,8 @@ class Cycle:
         """What a record's handler reads besides its state: the answers and ``now`` it was
         handled with before (a replay, from the journal), or this batch's, recorded."""
         w = self.w
+        if w.transactions is not None:  # nothing a reader saw is ever redone: no journal
+            return self.ctx, self.now
         replay = w.journal.replay(message.topic, message.partition, message.offset)
         if replay is not None:
             entry, replayer = replay
@@ -320,6 +329,7 @@ class Cycle:
             partition = (partition_for(key, self.partitions) if key
                          else len(self.records) % self.partitions)
         self.records.append((topic, partition, key, value, headers))
+        self.sources.append(self.source)
 
     def emit_audit(self, record: dict[str, Any]) -> None:
         log.info("audit %s %s:%s %s", record["reason"], record["account"],
@@ -375,6 +385,9 @@ class Cycle:
         before's; its changelog records after the batch before's (which that one queues
         only once its effects are acknowledged, so a state is never durable before the
         effects it counts); its local store writes after the batch before's."""
+        if self.w.transactions is not None:
+            await self.finish_exactly_once()
+            return
         w, previous = self.w, self.previous
         writes = bool(self.records or self.json)
         await fault(w, "stall", writes)
@@ -414,6 +427,117 @@ class Cycle:
         self.done.set()
         if self.slice is not None:
             self.slice.done.set()
+
+    async def finish_exactly_once(self) -> None:
+        """Steps 2-5 with transactions (agents/transactions.py): each input partition's
+        share of the batch — its effects, its contacts' changelog records and its input
+        offsets — commits in one transaction of that partition's producer; only then is
+        the local store written, the read model projected and the records acked (Faust's
+        own commit of the same offsets follows, a no-op). A batch waits for the one
+        before to be committed and stored (a partition has one transaction at a time).
+        A partition taken from this worker meanwhile writes nothing: its records come
+        again at its new owner."""
+        w, previous = self.w, self.previous
+        writes = bool(self.records or self.json)
+        await fault(w, "stall", writes)
+        await fault(w, "crash", writes)
+        kill = [point for point in ("after_effects", "after_state", "zombie")
+                if fault_due(w, point, writes)]
+        if previous is not None:
+            await previous.stored.wait()
+        self.still_member()
+        parts: dict[int, _Part] = {}
+        for source, record in zip(self.sources, self.records, strict=True):
+            assert source is not None, f"a record without its input partition: {record[:2]}"
+            parts.setdefault(source, _Part()).records.append(record)
+        for key, value in self.encoded.items():
+            parts.setdefault(w.store.partition(key), _Part()).values[key] = value
+        for message in self.acks:
+            part = parts.setdefault(message.partition, _Part())
+            tp = TopicPartition(message.topic, message.partition)
+            part.offsets[tp] = max(part.offsets.get(tp, 0), message.offset + 1)
+            part.acks.append(message)
+        results = await asyncio.gather(
+            *(self._commit(partition, part, kill) for partition, part in parts.items()),
+            return_exceptions=True)
+        lost: set[int] = set()
+        for (partition, part), result in zip(parts.items(), results, strict=True):
+            if isinstance(result, NotOwned):
+                lost.add(partition)
+                log.info("partition %d is no longer this worker's: its part of the batch "
+                         "(%d records) is left to its new owner", partition, len(part.acks))
+            elif isinstance(result, (KafkaError, TimeoutError, OSError)):
+                raise Fatal(f"broker error in the transaction of partition {partition}: "
+                            f"{result!r}") from result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                w.store.apply(result)
+        if lost:
+            self.forget(lost)
+        self.observe()
+        for key in self.rearm:
+            state = self.states.get(key)
+            if state is not None and key[0] != "~":
+                w.due_index.schedule(key, state_due(w, key, state))
+        self.stored.set()
+        await self.project()
+        await self.mark_projected(results, lost)
+        consumer = w.app.consumer
+        for partition, part in parts.items():
+            if partition not in lost:
+                for message in part.acks:
+                    consumer.ack(message)
+        self.previous = None
+        self.done.set()
+        if self.slice is not None:
+            if self.slice.partition in lost:
+                self.slice.aborted = True
+            self.slice.done.set()
+
+    async def _commit(self, partition: int, part: _Part, kill: list[str]) -> Any:
+        """One partition's transaction; the changelog rows written (ContactStore.apply)."""
+        w = self.w
+        assert w.transactions is not None
+        async with w.transactions.transaction(partition) as producer:
+            await (await send_batches(w.app, part.records, producer=producer))()
+            if "after_effects" in kill:
+                kill_now("after_effects")
+            if "zombie" in kill:
+                kill_now("zombie", signal.SIGSTOP)  # a pause; the test resumes it
+            states = await (await w.store.send(part.values, producer=producer))()
+            if "after_state" in kill:
+                kill_now("after_state")
+            await w.transactions.commit(producer, part.offsets)
+        return states
+
+    async def mark_projected(self, results: list[Any], lost: set[int]) -> None:
+        """How far each partition's committed states are in the read model: a worker
+        that dies between a commit and the projection leaves the mark behind, and the
+        partition's next owner projects its contacts again (:func:`heal_projection`)."""
+        changelog = self.w.store.table.changelog_topic_name
+        marks = {partition: offset for result in results
+                 if isinstance(result, tuple)
+                 for (topic, partition), offset in result[1].items()
+                 if topic == changelog and partition not in lost}
+        delay = 0.1
+        while marks:
+            try:
+                await self.w.read_model.mark_projected(marks)
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("read model mark failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def forget(self, partitions: set[int]) -> None:
+        """Drop what the batch changed on ``partitions`` (not committed: not this
+        worker's any more) from what it projects and indexes."""
+        store = self.w.store
+        for key in [k for k in self.encoded if store.partition(k) in partitions]:
+            del self.encoded[key]
+            self.rearm.discard(key)
+        self.reproject = {k for k in self.reproject if store.partition(k) not in partitions}
 
     def observe(self) -> None:
         """The batch's metrics, once its effects are acknowledged (what a user sees)."""
@@ -492,24 +616,47 @@ def _account_named(value: bytes) -> str | None:
 _ACCOUNT = re.compile(ACCOUNT_PATTERN)
 
 
+def fault_due(worker: Worker, point: str, writes: bool) -> bool:
+    """Tests only (``DRIPSTREAM_FAULT=point:N``): is this the Nth batch that writes
+    anything to reach ``point``? (Counts the batch.)"""
+    spec = worker.settings.fault
+    if not spec or not writes or spec.partition(":")[0] != point:
+        return False
+    wanted = int(spec.partition(":")[2] or 1)
+    worker.faults[point] = worker.faults.get(point, 0) + 1
+    return worker.faults[point] == wanted
+
+
+def kill_now(point: str, sig: int = signal.SIGKILL) -> None:
+    log.critical("fault injection: %s", point)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.kill(os.getpid(), sig)
+
+
 async def fault(worker: Worker, point: str, writes: bool) -> None:
     """Tests only (``DRIPSTREAM_FAULT=point:N``): misbehave at ``point`` of the Nth batch
     that writes anything — SIGKILL (after_effects, after_state), fail the Faust app
     (crash) or stop the agent for good (stall)."""
-    spec = worker.settings.fault
-    if not spec or not writes or spec.partition(":")[0] != point:
+    if not fault_due(worker, point, writes):
         return
-    wanted = int(spec.partition(":")[2] or 1)
-    worker.faults[point] = worker.faults.get(point, 0) + 1
-    if worker.faults[point] != wanted:
-        return
-    log.critical("fault injection: %s at batch %d", point, wanted)
+    log.critical("fault injection: %s at batch %s", point, worker.faults[point])
     if point == "crash":
         await worker.app.crash(RuntimeError("fault injection: crash"))
     elif point == "stall":
         await asyncio.Event().wait()
     else:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class _Part:
+    """One input partition's share of a batch (exactly-once)."""
+
+    def __init__(self) -> None:
+        self.records: list[compat.Record] = []
+        self.values: dict[str, bytes] = {}
+        self.offsets: dict[TopicPartition, int] = {}
+        self.acks: list[Any] = []
 
 
 async def compute(worker: Worker, batch: list[Any], previous: Cycle | None = None) -> Cycle:
@@ -534,6 +681,7 @@ async def compute(worker: Worker, batch: list[Any], previous: Cycle | None = Non
         worker.input_clock.took(message.topic, message.partition, message.offset,
                                 message.timestamp, generation, wall)
         cycle.acks.append(message)
+        cycle.source = message.partition
         if message.topic == names.events or message.topic == names.routed:
             cycle.event(message)
         elif message.topic == names.wakeups:
@@ -552,6 +700,7 @@ async def compute_slice(worker: Worker, work: Slice, previous: Cycle | None = No
     app = worker.app
     cycle = Cycle(worker, worker.clock.now(), previous)
     cycle.slice = work
+    cycle.source = work.partition
     owned = (not worker.stopping and not app.rebalancing
              and work.generation == app.consumer_generation_id
              and any(tp.topic == worker.names.events and tp.partition == work.partition
@@ -610,6 +759,8 @@ def install(worker: Worker) -> None:
         pending = [task for _, task in unfinished if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=10.0)
+        if worker.transactions is not None:
+            await worker.transactions.stop()
 
     @app.agent(inputs, name="contacts")
     async def contact_agent(stream: Any) -> None:
@@ -656,8 +807,52 @@ def install(worker: Worker) -> None:
             os._exit(EXIT_FATAL)
         worker.health.progress()
 
+    healed: dict[int, int] = {}  # partition -> the consumer generation it was checked in
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def heal_projection() -> None:
+        """Exactly-once: a partition this worker was given whose committed states are
+        further than the read model's mark (its last owner died between a commit and the
+        projection) has its contacts projected again, once recovered."""
+        if worker.transactions is None or app.rebalancing or app.in_recovery:
+            return
+        generation = app.consumer_generation_id
+        new = {tp.partition for tp in app.assignor.assigned_actives()
+               if tp.topic == names.events and healed.get(tp.partition) != generation}
+        if not new:
+            return
+        marks = await worker.read_model.projected(new)
+        for partition in sorted(new):
+            healed[partition] = generation
+            persisted = worker.store.persisted(partition)
+            if persisted is None or persisted <= marks[partition]:
+                continue
+            count = await reproject(worker, partition)
+            await worker.read_model.mark_projected({partition: persisted})
+            log.warning("partition %d: committed states past the read model's mark (%d < "
+                        "%d): %d contacts projected again", partition, marks[partition],
+                        persisted, count)
+
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def heal_lost_input() -> None:
         """The gap guard's timer: stuck holes' rewinds; fetched records never handed over."""
         idle = time.monotonic() - busy_until[0] >= 2.0 and worker.batches.empty()
         await inputguard.heal(worker, idle=idle)
+
+
+async def reproject(worker: Worker, partition: int) -> int:
+    """Every contact of ``partition`` from the local store to the read model (its revision
+    guard keeps anything newer a batch has written meanwhile); how many."""
+    rows: list[tuple[str, int, bytes]] = []
+    count = 0
+    for key, value in worker.store.items({partition}):
+        if key[0] == "~":
+            continue  # a campaign's progress there, not a contact
+        rows.append((key, decode(value)["revision"], value))
+        if len(rows) >= 1000:
+            count += await worker.read_model.put_many(rows)
+            rows = []
+    if rows:
+        count += await worker.read_model.put_many(rows)
+    return count
+

@@ -40,6 +40,15 @@ async def admit(worker: Worker, message: Any) -> Literal["process", "skip", "rew
     if verdict.action != "check":
         return verdict.action
     start, end = verdict.offset, message.offset
+    if compat.SKIPPED.covers(tp, start, end):
+        # The fetcher passed over exactly these offsets as transaction markers or
+        # aborted batches (read from the log in its last fetches): the usual hole on a
+        # topic written in transactions (exactly-once writes one marker per commit).
+        gaps.passed(topic, partition, start, end)
+        compat.skip_offsets(app, tp, start, end)
+        again = gaps.observe(topic, partition, message.offset, message.generation_id,
+                             committed_offset(app, tp))
+        return "process" if again.action == "process" else "skip"
     try:
         absent = await app.absent_offsets(tp, start, end)
     except Exception as exc:  # the broker did not answer: no proof, so no skipping
@@ -101,8 +110,16 @@ async def heal(worker: Worker, *, idle: bool) -> None:
         if tp.topic not in worker.batches.topics:
             continue
         fetched = app.fetch_position(tp)
-        offset = gaps.lost_behind(tp.topic, tp.partition, fetched,
-                                  committed_offset(app, tp) or 0, now)
+        committed = committed_offset(app, tp) or 0
+        expected = gaps.expected(tp.topic, tp.partition, committed)
+        if (fetched is not None and expected is not None and fetched > expected
+                and compat.SKIPPED.covers(tp, expected, fetched)):
+            # The consumer stands past a trailing transaction marker (a topic written in
+            # transactions ends with one): nothing went missing.
+            gaps.passed(tp.topic, tp.partition, expected, fetched)
+            compat.skip_offsets(app, tp, expected, fetched)
+            continue
+        offset = gaps.lost_behind(tp.topic, tp.partition, fetched, committed, now)
         if offset is not None:
             log.warning("input %s[%s]: fetched up to %s but the agent is at %s; reading "
                         "again [input hole %d]", tp.topic, tp.partition, fetched, offset,

@@ -62,7 +62,10 @@ class Journal:
         return self._consumer
 
     async def prepare(self, partitions: set[int], generation: int) -> None:
-        """Read the entries of ``partitions`` not read yet in this ``generation``."""
+        """Read the entries of ``partitions`` not read yet in this ``generation`` (none
+        with exactly-once: nothing is journalled, agents/transactions.py)."""
+        if self.w.transactions is not None:
+            return
         if generation != self.generation:
             self.generation, self.entries = generation, {}
         for partition in sorted(partitions - set(self.entries)):

@@ -4,7 +4,8 @@
 the definitions registry and the suppression list (held in full on every worker), the
 Redis read model, the timer's due index, the input gap guard, the liveness file — puts
 them on one :class:`Worker`, and installs the agents, tasks and timers on the app. Nothing
-is created at import time; ``dripstream worker`` is ``run(build(Settings()))``.
+is created at import time; ``dripstream worker`` is ``run(build(settings, capabilities))``
+with the broker's capabilities probed first (:mod:`streams.capabilities`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from redis.asyncio import Redis
 from agents import campaigns, contacts, observe, timers
 from agents.journal import Journal
 from agents.timers import DueIndex, InputClock
-from streams.app import build_app
+from agents.transactions import Transactions
+from streams.app import MAX_REQUEST_BYTES, build_app
+from streams.capabilities import Capabilities, guarantee
 from streams.clock import Clock
 from streams.compat import App, Batches, committed_offset
 from streams.gapguard import GapGuard
@@ -96,6 +99,9 @@ class Worker:
     """Everything one worker process runs, built once by :func:`build`."""
 
     settings: Settings
+    capabilities: Capabilities
+    #: The transactional producers, with exactly-once (agents/transactions.py); else None.
+    transactions: Transactions | None
     app: App
     clock: Clock
     names: TopicNames
@@ -126,12 +132,16 @@ class Worker:
                        self.settings.max_causation_depth, self.settings.dedupe_window_s)
 
 
-def build(settings: Settings) -> Worker:
-    """The app and its parts, with the agents, tasks and timers installed."""
-    app = build_app(settings)
+def build(settings: Settings, capabilities: Capabilities) -> Worker:
+    """The app and its parts, with the agents, tasks and timers installed, for a broker
+    with ``capabilities`` (:func:`streams.capabilities.probe`)."""
+    exactly_once = guarantee(settings, capabilities) == "exactly_once"
+    app = build_app(settings, capabilities, exactly_once=exactly_once)
     names = TopicNames.of(settings)
     worker = Worker(
         settings=settings,
+        capabilities=capabilities,
+        transactions=Transactions(settings, MAX_REQUEST_BYTES) if exactly_once else None,
         app=app,
         clock=Clock(settings.clock_offset_file),
         names=names,
@@ -153,13 +163,18 @@ def build(settings: Settings) -> Worker:
     async def stop_journal(app: Any, **kwargs: Any) -> None:
         await worker.journal.stop()
 
+    if worker.transactions is not None:  # the fence comes before offsets and state
+        app.before_assignment = worker.transactions.assign
+
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def follow_definitions() -> None:
-        await worker.registry.follow(settings, names.definitions)
+        await worker.registry.follow(settings, names.definitions, capabilities,
+                                     read_committed=exactly_once)
 
     @app.task  # type: ignore[untyped-decorator]
     async def follow_suppressions() -> None:
-        await worker.suppressions.follow(settings, names.suppressions)
+        await worker.suppressions.follow(settings, names.suppressions, capabilities,
+                                         read_committed=exactly_once)
 
     contacts.install(worker)
     timers.install(worker)

@@ -140,15 +140,18 @@ def faust_worker(bootstrap: str, topic: str, group: str, partitions: int, out: s
 
 def engine_worker(trace: bool) -> int:
     """``dripstream worker`` (the engine as it is), with the Faust trace if asked."""
+    import asyncio
     import logging
 
     from agents.worker import build, run
+    from streams.capabilities import probe
     from streams.settings import Settings
 
     if trace:
         _trace_faust(logging.getLogger("inputloss.trace"))
         _trace_engine(logging.getLogger("inputloss.trace"))
-    return run(build(Settings()))
+    settings = Settings()
+    return run(build(settings, asyncio.run(probe(settings))))
 
 
 def _trace_engine(log: Any) -> None:

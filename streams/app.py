@@ -1,9 +1,9 @@
 """The one Faust app, built from :class:`streams.settings.Settings`.
 
 :func:`build_app` is called once, by the composition root (``agents/worker.py``); nothing
-else constructs an app. The app class itself (batch delivery, fetch wait, the embedded
-broker's end offsets) lives in :mod:`streams.compat` with everything else that reaches
-inside Faust.
+else constructs an app. The app class itself (batch delivery, fetch wait, end offsets on
+a broker whose ListOffsets is short, read_committed) lives in :mod:`streams.compat` with
+everything else that reaches inside Faust.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 
+from streams.capabilities import Capabilities
 from streams.compat import App
 from streams.settings import Settings
 
@@ -55,7 +56,9 @@ def _profile(s: Settings) -> dict[str, Any]:
     return {}
 
 
-def build_app(settings: Settings) -> App:
+def build_app(settings: Settings, capabilities: Capabilities, *, exactly_once: bool) -> App:
+    """The app for ``settings`` on a broker with ``capabilities``; ``exactly_once``: its
+    consumer reads only committed transactions (agents/transactions.py)."""
     return App(
         settings.group_id,
         broker=settings.broker,
@@ -79,6 +82,7 @@ def build_app(settings: Settings) -> App:
         autodiscover=False,
         fetch_wait_ms=settings.fetch_wait_ms,
         idle_fetch_wait_ms=settings.idle_fetch_wait_ms,
-        embedded=settings.embedded,
+        exact_end_offsets=capabilities.exact_end_offsets,
+        read_committed=exactly_once,
         **_profile(settings),
     )

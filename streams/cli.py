@@ -7,13 +7,16 @@ starts before anything reads the settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,16 +31,45 @@ cli = typer.Typer(help="dripstream: Kafka-native marketing automation.", no_args
 def worker() -> None:
     """Run a stream worker (agents and tables) against DRIPSTREAM_BROKER.
 
-    Exit status: 0 after SIGTERM/SIGINT, 70 on any fatal error (restart it), 2 on invalid
-    settings."""
-    from agents.worker import build, run
+    Exit status: 0 after SIGTERM/SIGINT, 70 on any fatal error or an unreachable broker
+    (restart it), 2 on invalid settings (also: credentials or a certificate the broker
+    refuses, a guarantee it cannot give)."""
+    from aiokafka.errors import KafkaError
+
+    from agents.worker import EXIT_FATAL, build, run
+    from streams.capabilities import BrokerRefused, GuaranteeError, guarantee, probe
 
     settings = _settings_or_exit()
     if settings.clock_offset_file is not None:
         typer.echo(f"WARNING: test clock shifted by {settings.clock_offset_file}", err=True)
     if settings.fault is not None:
         typer.echo(f"WARNING: fault injection {settings.fault!r} (tests only)", err=True)
-    raise typer.Exit(run(build(settings)))
+    try:
+        with _quiet("aiokafka"):  # its errors are said below, in one line
+            capabilities = asyncio.run(probe(settings))
+        chosen = guarantee(settings, capabilities)
+    except GuaranteeError as exc:
+        typer.echo(f"invalid DRIPSTREAM_GUARANTEE: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except BrokerRefused as exc:
+        typer.echo(f"the broker refused this worker: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (KafkaError, OSError) as exc:
+        typer.echo(f"cannot reach the broker at {settings.broker}: {exc}", err=True)
+        raise typer.Exit(EXIT_FATAL) from None
+    typer.echo(f"broker: {capabilities.describe()}; guarantee: {chosen}", err=True)
+    raise typer.Exit(run(build(settings, capabilities)))
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """No log records of ``logger`` while inside (the caller reports what went wrong)."""
+    log = logging.getLogger(logger)
+    disabled, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = disabled
 
 
 def _settings_or_exit() -> Any:

@@ -68,15 +68,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+import aiokafka.consumer.fetcher as aiokafka_fetcher
 import faust
 import faust.stores.memory
-from aiokafka import AIOKafkaConsumer
-from aiokafka.consumer.fetcher import OffsetResetStrategy
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.consumer.fetcher import READ_COMMITTED, OffsetResetStrategy, PartitionRecords
 from aiokafka.errors import for_code
 from aiokafka.protocol.fetch import FetchRequest
 from aiokafka.record.memory_records import MemoryRecords
@@ -86,6 +87,7 @@ from faust.types import TP
 
 __all__ = [
     "CHECKED",
+    "SKIPPED",
     "Absent",
     "App",
     "Batches",
@@ -102,6 +104,7 @@ __all__ = [
     "set_fetch_wait",
     "skip_offsets",
     "use_memory_store",
+    "visible_ends",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,6 +148,15 @@ class BatchConsumer(driver.Consumer):
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_partitions_assigned(  # Faust's signature
+        self, assigned: set[TP], generation_id: int = 0,
+    ) -> None:
+        app = cast(App, self.app)
+        if app.before_assignment is not None and app.batches is not None:
+            inputs = app.batches.topics
+            await app.before_assignment({tp.partition for tp in assigned if tp.topic in inputs})
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def _getmany(  # Faust's signature
         self, active_partitions: set[TP] | None, timeout: float,  # noqa: ASYNC109
@@ -246,6 +258,8 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         consumer: AIOKafkaConsumer = super()._create_worker_consumer(transport)
         # Read by AIOKafkaConsumer.start() when it builds its Fetcher.
         consumer._fetch_max_wait_ms = cast(App, self.app).fetch_wait_ms
+        if cast(App, self.app).read_committed:
+            consumer._isolation_level = "read_committed"
         return consumer
 
     async def _fetch_records(
@@ -311,8 +325,11 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         return result
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
-        if cast(App, self.app).embedded and not self.consumer.in_transaction:
+        app = cast(App, self.app)
+        if not app.exact_end_offsets:
             return await end_offsets(self._ensure_consumer(), partitions)
+        if app.read_committed:
+            return await visible_ends(self._ensure_consumer(), partitions)
         result: Mapping[TP, int] = await super()._highwaters(partitions)
         return result
 
@@ -325,13 +342,20 @@ class App(faust.App):
     """faust.App with dripstream's consumer (batch delivery, fetch wait, end offsets)."""
 
     def __init__(
-        self, *args: Any, fetch_wait_ms: int, idle_fetch_wait_ms: int, embedded: bool,
-        **kwargs: Any,
+        self, *args: Any, fetch_wait_ms: int, idle_fetch_wait_ms: int,
+        exact_end_offsets: bool, read_committed: bool, **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.fetch_wait_ms = fetch_wait_ms
         self.idle_fetch_wait_ms = idle_fetch_wait_ms
-        self.embedded = embedded
+        #: False on a broker whose ListOffsets(latest) is short (streams/capabilities.py).
+        self.exact_end_offsets = exact_end_offsets
+        #: Exactly-once: the consumer reads only committed transactions.
+        self.read_committed = read_committed
+        #: Awaited with the input partitions assigned, before Faust reads their committed
+        #: offsets or recovers their tables (exactly-once: the transactional producers'
+        #: fence, agents/transactions.py).
+        self.before_assignment: Callable[[set[int]], Awaitable[None]] | None = None
         #: Set by :meth:`deliver_batches`; None: every record takes Faust's own path.
         self.batches: Batches | None = None
 
@@ -364,21 +388,22 @@ Record = tuple[str, int, bytes | None, bytes, list[tuple[str, bytes]] | None]
 
 
 async def send_batches(
-    app: faust.App, records: Iterable[Record]
+    app: faust.App, records: Iterable[Record], *, producer: AIOKafkaProducer | None = None,
 ) -> Callable[[], Awaitable[dict[tuple[str, int], int]]]:
     """Queue ``records`` (in this order per partition) as record batches of aiokafka's
     producer; returns a coroutine function that waits for the broker to acknowledge them
     all and gives the last offset written per (topic, partition). One future per batch
     instead of one per record: about a quarter of ``send``'s cost per record. Faust's
     producer does not expose batches. Nothing to send touches no producer (one that has
-    stopped, say)."""
+    stopped, say). ``producer``: another than the app's (a transactional one, begun)."""
     records = list(records)
     if not records:
         async def nothing() -> dict[tuple[str, int], int]:
             return {}
 
         return nothing
-    producer = cast(Any, app.producer)._ensure_producer()
+    if producer is None:
+        producer = cast(Any, app.producer)._ensure_producer()
     open_: dict[tuple[str, int], Any] = {}
     counts: dict[tuple[str, int], int] = defaultdict(int)
     pending: list[tuple[tuple[str, int], int, Any]] = []
@@ -425,10 +450,14 @@ def highwater(app: faust.App, tp: TP) -> int | None:
     """The high watermark of an assigned partition as the consumer's last fetch saw it
     (None: not known yet)."""
     try:
-        found = app.consumer.highwater(tp)
+        if cast(App, app).read_committed:  # the end a read_committed position reaches
+            consumer = cast(Any, app.consumer)._thread._consumer
+            found = consumer.last_stable_offset(tp)
+        else:
+            found = app.consumer.highwater(tp)
     except Exception:  # not assigned (any more), or no consumer yet
         return None
-    return int(found) if found is not None else None
+    return int(found) if found is not None and found >= 0 else None
 
 
 def committed_offset(app: faust.App, tp: TP) -> int | None:
@@ -573,6 +602,122 @@ async def end_offsets(
         raise RuntimeError(f"the broker's Fetch response left out {missing}")
     listed = await consumer.end_offsets(partitions)
     return {tp: max(result.get(tp, 0), listed.get(tp, 0)) for tp in partitions}
+
+
+async def visible_ends(
+    consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """One past the last record a ``read_committed`` reader sees below the last stable
+    offset, per partition — where a reader that has seen everything stands, in the
+    offsets it is handed. On a topic written in transactions the log ends with a commit
+    marker (and may hold aborted batches), which no reader is ever handed: Faust's table
+    recovery waits for a record at ``end - 1`` and would wait forever for a marker, and
+    a lag counted to the last stable offset never reaches 0. Read from the log itself,
+    forwards from a little before the end (further back while nothing is visible)."""
+    partitions = list(partitions)
+    stable = await consumer.end_offsets(partitions)  # read_committed: the LSO
+    starts = await consumer.beginning_offsets(partitions)
+    result: dict[TopicPartition, int] = {}
+    for tp in partitions:
+        end, first = stable[tp], starts.get(tp, 0)
+        window, found = 16, None
+        while found is None:
+            start = max(first, end - window)
+            found = await _last_visible(consumer, tp, start, end)
+            if start <= first:
+                break
+            window *= 8
+        result[tp] = first if found is None else found + 1
+    return result
+
+
+async def _last_visible(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int,
+                        end: int) -> int | None:
+    """The offset of the last record at ``start..end-1`` a read_committed reader is handed."""
+    client = consumer._client
+    last: int | None = None
+    cursor = start
+    while cursor < end:
+        leader = client.cluster.leader_for_partition(tp)
+        if leader is None or leader == -1:
+            await client.force_metadata_update()
+            leader = client.cluster.leader_for_partition(tp)
+        limit = 4 * 1024 * 1024
+        request = FetchRequest(max_wait_time=10, min_bytes=1, max_bytes=limit,
+                               isolation_level=1,
+                               topics=[(tp.topic, [(tp.partition, cursor, limit)])])
+        response = await client.send(leader, request)
+        parts = [part for topic, answers in response.topics if topic == tp.topic
+                 for part in answers if part[0] == tp.partition]
+        if not parts or parts[0][1]:
+            code = parts[0][1] if parts else -1
+            raise for_code(code)(f"reading the end of {tp} at {cursor}")
+        # After (partition, error, high watermark), as aiokafka's fetcher reads it: v11+
+        # [lso, log start, aborted, preferred replica, records], v4-v10 [lso, (log
+        # start,) aborted, records].
+        rest = parts[0][3:]
+        aborted = rest[2] if response.API_VERSION >= 11 else rest[-2]
+        data = rest[-1]
+        records = PartitionRecords(tp, MemoryRecords(data), aborted, cursor, None, None,
+                                   False, READ_COMMITTED)
+        for record in records:
+            if record.offset >= end:
+                return last
+            last = record.offset
+        if records.next_fetch_offset <= cursor:
+            break  # nothing more to read at or after the cursor
+        cursor = records.next_fetch_offset
+    return last
+
+
+class _Skipped:
+    """Offsets aiokafka's fetcher passed over without handing a record: transaction
+    markers, and with read_committed the batches of aborted transactions. Recorded in
+    the consumer's thread as the fetcher parses a response, read by the input gap guard
+    (a hole made only of these needs no broker round trip: the fetcher read them from
+    the log). A few thousand ranges per partition are kept."""
+
+    def __init__(self) -> None:
+        self._ranges: defaultdict[TopicPartition, deque[tuple[int, int]]] = defaultdict(
+            lambda: deque(maxlen=4096))
+
+    def add(self, tp: TopicPartition, start: int, end: int) -> None:
+        self._ranges[tp].append((start, end))
+
+    def covers(self, tp: TopicPartition, start: int, end: int) -> bool:
+        """Whether every offset of ``start..end-1`` was passed over."""
+        ranges = sorted(r for r in list(self._ranges.get(tp, ())) if r[1] > start
+                        and r[0] < end)
+        cursor = start
+        for low, high in ranges:
+            if low > cursor:
+                return False
+            cursor = max(cursor, high)
+            if cursor >= end:
+                return True
+        return cursor >= end
+
+
+#: Every consumer's passed-over offsets in this process (see :class:`_Skipped`).
+SKIPPED = _Skipped()
+
+
+class _RecordingPartitionRecords(PartitionRecords):  # type: ignore[misc]
+    """aiokafka's parsed partition data, noting the offsets it passes over in
+    :data:`SKIPPED` (its behaviour is unchanged)."""
+
+    def _unpack_records(self) -> Iterator[Any]:
+        expected = self.next_fetch_offset
+        for record in super()._unpack_records():
+            if record.offset > expected:
+                SKIPPED.add(self._tp, expected, record.offset)
+            expected = record.offset + 1
+            yield record
+        if self.next_fetch_offset > expected:
+            SKIPPED.add(self._tp, expected, self.next_fetch_offset)
+
+
+aiokafka_fetcher.PartitionRecords = _RecordingPartitionRecords
 
 
 class MemoryStore(faust.stores.memory.Store[bytes, bytes]):

@@ -79,6 +79,9 @@ class Counts:
     rewinds: int = 0
     healed: int = 0  # read again after a rewind: records the consumer had lost
     undelivered: int = 0  # found by the idle check (fetched, never handed over)
+    #: Offsets the fetcher itself passed over as transaction markers or aborted batches
+    #: (one marker per transaction on a topic written in transactions): not holes.
+    markers: int = 0
 
 
 @dataclass
@@ -146,6 +149,15 @@ class GapGuard:
         self.counts.explained += 1
         self._next[key] = end
 
+    def passed(self, topic: str, partition: int, start: int, end: int) -> None:
+        """The fetcher passed over ``start..end-1`` (markers, aborted batches): the agent
+        goes on at ``end``; no hole."""
+        key = (topic, partition)
+        self._waiting.pop(key, None)
+        self._last_skipped.pop(key, None)
+        self.counts.markers += end - start
+        self._next[key] = end
+
     def missing(self, topic: str, partition: int, start: int, end: int,
                 now: float) -> int | None:
         """The broker holds records at ``start..end-1`` that the agent never saw: the
@@ -181,6 +193,10 @@ class GapGuard:
         return [h for h in self._waiting.values() if h.stuck_since is not None]
 
     # -- the idle check --------------------------------------------------------------------
+    def expected(self, topic: str, partition: int, committed: int | None) -> int | None:
+        """The next offset the agent wants from the partition."""
+        return self._next.get((topic, partition), committed)
+
     def lost_behind(
         self, topic: str, partition: int, fetched: int | None, committed: int | None,
         now: float,

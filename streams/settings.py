@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     follow_max_wait_ms: int = Field(
         250, ge=0, description="fetch wait of the definitions and suppressions followers")
     batch_max: int = Field(1000, ge=1, description="input records per batch (at most)")
+    guarantee: Literal["auto", "exactly_once", "at_least_once"] = Field(
+        "auto", description="exactly_once: each batch's effects, state and input offsets "
+                            "commit in one Kafka transaction (readers read_committed); "
+                            "at_least_once: effects before state, deterministic ids, "
+                            "repeats dropped downstream; auto: exactly_once where the "
+                            "broker has transactions (docs/operations.md)")
     dedupe_window_s: float = Field(24 * 3600, gt=0, description="duplicate-event window")
     max_causation_depth: int = Field(5, ge=1, description="loop guard for emitted events")
     timer_interval_s: float = Field(1.0, gt=0, description="how often due waits are checked")
@@ -57,12 +63,14 @@ class Settings(BaseSettings):
         None, description="tests only: a file holding seconds added to the clock"
     )
     fault: str | None = Field(
-        None, pattern=r"^(after_effects|after_state|crash|stall|lose_input)(:[0-9]+)?$",
+        None, pattern=r"^(after_effects|after_state|crash|stall|lose_input|zombie)(:[0-9]+)?$",
         description="tests only, at the Nth batch that writes anything: after_effects / "
                     "after_state SIGKILL the worker once the effects / the table writes are "
                     "acknowledged; crash fails the Faust app; stall stops the agent. "
                     "lose_input:N drops the Nth to N+9th input records to reach the agent, "
-                    "once, before the gap guard sees them (as the consumer once lost input)",
+                    "once, before the gap guard sees them (as the consumer once lost input); "
+                    "zombie (exactly-once) SIGSTOPs the worker once a transaction's effects "
+                    "are written, before its commit",
     )
     health_file: Path | None = Field(
         None, description="liveness file, touched while the worker makes progress; "

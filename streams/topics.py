@@ -8,6 +8,8 @@ count. ``dripstream topics`` and every worker start call :func:`ensure_topics`.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -135,6 +137,22 @@ def _admin(settings: Settings) -> AIOKafkaAdminClient:
     )
 
 
+async def wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str],
+                           wait_s: float = 30.0) -> None:
+    """Until every partition of ``names`` has a leader: Kafka answers CreateTopics once its
+    controller has the topics, before every broker knows their leaders (a producer
+    that writes at once gets NotLeaderForPartition, and aiokafka logs an ERROR)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = await admin.describe_topics(names)
+        if all(not t.get("error_code") and t["partitions"]
+               and all(p.get("leader", -1) >= 0 for p in t["partitions"]) for t in found):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics {names} have no leaders after {wait_s:.0f}s")
+        await asyncio.sleep(0.05)
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the topics of :data:`TOPICS` that do not exist yet; return the names created."""
     admin = _admin(settings)
@@ -153,6 +171,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
         ]
         if missing:
             await admin.create_topics(missing)
+            await wait_for_leaders(admin, [t.name for t in missing])
         present = [n for n in (topic_name(settings, s.suffix) for s in TOPICS) if n in existing]
         wrong = {
             t["topic"]: len(t["partitions"])

@@ -457,3 +457,20 @@ class ReadModel:
     async def contact_ids(self, account: str) -> set[str]:
         members = await self.redis.smembers(f"{self.prefix}contacts:{account}")
         return {m.decode() if isinstance(m, bytes) else m for m in members}
+
+    # -- exactly-once: how far each partition's committed states are projected -----------
+    async def mark_projected(self, offsets: Mapping[int, int]) -> None:
+        """Each partition's newest changelog offset whose state is projected (written
+        after the projection: behind, never ahead)."""
+        if offsets:
+            await self.redis.hset(f"{self.prefix}projected",
+                                  mapping={str(p): o for p, o in offsets.items()})
+
+    async def projected(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The marks of :meth:`mark_projected` (-1: none)."""
+        wanted = sorted(partitions)
+        if not wanted:
+            return {}
+        found = await self.redis.hmget(f"{self.prefix}projected", [str(p) for p in wanted])
+        return {p: int(v) if v is not None else -1 for p, v in zip(wanted, found, strict=True)}
+

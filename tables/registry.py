@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -34,6 +34,9 @@ from streams.settings import Settings
 from tables.campaigns import CAMPAIGN_WORKFLOW, content_workflow
 from tables.compliance import default_policy
 from tables.inactivity import thresholds
+
+if TYPE_CHECKING:
+    from streams.capabilities import Capabilities
 
 __all__ = ["CompactedView", "Registry", "Suppressions"]
 
@@ -50,11 +53,18 @@ class CompactedView:
         """Apply one record (``timestamp``: its broker timestamp, ms)."""
         raise NotImplementedError
 
-    async def follow(self, settings: Settings, topic: str) -> None:
-        """Read ``topic`` from the start forever; set :attr:`ready` once caught up."""
+    async def follow(self, settings: Settings, topic: str,
+                     capabilities: Capabilities | None = None, *,
+                     read_committed: bool = False) -> None:
+        """Read ``topic`` from the start forever; set :attr:`ready` once caught up.
+        ``capabilities``: the broker's (unknown: end offsets are read the way that is
+        right on every broker). ``read_committed``: only what committed transactions
+        wrote (exactly-once: the suppressions a batch writes are in its transaction)."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-            fetch_max_wait_ms=settings.follow_max_wait_ms, **settings.kafka_security(),
+            fetch_max_wait_ms=settings.follow_max_wait_ms,
+            isolation_level="read_committed" if read_committed else "read_uncommitted",
+            **settings.kafka_security(),
         )
         try:  # start inside: a follower cancelled while starting still closes it
             await consumer.start()
@@ -66,8 +76,9 @@ class CompactedView:
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            ends = (await end_offsets(consumer, tps) if settings.embedded
-                    else await consumer.end_offsets(tps))
+            exact = capabilities is not None and capabilities.exact_end_offsets
+            ends = (await consumer.end_offsets(tps) if exact
+                    else await end_offsets(consumer, tps))
             while True:
                 positions = [await consumer.position(tp) for tp in tps]
                 if not self.ready.is_set() and all(

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from functools import lru_cache
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from faust.types import TP
 
@@ -86,14 +87,18 @@ class ContactStore:
         raw = self.get_raw(key)
         return None if raw is None else decode(raw)
 
-    async def send(self, values: dict[str, bytes]) -> Callable[[], Awaitable[Written]]:
+    async def send(
+        self, values: dict[str, bytes], *, producer: AIOKafkaProducer | None = None,
+    ) -> Callable[[], Awaitable[Written]]:
         """Queue every changed contact's encoded state on its changelog partition; returns
         a coroutine function that waits for the broker's acknowledgements. Apply what it
-        returns with :meth:`apply` (the local store is never ahead of the changelog)."""
+        returns with :meth:`apply` (the local store is never ahead of the changelog).
+        ``producer``: a transactional one, begun (exactly-once), instead of the app's."""
         topic = self.table.changelog_topic_name
         rows = [(key.encode(), self.partition(key), value) for key, value in values.items()]
         acknowledged = await send_batches(self.app, ((topic, partition, key, value, None)
-                                                     for key, partition, value in rows))
+                                                     for key, partition, value in rows),
+                                          producer=producer)
 
         async def written() -> Written:
             return rows, await acknowledged()
@@ -108,6 +113,13 @@ class ContactStore:
             self._access.put(partition, key, value)
         for (_, partition), offset in newest.items():
             self._access.persisted(TP(topic, partition), offset)
+
+    def persisted(self, partition: int) -> int | None:
+        """The newest changelog offset the local store holds for ``partition``."""
+        store = self._access._store
+        offset: int | None = store.persisted_offset(
+            TP(self.table.changelog_topic_name, partition))
+        return offset
 
     def items(self, partitions: set[int], prefix: str = "") -> Iterator[tuple[str, bytes]]:
         """(key, encoded state) of every contact stored for ``partitions`` whose key starts

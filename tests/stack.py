@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from producers.admin import publish_definition, send_control
 from producers.publisher import Publisher
+from streams.capabilities import guarantee, probe
 from streams.clock import Clock
 from streams.commands import Control
 from streams.embedded import WorkerProcess, read_to_end
@@ -47,12 +48,16 @@ async def eventually(
 class Stack:
     def __init__(
         self, bootstrap: str, redis_url: str, tmp_path: Path, *, embedded: bool,
-        partitions: int = 4,
+        partitions: int = 4, security: Mapping[str, str] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.tmp_path = tmp_path
+        #: ``DRIPSTREAM_SECURITY_PROTOCOL``, ``_SASL_*``, ``_SSL_*`` of a secured broker
+        #: (without the prefix, lower case): for the workers, the CLI and this stack's
+        #: own clients.
+        self.security = dict(security or {})
         self.settings = Settings(
-            broker=f"kafka://{bootstrap}",
+            broker=";".join(f"kafka://{b}" for b in bootstrap.split(",")),
             topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
             partitions=partitions,
             redis_url=redis_url,
@@ -60,12 +65,14 @@ class Stack:
             data_dir=tmp_path / "data",
             clock_offset_file=tmp_path / "clock-offset",
             timer_interval_s=0.2,
+            **self.security,  # type: ignore[arg-type]
         )
         self.workers: list[WorkerProcess] = []
         self.channels: list[WorkerProcess] = []
         self.redis = Redis.from_url(redis_url)
         self.read_model = ReadModel(self.redis, self.settings.topic_prefix)
-        self.publisher = Publisher(bootstrap, topic_prefix=self.settings.topic_prefix)
+        self.publisher = Publisher(bootstrap.split(","), topic_prefix=self.settings.topic_prefix,
+                                   **self.settings.kafka_security())
 
     @cached_property
     def env(self) -> dict[str, str]:
@@ -85,6 +92,7 @@ class Stack:
             "DRIPSTREAM_TIMER_INTERVAL_S": str(s.timer_interval_s),
             # Several workers share the host: no metrics server unless a test asks for one.
             "DRIPSTREAM_METRICS_PORT": "0",
+            **{f"DRIPSTREAM_{name.upper()}": value for name, value in self.security.items()},
         }
 
     def topic(self, suffix: str) -> str:
@@ -97,8 +105,13 @@ class Stack:
         noon = real.replace(hour=12, minute=0, second=0, microsecond=0) + timedelta(days=1)
         self.set_time(noon)
         await ensure_topics(self.settings)
+        #: What the broker can do, and the guarantee the workers choose from it: with
+        #: exactly-once, the tests read as the channel workers do (read_committed).
+        self.capabilities = await probe(self.settings)
+        self.exactly_once = guarantee(self.settings, self.capabilities) == "exactly_once"
         await self.publisher.__aenter__()
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all")
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap.split(","),
+                                         acks="all", **self.settings.kafka_security())
         await self.producer.start()
 
     # -- the workers' clock (streams/clock.py): tests skip time instead of waiting ------
@@ -142,8 +155,9 @@ class Stack:
 
     async def committed_any(self) -> bool:
         """Has the workers' group committed an input offset on contact-events yet?"""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
-                                    group_id=self.settings.group_id, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap.split(","),
+                                    group_id=self.settings.group_id, enable_auto_commit=False,
+                                    **self.settings.kafka_security())
         await consumer.start()  # not subscribed: reads the group's offsets without joining
         try:
             topic = self.topic("contact-events")
@@ -154,11 +168,19 @@ class Stack:
         finally:
             await consumer.stop()
 
+    @property
+    def isolation_level(self) -> str:
+        """How the tests read the workers' output: as a channel worker would."""
+        return "read_committed" if self.exactly_once else "read_uncommitted"
+
     async def read_all(self, suffix: str) -> list[Any]:
         """Every record of a topic up to its current end (a snapshot, no waiting)."""
         try:
             return await read_to_end(self.bootstrap, self.topic(suffix),
-                                     self.settings.partitions, embedded=self.settings.embedded)
+                                     self.settings.partitions,
+                                     embedded=not self.capabilities.exact_end_offsets,
+                                     isolation_level=self.isolation_level,
+                                     **self.settings.kafka_security())
         except TimeoutError as exc:
             raise AssertionError(f"{suffix}: could not read to the end ({exc})") from None
 
@@ -235,8 +257,9 @@ class Stack:
     async def read_topic(self, suffix: str, count: int, timeout: float = 30.0) -> list[Any]:
         """The first ``count`` records of a topic, read from the start by a fresh consumer."""
         consumer = AIOKafkaConsumer(
-            self.topic(suffix), bootstrap_servers=self.bootstrap,
+            self.topic(suffix), bootstrap_servers=self.bootstrap.split(","),
             auto_offset_reset="earliest", enable_auto_commit=False, group_id=None,
+            isolation_level=self.isolation_level, **self.settings.kafka_security(),
         )
         await consumer.start()
         records: list[Any] = []

@@ -72,6 +72,16 @@ FINGERPRINTS = {
     "aiokafka.consumer.consumer:AIOKafkaConsumer.seek_to_committed": "f6cd85c8b70a4ccf",
     "aiokafka.consumer.fetcher:Fetcher.fetched_records": "be4348896b9b66af",
     "aiokafka.consumer.fetcher:Fetcher.seek_to": "f0ba6aba6c22ef83",
+    # compat._RecordingPartitionRecords wraps _unpack_records (offsets passed over: the
+    # control and aborted batches it skips, advancing next_fetch_offset); __init__ calls
+    # it; the fetcher builds the class by its module-global name (replaced by compat).
+    # visible_ends builds one itself with read_committed.
+    "aiokafka.consumer.fetcher:PartitionRecords._unpack_records": "b803e6d46480732c",
+    "aiokafka.consumer.fetcher:PartitionRecords.__init__": "8ec1c2ae6ea1af87",
+    "aiokafka.consumer.fetcher:Fetcher._proc_fetch_request": "59bf948fff47eed5",
+    # BatchConsumer.on_partitions_assigned runs the exactly-once fence before this
+    # starts Faust's assignment chain (committed offsets, table recovery).
+    "faust.transport.consumer:Consumer.on_partitions_assigned": "29ce96596f05a18c",
 }
 
 
@@ -104,6 +114,7 @@ def test_attributes_compat_reads_exist() -> None:
 
     consumer = inspect.getsource(AIOKafkaConsumer.__init__)
     assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in consumer
+    assert "self._isolation_level = isolation_level" in consumer
     assert "self._client = AIOKafkaClient(" in consumer
     assert "self._subscription = SubscriptionState(" in consumer
     assert callable(AIOKafkaClient.force_metadata_update)

@@ -4,8 +4,9 @@ the agent was handed and what the group committed, as JSON.
 
 Run by tests/integration/test_input_loss.py as a subprocess -- a Faust app, with its
 consumer thread, does not share the test session's event loop -- as
-``python -m tests.integration.seek_probe SCENARIO BOOTSTRAP NAME PROFILE`` (``embedded``
-for Tansu: its fast group settings; anything else: Faust's defaults). Every wait is on a
+``python -m tests.integration.seek_probe SCENARIO BOOTSTRAP NAME PROFILE KIND``
+(``embedded``: fast group settings; anything else: Faust's defaults; ``tansu``: its end
+offsets corrected). Every wait is on a
 condition, with a deadline. The agent is played here: it takes the batches itself.
 
 ``seek``: the group has committed offset 10 of a 100-record partition; the worker starts
@@ -85,7 +86,8 @@ async def broker_committed(bootstrap: str, group: str, tp: TopicPartition) -> in
         await checker.stop()
 
 
-async def main(scenario: str, bootstrap: str, name: str, profile: str) -> dict[str, Any]:
+async def main(scenario: str, bootstrap: str, name: str, profile: str,
+               kind: str = "tansu") -> dict[str, Any]:
     topic, group = f"{name}-in", f"{name}-group"
     tp = TopicPartition(topic, 0)
     await prepare(bootstrap, topic, group, COMMITTED if scenario == "seek" else None)
@@ -93,7 +95,8 @@ async def main(scenario: str, bootstrap: str, name: str, profile: str) -> dict[s
     fast = {"broker_session_timeout": 2.0, "broker_heartbeat_interval": 0.5,
             "broker_rebalance_timeout": 2.0} if embedded else {}
     app = compat.App(group, broker=f"kafka://{bootstrap}", fetch_wait_ms=10,
-                     idle_fetch_wait_ms=10, embedded=embedded, web_enabled=False,
+                     idle_fetch_wait_ms=10, exact_end_offsets=kind != "tansu",
+                     read_committed=False, web_enabled=False,
                      autodiscover=False, consumer_auto_offset_reset="earliest",
                      datadir=tempfile.mkdtemp(prefix="seek-probe-"), **fast)
     batches = compat.Batches({topic}, batch_max=10, depth=1)
@@ -148,9 +151,10 @@ async def main(scenario: str, bootstrap: str, name: str, profile: str) -> dict[s
     return {"delivered": delivered}
 
 
-async def probe(scenario: str, bootstrap: str, name: str, profile: str) -> None:
+async def probe(scenario: str, bootstrap: str, name: str, profile: str,
+                kind: str = "tansu") -> None:
     try:
-        print(json.dumps(await main(scenario, bootstrap, name, profile)), flush=True)
+        print(json.dumps(await main(scenario, bootstrap, name, profile, kind)), flush=True)
     finally:
         # Faust's clean stop waits for every tracked record to be acked, and the records in
         # flight never will be: nothing here needs one.
@@ -158,4 +162,4 @@ async def probe(scenario: str, bootstrap: str, name: str, profile: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(probe(*sys.argv[1:5]))
+    asyncio.run(probe(*sys.argv[1:6]))

@@ -29,7 +29,7 @@ def probe(broker: Broker, scenario: str) -> dict[str, Any]:
     name = f"loss{uuid.uuid4().hex[:8]}"
     done = subprocess.run(
         [sys.executable, "-m", "tests.integration.seek_probe", scenario, broker.bootstrap,
-         name, "embedded" if broker.embedded else "production"],
+         name, "embedded" if broker.embedded else "production", broker.kind],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip(), done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
