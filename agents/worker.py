@@ -136,7 +136,7 @@ def build(settings: Settings, capabilities: Capabilities) -> Worker:
     """The app and its parts, with the agents, tasks and timers installed, for a broker
     with ``capabilities`` (:func:`streams.capabilities.probe`)."""
     exactly_once = guarantee(settings, capabilities) == "exactly_once"
-    app = build_app(settings, capabilities, exactly_once=exactly_once)
+    app = build_app(settings, capabilities)
     names = TopicNames.of(settings)
     worker = Worker(
         settings=settings,
@@ -169,12 +169,12 @@ def build(settings: Settings, capabilities: Capabilities) -> Worker:
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def follow_definitions() -> None:
         await worker.registry.follow(settings, names.definitions, capabilities,
-                                     read_committed=exactly_once)
+                                     read_committed=capabilities.transactions)
 
     @app.task  # type: ignore[untyped-decorator]
     async def follow_suppressions() -> None:
         await worker.suppressions.follow(settings, names.suppressions, capabilities,
-                                         read_committed=exactly_once)
+                                         read_committed=capabilities.transactions)
 
     contacts.install(worker)
     timers.install(worker)

@@ -56,9 +56,10 @@ def _profile(s: Settings) -> dict[str, Any]:
     return {}
 
 
-def build_app(settings: Settings, capabilities: Capabilities, *, exactly_once: bool) -> App:
-    """The app for ``settings`` on a broker with ``capabilities``; ``exactly_once``: its
-    consumer reads only committed transactions (agents/transactions.py)."""
+def build_app(settings: Settings, capabilities: Capabilities) -> App:
+    """The app for ``settings`` on a broker with ``capabilities``. Where the broker has
+    transactions its consumer reads only committed ones, whatever the worker's own
+    guarantee: an upstream publisher's aborted events are not events."""
     return App(
         settings.group_id,
         broker=settings.broker,
@@ -83,6 +84,6 @@ def build_app(settings: Settings, capabilities: Capabilities, *, exactly_once: b
         fetch_wait_ms=settings.fetch_wait_ms,
         idle_fetch_wait_ms=settings.idle_fetch_wait_ms,
         exact_end_offsets=capabilities.exact_end_offsets,
-        read_committed=exactly_once,
+        read_committed=capabilities.transactions,
         **_profile(settings),
     )
