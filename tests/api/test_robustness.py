@@ -1,13 +1,16 @@
-"""Malformed and unusual requests get a precise 4xx (never a 500) — against real
-PostgreSQL, Redis and a broker."""
+"""Malformed and unusual requests get a precise 4xx (never a 500), and every answer is
+counted in ``/metrics`` — against real PostgreSQL, Redis and a broker."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 
 from api.schemas import MAX_DEPTH
+from producers.publisher import build_event
 from tests.api.conftest import Api
 from tests.api.test_routes import CAMPAIGN, KEYWORD, PROBLEM, WORKFLOW
 
@@ -75,3 +78,56 @@ async def test_a_definition_nested_past_the_limit_is_a_422(api: Api) -> None:
                              json={"caps": {"limits": {"day": nested(250)}}})
     assert r.status_code == 422 and r.json()["errors"][0]["loc"][:4] == [
         "body", "caps", "limits", "day"], r.text
+
+
+async def test_a_chunked_body_over_the_limit_is_a_413(api: Api) -> None:
+    """No Content-Length, 2 MB streamed: 413 problem+json on the events route (which reads
+    the body itself) and on a definition route (FastAPI reads it)."""
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(20):
+            yield b" " * 100_000
+
+    for role, path in (("ingest", "events"), ("editor", "workflows")):
+        h = {**await api.key("acme", role), "content-type": "application/json"}
+        r = await api.client.post(f"/v1/accounts/acme/{path}", headers=h, content=chunks())
+        assert r.status_code == 413 and r.headers["content-type"] == PROBLEM, (path, r.text)
+        assert r.json()["detail"] == f"the body is over {api.services.api.max_body_bytes} bytes"
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain",
+                                          "application/x-www-form-urlencoded"])
+async def test_a_body_that_is_not_declared_json_is_a_415(api: Api,
+                                                         content_type: str | None) -> None:
+    """A JSON text sent as text/plain, as a form or undeclared is refused, on the events
+    route (which parsed it as JSON) and on a definition route; +json types are JSON."""
+    ingest, editor = await api.key("acme", "ingest"), await api.key("acme", "editor")
+    event = build_event("acme", "c-1", "contact.tagged", {"tag": "x"})
+    for h, path, body in ((ingest, "events", event), (editor, "workflows", WORKFLOW)):
+        headers = {**h, **({"content-type": content_type} if content_type else {})}
+        r = await api.client.post(f"/v1/accounts/acme/{path}", headers=headers,
+                                  content=orjson.dumps(body))
+        assert r.status_code == 415 and r.headers["content-type"] == PROBLEM, r.text
+        assert "Content-Type: application/json" in r.json()["detail"]
+    assert await api.stack.read_all("contact-events") == []
+    r = await api.client.post("/v1/accounts/acme/events", content=orjson.dumps([event]),
+                              headers={**ingest,
+                                       "content-type": "application/cloudevents-batch+json"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+
+
+async def test_metrics_count_the_500_of_an_escaping_exception(api: Api) -> None:
+    """An exception that escapes a route is answered 500 by the outermost error handler;
+    /metrics counts it, and the 413 a middleware answers, too."""
+    async def broken() -> None:
+        raise RuntimeError("a bug")
+
+    api.app.add_api_route("/v1/broken", broken)
+    assert (await api.client.get("/v1/broken")).status_code == 500
+    h = await api.key("acme", "ingest")
+    r = await api.client.post("/v1/accounts/acme/events", headers=h,
+                              content=b" " * (api.services.api.max_body_bytes + 1))
+    assert r.status_code == 413
+    text = (await api.client.get("/metrics")).text
+    assert 'dripstream_api_requests_total{method="GET",route="/v1/broken",status="500"} ' \
+           '1.0' in text
+    assert 'method="POST",route="unmatched",status="413"} 1.0' in text
