@@ -27,6 +27,7 @@ from api.auth import bearer_source
 from api.db import connect, migrate
 from api.deps import Services
 from api.middleware import BodyLimit, JsonOnly, Metrics
+from api.paths import ContactSegment
 from api.relay import Relay
 from api.routes import campaigns, contacts, events, keys, observe, suppressions
 from api.routes.definitions import definition_router, policy_router
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
     _metrics_route(app, registry)
     # Added innermost first: Metrics ends up outermost, so it counts the answers of the
     # others too.
+    app.add_middleware(ContactSegment)
     app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit, limit=api.max_body_bytes)
     app.add_middleware(Metrics, registry=registry)

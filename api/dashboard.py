@@ -32,6 +32,7 @@ from api.auth import ANY_ACCOUNT, OPERATE, READ, Allow, Principal, Role
 from api.charts import stacked_bars
 from api.deps import ServicesDep, SessionDep
 from api.errors import Problem
+from api.paths import CONTACT_PATH
 from api.routes import campaigns, contacts, observe
 from api.schemas import Cursor
 from streams.events import ACCOUNT_PATTERN
@@ -224,7 +225,7 @@ async def contact_list(request: Request, account: str, who: Reader, svc: Service
                   items=found.items, next_cursor=found.next_cursor)
 
 
-@router.get("/{account}/contacts/{contact_id}", response_class=HTMLResponse)
+@router.get("/{account}" + CONTACT_PATH, response_class=HTMLResponse)
 async def contact(request: Request, account: str, contact_id: contacts.ContactId,
                   who: Reader, svc: ServicesDep) -> HTMLResponse:
     """State, consent, groups, tags, cap windows, executions, sends and the audit records
@@ -238,7 +239,7 @@ async def contact(request: Request, account: str, contact_id: contacts.ContactId
                   audit=audit)
 
 
-@router.get("/{account}/contacts/{contact_id}/executions/{execution_id:path}",
+@router.get("/{account}" + CONTACT_PATH + "/executions/{execution_id:path}",
             response_class=HTMLResponse)
 async def execution(request: Request, account: str, contact_id: contacts.ContactId,
                     execution_id: contacts.ExecutionId, who: Reader, svc: ServicesDep,
@@ -252,7 +253,7 @@ async def execution(request: Request, account: str, contact_id: contacts.Contact
                   contact_id=contact_id, ex=ex, actions=actions, sent=sent)
 
 
-@router.post("/{account}/contacts/{contact_id}/executions/{execution_id:path}/{action}")
+@router.post("/{account}" + CONTACT_PATH + "/executions/{execution_id:path}/{action}")
 async def control_execution(request: Request, account: str, contact_id: contacts.ContactId,
                             execution_id: contacts.ExecutionId, action: Action,
                             who: Operator, svc: ServicesDep) -> Response:

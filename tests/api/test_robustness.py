@@ -13,6 +13,7 @@ from api.schemas import MAX_DEPTH
 from producers.publisher import build_event
 from tests.api.conftest import Api
 from tests.api.test_routes import CAMPAIGN, KEYWORD, PROBLEM, WORKFLOW
+from tests.stack import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -131,3 +132,48 @@ async def test_metrics_count_the_500_of_an_escaping_exception(api: Api) -> None:
     assert 'dripstream_api_requests_total{method="GET",route="/v1/broken",status="500"} ' \
            '1.0' in text
     assert 'method="POST",route="unmatched",status="413"} 1.0' in text
+
+
+async def test_caps_of_an_unknown_contact_are_a_404(api: Api) -> None:
+    """PUT or DELETE caps of a contact the read model does not know publishes nothing (the
+    event would have created the contact)."""
+    op = await api.key("acme", "operator")
+    for method in ("PUT", "DELETE"):
+        r = await api.client.request(method, "/v1/accounts/acme/contacts/nobody/caps",
+                                     headers=op, json={"day": 1} if method == "PUT" else None)
+        assert r.status_code == 404 and r.headers["content-type"] == PROBLEM, r.text
+        assert r.json()["detail"] == "no contact 'nobody'"
+    assert await api.stack.read_all("contact-events") == []
+
+
+async def test_a_contact_id_with_a_slash_opens(api: Api) -> None:
+    """Contact ids hold any character: ``team/ann`` (sent as team%2Fann) and a literal
+    ``50%2Foff`` open as themselves: detail, executions, caps."""
+    c = api.client
+    ingest, op = await api.key("acme", "ingest"), await api.key("acme", "operator")
+    ids = {"team/ann": "team%2Fann", "50%2Foff": "50%252Foff"}
+    api.stack.start_worker()
+    r = await c.post("/v1/accounts/acme/events", headers=ingest, json=[
+        build_event("acme", contact_id, "contact.created", {"phone": "+14155550101"},
+                    time=api.stack.now()) for contact_id in ids])
+    assert r.json()["accepted"] == 2, r.text
+
+    async def listed() -> bool:
+        r = await c.get("/v1/accounts/acme/contacts", headers=op)
+        return {i["contact_id"] for i in r.json()["items"]} == set(ids)
+
+    await eventually(listed, timeout=60, what="both contacts in the read model")
+    for contact_id, segment in ids.items():
+        base = f"/v1/accounts/acme/contacts/{segment}"
+        r = await c.get(base, headers=op)
+        assert r.status_code == 200, (contact_id, r.text)
+        assert r.json()["contact"]["contact_id"] == contact_id
+        assert (await c.get(f"{base}/executions", headers=op)).json()["items"] == []
+        r = await c.put(f"{base}/caps", headers=op, json={"day": 1})
+        assert r.status_code == 202, (contact_id, r.text)
+
+        async def capped(base: str = base) -> bool:
+            r = await c.get(base, headers=op)
+            return bool(r.json()["cap_windows"]["day"]["limit"] == 1)
+
+        await eventually(capped, what=f"{contact_id}'s own cap")
