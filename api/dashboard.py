@@ -133,6 +133,10 @@ async def login(request: Request, svc: ServicesDep) -> Response:
     principal = await sessions.key_principal(svc, key) if key else None
     if principal is None:
         return _login_form(request, 401, "unknown or revoked API key")
+    if principal.role not in READ:  # every page would be a 403
+        return _login_form(request, 403, f"a key of role {principal.role!r} may not read "
+                                         "the dashboard (an ingest key only posts events): "
+                                         "log in with a viewer, editor, operator or admin key")
     account = principal.account
     if account == ANY_ACCOUNT:
         account = fields.get("account", "").strip()

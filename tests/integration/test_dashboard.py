@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium, against a real stack: PostgreSQL (a database
 made for the test), Redis, the broker, one worker, and the API served by uvicorn on a free
 port. The pages show what the JSON API answers, their buttons act, viewers have none and
-a form without its CSRF token is refused.
+a form without its CSRF token is refused; an ingest key cannot log in.
 
 Chromium: Debian's (``/usr/bin/chromium``, or ``DRIPSTREAM_TEST_CHROMIUM``); ``.ci/run``
 installs it. Screenshots go to ``DRIPSTREAM_DASHBOARD_SCREENSHOTS`` (docs/dashboard/ was
@@ -83,6 +83,14 @@ def watch(page: Page, problems: list[str]) -> None:
 
     page.on("console", console)
     page.on("pageerror", crashed)
+
+
+def expected_error(problems: list[str], since: int, status: int) -> None:
+    """Chromium logs a console error for a page answered with an error status: the ones
+    a step provoked on purpose (and only those) are taken off the list."""
+    provoked = problems[since:]
+    assert provoked and all(f"status of {status}" in p for p in provoked), provoked
+    del problems[since:]
 
 
 def totals(minutes: list[dict[str, Any]]) -> dict[str, int]:
@@ -174,10 +182,19 @@ async def test_dashboard_pages_buttons_and_roles(stack: Stack, database_url: str
             async def shot(name: str) -> None:
                 await page.screenshot(path=shots / f"{name}.png")
 
-            # Log in as an operator.
+            # An ingest key may not read a page: its login is refused, saying why.
             await page.goto(f"{base}/dashboard/")
             await expect(page).to_have_url(f"{base}/dashboard/login")
             await shot("login")
+            since = len(problems)
+            await page.fill("#key", keys["ingest"])
+            await page.click("button[type=submit]")
+            await expect(page.get_by_test_id("login-error")).to_contain_text(
+                "an ingest key only posts events")
+            await expect(page).to_have_url(f"{base}/dashboard/login")
+            expected_error(problems, since, 403)
+
+            # Log in as an operator.
             await page.fill("#key", keys["operator"])
             await page.click("button[type=submit]")
             await expect(page).to_have_url(f"{base}/dashboard/acme")
