@@ -121,7 +121,8 @@ class JsonOnly:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and scope["path"].removeprefix(
+                scope.get("root_path", "")).startswith("/v1/"):
             headers = Headers(scope=scope)
             length = headers.get("content-length")
             has_body = "transfer-encoding" in headers or (
