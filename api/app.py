@@ -5,34 +5,29 @@ starts two tasks: the outbox relay (:mod:`api.relay`) and a follower of the supp
 topic (the list's reads). Everything is under ``/v1``; the OpenAPI schema is
 ``/openapi.json`` (docs at ``/docs``); Prometheus metrics at ``/metrics``; the HTML
 dashboard at ``/dashboard`` (:mod:`api.dashboard`). Every error
-is ``application/problem+json`` (:mod:`api.errors`).
+is ``application/problem+json`` (:mod:`api.errors`). The middleware around the routes
+(metrics, body limit, JSON bodies only) is :mod:`api.middleware`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI, Request, Response
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    generate_latest,
-)
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import dashboard, errors
 from api.auth import bearer_source
 from api.db import connect, migrate
 from api.deps import Services
+from api.middleware import BodyLimit, JsonOnly, Metrics
+from api.paths import ContactSegment
 from api.relay import Relay
 from api.routes import campaigns, contacts, events, keys, observe, suppressions
 from api.routes.definitions import definition_router, policy_router
@@ -56,56 +51,13 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         (400, "malformed request"), (401, "no or unknown API key"),
         (403, "the key's role may not do this"),
         (404, "not found (also: another account's)"), (409, "conflict"),
-        (413, "body or batch too large"), (422, "invalid request or definition"),
+        (413, "body or batch too large"), (415, "the body is not JSON"),
+        (422, "invalid request or definition"),
         (429, "rate limit (Retry-After)"),
         (503, "the broker or store is unavailable"))}
 
 
-class BodyLimit:
-    """413 for a body over ``limit`` bytes, whether declared or streamed."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await errors.problem_response(413, f"the body is over {self.limit} bytes")(
-                scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise errors.Problem(413, f"the body is over {self.limit} bytes")
-            return message
-
-        await self.app(scope, limited, send)
-
-
-def _metrics(app: FastAPI, registry: CollectorRegistry) -> None:
-    requests = Counter("dripstream_api_requests", "API requests by route and status",
-                       ["method", "route", "status"], registry=registry)
-    latency = Histogram("dripstream_api_request_seconds", "API request latency by route",
-                        ["method", "route"], registry=registry,
-                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
-
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Any]) -> Response:
-        started = time.perf_counter()
-        response: Response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        latency.labels(request.method, route).observe(time.perf_counter() - started)
-        requests.labels(request.method, route, str(response.status_code)).inc()
-        return response
-
+def _metrics_route(app: FastAPI, registry: CollectorRegistry) -> None:
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -166,6 +118,12 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
     for module in (campaigns, contacts, events, keys, suppressions, observe):
         app.include_router(module.router)
     dashboard.mount(app)  # /dashboard (docs/dashboard.md): a session cookie as an auth source
-    _metrics(app, CollectorRegistry())
+    registry = CollectorRegistry()
+    _metrics_route(app, registry)
+    # Added innermost first: Metrics ends up outermost, so it counts the answers of the
+    # others too.
+    app.add_middleware(ContactSegment)
+    app.add_middleware(JsonOnly)
     app.add_middleware(BodyLimit, limit=api.max_body_bytes)
+    app.add_middleware(Metrics, registry=registry)
     return app

@@ -1,7 +1,8 @@
 """The dashboard: HTML pages of the admin API at ``/dashboard`` (docs/dashboard.md).
 
 Server-rendered Jinja2 templates (``api/templates/``), charts as inline SVG
-(:mod:`api.charts`), one stylesheet (``api/static/``); no JavaScript. Every page calls the
+(:mod:`api.charts`), times and record details worded by :mod:`api.display`, one
+stylesheet (``api/static/``); no JavaScript. Every page calls the
 JSON routes' own functions (``api.routes.observe``, ``contacts``, ``campaigns``) with the
 caller's principal, so it shows exactly the numbers the API answers, and every button
 posts through the same function as the API's route. Who may see and do what is the
@@ -19,28 +20,34 @@ import re
 import secrets
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import sessions, store
+from api import display, sessions, store
 from api.auth import ANY_ACCOUNT, OPERATE, READ, Allow, Principal, Role
 from api.charts import stacked_bars
 from api.deps import ServicesDep, SessionDep
 from api.errors import Problem
+from api.paths import CONTACT_PATH
 from api.routes import campaigns, contacts, observe
 from api.schemas import Cursor
-from streams.events import ACCOUNT_PATTERN
-from tables.campaigns import COUNTERS
+from streams.events import ACCOUNT_PATTERN, EVENT_TYPES, Channel
+from tables.campaigns import CAMPAIGN_WORKFLOW, COUNTERS
+from tables.gate import REASONS
 from tables.readmodel import STATUSES, TERMINAL
 
 __all__ = ["mount", "router"]
 
 PREFIX = sessions.PREFIX
+CHANNELS: tuple[str, ...] = get_args(Channel)
 _ACCOUNT = re.compile(ACCOUNT_PATTERN)
 #: No inline script or style anywhere, no other origin: a stored XSS has nothing to run.
 _HEADERS = {
@@ -49,11 +56,21 @@ _HEADERS = {
     "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 
+
+def _time(text: str) -> Markup:
+    """A shown time in a ``<time>`` element (kept on one line by the stylesheet)."""
+    return Markup("<time>{}</time>").format(text)
+
+
 _env = Environment(loader=PackageLoader("api", "templates"),
                    autoescape=select_autoescape(["html"]), trim_blocks=True,
                    lstrip_blocks=True)
 _env.filters["seg"] = lambda s: quote(str(s), safe="")
 _env.filters["path"] = lambda s: quote(str(s), safe="/")
+_env.filters["when"] = lambda value: _time(display.when(value)) if value else ""
+_env.filters["wall"] = lambda value, zone: _time(display.wall(value, zone))
+_env.filters["readable"] = display.readable
+_env.globals["CAMPAIGN_WORKFLOW"] = CAMPAIGN_WORKFLOW
 
 
 class LoginRequired(Exception):
@@ -132,6 +149,10 @@ async def login(request: Request, svc: ServicesDep) -> Response:
     principal = await sessions.key_principal(svc, key) if key else None
     if principal is None:
         return _login_form(request, 401, "unknown or revoked API key")
+    if principal.role not in READ:  # every page would be a 403
+        return _login_form(request, 403, f"a key of role {principal.role!r} may not read "
+                                         "the dashboard (an ingest key only posts events): "
+                                         "log in with a viewer, editor, operator or admin key")
     account = principal.account
     if account == ANY_ACCOUNT:
         account = fields.get("account", "").strip()
@@ -166,7 +187,7 @@ async def overview(request: Request, account: str, who: Reader, svc: ServicesDep
                    ) -> HTMLResponse:
     """Rates over the last hour, the input lag, dead letters by reason."""
     minutes: list[dict[str, Any]] = (await observe.stats(account, who, svc, 60))["minutes"]
-    labels = [m["minute"][11:16] for m in minutes]
+    labels = [f"{m['minute'][11:16]} UTC" for m in minutes]
     totals = {kind: sum(sum(m[kind].values()) for m in minutes)
               for kind in ("events", "sends", "nonsends", "deadletters")}
     reasons = Counter[str]()
@@ -175,14 +196,15 @@ async def overview(request: Request, account: str, who: Reader, svc: ServicesDep
     dead = (await observe.dead_letters(account, who, svc, None, 200))["items"]
     charts = {
         "events": stacked_bars(_per_second(minutes, "events"), labels, unit="/s",
-                               title="events per second, by type"),
+                               title="events per second, by type", series=EVENT_TYPES),
         "sends": stacked_bars(_per_second(minutes, "sends"), labels, unit="/s",
-                              title="sends per second, by channel"),
+                              title="sends per second, by channel", series=CHANNELS),
         "nonsends": stacked_bars([m["nonsends"] for m in minutes], labels,
-                                 title="non-sends per minute, by reason")}
+                                 title="non-sends per minute, by reason", series=REASONS)}
+    lag = await svc.read_model.lag(datetime.now(UTC))  # written on the wall clock
     return render(request, "overview.html", account=account, page="overview",
                   totals=totals, charts=charts, reasons=sorted(reasons.items()),
-                  lag=await svc.read_model.lag(datetime.now(UTC)),  # written on the wall clock
+                  lag=lag, lag_topics=display.lag_summary(lag),
                   dead_reasons=sorted(Counter(d["reason"] for d in dead).items()),
                   dead=dead[:10])
 
@@ -190,15 +212,23 @@ async def overview(request: Request, account: str, who: Reader, svc: ServicesDep
 @router.get("/{account}/workflows", response_class=HTMLResponse)
 async def workflows(request: Request, account: str, who: Reader, svc: ServicesDep,
                     session: SessionDep) -> HTMLResponse:
-    """Each workflow (defined, or with executions in the index): counts per status and
-    per step, as ``GET …/workflows/{id}/counts``."""
+    """One row per workflow (defined, or with executions in the index): its version and
+    whether it is active, counts per status and per step, as ``GET …/workflows/{id}/counts``.
+    A content campaign's one-step workflow (``campaign:<id>``) is not one: its executions
+    are on the campaign's page."""
     rows, _ = await store.list_live(session, account=account, kind="workflow", after=None,
                                     limit=200)
-    names = {r.def_id: r.body.get("name", "") for r in rows}
+    defined = {r.def_id: r.body for r in rows}
+    indexed = {w for w in await svc.read_model.workflow_ids(account)
+               if not w.startswith(CAMPAIGN_WORKFLOW)}
     found = []
-    for workflow_id in sorted(set(names) | await svc.read_model.workflow_ids(account)):
+    for workflow_id in sorted(set(defined) | indexed):
         counts = await observe.workflow_counts(account, workflow_id, who, svc)
-        found.append({"id": workflow_id, "name": names.get(workflow_id, ""), **counts})
+        body = defined.get(workflow_id)
+        found.append({"id": workflow_id, "name": body.get("name", "") if body else "",
+                      "version": body.get("version") if body else None,
+                      "state": ("active" if body.get("active", True) else "inactive")
+                      if body else "not in the store", **counts})
     return render(request, "workflows.html", account=account, page="workflows",
                   workflows=found, statuses=STATUSES)
 
@@ -224,7 +254,7 @@ async def contact_list(request: Request, account: str, who: Reader, svc: Service
                   items=found.items, next_cursor=found.next_cursor)
 
 
-@router.get("/{account}/contacts/{contact_id}", response_class=HTMLResponse)
+@router.get("/{account}" + CONTACT_PATH, response_class=HTMLResponse)
 async def contact(request: Request, account: str, contact_id: contacts.ContactId,
                   who: Reader, svc: ServicesDep) -> HTMLResponse:
     """State, consent, groups, tags, cap windows, executions, sends and the audit records
@@ -238,7 +268,7 @@ async def contact(request: Request, account: str, contact_id: contacts.ContactId
                   audit=audit)
 
 
-@router.get("/{account}/contacts/{contact_id}/executions/{execution_id:path}",
+@router.get("/{account}" + CONTACT_PATH + "/executions/{execution_id:path}",
             response_class=HTMLResponse)
 async def execution(request: Request, account: str, contact_id: contacts.ContactId,
                     execution_id: contacts.ExecutionId, who: Reader, svc: ServicesDep,
@@ -248,11 +278,14 @@ async def execution(request: Request, account: str, contact_id: contacts.Contact
     status = ex["status"]
     actions = [] if status in TERMINAL else (
         ["resume", "cancel"] if status == "paused" else ["pause", "cancel"])
-    return render(request, "execution.html", account=account, page="workflows",
-                  contact_id=contact_id, ex=ex, actions=actions, sent=sent)
+    campaign = ex["workflow_id"].removeprefix(CAMPAIGN_WORKFLOW) if ex[
+        "workflow_id"].startswith(CAMPAIGN_WORKFLOW) else None
+    return render(request, "execution.html", account=account,
+                  page="campaigns" if campaign else "workflows", contact_id=contact_id,
+                  ex=ex, actions=actions, sent=sent, campaign=campaign)
 
 
-@router.post("/{account}/contacts/{contact_id}/executions/{execution_id:path}/{action}")
+@router.post("/{account}" + CONTACT_PATH + "/executions/{execution_id:path}/{action}")
 async def control_execution(request: Request, account: str, contact_id: contacts.ContactId,
                             execution_id: contacts.ExecutionId, action: Action,
                             who: Operator, svc: ServicesDep) -> Response:
@@ -264,16 +297,36 @@ async def control_execution(request: Request, account: str, contact_id: contacts
                       f"{quote(execution_id, safe='/')}?sent={action}")
 
 
+def campaign_status(status: str, active: bool) -> str:
+    """The controls' status (``running``, ``paused``, ``cancelled``), or ``inactive`` for
+    a deleted or deactivated campaign (nothing new starts from it) that was not
+    cancelled."""
+    return status if status == "cancelled" or active else "inactive"
+
+
+def campaign_actions(status: str) -> list[str]:
+    """The buttons that fit: none once cancelled or inactive."""
+    if status in ("cancelled", "inactive"):
+        return []
+    return ["resume" if status == "paused" else "pause", "cancel"]
+
+
 @router.get("/{account}/campaigns", response_class=HTMLResponse)
 async def campaign_list(request: Request, account: str, who: Reader, svc: ServicesDep,
                         session: SessionDep,
                         sent: Annotated[Action | None, Query()] = None) -> HTMLResponse:
-    """Each campaign's status and each occurrence's progress (``GET …/progress``)."""
+    """Each campaign's status and each occurrence's progress (``GET …/progress``); an
+    occurrence's time is shown in its schedule's zone and as the UTC instant it starts."""
     rows, _ = await store.list_live(session, account=account, kind="campaign", after=None,
                                     limit=200)
+    policy = await svc.policy(account)
     found = [await campaigns.progress(account, r.def_id, who, session, svc) for r in rows]
     for c, r in zip(found, rows, strict=True):
         c["name"] = r.body.get("name", "")
+        c["status"] = campaign_status(c["status"], c["active"])
+        c["actions"] = campaign_actions(c["status"])
+        c["zone"] = r.body["schedule"].get("timezone") or policy["timezone"]
+        c["contact_local"] = bool((r.body.get("delivery") or {}).get("contact_local_time"))
         for o in c["occurrences"]:
             o["done"] = o["targeted"] - o["remaining"]
     return render(request, "campaigns.html", account=account, page="campaigns",
@@ -298,17 +351,38 @@ def mount(app: FastAPI) -> None:
     app.mount(f"{PREFIX}/static", StaticFiles(packages=[("api", "static")]),
               name="dashboard-static")
     app.include_router(router)
-    json_problem = app.exception_handlers[Problem]
-
-    async def problem(request: Request, exc: Exception) -> Response:
-        if not request.url.path.startswith(PREFIX) or not isinstance(exc, Problem):
-            answer = json_problem(request, exc)
-            return await answer if inspect.isawaitable(answer) else answer
-        return render(request, "error.html", exc.status, status=exc.status,
-                      detail=exc.detail, account=request.path_params.get("account"))
+    for kind in (Problem, RequestValidationError, StarletteHTTPException):
+        _html_errors(app, kind)
 
     async def login_required(request: Request, exc: Exception) -> Response:
         return _see_other(f"{PREFIX}/login")
 
-    app.add_exception_handler(Problem, problem)
     app.add_exception_handler(LoginRequired, login_required)
+
+
+def _status_detail(exc: Exception) -> tuple[int, str]:
+    """An error's status and message, worded for a page."""
+    if isinstance(exc, Problem):
+        return exc.status, exc.detail
+    if isinstance(exc, RequestValidationError):  # a hand-edited URL: name what is wrong
+        return 422, "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: "
+                              f"{e.get('msg', '')}" for e in exc.errors())
+    if isinstance(exc, StarletteHTTPException):
+        return exc.status_code, str(exc.detail)
+    return 500, "internal error"
+
+
+def _html_errors(app: FastAPI, kind: type[Exception]) -> None:
+    """Under ``/dashboard`` an error of ``kind`` is an HTML page with the API's message;
+    elsewhere the API's problem+json handler answers it."""
+    json_handler = app.exception_handlers[kind]
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        if not request.url.path.startswith(PREFIX):
+            answer = json_handler(request, exc)
+            return await answer if inspect.isawaitable(answer) else answer
+        status, detail = _status_detail(exc)
+        return render(request, "error.html", status, status=status, detail=detail,
+                      account=request.path_params.get("account"))
+
+    app.add_exception_handler(kind, handler)

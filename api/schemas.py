@@ -13,15 +13,42 @@ from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Role
+from api.errors import Problem
 
-__all__ = ["Cursor", "DefinitionOut", "KeyIn", "KeyOut", "Limit", "Page"]
+__all__ = ["MAX_DEPTH", "Cursor", "DefinitionCursor", "DefinitionOut", "KeyIn", "KeyOut",
+           "Limit", "Page", "check_depth"]
 
+#: A definition id (workflows, keywords, campaigns).
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+#: How deeply a definition body may nest objects and arrays (the body itself is level 1).
+#: Real definitions stay under 10; a value nested a few hundred deep passed validation and
+#: then failed in the store's JSON encoder (a 500).
+MAX_DEPTH = 32
 #: A page's size: at most 200.
 Limit = Annotated[int, Query(ge=1, le=200, description="items per page (≤ 200)")]
 #: The opaque cursor a page returned as ``next_cursor``.
 Cursor = Annotated[str | None, Query(max_length=512, description="next_cursor of a page")]
+#: A definition list's cursor: the last id of the page before, so an id's pattern (a NUL
+#: in it reached PostgreSQL, which refuses NUL in text: a 500).
+DefinitionCursor = Annotated[str | None, Query(pattern=ID_PATTERN,
+                                               description="next_cursor of a page")]
 #: A definition id in a path.
-Ident = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Ident = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+def check_depth(body: Any, limit: int = MAX_DEPTH) -> None:
+    """A 422 naming the first place where ``body`` nests deeper than ``limit`` levels."""
+    stack: list[tuple[Any, list[Any]]] = [(body, ["body"])]
+    while stack:
+        value, loc = stack.pop()
+        if isinstance(value, dict | list) and len(loc) > limit:
+            msg = f"nested deeper than {limit} levels (the limit for a definition)"
+            raise Problem(422, f"the body is {msg}", type_="invalid-request",
+                          errors=[{"loc": loc, "msg": msg}])
+        if isinstance(value, dict):
+            stack.extend((v, [*loc, k]) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((v, [*loc, i]) for i, v in reversed(list(enumerate(value))))
 
 
 class DefinitionOut(BaseModel):

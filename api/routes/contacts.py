@@ -2,13 +2,16 @@
 
 - a contact: its profile, consent, groups, tags (``tables.contacts.public_view``) and the
   sends in each of its current cap windows (against the account policy's limits and the
-  contact's own caps); per-contact cap overrides (``PUT/DELETE …/caps``) are a
-  ``contact.updated`` event with ``data.caps``, as the contract defines them;
+  contact's own caps); per-contact cap overrides (``PUT/DELETE …/caps``, for a contact
+  the read model knows) are a ``contact.updated`` event with ``data.caps``, as the
+  contract defines them;
 - a contact's executions, with a status filter and cursor pagination, and one with its
   step history;
 - pause / resume / cancel of one execution, cancel of every execution of a workflow
   (``producers.admin.send_control``; the contact agent applies them in order with the
   contact's events, so the read model shows the change a moment later).
+
+A contact id is one percent-encoded path segment, whatever it holds (:mod:`api.paths`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from api.auth import OPERATE, READ, Allow, Principal
 from api.deps import ServicesDep
 from api.errors import Problem
+from api.paths import CONTACT_PATH
 from api.schemas import Accepted, CapsIn, Cursor, Limit, Page
 from producers.admin import send_control
 from producers.publisher import build_event
@@ -32,7 +36,10 @@ from tables.contacts import ContactState, public_view
 router = APIRouter(prefix="/v1/accounts/{account}", tags=["contacts"])
 Reader = Annotated[Principal, Depends(Allow(READ))]
 Operator = Annotated[Principal, Depends(Allow(OPERATE))]
-ContactId = Annotated[str, Path(min_length=1, max_length=256)]
+#: Any 1 to 256 characters, as the contract allows: one path segment, percent-encoded (a
+#: ``/`` as ``%2F``; ``api.paths``).
+ContactId = Annotated[str, Path(min_length=1, max_length=256,
+                                description="percent-encoded: a / is %2F")]
 ExecutionId = Annotated[str, Path(min_length=1, max_length=512,
                                  description="e.g. welcome/evt-1 (the slash is part of it)")]
 WorkflowId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -92,7 +99,7 @@ async def list_contacts(account: str, who: Reader, svc: ServicesDep, limit: Limi
                 next_cursor=page[-1] if len(ids) > limit else None)
 
 
-@router.get("/contacts/{contact_id}", summary="A contact: profile, consent, groups, tags, caps")
+@router.get(CONTACT_PATH, summary="A contact: profile, consent, groups, tags, caps")
 async def show_contact(account: str, contact_id: ContactId, who: Reader, svc: ServicesDep
                        ) -> dict[str, Any]:
     """From the read model (a moment behind the worker: docs/api.md, staleness)."""
@@ -112,25 +119,28 @@ async def _publish_caps(svc: Any, account: str, contact_id: str,
                       f"{result.reason}: {result.detail}")
 
 
-@router.put("/contacts/{contact_id}/caps", status_code=202, response_model=Accepted,
+@router.put(f"{CONTACT_PATH}/caps", status_code=202, response_model=Accepted,
             summary="Give a contact frequency caps of its own")
 async def put_caps(account: str, contact_id: ContactId, body: CapsIn, who: Operator,
                    svc: ServicesDep) -> Accepted:
-    """A ``contact.updated`` event with ``data.caps`` (windows left out: the account's)."""
+    """A ``contact.updated`` event with ``data.caps`` (windows left out: the account's),
+    for a contact the read model knows (404 otherwise: an event would create it)."""
+    await _state(svc, account, contact_id)
     caps = {k: v for k, v in body.model_dump().items() if v is not None}
     await _publish_caps(svc, account, contact_id, caps)
     return Accepted(detail=f"caps {caps} sent for {contact_id}")
 
 
-@router.delete("/contacts/{contact_id}/caps", status_code=202, response_model=Accepted,
+@router.delete(f"{CONTACT_PATH}/caps", status_code=202, response_model=Accepted,
                summary="Drop a contact's own caps (the account's apply)")
 async def delete_caps(account: str, contact_id: ContactId, who: Operator, svc: ServicesDep
                       ) -> Accepted:
+    await _state(svc, account, contact_id)
     await _publish_caps(svc, account, contact_id, None)
     return Accepted(detail=f"caps cleared for {contact_id}")
 
 
-@router.get("/contacts/{contact_id}/executions", response_model=Page,
+@router.get(f"{CONTACT_PATH}/executions", response_model=Page,
             summary="A contact's executions")
 async def list_executions(account: str, contact_id: ContactId, who: Reader, svc: ServicesDep,
                           status: Annotated[Status | None, Query()] = None,
@@ -149,7 +159,7 @@ async def list_executions(account: str, contact_id: ContactId, who: Reader, svc:
                 next_cursor=f"{page[-1]['started_at']}|{page[-1]['id']}" if more else None)
 
 
-@router.get("/contacts/{contact_id}/executions/{execution_id:path}",
+@router.get(CONTACT_PATH + "/executions/{execution_id:path}",
             summary="One execution with its step history")
 async def show_execution(account: str, contact_id: ContactId, execution_id: ExecutionId,
                          who: Reader, svc: ServicesDep) -> dict[str, Any]:
@@ -160,7 +170,7 @@ async def show_execution(account: str, contact_id: ContactId, execution_id: Exec
     return _execution_view(dict(ex), True)
 
 
-@router.post("/contacts/{contact_id}/executions/{execution_id:path}/{action}", status_code=202,
+@router.post(CONTACT_PATH + "/executions/{execution_id:path}/{action}", status_code=202,
              response_model=Accepted, summary="Pause, resume or cancel an execution")
 async def control_execution(
     account: str, contact_id: ContactId, execution_id: ExecutionId,

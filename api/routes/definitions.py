@@ -1,7 +1,8 @@
 """Workflows, keywords and campaign definitions (one router each, made by
 :func:`definition_router`) and the account policy: create, list the live versions, show,
 every version, update (a new version), delete (a new version with ``active: false``:
-running executions finish on their version)."""
+running executions finish on their version). A body may nest at most
+:data:`api.schemas.MAX_DEPTH` levels."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from api.auth import EDIT, READ, Allow, Principal
 from api.db import DefinitionVersion
 from api.deps import ServicesDep, SessionDep
 from api.errors import Problem
-from api.schemas import Cursor, DefinitionOut, DefinitionPage, Limit
+from api.schemas import DefinitionCursor, DefinitionOut, DefinitionPage, Limit, check_depth
 
 __all__ = ["definition_router", "policy_router"]
 
@@ -41,6 +42,7 @@ def definition_router(kind: str, plural: str) -> APIRouter:
     async def create(account: str, body: DefinitionBody, who: Editor, session: SessionDep,
                      svc: ServicesDep) -> DefinitionOut:
         """Validate with the workers' own validator and store it with its outbox record."""
+        check_depth(body)
         def_id = body.get("id")
         if not isinstance(def_id, str):
             raise Problem(422, "the definition needs an id", type_="invalid-definition",
@@ -53,7 +55,7 @@ def definition_router(kind: str, plural: str) -> APIRouter:
 
     @router.get("", response_model=DefinitionPage, summary=f"List {plural} (live versions)")
     async def list_(account: str, who: Reader, session: SessionDep, limit: Limit = 50,
-                    cursor: Cursor = None) -> DefinitionPage:
+                    cursor: DefinitionCursor = None) -> DefinitionPage:
         """The live version of each, by id."""
         rows, after = await store.list_live(session, account=account, kind=kind,
                                             after=cursor, limit=limit)
@@ -93,6 +95,7 @@ def definition_router(kind: str, plural: str) -> APIRouter:
     async def update(account: str, def_id: DefId, body: DefinitionBody, who: Editor,
                      session: SessionDep, svc: ServicesDep) -> DefinitionOut:
         """The body is the whole new version; a ``version`` in it must be the next one."""
+        check_depth(body)
         row = await store.write(session, account=account, kind=kind, def_id=def_id,
                                 body=body, create=False, actor=who.key_id, now=svc.clock(),
                                 faults=svc.extra.get("faults"))
@@ -141,6 +144,7 @@ def policy_router() -> APIRouter:
     async def update(account: str, body: DefinitionBody, who: Editor, session: SessionDep,
                      svc: ServicesDep) -> DefinitionOut:
         """A new version; fields left out take the defaults."""
+        check_depth(body)
         row = await store.write(session, account=account, kind="account",
                                 def_id=store.POLICY_ID, body=body, create=False,
                                 actor=who.key_id, now=svc.clock(),

@@ -192,7 +192,8 @@ async def test_events_accept_the_good_and_explain_the_bad(api: Api) -> None:
     assert single.json()["accepted"] == 1
     r = await api.client.post("/v1/accounts/acme/events", headers=h, json=[good] * 501)
     assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
-    r = await api.client.post("/v1/accounts/acme/events", headers=h, content=b"{nope")
+    r = await api.client.post("/v1/accounts/acme/events", content=b"{nope",
+                              headers={**h, "content-type": "application/json"})
     assert r.status_code == 400
     records = await api.stack.read_topic("contact-events", 2)
     assert {rec.key for rec in records} == {b"c-1", b"c-9"}
