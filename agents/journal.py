@@ -81,7 +81,8 @@ class Journal:
 
         consumer = await self._reader()
         tp = TopicPartition(self.topic, partition)
-        end = (await topic_ends(consumer, [tp], embedded=w.settings.embedded))[tp]
+        end = (await topic_ends(consumer, [tp],
+                                embedded=not w.capabilities.exact_end_offsets))[tp]
         found: list[Entry] = []
         hi = end
         while hi > 0:

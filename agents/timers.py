@@ -35,7 +35,7 @@ import orjson
 import zstandard
 from faust.types import TP
 
-from streams.compat import Record, committed_offset, highwater, send_batches
+from streams.compat import SKIPPED, Record, committed_offset, highwater, send_batches
 from tables.contacts import ContactState, peek_timers, split_key
 from tables.inactivity import earliest
 from tables.store import partition_for
@@ -205,12 +205,22 @@ def applied_until(worker: Worker) -> Callable[[int], float]:
     generation = app.consumer_generation_id
     memo: dict[int, float] = {}
 
+    def reached(tp: TP) -> int | None:
+        """The committed offset — or, where only offsets the fetcher passed over
+        (transaction markers: a topic written in transactions ends with one) lie between
+        what the agent has and the fetch position, that position."""
+        at = max(committed_offset(app, tp) or 0, clock.positions.get(tp, 0))
+        fetched = app.fetch_position(tp)
+        if fetched is not None and fetched > at and SKIPPED.covers(tp, at, fetched):
+            return fetched
+        return committed_offset(app, tp)
+
     def until(partition: int) -> float:
         if partition not in memo:
             tps = {topic: TP(topic, partition) for topic in clock.topics}
             memo[partition] = clock.applied_until(
                 partition, generation, {t: highwater(app, tp) for t, tp in tps.items()},
-                {t: committed_offset(app, tp) for t, tp in tps.items()}, now, hold)
+                {t: reached(tp) for t, tp in tps.items()}, now, hold)
         return memo[partition]
 
     return until

@@ -19,7 +19,8 @@ from redis.asyncio import Redis
 
 from producers.admin import publish_definition, send_control
 from producers.publisher import Publisher
-from streams.capabilities import guarantee, probe
+from streams.capabilities import guarantee as streams_guarantee
+from streams.capabilities import probe
 from streams.clock import Clock
 from streams.commands import Control
 from streams.embedded import WorkerProcess, read_to_end
@@ -108,7 +109,8 @@ class Stack:
         #: What the broker can do, and the guarantee the workers choose from it: with
         #: exactly-once, the tests read as the channel workers do (read_committed).
         self.capabilities = await probe(self.settings)
-        self.exactly_once = guarantee(self.settings, self.capabilities) == "exactly_once"
+        self.exactly_once = streams_guarantee(self.settings,
+                                              self.capabilities) == "exactly_once"
         await self.publisher.__aenter__()
         self.producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap.split(","),
                                          acks="all", **self.settings.kafka_security())
@@ -167,6 +169,14 @@ class Stack:
             return False
         finally:
             await consumer.stop()
+
+    def use_guarantee(self, guarantee: str) -> None:
+        """The workers started from now on run with ``DRIPSTREAM_GUARANTEE=guarantee``
+        (before any worker starts: a group's workers must agree)."""
+        assert not self.workers, "set the guarantee before starting workers"
+        self.env["DRIPSTREAM_GUARANTEE"] = guarantee
+        self.settings = self.settings.model_copy(update={"guarantee": guarantee})
+        self.exactly_once = streams_guarantee(self.settings, self.capabilities) == "exactly_once"
 
     @property
     def isolation_level(self) -> str:

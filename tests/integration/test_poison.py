@@ -13,6 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from producers.publisher import build_event
 from streams.events import MAX_EVENT_BYTES
@@ -26,6 +28,19 @@ ACCOUNT = "acme"
 
 
 async def big_producer(stack: Stack) -> AIOKafkaProducer:
+    """A producer of records up to 16 MiB, and a contact-events topic that takes them
+    (Kafka's default ``max.message.bytes`` is 1 MiB, so a publisher cannot write such a
+    record unless an operator raised it: that is the case tested here; Tansu has no
+    limit)."""
+    if stack.capabilities.exact_end_offsets:  # Apache Kafka: raise the topic's limit
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap)
+        await admin.start()
+        try:
+            await admin.alter_configs([ConfigResource(
+                ConfigResourceType.TOPIC, stack.topic("contact-events"),
+                configs={"max.message.bytes": str(16 << 20)})])
+        finally:
+            await admin.close()
     producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all",
                                 max_request_size=16 << 20)
     await producer.start()

@@ -119,7 +119,8 @@ async def test_a_crash_between_forward_and_commit_applies_each_event_once(
     stack: Stack,
 ) -> None:
     """SIGKILL right after the first forwards are acknowledged, before the input offsets
-    are committed: after the restart the events are forwarded again, and applied once."""
+    are committed: after the restart the events are forwarded again, and applied once
+    (exactly-once: the first forwards were never committed, so each is seen once)."""
     partitions = stack.settings.partitions
     contacts = [f"c-{n}" for n in range(40) if crc32_partition(
         f"c-{n}".encode(), partitions) != partition_for(f"c-{n}", partitions)][:10]
@@ -136,6 +137,12 @@ async def test_a_crash_between_forward_and_commit_applies_each_event_once(
     await stack.publisher.send(build_event(ACCOUNT, contacts[0], "contact.tagged",
                                            {"tag": "end"}, event_id="end"))
     assert (await stack.wait_contact(ACCOUNT, contacts[0], 6))["version"] == 6
+
+    if stack.exactly_once:
+        routed = [orjson.loads(r.value)["id"] for r in await stack.read_all("routed")]
+        assert sorted(routed) == sorted(set(routed)), "an aborted forward became visible"
+        assert len(routed) == 5 * len(contacts)
+        return
 
     async def forwarded_again() -> bool:
         return len(await stack.read_all("routed")) > 5 * len(contacts)
