@@ -165,6 +165,7 @@ def build(settings: Settings, capabilities: Capabilities) -> Worker:
 
     if worker.transactions is not None:  # the fence comes before offsets and state
         app.before_assignment = worker.transactions.assign
+        app.commits_in_transactions = True
 
     @app.task  # type: ignore[untyped-decorator]  # faust's decorators are untyped
     async def follow_definitions() -> None:

@@ -149,6 +149,20 @@ class BatchConsumer(driver.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """Faust's commit, without the agent's input partitions when their offsets commit
+        in the batches' transactions (exactly-once): a plain commit of an older offset
+        landing after a transaction's would move the group back, and the batches after it
+        would be redone. Faust's bookkeeping of committed offsets goes on as before."""
+        app = cast(App, self.app)
+        if app.commits_in_transactions and app.batches is not None:
+            inputs = app.batches.topics
+            offsets = {tp: offset for tp, offset in offsets.items() if tp.topic not in inputs}
+            if not offsets:
+                return True
+        done: bool = await super()._commit(offsets)
+        return done
+
     async def on_partitions_assigned(  # Faust's signature
         self, assigned: set[TP], generation_id: int = 0,
     ) -> None:
@@ -352,6 +366,8 @@ class App(faust.App):
         self.exact_end_offsets = exact_end_offsets
         #: Exactly-once: the consumer reads only committed transactions.
         self.read_committed = read_committed
+        #: Exactly-once: the input offsets commit in the batches' transactions, not Faust's.
+        self.commits_in_transactions = False
         #: Awaited with the input partitions assigned, before Faust reads their committed
         #: offsets or recovers their tables (exactly-once: the transactional producers'
         #: fence, agents/transactions.py).

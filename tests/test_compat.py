@@ -74,14 +74,20 @@ FINGERPRINTS = {
     "aiokafka.consumer.fetcher:Fetcher.seek_to": "f0ba6aba6c22ef83",
     # compat._RecordingPartitionRecords wraps _unpack_records (offsets passed over: the
     # control and aborted batches it skips, advancing next_fetch_offset); __init__ calls
-    # it; the fetcher builds the class by its module-global name (replaced by compat).
-    # visible_ends builds one itself with read_committed.
-    "aiokafka.consumer.fetcher:PartitionRecords._unpack_records": "b803e6d46480732c",
-    "aiokafka.consumer.fetcher:PartitionRecords.__init__": "8ec1c2ae6ea1af87",
+    # it; the fetcher builds the class by its module-global name (replaced by compat, so
+    # the originals are reached through compat's own import of them). visible_ends builds
+    # one itself with read_committed.
+    "streams.compat:PartitionRecords._unpack_records": "b803e6d46480732c",
+    "streams.compat:PartitionRecords.__init__": "8ec1c2ae6ea1af87",
     "aiokafka.consumer.fetcher:Fetcher._proc_fetch_request": "59bf948fff47eed5",
     # BatchConsumer.on_partitions_assigned runs the exactly-once fence before this
     # starts Faust's assignment chain (committed offsets, table recovery).
     "faust.transport.consumer:Consumer.on_partitions_assigned": "29ce96596f05a18c",
+    # BatchConsumer._commit leaves the input partitions out with exactly-once (their
+    # offsets commit in transactions); this calls it and records the offsets as committed
+    # when it answers True.
+    "faust.transport.consumer:Consumer._commit_offsets": "1a69799041188441",
+    "faust.transport.consumer:ThreadDelegateConsumer._commit": "a20eec84e4b2ed50",
 }
 
 
@@ -105,6 +111,15 @@ def test_internal_unchanged(target: str) -> None:
 def test_installed_versions_are_the_checked_ones(dist: str) -> None:
     """The installed faust-streaming, mode and aiokafka are the versions compat names."""
     assert metadata.version(dist) == compat.CHECKED[dist]
+
+
+def test_the_fetcher_builds_compats_partition_records() -> None:
+    """aiokafka's fetcher reaches PartitionRecords by its module-global name, which compat
+    replaced with the subclass that records passed-over offsets."""
+    fetcher = import_module("aiokafka.consumer.fetcher")
+    assert fetcher.PartitionRecords is compat._RecordingPartitionRecords
+    assert "partition_records = PartitionRecords(" in inspect.getsource(
+        fetcher.Fetcher._proc_fetch_request)
 
 
 def test_attributes_compat_reads_exist() -> None:
@@ -255,3 +270,20 @@ async def test_offsets_below_the_log_start_were_deleted_by_retention() -> None:
                                beginning_offsets=beginning_offsets)
     absent = await compat.absent_offsets(cast(Any, consumer), cast(Any, TP), 2, 5)
     assert absent == compat.Absent(True, deleted=3)
+
+
+def test_the_fetcher_notes_the_offsets_it_passes_over() -> None:
+    """Records 0..4, a marker at 5, records 6..8, a marker at 9 (a log written in
+    transactions ends with one): every record is handed over as before, and 5 and 9 are
+    noted as passed over — the input gap guard's proof that they hold no record."""
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import TopicPartition
+
+    tp = TopicPartition(f"passed-{id(object())}", 0)
+    log = _batch(0, 5) + _batch(5, 1, control=True) + _batch(6, 3) + _batch(9, 1, control=True)
+    records = compat._RecordingPartitionRecords(tp, MemoryRecords(log), [], 0, None, None,
+                                                False, 0)
+    assert [r.offset for r in records] == [0, 1, 2, 3, 4, 6, 7, 8]
+    assert records.next_fetch_offset == 10
+    assert compat.SKIPPED.covers(tp, 5, 6) and compat.SKIPPED.covers(tp, 9, 10)
+    assert not compat.SKIPPED.covers(tp, 4, 6)  # 4 is a record
