@@ -55,9 +55,12 @@ class Journal:
     async def _reader(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             s = self.w.settings
+            committed = self.w.capabilities.transactions
             self._consumer = AIOKafkaConsumer(
                 bootstrap_servers=s.bootstrap_servers, group_id=None,
-                enable_auto_commit=False, fetch_max_wait_ms=10, **s.kafka_security())
+                enable_auto_commit=False, fetch_max_wait_ms=10,
+                isolation_level="read_committed" if committed else "read_uncommitted",
+                **s.kafka_security())
             await self._consumer.start()
         return self._consumer
 
