@@ -530,7 +530,8 @@ class ChannelWorker:
     ``provider``: a :class:`Provider`, or a ``deliver(command) -> Outcome`` coroutine
     function (then ``lookup`` may be given beside it). ``policy``: what to do with an
     unknown outcome; default ``DRIPSTREAM_CHANNEL_UNKNOWN_POLICY``, else ``lookup`` if the
-    provider can, else ``assume_sent``."""
+    provider can, else ``assume_sent``. Raises ValueError on a configuration error, before
+    anything connects."""
 
     def __init__(
         self, settings: Settings, channel: str,
@@ -548,6 +549,9 @@ class ChannelWorker:
                                or ("lookup" if self.provider.can_lookup else "assume_sent"))
         if self.policy == "lookup" and not self.provider.can_lookup:
             raise ValueError(f"provider {self.provider.name} has no lookup: use assume_sent")
+        if settings.channel_callback_port is not None and not callback_secret:
+            raise ValueError("provider callbacks (DRIPSTREAM_CHANNEL_CALLBACK_PORT) need a "
+                             "secret: DRIPSTREAM_CHANNEL_CALLBACK_SECRET (or the webhook's)")
         self.names = TopicNames.of(settings)
         self.group_id = f"{settings.topic_prefix}channel-{channel}"
         self.token = f"{channel}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -665,8 +669,7 @@ class ChannelWorker:
         from producers.providers import Callbacks, CallbackServer
 
         assert self._ledger is not None and self._producer is not None
-        if not self.callback_secret:
-            raise ValueError("callbacks need a secret (DRIPSTREAM_CHANNEL_CALLBACK_SECRET)")
+        assert self.callback_secret, "checked by __init__"
         producer, topic = self._producer, self.names.events
 
         async def publish(key: bytes, value: bytes) -> None:

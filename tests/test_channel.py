@@ -1,5 +1,6 @@
 """The channel-worker SDK's pure parts: retry schedule, the skip decision and its races,
-reports, signatures, callbacks, the file provider's faults. No services."""
+reports, configuration checks, signatures, callbacks, the file provider's faults. No
+services."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 from aiokafka.structs import TopicPartition
 
 from producers.channel import (
+    ChannelWorker,
     Entry,
+    Outcome,
     SuppressionTimes,
     _Batch,
     audit_skip,
@@ -29,6 +32,7 @@ from producers.providers import (
 )
 from streams.commands import AuditRecord, SendCommand
 from streams.events import parse_event
+from streams.settings import Settings
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -157,6 +161,19 @@ def test_commit_offsets_stop_at_the_first_unfinished() -> None:
     assert batch.commit_offsets() == {a: 12}  # b's first record is not finished
     batch.done |= {(a, 12), (b, 5)}
     assert batch.commit_offsets() == {a: 14, b: 7}
+
+
+async def _deliver(cmd: SendCommand) -> Outcome:
+    return Outcome.sent()
+
+
+def test_callbacks_without_a_secret_are_refused_before_anything_connects() -> None:
+    """A configuration error (``dripstream channel`` exits 2 with this line), raised when
+    the worker is made: nothing has connected yet."""
+    settings = Settings(channel_callback_port=0, broker="kafka://127.0.0.1:1")
+    with pytest.raises(ValueError, match="DRIPSTREAM_CHANNEL_CALLBACK_SECRET"):
+        ChannelWorker(settings, "sms", _deliver, policy="assume_sent")
+    ChannelWorker(settings, "sms", _deliver, policy="assume_sent", callback_secret=b"s")
 
 
 def test_suppression_times_follow_the_records() -> None:

@@ -295,8 +295,8 @@ async def test_hard_bounce_callback_suppresses_the_address(stack: Stack) -> None
 
 
 async def test_exit_statuses(stack: Stack, tmp_path: Any) -> None:
-    """0 after SIGTERM, 2 on invalid settings (with the reason), 70 when the broker cannot
-    be reached."""
+    """0 after SIGTERM, 2 on invalid settings (with the reason, in one line, before
+    connecting to anything), 70 when the broker cannot be reached."""
     worker = stack.start_channel("email")
 
     async def consuming() -> bool:
@@ -316,3 +316,12 @@ async def test_exit_statuses(stack: Stack, tmp_path: Any) -> None:
     nowhere = stack.start_channel("sms", env={
         "DRIPSTREAM_BROKER": f"kafka://127.0.0.1:{free_port()}"})
     assert nowhere.wait(60) == 70, stack.channel_log(3)
+    # Callbacks without a secret: a configuration error, found before connecting (the
+    # broker here answers nowhere, and it is still 2, not 70).
+    secretless = stack.start_channel("sms", env={
+        "DRIPSTREAM_CHANNEL_CALLBACK_PORT": "0",
+        "DRIPSTREAM_BROKER": f"kafka://127.0.0.1:{free_port()}"})
+    assert secretless.wait(30) == 2, stack.channel_log(4)
+    assert stack.channel_log(4).splitlines() == [
+        "invalid: provider callbacks (DRIPSTREAM_CHANNEL_CALLBACK_PORT) need a secret: "
+        "DRIPSTREAM_CHANNEL_CALLBACK_SECRET (or the webhook's)"]
