@@ -29,10 +29,11 @@ The worker consumes ``<prefix>send.<channel>`` in the consumer group
    call (a Lua script: only if nobody holds it), the outcome recorded after. A
    :class:`TransientError` releases the reservation and retries with exponential
    backoff and full jitter (:func:`backoff_delay`, bounded by
-   ``DRIPSTREAM_CHANNEL_MAX_ATTEMPTS``); a :class:`PermanentError` is ``message.failed``
-   with the provider's code; any other exception, and a call longer than
-   ``DRIPSTREAM_CHANNEL_CALL_TIMEOUT_S``, is an **unknown outcome**: the provider may have
-   accepted it, so it is never called again blindly.
+   ``DRIPSTREAM_CHANNEL_MAX_ATTEMPTS``, counted in the ledger across redeliveries); a
+   :class:`PermanentError` is ``message.failed`` with the provider's code; any other
+   exception, and a call longer than ``DRIPSTREAM_CHANNEL_CALL_TIMEOUT_S``, is an
+   **unknown outcome**: the provider may have accepted it, so it is never called again
+   blindly.
 4. **Unknown outcomes** — a reservation without an outcome whose owner is dead (its
    liveness key ``<prefix>channel-worker:<token>`` expired: a crash during the call), or
    one of ours that failed in an unknown way — are reported (audit ``delivery_unknown``, a
@@ -310,6 +311,7 @@ class Entry:
     state: str
     owner: str = ""
     reserved_at: float = 0.0
+    attempts: int = 0
     at: str | None = None
     provider_id: str | None = None
     code: str | None = None
@@ -331,7 +333,8 @@ class Entry:
                   (v.decode() if isinstance(v, bytes) else v) for k, v in pairs.items()}
         return cls(
             state=fields.get("state", ""), owner=fields.get("owner", ""),
-            reserved_at=float(fields.get("reserved_at") or 0), at=fields.get("at"),
+            reserved_at=float(fields.get("reserved_at") or 0),
+            attempts=int(fields.get("attempts") or 0), at=fields.get("at"),
             provider_id=fields.get("provider_id") or None, code=fields.get("code") or None,
             reason=fields.get("reason") or None, bounce_type=fields.get("bounce_type") or None,
             provider_accepted=fields.get("provider_accepted") == "1",
@@ -344,14 +347,17 @@ class Entry:
 
 
 #: KEYS[1] the entry; ARGV token, now, ttl, state, field/value pairs. Takes an absent or
-#: released (pending) id; else returns the entry as it is.
+#: released (pending) id and returns, for a reservation, its provider-call count with this
+#: one (kept in the entry, so a redelivered command goes on from it), else 0; returns the
+#: entry as it is if someone holds it.
 _CLAIM = """
 local s = redis.call('HGET', KEYS[1], 'state')
 if s and s ~= 'pending' then return redis.call('HGETALL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'owner', ARGV[1], 'reserved_at', ARGV[2],
            unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {}
+if ARGV[4] == 'reserved' then return redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+return 0
 """
 #: KEYS[1]; ARGV old owner, token, now. Takes over a reservation whose outcome is unknown.
 _TAKEOVER = """
@@ -410,11 +416,30 @@ class Ledger:
                     **fields: Any) -> Entry | None:
         """Take the id (absent or pending) as ``state`` (``reserved``, ``skipped``); None
         if taken, else the entry that holds it."""
+        found = await self._take(command, token, now, state, fields)
+        return None if isinstance(found, int) else found
+
+    async def reserve(self, command: SendCommand, token: str, now: float) -> int | Entry:
+        """Reserve the id for a provider call: the call's attempt number, counted across
+        every worker and redelivery of the command; or the entry of whoever holds it."""
+        return await self._take(command, token, now, "reserved", {})
+
+    async def count_attempt(self, message_id: str) -> int:
+        """One more provider call for an id reserved already (after an unknown outcome
+        the provider did not know): its attempt number."""
+        return int(await self.redis.hincrby(self.key(message_id), "attempts", 1))
+
+    async def _take(self, command: SendCommand, token: str, now: float, state: str,
+                    fields: Mapping[str, Any]) -> int | Entry:
         pairs = {"account": command.account, "contact_id": command.contact_id,
                  "channel": command.channel, **fields}
         found = await self._claim(keys=[self.key(command.message_id)],
                                   args=[token, now, self.ttl_s, state, *_flat(pairs)])
-        return Entry.of(found)
+        if isinstance(found, int):
+            return found
+        entry = Entry.of(found)
+        assert entry is not None, "the claim script returns the entry that holds the id"
+        return entry
 
     async def takeover(self, message_id: str, old: str, token: str, now: float
                        ) -> Entry | None:
@@ -849,15 +874,19 @@ class ChannelWorker:
             self._emit(batch, self.names.audit, command.contact_id,
                        orjson.dumps(audit_skip(command, reason, now)))
             return
-        attempt = 0
         while True:
-            attempt += 1
-            if not owned:
-                held = await self._redis_call(lambda: ledger.claim(
-                    command, self.token, self.clock.now().timestamp(), "reserved"))
-                if held is not None:
-                    await self._existing(batch, command, held, state)
+            # The attempt number is the ledger's, not this call's: a command released for
+            # its retry (a stop, a rebalance) and redelivered goes on from its count.
+            if owned:
+                attempt = await self._redis_call(
+                    lambda: ledger.count_attempt(command.message_id))
+            else:
+                got = await self._redis_call(lambda: ledger.reserve(
+                    command, self.token, self.clock.now().timestamp()))
+                if isinstance(got, Entry):
+                    await self._existing(batch, command, got, state)
                     return
+                attempt = got
             owned = False
             try:
                 outcome = await asyncio.wait_for(self.provider.deliver(command),

@@ -1,6 +1,6 @@
 """The ChannelWorker in this process, with providers the test controls, against the real
-broker and Redis: the ledger's operations, unknown outcomes and both policies, retries,
-and a graceful stop in the middle of a batch."""
+broker and Redis: the ledger's operations, unknown outcomes and both policies, retries and
+their count across redeliveries, and a graceful stop in the middle of a batch."""
 
 from __future__ import annotations
 
@@ -333,3 +333,39 @@ async def test_a_live_owners_reservation_is_waited_for_not_taken(stack: Stack) -
 async def _log_says(w: ChannelWorker) -> bool:
     """The worker has been waiting at least one call timeout (it warned)."""
     return w.stats["waited"] >= 1
+
+
+# -- attempts ----------------------------------------------------------------------------
+
+
+async def test_attempts_are_counted_across_redeliveries(stack: Stack) -> None:
+    """A command that failed transiently twice, then was released by a stop while waiting
+    for its retry, is called once more by the next worker (3 attempts allowed), not three
+    more times: the count is in the ledger."""
+    calls: Counter[str] = Counter()
+
+    async def busy(cmd: SendCommand) -> Outcome:
+        calls[cmd.message_id] += 1
+        raise TransientError("busy", "503")
+
+    draws = iter([0.0])  # the first retry at once, the second after 60 s: stopped there
+    await put(stack, raw_command("msg-t1", "c-t", stack))
+    first = ChannelWorker(stack.settings.model_copy(update={
+        "channel_heartbeat_s": 0.3, "channel_backoff_s": 60, "channel_backoff_max_s": 60,
+        "channel_max_attempts": 3}), "sms", busy, rand=lambda: next(draws, 1.0))
+    task = asyncio.ensure_future(first.main(install_signals=False))
+    ledger = Ledger(stack.redis, stack.settings.topic_prefix, 60)
+
+    async def waiting_after_two() -> bool:
+        entry = await ledger.get("msg-t1")
+        return calls["msg-t1"] == 2 and entry is not None and entry.state == "pending"
+
+    await eventually(waiting_after_two, what="two calls, then waiting for the third")
+    first.stop()
+    assert await asyncio.wait_for(task, 15) == 0
+    assert (await ledger.get("msg-t1")).attempts == 2  # type: ignore[union-attr]
+    nxt = worker(stack, busy, channel_max_attempts=3)
+    await run_until(nxt, lambda: _events_with(stack, 1), "the failure report")
+    assert calls == Counter({"msg-t1": 3})
+    assert (await events(stack))["msg-t1:failed"]["data"]["reason"] == \
+        "busy (after 3 attempts)"
