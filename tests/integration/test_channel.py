@@ -294,6 +294,30 @@ async def test_hard_bounce_callback_suppresses_the_address(stack: Stack) -> None
     assert records[0]["message_id"] == call["message_id"]
 
 
+async def test_sigterm_while_joining_the_group_is_honoured_at_once(stack: Stack) -> None:
+    """A worker joining a group whose rebalance does not end (a member stuck giving its
+    partitions up) has no partitions and may never get any: SIGTERM stops it at once,
+    exit 0, not once an assignment arrives."""
+    from tests.integration.test_channel_worker import stuck_member
+
+    async with stuck_member(stack) as stuck:
+        worker = stack.start_channel("sms")
+
+        async def joining() -> bool:  # its join began a rebalance the member holds up
+            return stuck.revoking.is_set()
+
+        await eventually(joining, what="the worker joining the group")
+        worker.send_signal(signal.SIGTERM)
+
+        async def exited() -> bool:  # waited for in the loop: the member's heartbeats go on
+            return worker.poll() is not None
+
+        await eventually(exited, timeout=15, what="the exit after SIGTERM")
+    assert worker.poll() == 0, stack.channel_log(0)
+    assert "channel sms: assigned" not in stack.channel_log(0)
+    assert "stopped" in stack.channel_log(0)
+
+
 async def test_exit_statuses(stack: Stack, tmp_path: Any) -> None:
     """0 after SIGTERM, 2 on invalid settings (with the reason, in one line, before
     connecting to anything), 70 when the broker cannot be reached."""

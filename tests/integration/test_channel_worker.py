@@ -1,18 +1,20 @@
 """The ChannelWorker in this process, with providers the test controls, against the real
 broker and Redis: the ledger's operations, unknown outcomes and both policies, retries and
-their count across redeliveries, and a graceful stop in the middle of a batch."""
+their count across redeliveries, a graceful stop in the middle of a batch, and the stall
+exits."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
 from producers.channel import (
@@ -335,7 +337,7 @@ async def _log_says(w: ChannelWorker) -> bool:
     return w.stats["waited"] >= 1
 
 
-# -- attempts ----------------------------------------------------------------------------
+# -- attempts, liveness ------------------------------------------------------------------
 
 
 async def test_attempts_are_counted_across_redeliveries(stack: Stack) -> None:
@@ -369,3 +371,93 @@ async def test_attempts_are_counted_across_redeliveries(stack: Stack) -> None:
     assert calls == Counter({"msg-t1": 3})
     assert (await events(stack))["msg-t1:failed"]["data"]["reason"] == \
         "busy (after 3 attempts)"
+
+
+class _Stuck(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """A group member that never gives its partitions up: its revoke callback waits (its
+    heartbeats go on meanwhile), so the group's rebalance does not end."""
+
+    def __init__(self) -> None:
+        self.revoking, self.release = asyncio.Event(), asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if revoked:  # the first join has nothing to give up
+            self.revoking.set()
+            await self.release.wait()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
+
+
+@asynccontextmanager
+async def stuck_member(stack: Stack, channel: str = "sms") -> AsyncIterator[_Stuck]:
+    """A member of ``channel``'s group holding every partition and never rejoining, so
+    a worker that joins gets no partitions (until the context ends)."""
+    timings = ({"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
+               if stack.settings.embedded else {})
+    stuck = _Stuck()
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False,
+                                group_id=f"{stack.settings.topic_prefix}channel-{channel}",
+                                rebalance_timeout_ms=120_000, max_poll_interval_ms=300_000,
+                                **timings)
+    consumer.subscribe([stack.topic(f"send.{channel}")], listener=stuck)
+    await consumer.start()
+    try:
+        yield stuck
+    finally:
+        stuck.release.set()
+        await consumer.stop()
+
+
+async def test_a_worker_that_gets_no_partitions_exits_70(stack: Stack) -> None:
+    """Joining a group whose rebalance does not end: after the stall time the worker
+    says it is stalled and why, and after the stall exit time it exits 70."""
+    async with stuck_member(stack) as stuck:
+        w = worker(stack, _fine, channel_stall_after_s=1.0, channel_stall_exit_s=1.0)
+        task = asyncio.ensure_future(w.main(install_signals=False))
+        await eventually(lambda: _set(stuck.revoking), what="the worker joining")
+        assert await asyncio.wait_for(task, 30) == 70
+    assert (w.fatal or "").startswith("stalled: no partitions assigned for ")
+    assert w.stats["stalled_checks"] >= 2
+
+
+async def test_a_worker_whose_input_waits_with_no_progress_exits_70(stack: Stack) -> None:
+    """A provider call that never returns (a call timeout longer than the stall time),
+    input waiting: the worker exits 70, abandoning the call; the next worker treats the
+    reservation as an unknown outcome (the provider may have it) and resolves it by
+    lookup, never calling blindly."""
+    hang = asyncio.Event()
+    calls: Counter[str] = Counter()
+
+    async def stuck(cmd: SendCommand) -> Outcome:
+        calls[cmd.message_id] += 1
+        await hang.wait()
+        return Outcome.sent()
+
+    async def lookup(cmd: SendCommand) -> Outcome | None:
+        return None  # the provider never got it
+
+    await put(stack, raw_command("msg-h", "c-h", stack))
+    w = worker(stack, stuck, lookup=lookup, channel_call_timeout_s=120,
+               channel_stall_after_s=5.0, channel_stall_exit_s=1.0)
+    assert await asyncio.wait_for(w.main(install_signals=False), 30) == 70
+    assert (w.fatal or "").startswith("stalled: input waiting, no progress for ")
+    entry = await Ledger(stack.redis, stack.settings.topic_prefix, 60).get("msg-h")
+    assert entry is not None and (entry.state, entry.owner) == ("reserved", w.token)
+
+    async def fine(cmd: SendCommand) -> Outcome:
+        calls[cmd.message_id] += 1
+        return Outcome.sent("p-h")
+
+    nxt = worker(stack, fine, lookup=lookup)
+    await run_until(nxt, lambda: _events_with(stack, 1), "the report")
+    assert calls == Counter({"msg-h": 2})
+    assert (await audit(stack))["msg-h"]["resolution"] == "not_found"
+
+
+async def _fine(cmd: SendCommand) -> Outcome:
+    return Outcome.sent(f"p-{cmd.message_id}")
+
+
+async def _set(event: asyncio.Event) -> bool:
+    return event.is_set()
