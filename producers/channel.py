@@ -596,6 +596,29 @@ def channel_consumer(settings: Settings, group_id: str) -> AIOKafkaConsumer:
         **group, **settings.kafka_security())
 
 
+def _leave_by_expiry(consumer: AIOKafkaConsumer) -> None:
+    """Make ``consumer.stop()`` send no LeaveGroup: the member leaves when its session
+    expires (2 s on the embedded broker). Embedded broker only.
+
+    Tansu 0.6.0 keeps the leader of a group that is re-forming (a member joined or left
+    and the leader has not synced yet) as its leader when that leader sends LeaveGroup:
+    ``Inner<Forming>::leave`` removes the member but not ``state.leader`` (the stable
+    state's ``leave`` does clear it), and a member's session expiry is checked only for
+    members still listed. Every member that joins afterwards is a follower whose
+    SyncGroup is refused with REBALANCE_IN_PROGRESS, for ever: the channel delivers
+    nothing again, and no restart helps, the group keeps its departed leader. A leader
+    that expires instead is dropped with its leadership. Reaches into aiokafka's
+    coordinator (``_maybe_leave_group``, called by ``close``; aiokafka 0.14)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "_maybe_leave_group"):
+        return
+
+    async def expire() -> None:
+        coordinator.reset_generation()
+
+    coordinator._maybe_leave_group = expire
+
+
 class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     def __init__(self, worker: ChannelWorker) -> None:
         self.worker = worker
@@ -756,6 +779,8 @@ class ChannelWorker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if s.embedded:
+                _leave_by_expiry(self._consumer)
             try:  # leaving the group: bounded, a broker that does not answer must not
                 await asyncio.wait_for(self._consumer.stop(), 10)  # hold the exit
             except TimeoutError:

@@ -1,7 +1,7 @@
 """The ChannelWorker in this process, with providers the test controls, against the real
 broker and Redis: the ledger's operations, unknown outcomes and both policies, retries and
-their count across redeliveries, a graceful stop in the middle of a batch, and the stall
-exits."""
+their count across redeliveries, a graceful stop in the middle of a batch, the stall exits
+and how a worker leaves its group."""
 
 from __future__ import annotations
 
@@ -337,7 +337,7 @@ async def _log_says(w: ChannelWorker) -> bool:
     return w.stats["waited"] >= 1
 
 
-# -- attempts, liveness ------------------------------------------------------------------
+# -- attempts, liveness, the group -------------------------------------------------------
 
 
 async def test_attempts_are_counted_across_redeliveries(stack: Stack) -> None:
@@ -455,9 +455,39 @@ async def test_a_worker_whose_input_waits_with_no_progress_exits_70(stack: Stack
     assert (await audit(stack))["msg-h"]["resolution"] == "not_found"
 
 
+async def test_a_leader_stopped_while_its_group_re_forms_leaves_it_usable(
+    stack: Stack,
+) -> None:
+    """The wedge of issue 20: a member leaves, and the worker leading the group stops
+    before the group has re-formed. On the embedded broker (Tansu 0.6.0) a LeaveGroup then
+    left the group with a departed leader for ever -- every later worker looped
+    "(Re-)joining group" with no partitions. The worker leaves there by session expiry
+    instead: the next worker gets every partition."""
+    w = worker(stack, _fine)
+    task = asyncio.ensure_future(w.main(install_signals=False))
+    await eventually(lambda: _assigned(w), what="the partitions assigned")
+    other = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, group_id=w.group_id,
+                             enable_auto_commit=False,
+                             **({"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
+                                if stack.settings.embedded else {}))
+    other.subscribe([stack.topic("send.sms")])
+    await other.start()  # the worker rejoined: a generation above the first
+    await other.stop()  # LeaveGroup: the group re-forms, the worker its leader ...
+    w.stop()  # ... which leaves before it has noticed
+    assert await asyncio.wait_for(task, 30) == 0
+    nxt = worker(stack, _fine)
+    await run_until(nxt, lambda: _assigned(nxt, stack.settings.partitions),
+                    "every partition at the next worker")
+
+
 async def _fine(cmd: SendCommand) -> Outcome:
     return Outcome.sent(f"p-{cmd.message_id}")
 
 
 async def _set(event: asyncio.Event) -> bool:
     return event.is_set()
+
+
+async def _assigned(w: ChannelWorker, count: int = 1) -> bool:
+    consumer = w._consumer
+    return consumer is not None and len(consumer.assignment()) >= count
