@@ -29,10 +29,11 @@ The worker consumes ``<prefix>send.<channel>`` in the consumer group
    call (a Lua script: only if nobody holds it), the outcome recorded after. A
    :class:`TransientError` releases the reservation and retries with exponential
    backoff and full jitter (:func:`backoff_delay`, bounded by
-   ``DRIPSTREAM_CHANNEL_MAX_ATTEMPTS``); a :class:`PermanentError` is ``message.failed``
-   with the provider's code; any other exception, and a call longer than
-   ``DRIPSTREAM_CHANNEL_CALL_TIMEOUT_S``, is an **unknown outcome**: the provider may have
-   accepted it, so it is never called again blindly.
+   ``DRIPSTREAM_CHANNEL_MAX_ATTEMPTS``, counted in the ledger across redeliveries); a
+   :class:`PermanentError` is ``message.failed`` with the provider's code; any other
+   exception, and a call longer than ``DRIPSTREAM_CHANNEL_CALL_TIMEOUT_S``, is an
+   **unknown outcome**: the provider may have accepted it, so it is never called again
+   blindly.
 4. **Unknown outcomes** — a reservation without an outcome whose owner is dead (its
    liveness key ``<prefix>channel-worker:<token>`` expired: a crash during the call), or
    one of ours that failed in an unknown way — are reported (audit ``delivery_unknown``, a
@@ -50,9 +51,11 @@ Records of one ``getmany`` are grouped by contact: one contact's commands run in
 different contacts concurrently, at most ``DRIPSTREAM_CHANNEL_MAX_IN_FLIGHT`` at once. A
 rebalance waits for the batch in flight and commits before giving partitions up. SIGTERM
 starts no new command, lets calls in flight finish, releases those waiting for a retry,
-commits what is done, and exits 0. Redis unreachable: nothing is delivered or committed
-until it answers (retried with backoff). A broker error exits 70. ``docs/channel-workers.md``
-is the guide.
+commits what is done, and exits 0 — at once while it connects or joins its group. Redis
+unreachable: nothing is delivered or committed until it answers (retried with backoff). A
+broker error exits 70; so does a stall (:class:`Liveness`: no partitions, or input
+waiting and no progress, for ``DRIPSTREAM_CHANNEL_STALL_AFTER_S``, then
+``_STALL_EXIT_S``). ``docs/channel-workers.md`` is the guide.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ import os
 import random
 import signal
 import socket
+import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Mapping
@@ -97,6 +101,7 @@ __all__ = [
     "ChannelWorker",
     "Entry",
     "Ledger",
+    "Liveness",
     "Outcome",
     "PermanentError",
     "Provider",
@@ -104,6 +109,7 @@ __all__ = [
     "TransientError",
     "audit_skip",
     "backoff_delay",
+    "channel_consumer",
     "outcome_event",
     "skip_reason",
 ]
@@ -310,6 +316,7 @@ class Entry:
     state: str
     owner: str = ""
     reserved_at: float = 0.0
+    attempts: int = 0
     at: str | None = None
     provider_id: str | None = None
     code: str | None = None
@@ -331,7 +338,8 @@ class Entry:
                   (v.decode() if isinstance(v, bytes) else v) for k, v in pairs.items()}
         return cls(
             state=fields.get("state", ""), owner=fields.get("owner", ""),
-            reserved_at=float(fields.get("reserved_at") or 0), at=fields.get("at"),
+            reserved_at=float(fields.get("reserved_at") or 0),
+            attempts=int(fields.get("attempts") or 0), at=fields.get("at"),
             provider_id=fields.get("provider_id") or None, code=fields.get("code") or None,
             reason=fields.get("reason") or None, bounce_type=fields.get("bounce_type") or None,
             provider_accepted=fields.get("provider_accepted") == "1",
@@ -344,14 +352,17 @@ class Entry:
 
 
 #: KEYS[1] the entry; ARGV token, now, ttl, state, field/value pairs. Takes an absent or
-#: released (pending) id; else returns the entry as it is.
+#: released (pending) id and returns, for a reservation, its provider-call count with this
+#: one (kept in the entry, so a redelivered command goes on from it), else 0; returns the
+#: entry as it is if someone holds it.
 _CLAIM = """
 local s = redis.call('HGET', KEYS[1], 'state')
 if s and s ~= 'pending' then return redis.call('HGETALL', KEYS[1]) end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'owner', ARGV[1], 'reserved_at', ARGV[2],
            unpack(ARGV, 5))
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {}
+if ARGV[4] == 'reserved' then return redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+return 0
 """
 #: KEYS[1]; ARGV old owner, token, now. Takes over a reservation whose outcome is unknown.
 _TAKEOVER = """
@@ -410,11 +421,30 @@ class Ledger:
                     **fields: Any) -> Entry | None:
         """Take the id (absent or pending) as ``state`` (``reserved``, ``skipped``); None
         if taken, else the entry that holds it."""
+        found = await self._take(command, token, now, state, fields)
+        return None if isinstance(found, int) else found
+
+    async def reserve(self, command: SendCommand, token: str, now: float) -> int | Entry:
+        """Reserve the id for a provider call: the call's attempt number, counted across
+        every worker and redelivery of the command; or the entry of whoever holds it."""
+        return await self._take(command, token, now, "reserved", {})
+
+    async def count_attempt(self, message_id: str) -> int:
+        """One more provider call for an id reserved already (after an unknown outcome
+        the provider did not know): its attempt number."""
+        return int(await self.redis.hincrby(self.key(message_id), "attempts", 1))
+
+    async def _take(self, command: SendCommand, token: str, now: float, state: str,
+                    fields: Mapping[str, Any]) -> int | Entry:
         pairs = {"account": command.account, "contact_id": command.contact_id,
                  "channel": command.channel, **fields}
         found = await self._claim(keys=[self.key(command.message_id)],
                                   args=[token, now, self.ttl_s, state, *_flat(pairs)])
-        return Entry.of(found)
+        if isinstance(found, int):
+            return found
+        entry = Entry.of(found)
+        assert entry is not None, "the claim script returns the entry that holds the id"
+        return entry
 
     async def takeover(self, message_id: str, old: str, token: str, now: float
                        ) -> Entry | None:
@@ -483,10 +513,53 @@ class SuppressionTimes(Suppressions):
         self._at[(account, address)] = at
 
 
+# -- liveness ---------------------------------------------------------------------------
+
+@dataclass
+class Liveness:
+    """Whether a channel worker makes progress, judged as the stream worker judges itself
+    (``agents/worker.py: Health``, docs/operations.md "Liveness"): it is *stalled* once it
+    has held no partitions for ``stall_after_s`` while joining its group (a rebalance that
+    does not end), or input has been waiting that long with no command finished and no
+    provider call returned. Times are monotonic seconds, passed in."""
+
+    stall_after_s: float
+    last_progress: float
+    #: Set when the worker starts joining its group (and at each rebalance), cleared when
+    #: partitions are assigned.
+    joining_since: float | None = None
+    stalled_since: float | None = None
+
+    def progress(self, now: float) -> None:
+        self.last_progress = now
+
+    def judge(self, now: float, waiting: bool) -> str | None:
+        """Why the worker is stalled (since :attr:`stalled_since`), or None.
+        ``waiting``: input is waiting for it (a batch in flight, or records past the
+        committed offset of a partition it holds)."""
+        if not waiting:  # nothing to do is no stall: the clock starts when input waits
+            self.last_progress = now
+        if self.joining_since is not None and now - self.joining_since >= self.stall_after_s:
+            reason = (f"no partitions assigned for {now - self.joining_since:.0f} s "
+                      "(joining the group)")
+        elif waiting and now - self.last_progress >= self.stall_after_s:
+            reason = f"input waiting, no progress for {now - self.last_progress:.0f} s"
+        else:
+            self.stalled_since = None
+            return None
+        if self.stalled_since is None:
+            self.stalled_since = now
+        return reason
+
+
 # -- the worker -------------------------------------------------------------------------
 
 class _Stopping(Exception):
     """A command left unfinished because the worker is stopping (it is redelivered)."""
+
+
+class _Stopped(Exception):
+    """A stop began while the worker waited for the broker (connecting, joining)."""
 
 
 @dataclass
@@ -512,14 +585,52 @@ class _Batch:
         return out
 
 
+def channel_consumer(settings: Settings, group_id: str) -> AIOKafkaConsumer:
+    """The send-command consumer of a channel's group (the one place it is built)."""
+    group = ({"session_timeout_ms": 2000, "heartbeat_interval_ms": 500,
+              "rebalance_timeout_ms": 2000} if settings.embedded else {})
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=group_id,
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        max_poll_records=settings.channel_batch_max, fetch_max_wait_ms=settings.fetch_wait_ms,
+        **group, **settings.kafka_security())
+
+
+def _leave_by_expiry(consumer: AIOKafkaConsumer) -> None:
+    """Make ``consumer.stop()`` send no LeaveGroup: the member leaves when its session
+    expires (2 s on the embedded broker). Embedded broker only.
+
+    Tansu 0.6.0 keeps the leader of a group that is re-forming (a member joined or left
+    and the leader has not synced yet) as its leader when that leader sends LeaveGroup:
+    ``Inner<Forming>::leave`` removes the member but not ``state.leader`` (the stable
+    state's ``leave`` does clear it), and a member's session expiry is checked only for
+    members still listed. Every member that joins afterwards is a follower whose
+    SyncGroup is refused with REBALANCE_IN_PROGRESS, for ever: the channel delivers
+    nothing again, and no restart helps, the group keeps its departed leader. A leader
+    that expires instead is dropped with its leadership. Reaches into aiokafka's
+    coordinator (``_maybe_leave_group``, called by ``close``; aiokafka 0.14)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "_maybe_leave_group"):
+        return
+
+    async def expire() -> None:
+        coordinator.reset_generation()
+
+    coordinator._maybe_leave_group = expire
+
+
 class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     def __init__(self, worker: ChannelWorker) -> None:
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        liveness = self.worker.liveness
+        if liveness.joining_since is None:
+            liveness.joining_since = time.monotonic()
         await self.worker.settle(leaving=True)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.worker.liveness.joining_since = None
         log.info("channel %s: assigned %s", self.worker.channel,
                  sorted(tp.partition for tp in assigned))
 
@@ -530,7 +641,8 @@ class ChannelWorker:
     ``provider``: a :class:`Provider`, or a ``deliver(command) -> Outcome`` coroutine
     function (then ``lookup`` may be given beside it). ``policy``: what to do with an
     unknown outcome; default ``DRIPSTREAM_CHANNEL_UNKNOWN_POLICY``, else ``lookup`` if the
-    provider can, else ``assume_sent``."""
+    provider can, else ``assume_sent``. Raises ValueError on a configuration error, before
+    anything connects."""
 
     def __init__(
         self, settings: Settings, channel: str,
@@ -548,6 +660,9 @@ class ChannelWorker:
                                or ("lookup" if self.provider.can_lookup else "assume_sent"))
         if self.policy == "lookup" and not self.provider.can_lookup:
             raise ValueError(f"provider {self.provider.name} has no lookup: use assume_sent")
+        if settings.channel_callback_port is not None and not callback_secret:
+            raise ValueError("provider callbacks (DRIPSTREAM_CHANNEL_CALLBACK_PORT) need a "
+                             "secret: DRIPSTREAM_CHANNEL_CALLBACK_SECRET (or the webhook's)")
         self.names = TopicNames.of(settings)
         self.group_id = f"{settings.topic_prefix}channel-{channel}"
         self.token = f"{channel}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -555,6 +670,9 @@ class ChannelWorker:
         self.source = f"urn:dripstream:channel:{channel}:{self.provider.name}"
         self.suppressions = SuppressionTimes()
         self.stats: Counter[str] = Counter()
+        self.liveness = Liveness(settings.channel_stall_after_s, time.monotonic())
+        #: Why the worker gave up (a stall exit), or None.
+        self.fatal: str | None = None
         self._rand = rand
         #: Serve signed provider callbacks (``DRIPSTREAM_CHANNEL_CALLBACK_PORT``): the
         #: port once listening.
@@ -596,34 +714,38 @@ class ChannelWorker:
             log.critical("channel %s: fatal error; exiting %d", self.channel, EXIT_FATAL,
                          exc_info=True)
             return EXIT_FATAL
+        if self.fatal is not None:
+            return EXIT_FATAL  # the CRITICAL line with the reason is logged already
         log.info("channel %s: stopped (%s)", self.channel, dict(self.stats))
         return 0
 
     async def _serve(self) -> None:
         s = self.settings
-        await ensure_topics(s)
+        try:
+            await self._unless_stopped(ensure_topics(s))
+        except _Stopped:
+            return
         self._redis = Redis.from_url(s.redis_url)
         self._ledger = Ledger(self._redis, s.topic_prefix, s.channel_ledger_ttl_s)
         tasks = [asyncio.ensure_future(self.suppressions.follow(s, self.names.suppressions)),
                  asyncio.ensure_future(self._heartbeat())]
         self._producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all",
                                           linger_ms=2, **s.kafka_security())
-        group = ({"session_timeout_ms": 2000, "heartbeat_interval_ms": 500,
-                  "rebalance_timeout_ms": 2000} if s.embedded else {})
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers, group_id=self.group_id,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            max_poll_records=s.channel_batch_max, fetch_max_wait_ms=s.fetch_wait_ms,
-            **group, **s.kafka_security())
+        self._consumer = channel_consumer(s, self.group_id)
         server: Any = None
         try:
-            await self.provider.start()
-            await self._producer.start()
+            await self._unless_stopped(self.provider.start())
+            await self._unless_stopped(self._producer.start())
             if self.callback_port is not None:
-                server = await self._callbacks()
+                server = await self._unless_stopped(self._callbacks())
             await self._wait_ready(tasks[0])
+            # Started before it subscribes, so that starting does not wait for the group
+            # to assign partitions (it would, with no bound, deaf to a stop): joining is
+            # waited for in getmany below, a stop beside it.
+            await self._unless_stopped(self._consumer.start())
+            self.liveness.joining_since = time.monotonic()
             self._consumer.subscribe([self.names.send(self.channel)], listener=_Revoke(self))
-            await self._consumer.start()
+            tasks.append(asyncio.ensure_future(self._watch()))
             log.info("channel %s: consuming %s as %s (provider %s, policy %s)", self.channel,
                      self.names.send(self.channel), self.token, self.provider.name,
                      self.policy)
@@ -632,7 +754,8 @@ class ChannelWorker:
                 for task in tasks:
                     if task.done():
                         task.result()  # a follower that died raises here
-                batch = await self._consumer.getmany(timeout_ms=250)
+                # Waits, whatever timeout_ms says, as long as the group rebalances.
+                batch = await self._unless_stopped(self._consumer.getmany(timeout_ms=250))
                 # Short fetch waits while commands flow, long once quiet for a second
                 # (the engine's rule: the embedded broker holds a fetch ~half its wait).
                 now = asyncio.get_running_loop().time()
@@ -642,15 +765,22 @@ class ChannelWorker:
                 if batch:
                     self._current = asyncio.ensure_future(self._process(batch))
                     try:
-                        await asyncio.shield(self._current)
+                        await asyncio.wait({self._current})
                     finally:
-                        await self.settle()
+                        # A stall exit abandons the batch: its calls are cancelled, and
+                        # what they reserved is an unknown outcome for the next owner.
+                        if self.fatal is None:
+                            await self.settle()
+        except _Stopped:
+            pass  # stopped while connecting or joining: nothing taken, nothing to settle
         finally:
             if server is not None:
                 await server.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if s.embedded:
+                _leave_by_expiry(self._consumer)
             try:  # leaving the group: bounded, a broker that does not answer must not
                 await asyncio.wait_for(self._consumer.stop(), 10)  # hold the exit
             except TimeoutError:
@@ -661,12 +791,77 @@ class ChannelWorker:
                 await self._ledger.redis.delete(self._ledger.owner_key(self.token))
             await self._redis.aclose()
 
+    async def _unless_stopped(self, call: Awaitable[T]) -> T:
+        """``call``'s result; if a stop comes first, ``call`` is cancelled and
+        :class:`_Stopped` raised. Connecting to a broker that does not answer, joining a
+        group and a fetch during a rebalance wait with no bound of their own: a SIGTERM
+        must not wait for them."""
+        task = asyncio.ensure_future(call)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=5)  # let it close what it opened
+        if task.cancelled():
+            raise _Stopped
+        return task.result()
+
+    async def _watch(self) -> None:
+        """Judge progress every few seconds (:class:`Liveness`); stalled for
+        ``DRIPSTREAM_CHANNEL_STALL_EXIT_S``: give up, so a supervisor restarts the worker
+        (exit 70)."""
+        s = self.settings
+        interval = min(5.0, s.channel_stall_after_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            reason = self.liveness.judge(now, await self._input_waiting())
+            if reason is None:
+                continue
+            self.stats["stalled_checks"] += 1
+            stalled = now - (self.liveness.stalled_since or now)
+            log.warning("channel %s: stalled: %s", self.channel, reason)
+            if s.channel_stall_exit_s and stalled >= s.channel_stall_exit_s:
+                log.critical("channel %s: stalled for %.0f s (%s); exiting %d so a "
+                             "supervisor restarts the worker", self.channel, stalled, reason,
+                             EXIT_FATAL)
+                self.fatal = f"stalled: {reason}"
+                self.stop()
+                if self._current is not None:
+                    self._current.cancel()
+                return
+
+    async def _input_waiting(self) -> bool:
+        """A batch in flight, or records past the committed offset of an assigned
+        partition (committed, not merely taken: a batch taken and never finished is
+        input waiting too)."""
+        if self._current is not None and not self._current.done():
+            return True
+        consumer = self._consumer
+        assert consumer is not None
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)  # from the last fetch response; None before one
+            if not high:
+                continue
+            try:
+                committed = await asyncio.wait_for(consumer.committed(tp), 2.0)
+            except (KafkaError, TimeoutError):  # the broker is away: judged on progress
+                continue
+            if high > (committed or 0):
+                return True
+        return False
+
+    def _progress(self) -> None:
+        self.liveness.progress(time.monotonic())
+
     async def _callbacks(self) -> Any:
         from producers.providers import Callbacks, CallbackServer
 
         assert self._ledger is not None and self._producer is not None
-        if not self.callback_secret:
-            raise ValueError("callbacks need a secret (DRIPSTREAM_CHANNEL_CALLBACK_SECRET)")
+        assert self.callback_secret, "checked by __init__"
         producer, topic = self._producer, self.names.events
 
         async def publish(key: bytes, value: bytes) -> None:
@@ -691,6 +886,8 @@ class ChannelWorker:
             stop.cancel()
         if follower.done():
             follower.result()
+        if self._stop.is_set():
+            raise _Stopped
 
     async def _heartbeat(self) -> None:
         """Keep this worker's liveness key: its reservations are live while it exists."""
@@ -808,6 +1005,7 @@ class ChannelWorker:
                 except _Stopping:
                     return
             batch.done.add((tp, offset))
+            self._progress()
 
     async def _command(self, batch: _Batch, command: SendCommand, entry: Entry | None,
                        state: Any) -> None:
@@ -846,19 +1044,22 @@ class ChannelWorker:
             self._emit(batch, self.names.audit, command.contact_id,
                        orjson.dumps(audit_skip(command, reason, now)))
             return
-        attempt = 0
         while True:
-            attempt += 1
-            if not owned:
-                held = await self._redis_call(lambda: ledger.claim(
-                    command, self.token, self.clock.now().timestamp(), "reserved"))
-                if held is not None:
-                    await self._existing(batch, command, held, state)
+            # The attempt number is the ledger's, not this call's: a command released for
+            # its retry (a stop, a rebalance) and redelivered goes on from its count.
+            if owned:
+                attempt = await self._redis_call(
+                    lambda: ledger.count_attempt(command.message_id))
+            else:
+                got = await self._redis_call(lambda: ledger.reserve(
+                    command, self.token, self.clock.now().timestamp()))
+                if isinstance(got, Entry):
+                    await self._existing(batch, command, got, state)
                     return
+                attempt = got
             owned = False
             try:
-                outcome = await asyncio.wait_for(self.provider.deliver(command),
-                                                 self.settings.channel_call_timeout_s)
+                outcome = await self._call(self.provider.deliver(command))
             except TransientError as exc:
                 if attempt >= self.settings.channel_max_attempts:
                     self.stats["failed_transient"] += 1
@@ -977,8 +1178,7 @@ class ChannelWorker:
         """The provider's answer, transient errors retried with backoff (bounded)."""
         for attempt in range(1, self.settings.channel_max_attempts + 1):
             try:
-                return await asyncio.wait_for(self.provider.lookup(command),
-                                              self.settings.channel_call_timeout_s)
+                return await self._call(self.provider.lookup(command))
             except TransientError:
                 if attempt == self.settings.channel_max_attempts:
                     raise
@@ -986,6 +1186,14 @@ class ChannelWorker:
                                                   self.settings.channel_backoff_max_s,
                                                   self._rand()))
         raise AssertionError("unreachable")
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        """A provider call, bounded by the call timeout; its end, however it ends, is
+        progress (a slow provider is not a stalled worker)."""
+        try:
+            return await asyncio.wait_for(call, self.settings.channel_call_timeout_s)
+        finally:
+            self._progress()
 
     async def _settle_outcome(self, batch: _Batch, command: SendCommand, outcome: Outcome,
                               assumed: bool = False) -> None:

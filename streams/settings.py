@@ -104,6 +104,14 @@ class Settings(BaseSettings):
         None, description="channel workers: an outcome not known after a crash or a timeout "
                           "is looked up at the provider or assumed sent (default: lookup "
                           "if the provider can)")
+    channel_stall_after_s: float = Field(
+        60.0, gt=0, description="channel workers: no partitions for this long while joining "
+                                "the group, or input waiting and no command finished nor "
+                                "provider call returned for this long = stalled (keep it "
+                                "longer than the call timeout)")
+    channel_stall_exit_s: float = Field(
+        300.0, ge=0, description="channel workers: exit (status 70) after being stalled this "
+                                 "long; 0: never")
     channel_suppression_margin_s: float = Field(
         5.0, ge=0, description="channel workers: a suppression newer than a command's "
                                "created_at minus this vetoes it (older ones the gate knew)")

@@ -85,15 +85,21 @@ def earliest(next_due: str | None, record: tuple[str, list[int]] | None,
 
 def track(record: Inactivity, event_type: str, event_time: datetime, now: datetime,
           activity_types: Iterable[str]) -> None:
-    """An accepted event: an activity starts a new period at its time (never later than
-    ``now``; an activity older than the current period's start changes nothing) —
-    ``record`` is changed in place. The first activity starts the first period, even if
-    it happened before the contact was created here (a backfill)."""
+    """An accepted event: an activity after the current period's start starts a new
+    period at its time (never later than ``now``) — ``record`` is changed in place.
+
+    An activity at or before the period's start never moves it back: the period of a
+    contact never active starts at its creation here, so a first purchase back-dated to
+    before it (a backfill, or the very event that creates the contact, stamped before it
+    is processed) must not make the contact fire early. Such an activity only marks a
+    contact never active as active (its silence then counts from its creation)."""
     if event_type not in activity_types:
         return
     at = min(event_time, now).astimezone(UTC)
-    if not record["active"] or at > datetime.fromisoformat(record["since"]):
+    if at > datetime.fromisoformat(record["since"]):
         record.update({"since": iso(at), "fired": [], "active": True})
+    elif not record["active"]:
+        record["active"] = True
 
 
 def on_wakeup(contact: Any, days: tuple[int, ...], now: datetime) -> Effects | None:

@@ -1,5 +1,6 @@
 """The channel-worker SDK's pure parts: retry schedule, the skip decision and its races,
-reports, signatures, callbacks, the file provider's faults. No services."""
+reports, liveness, configuration checks, signatures, callbacks, the file provider's
+faults. No services."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import pytest
 from aiokafka.structs import TopicPartition
 
 from producers.channel import (
+    ChannelWorker,
     Entry,
+    Liveness,
+    Outcome,
     SuppressionTimes,
     _Batch,
     audit_skip,
@@ -29,6 +33,7 @@ from producers.providers import (
 )
 from streams.commands import AuditRecord, SendCommand
 from streams.events import parse_event
+from streams.settings import Settings
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -157,6 +162,53 @@ def test_commit_offsets_stop_at_the_first_unfinished() -> None:
     assert batch.commit_offsets() == {a: 12}  # b's first record is not finished
     batch.done |= {(a, 12), (b, 5)}
     assert batch.commit_offsets() == {a: 14, b: 7}
+
+
+@pytest.mark.parametrize(("joining_since", "last_progress", "waiting", "now", "expected"), [
+    # joining the group for less than the stall time: a rebalance, not a stall
+    (100.0, 0.0, False, 159.0, None),
+    # no partitions for the stall time: stalled, whatever the input
+    (100.0, 0.0, False, 160.0, "no partitions assigned for 60 s (joining the group)"),
+    (100.0, 150.0, True, 175.0, "no partitions assigned for 75 s (joining the group)"),
+    # input waiting, nothing finished for the stall time: stalled
+    (None, 100.0, True, 160.0, "input waiting, no progress for 60 s"),
+    # input waiting, progress within the stall time: working
+    (None, 100.0, True, 159.0, None),
+    # nothing waiting, however long since the last progress: idle
+    (None, 0.0, False, 1000.0, None),
+])
+def test_liveness(joining_since: float | None, last_progress: float, waiting: bool,
+                  now: float, expected: str | None) -> None:
+    liveness = Liveness(60.0, last_progress, joining_since)
+    assert expected == liveness.judge(now, waiting)
+    assert (now if expected else None) == liveness.stalled_since
+
+
+def test_liveness_counts_a_stall_from_when_it_was_judged_and_idle_time_is_no_stall() -> None:
+    """Stalled at 160 and still at 170: stalled since 160; progress ends it. Input that
+    arrives after an hour idle has its full stall time before it counts as stalled."""
+    liveness = Liveness(60.0, 100.0)
+    assert (liveness.judge(160.0, True), liveness.judge(170.0, True)) == (
+        "input waiting, no progress for 60 s", "input waiting, no progress for 70 s")
+    assert liveness.stalled_since == 160.0
+    liveness.progress(171.0)
+    assert (liveness.judge(172.0, True), liveness.stalled_since) == (None, None)
+    assert liveness.judge(3772.0, False) is None  # an hour with nothing to do
+    assert (liveness.judge(3831.0, True), liveness.judge(3832.0, True)) == (
+        None, "input waiting, no progress for 60 s")
+
+
+async def _deliver(cmd: SendCommand) -> Outcome:
+    return Outcome.sent()
+
+
+def test_callbacks_without_a_secret_are_refused_before_anything_connects() -> None:
+    """A configuration error (``dripstream channel`` exits 2 with this line), raised when
+    the worker is made: nothing has connected yet."""
+    settings = Settings(channel_callback_port=0, broker="kafka://127.0.0.1:1")
+    with pytest.raises(ValueError, match="DRIPSTREAM_CHANNEL_CALLBACK_SECRET"):
+        ChannelWorker(settings, "sms", _deliver, policy="assume_sent")
+    ChannelWorker(settings, "sms", _deliver, policy="assume_sent", callback_secret=b"s")
 
 
 def test_suppression_times_follow_the_records() -> None:

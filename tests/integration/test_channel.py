@@ -294,9 +294,33 @@ async def test_hard_bounce_callback_suppresses_the_address(stack: Stack) -> None
     assert records[0]["message_id"] == call["message_id"]
 
 
+async def test_sigterm_while_joining_the_group_is_honoured_at_once(stack: Stack) -> None:
+    """A worker joining a group whose rebalance does not end (a member stuck giving its
+    partitions up) has no partitions and may never get any: SIGTERM stops it at once,
+    exit 0, not once an assignment arrives."""
+    from tests.integration.test_channel_worker import stuck_member
+
+    async with stuck_member(stack) as stuck:
+        worker = stack.start_channel("sms")
+
+        async def joining() -> bool:  # its join began a rebalance the member holds up
+            return stuck.revoking.is_set()
+
+        await eventually(joining, what="the worker joining the group")
+        worker.send_signal(signal.SIGTERM)
+
+        async def exited() -> bool:  # waited for in the loop: the member's heartbeats go on
+            return worker.poll() is not None
+
+        await eventually(exited, timeout=15, what="the exit after SIGTERM")
+    assert worker.poll() == 0, stack.channel_log(0)
+    assert "channel sms: assigned" not in stack.channel_log(0)
+    assert "stopped" in stack.channel_log(0)
+
+
 async def test_exit_statuses(stack: Stack, tmp_path: Any) -> None:
-    """0 after SIGTERM, 2 on invalid settings (with the reason), 70 when the broker cannot
-    be reached."""
+    """0 after SIGTERM, 2 on invalid settings (with the reason, in one line, before
+    connecting to anything), 70 when the broker cannot be reached."""
     worker = stack.start_channel("email")
 
     async def consuming() -> bool:
@@ -316,3 +340,12 @@ async def test_exit_statuses(stack: Stack, tmp_path: Any) -> None:
     nowhere = stack.start_channel("sms", env={
         "DRIPSTREAM_BROKER": f"kafka://127.0.0.1:{free_port()}"})
     assert nowhere.wait(60) == 70, stack.channel_log(3)
+    # Callbacks without a secret: a configuration error, found before connecting (the
+    # broker here answers nowhere, and it is still 2, not 70).
+    secretless = stack.start_channel("sms", env={
+        "DRIPSTREAM_CHANNEL_CALLBACK_PORT": "0",
+        "DRIPSTREAM_BROKER": f"kafka://127.0.0.1:{free_port()}"})
+    assert secretless.wait(30) == 2, stack.channel_log(4)
+    assert stack.channel_log(4).splitlines() == [
+        "invalid: provider callbacks (DRIPSTREAM_CHANNEL_CALLBACK_PORT) need a secret: "
+        "DRIPSTREAM_CHANNEL_CALLBACK_SECRET (or the webhook's)"]

@@ -1,18 +1,20 @@
 """The ChannelWorker in this process, with providers the test controls, against the real
-broker and Redis: the ledger's operations, unknown outcomes and both policies, retries,
-and a graceful stop in the middle of a batch."""
+broker and Redis: the ledger's operations, unknown outcomes and both policies, retries and
+their count across redeliveries, a graceful stop in the middle of a batch, the stall exits
+and how a worker leaves its group."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
 from producers.channel import (
@@ -333,3 +335,159 @@ async def test_a_live_owners_reservation_is_waited_for_not_taken(stack: Stack) -
 async def _log_says(w: ChannelWorker) -> bool:
     """The worker has been waiting at least one call timeout (it warned)."""
     return w.stats["waited"] >= 1
+
+
+# -- attempts, liveness, the group -------------------------------------------------------
+
+
+async def test_attempts_are_counted_across_redeliveries(stack: Stack) -> None:
+    """A command that failed transiently twice, then was released by a stop while waiting
+    for its retry, is called once more by the next worker (3 attempts allowed), not three
+    more times: the count is in the ledger."""
+    calls: Counter[str] = Counter()
+
+    async def busy(cmd: SendCommand) -> Outcome:
+        calls[cmd.message_id] += 1
+        raise TransientError("busy", "503")
+
+    draws = iter([0.0])  # the first retry at once, the second after 60 s: stopped there
+    await put(stack, raw_command("msg-t1", "c-t", stack))
+    first = ChannelWorker(stack.settings.model_copy(update={
+        "channel_heartbeat_s": 0.3, "channel_backoff_s": 60, "channel_backoff_max_s": 60,
+        "channel_max_attempts": 3}), "sms", busy, rand=lambda: next(draws, 1.0))
+    task = asyncio.ensure_future(first.main(install_signals=False))
+    ledger = Ledger(stack.redis, stack.settings.topic_prefix, 60)
+
+    async def waiting_after_two() -> bool:
+        entry = await ledger.get("msg-t1")
+        return calls["msg-t1"] == 2 and entry is not None and entry.state == "pending"
+
+    await eventually(waiting_after_two, what="two calls, then waiting for the third")
+    first.stop()
+    assert await asyncio.wait_for(task, 15) == 0
+    assert (await ledger.get("msg-t1")).attempts == 2  # type: ignore[union-attr]
+    nxt = worker(stack, busy, channel_max_attempts=3)
+    await run_until(nxt, lambda: _events_with(stack, 1), "the failure report")
+    assert calls == Counter({"msg-t1": 3})
+    assert (await events(stack))["msg-t1:failed"]["data"]["reason"] == \
+        "busy (after 3 attempts)"
+
+
+class _Stuck(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """A group member that never gives its partitions up: its revoke callback waits (its
+    heartbeats go on meanwhile), so the group's rebalance does not end."""
+
+    def __init__(self) -> None:
+        self.revoking, self.release = asyncio.Event(), asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        if revoked:  # the first join has nothing to give up
+            self.revoking.set()
+            await self.release.wait()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        pass
+
+
+@asynccontextmanager
+async def stuck_member(stack: Stack, channel: str = "sms") -> AsyncIterator[_Stuck]:
+    """A member of ``channel``'s group holding every partition and never rejoining, so
+    a worker that joins gets no partitions (until the context ends)."""
+    timings = ({"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
+               if stack.settings.embedded else {})
+    stuck = _Stuck()
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False,
+                                group_id=f"{stack.settings.topic_prefix}channel-{channel}",
+                                rebalance_timeout_ms=120_000, max_poll_interval_ms=300_000,
+                                **timings)
+    consumer.subscribe([stack.topic(f"send.{channel}")], listener=stuck)
+    await consumer.start()
+    try:
+        yield stuck
+    finally:
+        stuck.release.set()
+        await consumer.stop()
+
+
+async def test_a_worker_that_gets_no_partitions_exits_70(stack: Stack) -> None:
+    """Joining a group whose rebalance does not end: after the stall time the worker
+    says it is stalled and why, and after the stall exit time it exits 70."""
+    async with stuck_member(stack) as stuck:
+        w = worker(stack, _fine, channel_stall_after_s=1.0, channel_stall_exit_s=1.0)
+        task = asyncio.ensure_future(w.main(install_signals=False))
+        await eventually(lambda: _set(stuck.revoking), what="the worker joining")
+        assert await asyncio.wait_for(task, 30) == 70
+    assert (w.fatal or "").startswith("stalled: no partitions assigned for ")
+    assert w.stats["stalled_checks"] >= 2
+
+
+async def test_a_worker_whose_input_waits_with_no_progress_exits_70(stack: Stack) -> None:
+    """A provider call that never returns (a call timeout longer than the stall time),
+    input waiting: the worker exits 70, abandoning the call; the next worker treats the
+    reservation as an unknown outcome (the provider may have it) and resolves it by
+    lookup, never calling blindly."""
+    hang = asyncio.Event()
+    calls: Counter[str] = Counter()
+
+    async def stuck(cmd: SendCommand) -> Outcome:
+        calls[cmd.message_id] += 1
+        await hang.wait()
+        return Outcome.sent()
+
+    async def lookup(cmd: SendCommand) -> Outcome | None:
+        return None  # the provider never got it
+
+    await put(stack, raw_command("msg-h", "c-h", stack))
+    w = worker(stack, stuck, lookup=lookup, channel_call_timeout_s=120,
+               channel_stall_after_s=5.0, channel_stall_exit_s=1.0)
+    assert await asyncio.wait_for(w.main(install_signals=False), 30) == 70
+    assert (w.fatal or "").startswith("stalled: input waiting, no progress for ")
+    entry = await Ledger(stack.redis, stack.settings.topic_prefix, 60).get("msg-h")
+    assert entry is not None and (entry.state, entry.owner) == ("reserved", w.token)
+
+    async def fine(cmd: SendCommand) -> Outcome:
+        calls[cmd.message_id] += 1
+        return Outcome.sent("p-h")
+
+    nxt = worker(stack, fine, lookup=lookup)
+    await run_until(nxt, lambda: _events_with(stack, 1), "the report")
+    assert calls == Counter({"msg-h": 2})
+    assert (await audit(stack))["msg-h"]["resolution"] == "not_found"
+
+
+async def test_a_leader_stopped_while_its_group_re_forms_leaves_it_usable(
+    stack: Stack,
+) -> None:
+    """The wedge of issue 20: a member leaves, and the worker leading the group stops
+    before the group has re-formed. On the embedded broker (Tansu 0.6.0) a LeaveGroup then
+    left the group with a departed leader for ever -- every later worker looped
+    "(Re-)joining group" with no partitions. The worker leaves there by session expiry
+    instead: the next worker gets every partition."""
+    w = worker(stack, _fine)
+    task = asyncio.ensure_future(w.main(install_signals=False))
+    await eventually(lambda: _assigned(w), what="the partitions assigned")
+    other = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, group_id=w.group_id,
+                             enable_auto_commit=False,
+                             **({"session_timeout_ms": 2000, "heartbeat_interval_ms": 500}
+                                if stack.settings.embedded else {}))
+    other.subscribe([stack.topic("send.sms")])
+    await other.start()  # the worker rejoined: a generation above the first
+    await other.stop()  # LeaveGroup: the group re-forms, the worker its leader ...
+    w.stop()  # ... which leaves before it has noticed
+    assert await asyncio.wait_for(task, 30) == 0
+    nxt = worker(stack, _fine)
+    await run_until(nxt, lambda: _assigned(nxt, stack.settings.partitions),
+                    "every partition at the next worker")
+
+
+async def _fine(cmd: SendCommand) -> Outcome:
+    return Outcome.sent(f"p-{cmd.message_id}")
+
+
+async def _set(event: asyncio.Event) -> bool:
+    return event.is_set()
+
+
+async def _assigned(w: ChannelWorker, count: int = 1) -> bool:
+    consumer = w._consumer
+    return consumer is not None and len(consumer.assignment()) >= count

@@ -204,6 +204,68 @@ def test_an_activity_time_never_moves_the_period_back_nor_past_now() -> None:
     assert (T0 + 40 * DAY, T0 + 42 * DAY) == (timer(older, ctx), timer(future, ctx))
 
 
+CREATED = T0.isoformat()
+LATER = (T0 + 10 * DAY).isoformat()
+BUY = "purchase.completed"
+
+
+@pytest.mark.parametrize(("record", "event_type", "at", "now", "expected"), [
+    # never active: an activity after the creation starts the first period at it
+    ({"since": CREATED, "fired": [], "active": False}, BUY, T0 + 10 * DAY, T0 + 10 * DAY,
+     {"since": LATER, "fired": [], "active": True}),
+    # never active: a first purchase back-dated to before the creation (a backfill) does
+    # not move the period back -- it would fire a day early -- it only marks the contact
+    # active
+    ({"since": CREATED, "fired": [], "active": False}, BUY, T0 - DAY, T0 + HOUR,
+     {"since": CREATED, "fired": [], "active": True}),
+    # never active: the event that creates the contact, stamped a moment before the
+    # engine processed it (the creation is the processing time)
+    ({"since": CREATED, "fired": [], "active": False}, BUY, T0 - SECOND, T0,
+     {"since": CREATED, "fired": [], "active": True}),
+    # never active: an activity at the very instant of the creation
+    ({"since": CREATED, "fired": [], "active": False}, BUY, T0, T0,
+     {"since": CREATED, "fired": [], "active": True}),
+    # never active, a threshold already reported: a back-dated activity keeps it reported
+    ({"since": CREATED, "fired": [30], "active": False}, BUY, T0 - DAY, T0 + 31 * DAY,
+     {"since": CREATED, "fired": [30], "active": True}),
+    # active: an older activity arriving late changes nothing
+    ({"since": LATER, "fired": [7], "active": True}, BUY, T0 + 2 * DAY, T0 + 11 * DAY,
+     {"since": LATER, "fired": [7], "active": True}),
+    # active: the same instant again (a second event of one purchase) changes nothing
+    ({"since": LATER, "fired": [7], "active": True}, BUY, T0 + 10 * DAY, T0 + 11 * DAY,
+     {"since": LATER, "fired": [7], "active": True}),
+    # active: a newer activity starts a new period, nothing reported in it yet
+    ({"since": CREATED, "fired": [7], "active": True}, BUY, T0 + 10 * DAY, T0 + 11 * DAY,
+     {"since": LATER, "fired": [], "active": True}),
+    # stamped in the future (a publisher's clock ahead): counts as now
+    ({"since": CREATED, "fired": [], "active": True}, BUY, T0 + 90 * DAY, T0 + 10 * DAY,
+     {"since": LATER, "fired": [], "active": True}),
+    # not an activity: nothing
+    ({"since": CREATED, "fired": [], "active": False}, "message.sent", T0 + 10 * DAY,
+     T0 + 10 * DAY, {"since": CREATED, "fired": [], "active": False}),
+])
+def test_track(record: dict[str, Any], event_type: str, at: datetime, now: datetime,
+               expected: dict[str, Any]) -> None:
+    changed: Any = dict(record, fired=list(record["fired"]))
+    inactivity.track(changed, event_type, at, now, inactivity.DEFAULT_ACTIVITY_TYPES)
+    assert expected == changed
+
+
+def test_a_back_dated_first_purchase_does_not_fire_early() -> None:
+    """A purchase from the day before the contact's creation, imported after it: the
+    contact still fires 30 days after its creation, not 29, and says it was active."""
+    ctx = context(winback(30))
+    bought = event(signup(ctx), ctx, "purchase.completed", T0 - DAY,
+                   {"order_id": "o-0", "amount": "5", "currency": "EUR"}, ident="o-0",
+                   now=T0 + HOUR).state
+    assert bought is not None
+    assert (T0 + 30 * DAY, None) == (timer(bought, ctx),
+                                     wake(bought, ctx, T0 + 30 * DAY - SECOND).state)
+    [sent] = inactive_events(wake(bought, ctx, T0 + 30 * DAY))
+    assert {"threshold_days": 30, "last_activity_at": T0.isoformat(),
+            "inactive_since": T0.isoformat()} == sent["data"]
+
+
 def test_several_thresholds_fire_in_turn_and_together_after_an_outage() -> None:
     """7 then 30 days; a worker down past both emits both at once, each once."""
     ctx = context(winback(7), winback(30))
