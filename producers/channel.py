@@ -85,9 +85,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producers.publisher import build_event
+from streams.capabilities import BrokerRefused, Capabilities, probe
 from streams.clock import Clock
 from streams.commands import SendCommand
-from streams.compat import set_fetch_wait
+from streams.compat import leave_by_expiry, set_fetch_wait
 from streams.events import encode_event
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
@@ -118,6 +119,8 @@ log = logging.getLogger(__name__)
 
 #: Exit status on a fatal error (the engine's convention, EX_SOFTWARE); 0 is a clean stop.
 EXIT_FATAL = 70
+#: Exit status on a configuration error found at start (settings, refused credentials).
+EXIT_CONFIG = 2
 FINAL = frozenset({"sent", "failed", "bounced", "skipped", "unresolved"})
 Policy = Literal["lookup", "assume_sent"]
 T = TypeVar("T")
@@ -585,38 +588,20 @@ class _Batch:
         return out
 
 
-def channel_consumer(settings: Settings, group_id: str) -> AIOKafkaConsumer:
-    """The send-command consumer of a channel's group (the one place it is built)."""
+def channel_consumer(settings: Settings, group_id: str,
+                     capabilities: Capabilities) -> AIOKafkaConsumer:
+    """The send-command consumer of a channel's group (the one place it is built). Where
+    the broker has transactions it reads only committed ones: with exactly-once the
+    stream worker writes its sends in transactions, and an aborted attempt's send must
+    never reach a provider."""
     group = ({"session_timeout_ms": 2000, "heartbeat_interval_ms": 500,
               "rebalance_timeout_ms": 2000} if settings.embedded else {})
     return AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, group_id=group_id,
         enable_auto_commit=False, auto_offset_reset="earliest",
         max_poll_records=settings.channel_batch_max, fetch_max_wait_ms=settings.fetch_wait_ms,
+        isolation_level="read_committed" if capabilities.transactions else "read_uncommitted",
         **group, **settings.kafka_security())
-
-
-def _leave_by_expiry(consumer: AIOKafkaConsumer) -> None:
-    """Make ``consumer.stop()`` send no LeaveGroup: the member leaves when its session
-    expires (2 s on the embedded broker). Embedded broker only.
-
-    Tansu 0.6.0 keeps the leader of a group that is re-forming (a member joined or left
-    and the leader has not synced yet) as its leader when that leader sends LeaveGroup:
-    ``Inner<Forming>::leave`` removes the member but not ``state.leader`` (the stable
-    state's ``leave`` does clear it), and a member's session expiry is checked only for
-    members still listed. Every member that joins afterwards is a follower whose
-    SyncGroup is refused with REBALANCE_IN_PROGRESS, for ever: the channel delivers
-    nothing again, and no restart helps, the group keeps its departed leader. A leader
-    that expires instead is dropped with its leadership. Reaches into aiokafka's
-    coordinator (``_maybe_leave_group``, called by ``close``; aiokafka 0.14)."""
-    coordinator = getattr(consumer, "_coordinator", None)
-    if coordinator is None or not hasattr(coordinator, "_maybe_leave_group"):
-        return
-
-    async def expire() -> None:
-        coordinator.reset_generation()
-
-    coordinator._maybe_leave_group = expire
 
 
 class _Revoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -706,6 +691,10 @@ class ChannelWorker:
                 loop.add_signal_handler(sig, self.stop)
         try:
             await self._serve()
+        except BrokerRefused as exc:  # credentials or certificate: a configuration error
+            log.critical("channel %s: the broker refused this worker: %s; exiting %d",
+                         self.channel, exc, EXIT_CONFIG)
+            return EXIT_CONFIG
         except KafkaError as exc:
             log.critical("channel %s: broker error %r; exiting %d", self.channel, exc,
                          EXIT_FATAL)
@@ -722,16 +711,19 @@ class ChannelWorker:
     async def _serve(self) -> None:
         s = self.settings
         try:
+            capabilities = await self._unless_stopped(probe(s))
             await self._unless_stopped(ensure_topics(s))
         except _Stopped:
             return
         self._redis = Redis.from_url(s.redis_url)
         self._ledger = Ledger(self._redis, s.topic_prefix, s.channel_ledger_ttl_s)
-        tasks = [asyncio.ensure_future(self.suppressions.follow(s, self.names.suppressions)),
+        tasks = [asyncio.ensure_future(self.suppressions.follow(
+                     s, self.names.suppressions, capabilities,
+                     read_committed=capabilities.transactions)),
                  asyncio.ensure_future(self._heartbeat())]
         self._producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap_servers, acks="all",
                                           linger_ms=2, **s.kafka_security())
-        self._consumer = channel_consumer(s, self.group_id)
+        self._consumer = channel_consumer(s, self.group_id, capabilities)
         server: Any = None
         try:
             await self._unless_stopped(self.provider.start())
@@ -780,7 +772,7 @@ class ChannelWorker:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if s.embedded:
-                _leave_by_expiry(self._consumer)
+                leave_by_expiry(self._consumer)
             try:  # leaving the group: bounded, a broker that does not answer must not
                 await asyncio.wait_for(self._consumer.stop(), 10)  # hold the exit
             except TimeoutError:

@@ -99,7 +99,8 @@ def channel(
     """Run a channel worker: deliver <prefix>send.<name> through a reference provider,
     each message id at most once, and report back (docs/channel-workers.md).
 
-    Exit status: 0 after SIGTERM/SIGINT, 70 on a fatal error, 2 on invalid settings."""
+    Exit status: 0 after SIGTERM/SIGINT, 70 on a fatal error, 2 on invalid settings (also:
+    credentials or a certificate the broker refuses)."""
     import logging
 
     from producers.channel import ChannelWorker

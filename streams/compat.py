@@ -99,6 +99,7 @@ __all__ = [
     "end_offsets",
     "expelled",
     "highwater",
+    "leave_by_expiry",
     "refresh_metadata",
     "send_batches",
     "set_fetch_wait",
@@ -231,6 +232,29 @@ class BatchConsumer(driver.Consumer):
         fetcher = getattr(consumer, "_fetcher", None)
         if fetcher is not None and fetcher._fetch_max_wait_ms != wait_ms:
             fetcher._fetch_max_wait_ms = wait_ms
+
+
+def leave_by_expiry(consumer: AIOKafkaConsumer) -> None:
+    """Make ``consumer.stop()`` send no LeaveGroup: the member leaves when its session
+    expires (2 s on the embedded broker). Embedded broker only.
+
+    Tansu 0.6.0 keeps the leader of a group that is re-forming (a member joined or left
+    and the leader has not synced yet) as its leader when that leader sends LeaveGroup:
+    ``Inner<Forming>::leave`` removes the member but not ``state.leader`` (the stable
+    state's ``leave`` does clear it), and a member's session expiry is checked only for
+    members still listed. Every member that joins afterwards is a follower whose
+    SyncGroup is refused with REBALANCE_IN_PROGRESS, for ever: the channel delivers
+    nothing again, and no restart helps, the group keeps its departed leader. A leader
+    that expires instead is dropped with its leadership. Reaches into aiokafka's
+    coordinator (``_maybe_leave_group``, called by ``close``; aiokafka 0.14)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "_maybe_leave_group"):
+        return
+
+    async def expire() -> None:
+        coordinator.reset_generation()
+
+    coordinator._maybe_leave_group = expire
 
 
 def set_fetch_wait(consumer: AIOKafkaConsumer, wait_ms: int) -> None:

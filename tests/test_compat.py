@@ -88,6 +88,11 @@ FINGERPRINTS = {
     # when it answers True.
     "faust.transport.consumer:Consumer._commit_offsets": "1a69799041188441",
     "faust.transport.consumer:ThreadDelegateConsumer._commit": "a20eec84e4b2ed50",
+    # compat.leave_by_expiry (channel workers on the embedded broker) replaces the
+    # coordinator's _maybe_leave_group, which close() calls to send LeaveGroup.
+    "aiokafka.consumer.group_coordinator:GroupCoordinator._maybe_leave_group":
+        "016cd88a16e6c4b5",
+    "aiokafka.consumer.group_coordinator:GroupCoordinator.close": "f30d831089456312",
 }
 
 

@@ -246,13 +246,14 @@ async def test_everything_connects_to_a_sasl_ssl_broker(secure_stack: Stack) -> 
 async def test_wrong_credentials_give_one_clear_line_and_exit_2(
     secured: KafkaCluster, tmp_path: Path, change: dict[str, str], expected: str,
 ) -> None:
-    """A wrong password or CA: the worker and the CLI say so in one line and exit 2 —
-    no hang, no traceback."""
+    """A wrong password or CA: the stream worker and a channel worker say so in one line
+    and exit 2 — no hang, no traceback."""
     env = {**os.environ, "DRIPSTREAM_BROKER": secured.url, "DRIPSTREAM_TOPIC_PREFIX": "wrong.",
            "DRIPSTREAM_DATA_DIR": str(tmp_path), "DRIPSTREAM_METRICS_PORT": "0",
            **{f"DRIPSTREAM_{k.upper()}": v for k, v in credentials(secured, **change).items()}}
-    done = await asyncio.to_thread(cli, env, "worker", timeout=60)
-    assert done.returncode == 2, done.stderr[-2000:]
-    lines = [line for line in done.stderr.splitlines() if expected in line]
-    assert len(lines) == 1, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr
+    for command in (("worker",), ("channel", "sms", "--provider", "file")):
+        done = await asyncio.to_thread(cli, env, *command, timeout=60)
+        assert done.returncode == 2, (command, done.stderr[-2000:])
+        lines = [line for line in done.stderr.splitlines() if expected in line]
+        assert len(lines) == 1, (command, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr
