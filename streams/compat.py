@@ -316,6 +316,11 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         fetched.moves = {tp: self.moves[tp] for tp in records}  # no await since the fetch
         return fetched
 
+    async def on_thread_stop(self) -> None:
+        if self._consumer is not None and cast(App, self.app).leave_by_expiry:
+            leave_by_expiry(self._consumer)  # the embedded broker's group bug, see there
+        await super().on_thread_stop()
+
     async def seek_in_thread(self, tp: TP, offset: int) -> None:
         await self.call_thread(self._seek_now, tp, offset)
 
@@ -390,6 +395,9 @@ class App(faust.App):
         self.exact_end_offsets = exact_end_offsets
         #: Exactly-once: the consumer reads only committed transactions.
         self.read_committed = read_committed
+        #: A clean stop leaves the group by session expiry, not LeaveGroup (the embedded
+        #: broker's group bug: :func:`leave_by_expiry`).
+        self.leave_by_expiry = False
         #: Exactly-once: the input offsets commit in the batches' transactions, not Faust's.
         self.commits_in_transactions = False
         #: Awaited with the input partitions assigned, before Faust reads their committed

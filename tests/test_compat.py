@@ -93,6 +93,10 @@ FINGERPRINTS = {
     "aiokafka.consumer.group_coordinator:GroupCoordinator._maybe_leave_group":
         "016cd88a16e6c4b5",
     "aiokafka.consumer.group_coordinator:GroupCoordinator.close": "f30d831089456312",
+    # compat._ConsumerThread.on_thread_stop: the same, for the stream worker's consumer,
+    # before this stops it.
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread.on_thread_stop":
+        "8dfc004e258b6c25",
 }
 
 
