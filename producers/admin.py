@@ -38,15 +38,32 @@ from streams.settings import Settings
 from tables.campaigns import CAMPAIGN_WORKFLOW
 from tables.registry import Registry
 
-__all__ = ["BY_HEADER", "DefinitionConflict", "NotConfirmed", "Published", "check", "confirm",
-           "control_campaign", "define", "following", "publish_definition", "read_registry",
-           "send_control", "suppress"]
+__all__ = [
+    "BY_HEADER",
+    "DefinitionConflict",
+    "NotConfirmed",
+    "Published",
+    "TopicUnreadable",
+    "check",
+    "confirm",
+    "control_campaign",
+    "define",
+    "following",
+    "publish_definition",
+    "read_registry",
+    "send_control",
+    "suppress",
+]
 
 #: The record header naming who published a definition (``cli:<user>``, ``api:<key id>``):
 #: the admin API's projection shows it as the version's ``created_by``.
 BY_HEADER = "dripstream.by"
 #: How long a publisher waits to read its own record back.
 READ_BACK_S = 30.0
+
+
+class TopicUnreadable(Exception):
+    """The definitions topic cannot be read (it does not exist yet, or it is not served)."""
 
 
 class NotConfirmed(Exception):
@@ -106,16 +123,24 @@ def check(registry: Registry, definition: Definition) -> Literal["new", "unchang
 
 
 @asynccontextmanager
-async def following(settings: Settings, registry: Registry | None = None
-                    ) -> AsyncIterator[Registry]:
+async def following(settings: Settings, registry: Registry | None = None,
+                    missing_s: float = 5.0) -> AsyncIterator[Registry]:
     """The definitions topic read to its end and followed while the block runs (a quiet
-    registry unless one is given); what stopped the follower is raised."""
+    registry unless one is given); what stopped the follower is raised, and
+    :class:`TopicUnreadable` if the topic still does not exist after ``missing_s``."""
     registry = registry if registry is not None else Registry(quiet=True)
-    follower = asyncio.ensure_future(registry.follow(settings, f"{settings.topic_prefix}"
-                                                               "definitions"))
+    topic = f"{settings.topic_prefix}definitions"
+    follower = asyncio.ensure_future(registry.follow(settings, topic))
     ready = asyncio.ensure_future(registry.ready.wait())
     try:
-        await asyncio.wait({follower, ready}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({follower, ready}, timeout=missing_s,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not follower.done() and not ready.done():
+            if registry.topic_missing:
+                # Publishing now would let the broker auto-create it, uncompacted.
+                raise TopicUnreadable(f"{topic} does not exist (`dripstream topics` or a "
+                                      "worker creates it)")
+            await asyncio.wait({follower, ready}, return_when=asyncio.FIRST_COMPLETED)
         if follower.done():
             follower.result()  # raises what stopped it
         yield registry

@@ -248,11 +248,18 @@ def publish(
 
 
 def _reaching_the_broker(settings: Any, call: Callable[[], T]) -> T:
-    """``call()``; a broker that cannot be reached is one line and exit 1, not a trace."""
+    """``call()``; a broker that cannot be reached (or its definitions topic not read) is
+    one line and exit 1, not a trace."""
     from aiokafka.errors import KafkaError
+
+    from producers.admin import TopicUnreadable
 
     try:
         return call()
+    except TopicUnreadable as exc:
+        typer.echo(f"cannot read the definitions at {settings.broker} (DRIPSTREAM_BROKER): "
+                   f"{exc}", err=True)
+        raise typer.Exit(1) from None
     except (KafkaError, OSError) as exc:
         typer.echo(f"cannot reach the broker at {settings.broker} "
                    f"(DRIPSTREAM_BROKER): {exc}", err=True)

@@ -54,6 +54,8 @@ class CompactedView:
         self.ready = asyncio.Event()
         #: partition → the next offset to read (every record before it is applied).
         self.positions: dict[int, int] = {}
+        #: The topic does not exist (yet): :meth:`follow` waits for it.
+        self.topic_missing = False
         self._progress = asyncio.Condition()
 
     def apply(self, key: bytes | None, value: bytes | None, timestamp: int = 0) -> None:
@@ -94,9 +96,11 @@ class CompactedView:
             await consumer.start()
             partitions = consumer.partitions_for_topic(topic)
             while not partitions:  # the worker creates its topics at start; wait for them
+                self.topic_missing = True
                 await asyncio.sleep(0.5)
                 await refresh_metadata(consumer)
                 partitions = consumer.partitions_for_topic(topic)
+            self.topic_missing = False
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)

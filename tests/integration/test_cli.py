@@ -337,6 +337,20 @@ async def test_a_publisher_that_lost_the_race_is_refused_and_keeps_the_winner(
     assert ["Welcome", "Mine", "Welcome"] == [json.loads(r.value)["name"] for r in records]
 
 
+async def test_define_without_the_definitions_topic_says_so(stack: Stack) -> None:
+    """A prefix whose topics were never created: `define` says the topic does not exist,
+    exit 1, instead of waiting for it for ever (or letting the broker create it
+    uncompacted)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+
+    result = await dripstream({**stack.env, "DRIPSTREAM_TOPIC_PREFIX": prefix}, "define",
+                              "-", stdin=json.dumps(WELCOME))
+
+    assert (1, [f"cannot read the definitions at {stack.settings.broker} (DRIPSTREAM_BROKER): "
+                f"{prefix}definitions does not exist (`dripstream topics` or a worker "
+                "creates it)"]) == (result.returncode, result.stderr.splitlines())
+
+
 async def test_other_accounts_old_conflicts_print_nothing(stack: Stack) -> None:
     """A refused record of another account on the topic (a race lost long ago) is not
     printed by every later command (it was: `ignoring a changed b'…'`)."""
