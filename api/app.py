@@ -1,8 +1,9 @@
 """The admin API: ``create_app(settings, api_settings)`` builds the FastAPI app.
 
 Start-up (the lifespan) runs the migrations, connects the store, Redis, the broker, and
-starts two tasks: the outbox relay (:mod:`api.relay`) and a follower of the suppressions
-topic (the list's reads). Everything is under ``/v1``; the OpenAPI schema is
+starts three tasks: the outbox relay (:mod:`api.relay`), the projection of the
+definitions topic into the store (:mod:`api.projection`) and a follower of the
+suppressions topic (the list's reads). Everything is under ``/v1``; the OpenAPI schema is
 ``/openapi.json`` (docs at ``/docs``); Prometheus metrics at ``/metrics``; the HTML
 dashboard at ``/dashboard`` (:mod:`api.dashboard`). Every error
 is ``application/problem+json`` (:mod:`api.errors`). The middleware around the routes
@@ -28,6 +29,7 @@ from api.db import connect, migrate
 from api.deps import Services
 from api.middleware import BodyLimit, JsonOnly, Metrics
 from api.paths import ContactSegment
+from api.projection import Projection
 from api.relay import Relay
 from api.routes import campaigns, contacts, events, keys, observe, suppressions
 from api.routes.definitions import definition_router, policy_router
@@ -85,13 +87,16 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
         await producer.start()
         await publisher.__aenter__()
         relay = Relay(sessions, producer, settings.topic_prefix, clock, api.relay_interval_s)
+        view = Projection(sessions, producer, settings.topic_prefix, clock)
         svc = Services(settings=settings, api=api, engine=engine, sessions=sessions,
                        redis=redis, read_model=ReadModel(redis, settings.topic_prefix),
                        producer=producer, publisher=publisher, suppressions=Suppressions(),
                        clock=clock, wake_relay=relay.wake,
-                       extra={"faults": FaultPlan(api.fault), "relay": relay})
+                       extra={"faults": FaultPlan(api.fault), "relay": relay,
+                              "projection": view})
         app.state.services = svc
         tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
+                 asyncio.create_task(view.run(settings), name="definitions-projection"),
                  asyncio.create_task(svc.suppressions.follow(
                      settings, f"{settings.topic_prefix}suppressions"), name="suppressions")]
         try:

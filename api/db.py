@@ -1,8 +1,10 @@
 """The admin API's store: SQLAlchemy 2.0 models, the engine, and the migrations.
 
 Three tables. ``definition_versions``: every change to a definition is a new row (kind,
-account, id, version) and the live version is the highest; rows are never updated, just
-as the workers never accept a changed version. ``outbox``: the record each write must put
+account, id, version) and the live version is the highest — the API's own writes and
+the versions :mod:`api.projection` finds on the definitions topic (``dripstream
+define``'s); a row is updated only when the topic holds another body for its version
+(the one the workers run). ``outbox``: the record each write must put
 on ``<prefix>definitions``, written in the same transaction as the version row and
 published by :mod:`api.relay`. ``api_keys``: SHA-256 digests of the keys, never the keys.
 

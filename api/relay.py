@@ -8,10 +8,12 @@ A crash between a produce and the mark re-publishes the same rows on the next pa
 is harmless: ``<prefix>definitions`` is compacted and keyed per definition *version*
 (``workflow:acme:welcome:3``), the same key and the very same bytes are written again,
 compaction keeps one of them, and the workers' registry applies a version it already
-holds with an identical value as a no-op (a *changed* value under a known version is
-refused, and the outbox never holds one: versions are write-once in the store). A
-campaign keeps the timestamp of its first record (``setdefault``), so a re-publish does
-not move its schedule.
+holds with an identical value as a no-op. A *changed* value under a known version is
+refused by the registry: the outbox holds one only when another publisher's record took
+that version first, and :mod:`api.projection` then marks it relayed unpublished (or, if
+this relay got there in between, publishes the winner after it). A campaign keeps the
+timestamp of its first record (``setdefault``), so a re-publish does not move its
+schedule.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """Definitions in the database: every change a new version row plus its outbox row, in
 one transaction (the transactional outbox; :mod:`api.relay` publishes the outbox).
 
-Versions are numbered by the store: the next is the live one plus 1, and a body that
-names a ``version`` must name exactly that one (an optimistic check: two editors who both
-read v3 cannot both write v4). A version row is never changed afterwards, as on the
-topic, where the workers ignore a changed version: running executions finish on the
-version they started with (``tables/registry.py``).
+Versions are numbered by the store: the next is the live one plus 1 (or past the newest
+the definitions topic holds, ``topic_version``: a version ``dripstream define`` published
+that :mod:`api.projection` has not written here yet), and a body that names a
+``version`` must name exactly that one (an optimistic check: two editors who both read v3
+cannot both write v4). The definitions topic is the record the workers run; the store
+is its projection plus the versions this API wrote, so a row is changed only when the
+topic contradicts it (:mod:`api.projection`: another publisher's body won that version).
 
 The outbox row holds the very bytes ``producers.admin.publish_definition`` writes: the
 key ``<kind>:<account>:<id>:<version>`` and the validated model's JSON.
@@ -101,16 +103,19 @@ async def policy(session: AsyncSession, account: str) -> dict[str, Any]:
 async def write(
     session: AsyncSession, *, account: str, kind: str, def_id: str, body: dict[str, Any],
     create: bool, actor: str, now: datetime, faults: FaultPlan | None = None,
+    topic_version: int = 0,
 ) -> DefinitionVersion:
     """Validate ``body`` as the next version of ``kind`` ``def_id`` and commit it with its
     outbox record. ``create``: it must not exist yet (409 if it does); otherwise it must
-    (404 if not), except an account policy, which always exists (the defaults)."""
+    (404 if not), except an account policy, which always exists (the defaults).
+    ``topic_version``: the newest version the definitions topic holds (0: none)."""
     current = await live(session, account=account, kind=kind, def_id=def_id)
-    if create and current is not None:
-        raise Problem(409, f"{kind} {def_id!r} exists (v{current.version}): PUT a new version")
-    if not create and current is None and kind != "account":
+    newest = max(current.version if current else 0, topic_version)
+    if create and newest:
+        raise Problem(409, f"{kind} {def_id!r} exists (v{newest}): PUT a new version")
+    if not create and not newest and kind != "account":
         raise Problem(404, f"no {kind} {def_id!r}")
-    version = (current.version if current else 0) + 1
+    version = newest + 1
     if "version" in body and body["version"] != version:
         raise Problem(409, f"version {body['version']!r} is not the next version ({version})",
                       type_="version-conflict")

@@ -16,14 +16,18 @@ no event loop (a web app's request handlers, scripts): it runs its own loop in a
 
 Idempotent producing (no duplicates from the producer's own retries) is used where the
 broker supports it: by default the publisher asks for it and, if the broker refuses
-(the embedded Tansu broker cannot: ``InitProducerId`` fails), logs a warning and goes on
-without; ``idempotence=True`` makes that an error, ``False`` never asks. Either way a
-retried publish with the same event id is dropped by dripstream's dedupe.
+(the embedded Tansu broker cannot: ``InitProducerId`` fails), logs one warning and goes
+on without (aiokafka's own error line about the refusal is kept out of the log: the
+warning says it); ``idempotence=True`` makes that an error, ``False`` never asks. A
+broker that cannot be reached at all is an error whatever the setting — not a refusal
+of idempotence. Either way a retried publish with the same event id is dropped by
+dripstream's dedupe.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import uuid
@@ -36,7 +40,7 @@ from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from streams.events import ContactEvent, Rejected, encode_event, parse_event
 
@@ -44,6 +48,21 @@ __all__ = ["PublishResult", "Publisher", "SyncPublisher", "build_event"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: Set while a Publisher asks the broker for an idempotent producer (a context variable:
+#: aiokafka logs the refusal inside the awaiting task, so only that probe is affected).
+_PROBING: contextvars.ContextVar[bool] = contextvars.ContextVar("probing", default=False)
+
+
+class _ProbeRefusal(logging.Filter):
+    """Drops aiokafka's ERROR about a refused InitProducerId during a probe: the
+    publisher's own warning says what happened and what it does about it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_PROBING.get() and "InitProducerId" in str(record.msg))
+
+
+logging.getLogger("aiokafka.producer.sender").addFilter(_ProbeRefusal())
 
 
 def build_event(
@@ -123,19 +142,27 @@ class Publisher:
                                           **self._options)
 
     async def __aenter__(self) -> Publisher:
+        probing = _PROBING.set(self._idempotence is None)
         try:
             await self._producer.start()
             self.idempotent = self._idempotence is not False
         except KafkaError as exc:
             await self._producer.stop()
-            if self._idempotence is not None:  # required (or already off): an error
+            # Required (or already off), or no broker at all: an error, not a refusal.
+            if self._idempotence is not None or isinstance(exc, KafkaConnectionError):
                 raise
             log.warning("the broker refused an idempotent producer (%r); publishing "
                         "without (a retry may write an event twice: dripstream's dedupe "
                         "drops the repeat by its id)", exc)
             self._producer = AIOKafkaProducer(bootstrap_servers=self._servers,
                                               **self._options)
-            await self._producer.start()
+            try:
+                await self._producer.start()
+            except BaseException:
+                await self._producer.stop()  # closed even when it never started
+                raise
+        finally:
+            _PROBING.reset(probing)
         return self
 
     async def __aexit__(

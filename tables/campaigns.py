@@ -23,7 +23,7 @@ nothing. The mark is written with the delivery's effects' state (one table write
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -50,11 +50,13 @@ if TYPE_CHECKING:
 __all__ = [
     "CAMPAIGN_WORKFLOW",
     "COUNTERS",
+    "NOT_SENT_WHY",
     "Delivery",
     "Due",
     "Throttle",
     "Verdict",
     "campaign_event",
+    "campaign_state",
     "campaign_workflow",
     "campaign_zone",
     "content_workflow",
@@ -63,7 +65,10 @@ __all__ = [
     "handle_delivery",
     "in_audience",
     "next_after",
+    "not_sent",
+    "progress_summary",
     "starts_at",
+    "summarize",
 ]
 
 #: The id prefix of the workflow a content campaign runs as (``:`` is not allowed in a
@@ -438,3 +443,95 @@ def summarize(records: Mapping[int, Mapping[str, Any]]) -> list[dict[str, Any]]:
     for total in occurrences.values():
         total["targeted"] = sum(total[n] for n in (*COUNTERS, "remaining"))
     return sorted(occurrences.values(), key=lambda o: o["occurrence"])
+
+
+def campaign_state(
+    control: str, campaign: Mapping[str, Any], zone: ZoneInfo,
+    upcoming: Occurrence | None, occurrences: Sequence[Mapping[str, Any]], partitions: int,
+    now: datetime,
+) -> str:
+    """The status an operator reads: ``cancelled`` or ``paused`` (its controls),
+    ``completed`` (no occurrence left, and each one fired has finished — completed or
+    skipped — on every partition), else ``running``. ``control`` is the controls' status
+    (``Registry.campaign_status``), ``upcoming`` the next occurrence (:func:`next_after`),
+    ``occurrences`` :func:`summarize`'s."""
+    if control != "running":
+        return control
+    if upcoming is not None or not occurrences:
+        return "running"
+    schedule = campaign["schedule"]
+    if schedule["type"] == "drip" and schedule.get("enrol_joiners"):
+        # Joiners are enrolled until ``until`` (for ever without one).
+        until = schedule.get("until")
+        if until is None or now <= resolve(parse_local(until), zone):
+            return "running"
+    for occurrence in occurrences:
+        if occurrence["partitions"] < partitions or set(occurrence["statuses"]) - {
+                "completed", "skipped"}:
+            return "running"
+    return "completed"
+
+
+def progress_summary(
+    definitions: Any, campaign: Mapping[str, Any], records: Mapping[int, Mapping[str, Any]],
+    partitions: int, now: datetime,
+) -> dict[str, Any]:
+    """A campaign's ``status`` (:func:`campaign_state`), ``next_occurrence`` and
+    ``occurrences`` (:func:`summarize`) from the partitions' progress records, as
+    ``dripstream campaign status`` and the API's progress route show them.
+    ``definitions``: a :class:`tables.registry.Registry` (policies, controls, when each
+    version was published)."""
+    account, cid = campaign["account"], campaign["id"]
+    zone = campaign_zone(campaign, definitions.policy(account))
+    control: str = definitions.campaign_status(account, cid)
+    occurrences = summarize(records)
+    upcoming = None
+    if control != "cancelled" and campaign["active"]:
+        last = max((r["last"] for r in records.values() if r.get("last")), default=None)
+        # A version not on the topic yet has no publication time: it counts from now.
+        held = definitions.campaign(account, cid, campaign["version"]) is not None
+        origin = definitions.published_at(campaign) if held else now
+        upcoming = next_after(campaign, zone, origin, last)
+    return {"status": campaign_state(control, campaign, zone, upcoming, occurrences,
+                                     partitions, now),
+            "next_occurrence": upcoming and {"occurrence": upcoming.id,
+                                             "at": upcoming.at.isoformat()},
+            "occurrences": occurrences}
+
+
+#: Why a campaign's send did not go out (yet), by the gate's reason (docs/compliance.md).
+NOT_SENT_WHY = {
+    "quiet_hours_deferred": "outside the account's quiet hours in the contact's time zone "
+                            "(policy quiet_hours): it goes out when they end, at `until`",
+    "quiet_hours": "outside the account's quiet hours in the contact's time zone; the "
+                   "policy drops such sends",
+    "frequency_capped": "the contact reached a frequency cap (policy caps)",
+    "suppressed": "the address is on the account's suppression list",
+    "opted_out": "the contact opted out of the channel (consent false)",
+    "no_consent": "SMS and MMS need the contact's consent (consent.sms true)",
+    "no_destination": "the contact has no phone (SMS, MMS) or email address",
+    "expired": "past the send's expiry (deferred too long)",
+    "too_late": "past the content's max_lateness",
+    "execution_ended": "the deferred send's execution ended before it could go out",
+}
+
+
+def not_sent(campaign_id: str, audit: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Why the campaign's sends did not go out, from audit records (newest first, as the
+    read model's recent audit): per reason and action, how many contacts, until when the
+    newest deferral holds (``until``), and what it means."""
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in audit:
+        origin = record.get("origin") or {}
+        if origin.get("campaign_id") != campaign_id:
+            continue
+        reason, action = record.get("reason", ""), record.get("action", "drop")
+        entry = found.setdefault((reason, action), {
+            "reason": reason, "action": action, "contacts": set(), "until": None,
+            "why": NOT_SENT_WHY.get(reason, reason)})
+        entry["contacts"].add(record.get("contact_id"))
+        until = record.get("deferred_until")
+        if until and (entry["until"] is None or until > entry["until"]):
+            entry["until"] = until
+    return [{**entry, "contacts": len(entry["contacts"])}
+            for _, entry in sorted(found.items())]

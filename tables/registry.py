@@ -10,7 +10,12 @@ written through Faust; definitions are written by the admin API and the CLI.)
 keywords. Keys are ``<kind>:<account>:<id>:<version>``: every version is kept (compaction
 keeps one record per key), because an execution finishes on the version it started with.
 The newest version decides what is active. An invalid record is logged and ignored
-(``dripstream define`` and the admin API validate before writing).
+(``dripstream define`` and the admin API validate before writing). A version is
+write-once: the first record of a key is the one every worker runs, and a later record
+with another body is refused (logged, with its key as text, and counted in
+:attr:`Registry.refused`). Publishers check before and read back after publishing, so such
+a record only exists after a lost race, and the loser then re-publishes the first body
+(compaction keeps a key's *last* record): see ``docs/architecture.md``, Definitions.
 
 :class:`Suppressions` — ``<prefix>suppressions``: per account, addresses that must never
 receive a send (opted out, hard-bounced, complained, manual). Key ``<account>:<address>``;
@@ -21,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from streams.compat import end_offsets, refresh_metadata
 from streams.definitions import AccountPolicy, CampaignControl, DefinitionError, parse_any
@@ -48,10 +55,39 @@ class CompactedView:
 
     def __init__(self) -> None:
         self.ready = asyncio.Event()
+        #: partition → the next offset to read (every record before it is applied).
+        self.positions: dict[int, int] = {}
+        #: The topic does not exist (yet): :meth:`follow` waits for it.
+        self.topic_missing = False
+        self._progress = asyncio.Condition()
 
     def apply(self, key: bytes | None, value: bytes | None, timestamp: int = 0) -> None:
         """Apply one record (``timestamp``: its broker timestamp, ms)."""
         raise NotImplementedError
+
+    def apply_record(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        """Apply one consumed record (a subclass that needs its headers overrides this)."""
+        self.apply(record.key, record.value, record.timestamp)
+
+    async def batch_applied(self) -> None:
+        """Called after each fetch has been applied (also an empty one), before
+        :meth:`reached` answers for it: a subclass's own step (the API's projection)."""
+
+    async def reached(self, partition: int, offset: int, within_s: float) -> bool:
+        """Wait until the record at ``offset`` of ``partition`` has been applied (a
+        publisher's read-back); False if ``within_s`` seconds pass first."""
+        return await self.wait_for(lambda: self.positions.get(partition, 0) > offset,
+                                   within_s)
+
+    async def wait_for(self, predicate: Callable[[], bool], within_s: float) -> bool:
+        """Wait until ``predicate()`` holds after a fetch has been applied; False if
+        ``within_s`` seconds pass first."""
+        async with self._progress:
+            try:
+                await asyncio.wait_for(self._progress.wait_for(predicate), within_s)
+            except TimeoutError:
+                return False
+        return True
 
     async def follow(self, settings: Settings, topic: str,
                      capabilities: Capabilities | None = None, *,
@@ -70,9 +106,11 @@ class CompactedView:
             await consumer.start()
             partitions = consumer.partitions_for_topic(topic)
             while not partitions:  # the worker creates its topics at start; wait for them
+                self.topic_missing = True
                 await asyncio.sleep(0.5)
                 await refresh_metadata(consumer)
                 partitions = consumer.partitions_for_topic(topic)
+            self.topic_missing = False
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
@@ -87,9 +125,14 @@ class CompactedView:
                     self.ready.set()
                     log.info("%s ready: %s", type(self).__name__, self)
                 batch = await consumer.getmany(timeout_ms=500)
-                for records in batch.values():
+                for tp, records in batch.items():
                     for record in records:
-                        self.apply(record.key, record.value, record.timestamp)
+                        self.apply_record(record)
+                    if records:
+                        self.positions[tp.partition] = records[-1].offset + 1
+                await self.batch_applied()
+                async with self._progress:
+                    self._progress.notify_all()
         finally:
             await consumer.stop()
 
@@ -103,10 +146,18 @@ class Registry(CompactedView):
     the same on every worker; a schedule's occurrences count from it) and their controls
     (paused, cancelled). A content campaign runs as a one-step workflow made from it
     (:func:`tables.campaigns.content_workflow`), found by :meth:`lookup` under the id
-    ``campaign:<id>``, which no defined workflow can have."""
+    ``campaign:<id>``, which no defined workflow can have.
 
-    def __init__(self) -> None:
+    ``quiet``: refused records are counted, not logged (a CLI command reading the topic
+    has nothing to say about another account's old conflicts)."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
         super().__init__()
+        self.quiet = quiet
+        #: Records refused because their version exists with another body, and the last
+        #: few of their keys (as text).
+        self.refused = 0
+        self.refused_keys: deque[str] = deque(maxlen=100)
         self._by_account: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
         self._published: dict[tuple[str, str, int], int] = {}
         #: (account, campaign id) → {"pause": action, "cancel": action} (newest of each).
@@ -141,6 +192,10 @@ class Registry(CompactedView):
         """One definition by its exact version (an account policy's ``ident`` is
         ``policy``); versions are write-once, so the answer never changes once given."""
         return self._by_account.get((kind, account), {}).get(ident, {}).get(version)
+
+    def versions(self, kind: str, account: str, ident: str) -> dict[int, dict[str, Any]]:
+        """Every version of one definition held (version → body; empty: none)."""
+        return dict(self._by_account.get((kind, account), {}).get(ident, {}))
 
     def campaign(self, account: str, campaign_id: str, version: int | None = None
                  ) -> dict[str, Any] | None:
@@ -209,7 +264,7 @@ class Registry(CompactedView):
             # (a worker reads the topic's partitions in no particular order).
             definition = parse_any(orjson.loads(value), min_interval_s=0)
         except (DefinitionError, orjson.JSONDecodeError, ValueError) as exc:
-            log.error("ignoring invalid definition %r: %s", key, exc)
+            log.error("ignoring invalid definition %s: %s", _text(key), exc)
             return
         if definition.kind in ("account", "campaign"):
             # A content campaign's workflow is made from the campaign and its account's
@@ -227,8 +282,12 @@ class Registry(CompactedView):
         value_dict = definition.model_dump(mode="json")
         if versions.get(definition.version, value_dict) != value_dict:
             # Versions are write-once: running executions rely on the steps they started on.
-            log.error("ignoring a changed %s v%d: publish a new version instead", key,
-                      definition.version)
+            # Publishers refuse such a record before publishing it; one here lost a race.
+            self.refused += 1
+            self.refused_keys.append(_text(key))
+            if not self.quiet:
+                log.error("ignoring a changed %s (another body was published first under "
+                          "that key): publish a new version instead", _text(key))
             return
         versions[definition.version] = value_dict
         if definition.kind == "workflow":
@@ -271,10 +330,15 @@ class Suppressions(CompactedView):
             record = orjson.loads(value)
             reason = str(record["reason"])
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            log.error("ignoring invalid suppression record %r: %r", key, exc)
+            log.error("ignoring invalid suppression record %s: %r", _text(key), exc)
             return
         if record.get("remove"):
             if self._reasons.get((account, address)) == reason:
                 del self._reasons[(account, address)]
         else:
             self._reasons[(account, address)] = reason
+
+
+def _text(key: bytes | None) -> str:
+    """A record key as an operator reads it (not a Python bytes repr)."""
+    return (key or b"").decode(errors="replace")

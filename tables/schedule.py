@@ -164,6 +164,8 @@ def check_cron(expr: str) -> None:
     if len(fields) != 5:
         count = f"{len(fields)} field" if len(fields) == 1 else f"{len(fields)} fields"
         extra = " (seconds and years fields are not supported)" if len(fields) > 5 else ""
+        if (five := _five_fields(fields)) is not None:
+            extra += f": write {five!r}"
         raise ValueError(f"cron {expr!r} has {count}, needs 5: minute hour day-of-month "
                          f"month day-of-week{extra}")
     try:
@@ -175,6 +177,28 @@ def check_cron(expr: str) -> None:
             raise ValueError(f"cron {expr!r}: {exc}") from None
         text = fields[_FIELDS.index(name)]
         raise ValueError(f"cron {expr!r}: bad {name} field {text!r}") from None
+
+
+_YEARS = re.compile(r"^\d{4}([-,/]\d{1,4})*$")
+
+
+def _five_fields(fields: list[str]) -> str | None:
+    """The 5-field form of a Quartz/Spring-style cron (seconds first, maybe a year last;
+    ``?`` for "any day"), or of one with a year last; None if there is none to offer.
+    A seconds field other than 0 is dropped too: occurrences are whole minutes."""
+    if len(fields) == 6 and _YEARS.match(fields[5]):
+        five = fields[:5]  # minute … day-of-week, year
+    elif len(fields) == 6 or (len(fields) == 7 and (fields[6] == "*" or _YEARS.match(
+            fields[6]))):
+        five = fields[1:6]  # second, minute … day-of-week (, year)
+    else:
+        return None
+    text = " ".join("*" if f == "?" else f for f in five)
+    try:
+        CronSim(text, _REFERENCE)
+    except CronSimError:
+        return None
+    return text
 
 
 #: cron_min_interval's sample: the occurrences of two years from _REFERENCE, at most this

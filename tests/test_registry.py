@@ -3,9 +3,11 @@ topic delivers them: the newest version answers, each account sees only its own.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
+import pytest
 
 from streams.definitions import definition_key, parse_any
 from tables.compliance import default_policy
@@ -64,6 +66,42 @@ def test_a_version_is_write_once() -> None:
     changed["steps"]["s"]["body"] = "other"
     r = registry(flow("acme", 1), changed)
     assert r.lookup("acme", "w", 1)["steps"]["s"]["body"] == "v1"  # type: ignore[index]
+
+
+def test_a_refused_version_is_counted_and_logged_with_its_key_as_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A changed body under a known key is counted (publishers read it back) and logged
+    with the key as an operator reads it, not a Python bytes repr; the same body again
+    (a publisher's repair) is no refusal."""
+    changed = flow("acme", 1)
+    changed["steps"]["s"]["body"] = "other"
+    with caplog.at_level(logging.ERROR, logger="tables.registry"):
+        r = registry(flow("acme", 1), changed, flow("acme", 1))
+    assert (1, ["workflow:acme:w:1"]) == (r.refused, list(r.refused_keys))
+    assert ["ignoring a changed workflow:acme:w:1 (another body was published first under "
+            "that key): publish a new version instead"] == [m.getMessage()
+                                                            for m in caplog.records]
+
+
+def test_a_quiet_registry_counts_refusals_without_logging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The CLI's registry: another account's old conflict is nothing to print."""
+    changed = flow("globex", 1)
+    changed["name"] = "Other"
+    r = Registry(quiet=True)
+    with caplog.at_level(logging.DEBUG, logger="tables.registry"):
+        for raw in (flow("globex", 1), changed):
+            r.apply(*record(raw))
+    assert (1, []) == (r.refused, caplog.records)
+
+
+def test_versions_lists_every_version_held() -> None:
+    """What a publisher checks against: every version of one definition, by number."""
+    r = registry(flow("acme", 1), flow("acme", 3), flow("acme", 1, ident="other"))
+    assert ([1, 3], {}) == (sorted(r.versions("workflow", "acme", "w")),
+                            r.versions("workflow", "globex", "w"))
 
 
 def inactive_flow(account: str, days: int, *, ident: str = "winback", version: int = 1,

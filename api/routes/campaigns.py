@@ -3,12 +3,11 @@ preview (the audience now, from the read model), progress (each occurrence summe
 the partitions that report it, ``ReadModel.get_progress``), status, and pause / resume /
 cancel (``producers.admin.control_campaign``).
 
-Controls are published first and recorded after (rows of kind ``campaign_control`` in the
-store, for the status): a failed publish records nothing; a failed record after a
-publish is repaired by sending the control again (the newest pause/resume wins, a cancel
-is final, so a repeat changes nothing). They do not go through the outbox — a control
-that overtakes its campaign's definition on the topic is still applied by the workers,
-which keep controls apart from versions.
+Controls are published first, read back (the status is the workers' own, from the
+definitions topic through :mod:`api.projection`, so a ``dripstream campaign pause`` counts
+too) and recorded after (rows of kind ``campaign_control`` in the store: who did what).
+They do not go through the outbox — a control that overtakes its campaign's definition
+on the topic is still applied by the workers, which keep controls apart from versions.
 """
 
 from __future__ import annotations
@@ -18,14 +17,14 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api import store
+from api import projection, store
 from api.auth import OPERATE, READ, Allow, Principal
 from api.db import DefinitionVersion
 from api.deps import ServicesDep, SessionDep
 from api.errors import Problem
 from api.schemas import Accepted, Limit
 from producers.admin import control_campaign
-from tables.campaigns import in_audience, summarize
+from tables.campaigns import in_audience, progress_summary
 
 router = APIRouter(prefix="/v1/accounts/{account}/campaigns", tags=["campaigns"])
 Reader = Annotated[Principal, Depends(Allow(READ))]
@@ -40,25 +39,16 @@ async def _campaign(session: AsyncSession, account: str, campaign_id: str) -> di
     return row.body
 
 
-async def status_of(session: AsyncSession, account: str, campaign_id: str) -> str:
-    """``cancelled`` (final), ``paused`` or ``running``, from the recorded controls."""
-    rows = await store.history(session, account=account, kind="campaign_control",
-                               def_id=campaign_id)
-    actions = [r.body["action"] for r in rows]
-    if "cancel" in actions:
-        return "cancelled"
-    return "paused" if actions and actions[-1] == "pause" else "running"
-
-
 @router.get("/{campaign_id}/progress", summary="A campaign's status and progress")
 async def progress(account: str, campaign_id: CampaignId, who: Reader, session: SessionDep,
                    svc: ServicesDep) -> dict[str, Any]:
     campaign = await _campaign(session, account, campaign_id)
     records = await svc.read_model.get_progress(account, campaign_id)
+    summary = progress_summary(await projection.ready(svc), campaign, records,
+                               svc.settings.partitions, svc.clock())
     return {"campaign": campaign_id, "version": campaign["version"],
-            "active": campaign["active"],
-            "status": await status_of(session, account, campaign_id),
-            "occurrences": summarize(records)}
+            "active": campaign["active"], "status": summary["status"],
+            "occurrences": summary["occurrences"]}
 
 
 @router.get("/{campaign_id}/preview", summary="The audience as it is now (sends nothing)")
@@ -81,10 +71,13 @@ async def control(account: str, campaign_id: CampaignId,
                   session: SessionDep, svc: ServicesDep) -> Accepted:
     """Every worker applies it; a cancel is final (and cancels deferred sends)."""
     await _campaign(session, account, campaign_id)
-    if await status_of(session, account, campaign_id) == "cancelled":
+    if await projection.status_of(svc, account, campaign_id) == "cancelled":
         raise Problem(409, f"campaign {campaign_id!r} is cancelled (final)")
-    await control_campaign(svc.producer, svc.settings.topic_prefix, account, campaign_id,
-                           action)
+    meta = await control_campaign(svc.producer, svc.settings.topic_prefix, account,
+                                  campaign_id, action, by=f"api:{who.key_id}")
+    # Read back: the status the next request reads (the projection's) includes it.
+    await projection.projection(svc).reached(meta.partition, meta.offset,
+                                             projection.READ_BACK_S)
     previous = await store.history(session, account=account, kind="campaign_control",
                                    def_id=campaign_id)
     session.add(DefinitionVersion(

@@ -2,7 +2,8 @@
 :func:`definition_router`) and the account policy: create, list the live versions, show,
 every version, update (a new version), delete (a new version with ``active: false``:
 running executions finish on their version). A body may nest at most
-:data:`api.schemas.MAX_DEPTH` levels."""
+:data:`api.schemas.MAX_DEPTH` levels. Every write goes through :func:`api.projection.write`
+(409 when another publisher's body took the version)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path
 
-from api import store
+from api import projection, store
 from api.auth import EDIT, READ, Allow, Principal
 from api.db import DefinitionVersion
 from api.deps import ServicesDep, SessionDep
@@ -47,10 +48,8 @@ def definition_router(kind: str, plural: str) -> APIRouter:
         if not isinstance(def_id, str):
             raise Problem(422, "the definition needs an id", type_="invalid-definition",
                           errors=[{"loc": ["body", "id"], "msg": "Field required"}])
-        row = await store.write(session, account=account, kind=kind, def_id=def_id,
-                                body=body, create=True, actor=who.key_id, now=svc.clock(),
-                                faults=svc.extra.get("faults"))
-        svc.wake_relay()
+        row = await projection.write(svc, session, account=account, kind=kind,
+                                     def_id=def_id, body=body, create=True, actor=who.key_id)
         return out(row)
 
     @router.get("", response_model=DefinitionPage, summary=f"List {plural} (live versions)")
@@ -96,10 +95,8 @@ def definition_router(kind: str, plural: str) -> APIRouter:
                      session: SessionDep, svc: ServicesDep) -> DefinitionOut:
         """The body is the whole new version; a ``version`` in it must be the next one."""
         check_depth(body)
-        row = await store.write(session, account=account, kind=kind, def_id=def_id,
-                                body=body, create=False, actor=who.key_id, now=svc.clock(),
-                                faults=svc.extra.get("faults"))
-        svc.wake_relay()
+        row = await projection.write(svc, session, account=account, kind=kind,
+                                     def_id=def_id, body=body, create=False, actor=who.key_id)
         return out(row)
 
     @router.delete("/{def_id}", response_model=DefinitionOut,
@@ -111,11 +108,9 @@ def definition_router(kind: str, plural: str) -> APIRouter:
         if current is None:
             raise Problem(404, f"no {kind} {def_id!r}")
         body = {k: v for k, v in current.body.items() if k != "version"}
-        row = await store.write(session, account=account, kind=kind, def_id=def_id,
-                                body={**body, "active": False}, create=False,
-                                actor=who.key_id, now=svc.clock(),
-                                faults=svc.extra.get("faults"))
-        svc.wake_relay()
+        row = await projection.write(svc, session, account=account, kind=kind,
+                                     def_id=def_id, body={**body, "active": False},
+                                     create=False, actor=who.key_id)
         return out(row)
 
     return router
@@ -145,12 +140,10 @@ def policy_router() -> APIRouter:
                      svc: ServicesDep) -> DefinitionOut:
         """A new version; fields left out take the defaults."""
         check_depth(body)
-        row = await store.write(session, account=account, kind="account",
-                                def_id=store.POLICY_ID, body=body, create=False,
-                                actor=who.key_id, now=svc.clock(),
-                                faults=svc.extra.get("faults"))
+        row = await projection.write(svc, session, account=account, kind="account",
+                                     def_id=store.POLICY_ID, body=body, create=False,
+                                     actor=who.key_id)
         svc.policies.pop(account, None)
-        svc.wake_relay()
         return out(row)
 
     return router

@@ -272,7 +272,8 @@ SCHEDULE_ERRORS = [
     # A seconds field.
     pytest.param(campaign_raw, section("schedule", cron="0 0 9 * * *"), "schedule.cron",
                  "cron '0 0 9 * * *' has 6 fields, needs 5: minute hour day-of-month month "
-                 "day-of-week (seconds and years fields are not supported)", id="cron-6-fields"),
+                 "day-of-week (seconds and years fields are not supported): write "
+                 "'0 9 * * *'", id="cron-6-fields"),
     # A macro.
     pytest.param(campaign_raw, section("schedule", cron="@daily"), "schedule.cron",
                  "cron macro '@daily' is not supported: write '0 0 * * *'", id="cron-macro"),

@@ -257,6 +257,40 @@ def test_check_cron_errors(expr: str, message: str) -> None:
         check_cron(expr)
 
 
+@pytest.mark.parametrize(("expr", "five"), [
+    # Quartz/Spring: seconds first.
+    pytest.param("0 0 9 * * MON", "0 9 * * MON", id="seconds-first"),
+    # Quartz's "?" for the day field it does not restrict is "*" in five fields.
+    pytest.param("0 0 9 ? * MON-FRI", "0 9 * * MON-FRI", id="quartz-question-mark"),
+    # A seconds field other than 0: occurrences are whole minutes anyway.
+    pytest.param("30 15 10 * * *", "15 10 * * *", id="seconds-30"),
+    # A year last (six fields): the year goes (start and end bound a schedule).
+    pytest.param("0 9 * * * 2026", "0 9 * * *", id="year-last"),
+    # Quartz's seven fields: seconds first, a year last.
+    pytest.param("0 0 9 ? * * 2026", "0 9 * * *", id="quartz-seven"),
+    pytest.param("0 0 9 * * MON *", "0 9 * * MON", id="quartz-seven-any-year"),
+])
+def test_six_and_seven_field_crons_are_offered_the_five_field_form(expr: str, five: str
+                                                                   ) -> None:
+    """A seconds or years field is refused with the 5-field expression to write, as the
+    docs promise."""
+    with pytest.raises(ValueError, match=re.escape(f": write {five!r}") + "$"):
+        check_cron(expr)
+
+
+@pytest.mark.parametrize("expr", [
+    # Eight fields: no known form.
+    pytest.param("1 2 3 4 5 6 7 8", id="eight"),
+    # What the five fields would be is no valid cron either.
+    pytest.param("0 99 9 * * *", id="bad-minute-in-six"),
+])
+def test_no_five_field_form_is_offered_when_there_is_none(expr: str) -> None:
+    """Only a valid expression is suggested."""
+    with pytest.raises(ValueError) as raised:
+        check_cron(expr)
+    assert "write" not in str(raised.value)
+
+
 # --- cron_min_interval ------------------------------------------------------------------
 
 @pytest.mark.parametrize(("expr", "expected"), [
