@@ -36,6 +36,7 @@ from api.routes.definitions import definition_router, policy_router
 from api.settings import ApiSettings
 from api.store import FaultPlan
 from producers.publisher import Publisher
+from streams.capabilities import probe
 from streams.settings import Settings
 from tables.readmodel import ReadModel
 from tables.registry import Suppressions
@@ -79,10 +80,11 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
         await asyncio.to_thread(migrate, api.database_url)
         engine, sessions = connect(api.database_url)
         redis = Redis.from_url(settings.redis_url)
+        capabilities = await probe(settings)  # what the broker can do, asked once
         producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
                                     **settings.kafka_security())
         publisher = Publisher(settings.bootstrap_servers, topic_prefix=settings.topic_prefix,
-                              idempotence=False if settings.embedded else None,
+                              idempotence=capabilities.idempotence,
                               **settings.kafka_security())
         await producer.start()
         await publisher.__aenter__()
@@ -96,9 +98,11 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
                               "projection": view})
         app.state.services = svc
         tasks = [asyncio.create_task(relay.run(), name="outbox-relay"),
-                 asyncio.create_task(view.run(settings), name="definitions-projection"),
+                 asyncio.create_task(view.run(settings, capabilities),
+                                     name="definitions-projection"),
                  asyncio.create_task(svc.suppressions.follow(
-                     settings, f"{settings.topic_prefix}suppressions"), name="suppressions")]
+                     settings, f"{settings.topic_prefix}suppressions", capabilities,
+                     read_committed=capabilities.transactions), name="suppressions")]
         try:
             yield
         finally:

@@ -42,6 +42,7 @@ from api import store
 from api.db import DefinitionVersion, Outbox
 from api.errors import Problem
 from producers.admin import BY_HEADER
+from streams.capabilities import Capabilities
 from streams.settings import Settings
 from tables.registry import Registry
 
@@ -157,12 +158,13 @@ class Projection(Registry):
                             "re-published the one the workers run", key)
             self._losers.discard(key)
 
-    async def run(self, settings: Settings) -> None:
+    async def run(self, settings: Settings, capabilities: Capabilities | None = None) -> None:
         """Follow the topic for as long as the API runs (started again after an error:
         re-reading from the start applies nothing twice)."""
         while True:
             try:
-                await self.follow(settings, self.topic)
+                await self.follow(settings, self.topic, capabilities,
+                                  read_committed=bool(capabilities and capabilities.transactions))
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -13,19 +13,24 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from api.app import create_app
 from producers.providers import read_calls
 from producers.publisher import build_event
 from streams.apache_kafka import KafkaCluster, KafkaUnavailable
+from tests.api.conftest import Databases, api_settings
+from tests.conftest import Postgres
 from tests.stack import ROOT, Stack, eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
@@ -218,9 +223,11 @@ def cli(env: dict[str, str], *args: str, stdin: str | None = None,
                           input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
-async def test_everything_connects_to_a_sasl_ssl_broker(secure_stack: Stack) -> None:
-    """Worker, channel worker, publisher SDK and CLI on SCRAM-SHA-512 over TLS with a
-    local CA: a signup defined with the CLI becomes a send the channel worker delivers."""
+async def test_everything_connects_to_a_sasl_ssl_broker(secure_stack: Stack,
+                                                        postgres: Postgres) -> None:
+    """Worker, channel worker, publisher SDK, CLI and admin API on SCRAM-SHA-512 over TLS
+    with a local CA: a signup defined with the CLI becomes a send the channel worker
+    delivers; a workflow made through the API does too."""
     stack = secure_stack
     for definition in (POLICY, FLOW):  # `dripstream define -`, the definition on stdin
         done = await asyncio.to_thread(cli, stack.env, "define", "-",
@@ -237,6 +244,43 @@ async def test_everything_connects_to_a_sasl_ssl_broker(secure_stack: Stack) -> 
     calls = await eventually(delivered, timeout=60, what="three deliveries")
     assert sorted(c["contact_id"] for c in calls) == ["c-0", "c-1", "c-2"]
     assert "guarantee: exactly_once" in stack.worker_log(0)
+
+    # The admin API: its relay publishes a workflow over the same secured listener, and
+    # its projection lists the CLI's.
+    dbs = Databases(postgres, f"dripstream_sasl_{uuid.uuid4().hex[:8]}")
+    settings = api_settings(dbs.empty())
+    app = create_app(stack.settings, settings, clock=stack.now)
+    assert settings.bootstrap_key is not None
+    boot = {"Authorization": f"Bearer {settings.bootstrap_key.get_secret_value()}"}
+    try:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+            r = await client.post("/v1/accounts/acme/keys", headers=boot,
+                                  json={"role": "editor", "name": "sasl"})
+            assert r.status_code == 201, r.text
+            key = {"Authorization": f"Bearer {r.json()['key']}"}
+            later = {**FLOW, "id": "later", "trigger": {"event": "custom.later"}}
+            del later["account"], later["version"]
+            r = await client.post("/v1/accounts/acme/workflows", headers=key, json=later)
+            assert r.status_code == 201, r.text
+
+            async def listed() -> bool:
+                r = await client.get("/v1/accounts/acme/workflows/hello", headers=key)
+                return r.status_code == 200
+
+            await eventually(listed, what="the CLI's workflow in the API")
+            await stack.publisher.send(build_event("acme", "c-0", "custom.later", {},
+                                                   event_id="later-0"))
+            calls = await eventually(lambda: _calls_at_least(stack, 4), timeout=60,
+                                     what="the API's workflow's send")
+            assert [c["contact_id"] for c in calls].count("c-0") == 2
+    finally:
+        dbs.drop_all()
+
+
+async def _calls_at_least(stack: Stack, count: int) -> list[dict[str, Any]] | None:
+    calls = read_calls(stack.calls_path) if stack.calls_path.exists() else []
+    return calls if len(calls) >= count else None
 
 
 @pytest.mark.parametrize(("change", "expected"), [
