@@ -5,6 +5,8 @@ the real broker in tests/integration/test_batch_crash.py and the other integrati
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +17,7 @@ from agents.contacts import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_PREFIX_BYTES, Cyc
 from agents.journal import Journal
 from agents.timers import DueIndex
 from producers.publisher import build_event
+from streams.capabilities import TANSU
 from streams.settings import Settings
 from streams.topics import TopicNames
 from tables.contacts import ContactState, decode
@@ -69,6 +72,8 @@ class Worker:
         self.suppressions = Suppressions()
         self.journal = Journal(self)  # type: ignore[arg-type]  # a stand-in worker
         self.app = None
+        self.capabilities = TANSU
+        self.transactions = None  # at-least-once (exactly-once: its own tests below)
 
     def context(self, definitions: Any = None, suppressed: Any = None) -> Context:
         return Context(definitions or self.registry, suppressed or self.suppressions.reason)
@@ -325,3 +330,153 @@ async def test_a_worker_thrown_out_of_the_group_writes_no_effects_and_no_state(
     else:
         raise AssertionError("an expelled worker went on writing")
     assert written == [NAMES.journal]
+
+
+# -- exactly-once: a batch's share per input partition ----------------------------------
+
+class FakeProducer:
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+
+
+class Transactions:
+    """What the cycle reads of agents.transactions.Transactions: every transaction's
+    records, changelog values and offsets, by partition; ``lost`` partitions are not
+    this worker's."""
+
+    def __init__(self, lost: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        self.lost = lost
+        self.records: dict[int, list[tuple[str, int]]] = {}
+        self.values: dict[int, set[str]] = {}
+        self.offsets: dict[int, dict[Any, int]] = {}
+
+    @asynccontextmanager
+    async def transaction(self, partition: int) -> AsyncIterator[FakeProducer]:
+        from agents.transactions import NotOwned
+
+        if partition in self.lost:
+            raise NotOwned(partition)
+        yield FakeProducer(partition)
+
+    async def commit(self, producer: FakeProducer, offsets: dict[Any, int]) -> None:
+        self.offsets[producer.partition] = offsets
+
+
+class TxStore(Store):
+    def __init__(self, tx: Transactions) -> None:
+        super().__init__()
+        self.tx = tx
+        self.applied: list[str] = []
+        self.table = type("Table", (), {"changelog_topic_name": "changelog"})()
+
+    def partition(self, key: str) -> int:
+        return partition_for(key.split(":", 1)[1], PARTITIONS)
+
+    async def send(self, values: dict[str, bytes], *, producer: FakeProducer) -> Any:
+        self.tx.values.setdefault(producer.partition, set()).update(values)
+
+        async def written() -> Any:
+            return [(k.encode(), producer.partition, v) for k, v in values.items()], {}
+
+        return written
+
+    def apply(self, written: Any) -> None:
+        self.applied += [key.decode() for key, _, _ in written[0]]
+
+
+class Acks:
+    def __init__(self) -> None:
+        self.acked: list[tuple[int, int]] = []
+
+    def ack(self, message: Message) -> None:
+        self.acked.append((message.partition, message.offset))
+
+
+class ReadModel:
+    async def put_many(self, rows: Any, **kwargs: Any) -> int:
+        return len(rows)
+
+    async def put_progress(self, progress: Any) -> None:
+        pass
+
+    async def mark_projected(self, marks: Any) -> None:
+        pass
+
+
+def exactly_once_worker(tx: Transactions, monkeypatch: Any) -> Worker:
+    worker = Worker(Registry(WELCOME))
+    worker.transactions = tx  # type: ignore[assignment]
+    worker.store = TxStore(tx)
+    worker.app = type("App", (), {"consumer": Acks()})()  # type: ignore[assignment]
+    worker.read_model = ReadModel()  # type: ignore[attr-defined]
+
+    async def send_batches(app: Any, records: Any, *, producer: FakeProducer) -> Any:
+        tx.records.setdefault(producer.partition, []).extend(
+            (topic, partition) for topic, partition, *_ in records)
+
+        async def acked() -> dict[Any, int]:
+            return {}
+
+        return acked
+
+    monkeypatch.setattr("agents.contacts.send_batches", send_batches)
+    monkeypatch.setattr("agents.contacts.expelled", lambda app: False)
+    monkeypatch.setattr("agents.contacts.metrics.observe_batch", lambda *a: None)
+    return worker
+
+
+def two_partitions() -> tuple[str, str]:
+    """Two contacts on different partitions."""
+    first = "c-1"
+    other = next(f"c-{n}" for n in range(2, 50)
+                 if partition_for(f"c-{n}", PARTITIONS) != partition_for(first, PARTITIONS))
+    return first, other
+
+
+async def test_each_input_partition_commits_its_own_share(monkeypatch: Any) -> None:
+    """Two signups on two partitions and an event that arrived on the wrong one: each
+    partition's transaction holds its contacts' sends and states and its input offsets;
+    the forward belongs to the partition it arrived on; records are acked after."""
+    tx = Transactions()
+    worker = exactly_once_worker(tx, monkeypatch)
+    first, other = two_partitions()
+    p1, p2 = partition_for(first, PARTITIONS), partition_for(other, PARTITIONS)
+    c = cycle(worker)
+    profile = {"phone": "+14155550101", "consent": {"sms": True}}
+    for n, contact in enumerate((first, other)):
+        message = event(contact, "contact.created", profile, ident=f"s-{n}", offset=7)
+        c.source = message.partition
+        c.acks.append(message)
+        c.event(message)
+    stray = event(first, "contact.tagged", {"tag": "x"}, ident="t", partition=p2, offset=8)
+    c.source = p2
+    c.acks.append(stray)
+    c.event(stray)
+    c.seal()
+    await c.finish()
+    assert tx.records[p1] == [(NAMES.send("sms"), p1)]
+    assert sorted(tx.records[p2]) == sorted([(NAMES.send("sms"), p2), (NAMES.routed, p1)])
+    assert tx.values == {p1: {f"acme:{first}"}, p2: {f"acme:{other}"}}
+    assert tx.offsets == {p1: {(NAMES.events, p1): 8}, p2: {(NAMES.events, p2): 9}}
+    assert sorted(worker.app.consumer.acked) == sorted([(p1, 7), (p2, 7), (p2, 8)])
+
+
+async def test_a_partition_taken_away_writes_and_acks_nothing(monkeypatch: Any) -> None:
+    """The batch's share of a partition no longer this worker's is not written, its
+    states are not applied and its records are not acked: its new owner redoes them."""
+    first, other = two_partitions()
+    p1, p2 = partition_for(first, PARTITIONS), partition_for(other, PARTITIONS)
+    tx = Transactions(lost={p2})
+    worker = exactly_once_worker(tx, monkeypatch)
+    c = cycle(worker)
+    profile = {"phone": "+14155550101", "consent": {"sms": True}}
+    for n, contact in enumerate((first, other)):
+        message = event(contact, "contact.created", profile, ident=f"s-{n}", offset=3)
+        c.source = message.partition
+        c.acks.append(message)
+        c.event(message)
+    c.seal()
+    await c.finish()
+    assert set(tx.offsets) == {p1} and p2 not in tx.records
+    assert worker.store.applied == [f"acme:{first}"]  # type: ignore[attr-defined]
+    assert worker.app.consumer.acked == [(p1, 3)]
