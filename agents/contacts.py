@@ -35,7 +35,7 @@ import re
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -521,15 +521,9 @@ class Cycle:
                  if isinstance(result, tuple)
                  for (topic, partition), offset in result[1].items()
                  if topic == changelog and partition not in lost}
-        delay = 0.1
-        while marks:
-            try:
-                await self.w.read_model.mark_projected(marks)
-                return
-            except (RedisError, OSError) as exc:
-                log.warning("read model mark failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        if marks:
+            await retrying_redis("read model mark", lambda: self.w.read_model.mark_projected(
+                marks))
 
     def forget(self, partitions: set[int]) -> None:
         """Drop what the batch changed on ``partitions`` (not committed: not this
@@ -592,17 +586,28 @@ class Cycle:
             if raw is not None and state is not None:
                 rows.append((key, state["revision"], raw))
                 states[key] = state
-        delay = 0.1
         activity = self.activity  # the batch's stats and recent lists, in the same pipeline
-        while rows or progress or activity:
-            try:
-                await self.w.read_model.put_many(rows, states=states, activity=activity)
-                await self.w.read_model.put_progress(progress)
-                return
-            except (RedisError, OSError) as exc:
-                log.warning("read model write failed (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+
+        async def write() -> None:
+            await self.w.read_model.put_many(rows, states=states, activity=activity)
+            await self.w.read_model.put_progress(progress)
+
+        if rows or progress or activity:
+            await retrying_redis("read model write", write)
+
+
+async def retrying_redis(what: str, call: Callable[[], Awaitable[Any]]) -> None:
+    """``call`` until Redis answers (backoff 0.1 s doubling to 5 s): the batch is not
+    acked before its read model is written."""
+    delay = 0.1
+    while True:
+        try:
+            await call()
+            return
+        except (RedisError, OSError) as exc:
+            log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _account_named(value: bytes) -> str | None:

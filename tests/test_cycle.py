@@ -433,6 +433,16 @@ def two_partitions() -> tuple[str, str]:
     return first, other
 
 
+def take_signups(c: Cycle, contacts: tuple[str, ...], offset: int) -> None:
+    """Each contact's signup at ``offset`` of its partition, taken as compute() does."""
+    profile = {"phone": "+14155550101", "consent": {"sms": True}}
+    for n, contact in enumerate(contacts):
+        message = event(contact, "contact.created", profile, ident=f"s-{n}", offset=offset)
+        c.source = message.partition
+        c.acks.append(message)
+        c.event(message)
+
+
 async def test_each_input_partition_commits_its_own_share(monkeypatch: Any) -> None:
     """Two signups on two partitions and an event that arrived on the wrong one: each
     partition's transaction holds its contacts' sends and states and its input offsets;
@@ -442,12 +452,7 @@ async def test_each_input_partition_commits_its_own_share(monkeypatch: Any) -> N
     first, other = two_partitions()
     p1, p2 = partition_for(first, PARTITIONS), partition_for(other, PARTITIONS)
     c = cycle(worker)
-    profile = {"phone": "+14155550101", "consent": {"sms": True}}
-    for n, contact in enumerate((first, other)):
-        message = event(contact, "contact.created", profile, ident=f"s-{n}", offset=7)
-        c.source = message.partition
-        c.acks.append(message)
-        c.event(message)
+    take_signups(c, (first, other), offset=7)
     stray = event(first, "contact.tagged", {"tag": "x"}, ident="t", partition=p2, offset=8)
     c.source = p2
     c.acks.append(stray)
@@ -469,12 +474,7 @@ async def test_a_partition_taken_away_writes_and_acks_nothing(monkeypatch: Any) 
     tx = Transactions(lost={p2})
     worker = exactly_once_worker(tx, monkeypatch)
     c = cycle(worker)
-    profile = {"phone": "+14155550101", "consent": {"sms": True}}
-    for n, contact in enumerate((first, other)):
-        message = event(contact, "contact.created", profile, ident=f"s-{n}", offset=3)
-        c.source = message.partition
-        c.acks.append(message)
-        c.event(message)
+    take_signups(c, (first, other), offset=3)
     c.seal()
     await c.finish()
     assert set(tx.offsets) == {p1} and p2 not in tx.records
