@@ -23,18 +23,21 @@ so in one line (tests skip with it, ``dripstream dev --broker kafka`` exits 2 wi
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import fcntl
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from streams.embedded import free_port, wait_for_port
 
@@ -122,7 +125,13 @@ def kafka_classpath(version: str = KAFKA_VERSION) -> Path:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random KRaft cluster id: a UUID in URL-safe base64 — never one starting with
+    ``-``, which the storage tool's ``-t`` would read as an option (Kafka's own
+    ``Uuid.randomUuid`` draws again in that case too)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 @dataclass
@@ -286,7 +295,45 @@ class KafkaCluster:
             self._launch(lib, node)
         for node in self.nodes:
             self._wait_started(node, timeout)
+        self._wait_coordinators(timeout)
         return self
+
+    def client_options(self) -> dict[str, Any]:
+        """aiokafka keyword arguments for this cluster's client listener."""
+        if self.scram is None:
+            return {}
+        return {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_plain_username": self.scram.username,
+                "sasl_plain_password": self.scram.password,
+                "ssl_context": ssl.create_default_context(cafile=str(self.scram.cafile))}
+
+    def _wait_coordinators(self, timeout: float) -> None:
+        """Until a group and a transaction coordinator answer: a new cluster creates its
+        offsets and transaction logs on their first use, and the first client would wait
+        for them (a test's first consumer group, seconds of GroupCoordinatorNotAvailable)."""
+        from aiokafka.client import AIOKafkaClient
+        from aiokafka.errors import KafkaError
+
+        async def ready() -> None:
+            client = AIOKafkaClient(bootstrap_servers=self.bootstrap, **self.client_options())
+            await client.bootstrap()
+            deadline = time.monotonic() + timeout
+            try:
+                for kind in (0, 1):  # group, transaction
+                    while True:
+                        try:
+                            await client.coordinator_lookup(kind, "dripstream-ready")
+                            break
+                        except KafkaError:
+                            if time.monotonic() > deadline:
+                                raise
+                            await asyncio.sleep(0.2)
+            finally:
+                await client.close()
+
+        # In a thread of its own: the caller may be inside an event loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, ready()).result()
 
     def _launch(self, lib: Path, node: Node) -> None:
         node._log = open(node.log_path, "ab")

@@ -291,6 +291,9 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         #: Moves of each partition's fetch position (seeks, seeks to the committed
         #: offset), counted in the consumer's thread before the position changes.
         self.moves: defaultdict[TP, int] = defaultdict(int)
+        #: Where a partition with no committed offset was started (its log start): the
+        #: first offset the agent must see there (:func:`committed_offset`).
+        self.starts: dict[TP, int] = {}
 
     def _create_worker_consumer(self, transport: Any) -> AIOKafkaConsumer:
         consumer: AIOKafkaConsumer = super()._create_worker_consumer(transport)
@@ -357,6 +360,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
                 self.moves[tp] += 1
                 if strategy == OffsetResetStrategy.EARLIEST:
                     await consumer.seek_to_beginning(tp)
+                    self.starts[tp] = (await consumer.beginning_offsets([tp]))[tp]
                 else:
                     await consumer.seek_to_end(tp)
         return committed
@@ -509,8 +513,14 @@ def highwater(app: faust.App, tp: TP) -> int | None:
 
 
 def committed_offset(app: faust.App, tp: TP) -> int | None:
-    """The committed offset of ``tp`` as Faust's consumer knows it (no public API)."""
-    offset: int | None = cast(Any, app.consumer)._committed_offset.get(tp)
+    """The committed offset of ``tp`` as Faust's consumer knows it (no public API) — or,
+    where the group has committed nothing yet, the log start it was started from: the
+    first offset the agent must see (without it, records lost before the first one to
+    arrive would leave no hole to find)."""
+    consumer = cast(Any, app.consumer)
+    offset: int | None = consumer._committed_offset.get(tp)
+    if offset is None:
+        offset = getattr(getattr(consumer, "_thread", None), "starts", {}).get(tp)
     return offset
 
 

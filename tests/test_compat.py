@@ -296,3 +296,21 @@ def test_the_fetcher_notes_the_offsets_it_passes_over() -> None:
     assert records.next_fetch_offset == 10
     assert compat.SKIPPED.covers(tp, 5, 6) and compat.SKIPPED.covers(tp, 9, 10)
     assert not compat.SKIPPED.covers(tp, 4, 6)  # 4 is a record
+
+
+def test_a_partition_never_committed_starts_at_its_log_start() -> None:
+    """With nothing committed the agent must still see the partition from its log start
+    (where the group was started): a first record lost on the way is then a hole before
+    the second, found like any other (it was taken for the start and lost for good)."""
+    from types import SimpleNamespace
+
+    from streams.gapguard import GapGuard
+
+    tp = ("t", 0)
+    app = SimpleNamespace(consumer=SimpleNamespace(
+        _committed_offset={}, _thread=SimpleNamespace(starts={tp: 0})))
+    assert compat.committed_offset(app, tp) == 0  # type: ignore[arg-type]
+    app.consumer._committed_offset[tp] = 7
+    assert compat.committed_offset(app, tp) == 7  # type: ignore[arg-type]
+    verdict = GapGuard().observe("t", 0, 1, generation=1, committed=0)
+    assert (verdict.action, verdict.offset) == ("check", 0)

@@ -31,6 +31,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -155,6 +156,10 @@ async def probe(scenario: str, bootstrap: str, name: str, profile: str,
                 kind: str = "tansu") -> None:
     try:
         print(json.dumps(await main(scenario, bootstrap, name, profile, kind)), flush=True)
+    except BaseException:  # os._exit below skips the interpreter's own report
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
     finally:
         # Faust's clean stop waits for every tracked record to be acked, and the records in
         # flight never will be: nothing here needs one.
