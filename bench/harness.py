@@ -33,7 +33,7 @@ from producers.publisher import build_event
 from streams.compat import visible_ends
 from streams.embedded import EmbeddedRedis, WorkerProcess, read_records, topic_ends
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, wait_for_leaders
 from tables.contacts import decode as decode_state
 from tables.readmodel import ReadModel
 from tables.store import partition_for
@@ -494,6 +494,9 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
     try:
         if name not in set(await admin.list_topics()):
             await admin.create_topics([NewTopic(name, partitions, 1)])
+            # Kafka answers before the partitions have leaders: a producer writing at
+            # once retries, and logs every retry.
+            await wait_for_leaders(admin, [name])
     finally:
         await admin.close()
 
@@ -946,13 +949,13 @@ def cpu_of(pids: Mapping[str, Sequence[int]]) -> dict[str, float | None]:
 
 
 class PhaseCpu:
-    """CPU seconds of the workers and (if this run started it) the broker over a
-    throughput phase: from when its first output is seen (looked for every
-    :data:`FIRST_POLL_S`; the first batch's work falls before it) to when the phase is
-    seen done."""
+    """CPU seconds of the processors (``pids``: the workers) and, if this run started
+    it, the broker over a throughput phase: from when its first output is seen (looked
+    for every :data:`FIRST_POLL_S`; the first batch's work falls before it) to when the
+    phase is seen done."""
 
-    def __init__(self, cfg: Config, workers: Sequence[BenchWorker]) -> None:
-        self.pids = {"worker": [w.pid for w in workers],
+    def __init__(self, cfg: Config, pids: Sequence[int]) -> None:
+        self.pids = {"worker": list(pids),
                      "broker": [cfg.broker_pid] if cfg.broker_pid else []}
         self.before: dict[str, float | None] | None = None
 
@@ -974,7 +977,7 @@ async def drain_count(cfg: Config, workers: Sequence[BenchWorker], tps: list[Top
     """Throughput phase measured by a record count (send commands): wait until ``tps``
     hold ``n`` records (:class:`Tail`: this process reads nothing while the worker
     writes), then set the result from their timestamps (first → last)."""
-    cpu = PhaseCpu(cfg, workers)
+    cpu = PhaseCpu(cfg, [w.pid for w in workers])
 
     async def first() -> None:
         cpu.begin()
@@ -1071,7 +1074,7 @@ async def drain_versions(cfg: Config, workers: Sequence[BenchWorker],
     """Throughput phase of the ingest paths: done when every contact's changelog shows
     the version its events lead to; events/s = events / (first changelog record → the
     last record needed)."""
-    cpu = PhaseCpu(cfg, workers)
+    cpu = PhaseCpu(cfg, [w.pid for w in workers])
 
     async def first() -> None:
         cpu.begin()

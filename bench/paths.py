@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import multiprocessing
+import os
 import sys
 import time
 from collections import Counter
@@ -63,6 +64,7 @@ from bench.harness import (
     Latency,
     MemoryResult,
     Partitioner,
+    PhaseCpu,
     Result,
     Spy,
     Tail,
@@ -207,9 +209,14 @@ async def raw(bench: Bench) -> None:
     await create_topic(cfg.bootstrap, out_topic, cfg.partitions)
     await produce_all(cfg.bootstrap, in_topic, events)
 
+    # The processor is this process: its CPU from the call on (the group join costs
+    # little) is the raw row's "worker" CPU.
+    cpu = PhaseCpu(cfg, [os.getpid()])
+    cpu.begin()
     first, last, count = await raw_passthrough(
         cfg.bootstrap, in_topic, out_topic, f"{s.topic_prefix}tput", limit=len(events),
         deadline=time.monotonic() + cfg.timeout)
+    cpu.end(result)
     if count < len(events):
         result.notes.append(f"throughput: only {count}/{len(events)} passed before the deadline")
     result.events = count
@@ -282,7 +289,12 @@ async def _ingest_like(bench: Bench, path: str, name: str, *,
 
         dead = await count_records(cfg, topic_name(s, "dead-letter"))
         total = await count_records(cfg, changelog)
-        in_model = await read_model_contacts(cfg.redis_url, s.topic_prefix)
+        # The read model is written after the changelog: give the last batch a moment.
+        until = time.monotonic() + 10
+        while ((in_model := await read_model_contacts(cfg.redis_url, s.topic_prefix))
+               < len(expected) + lat.sent and time.monotonic() < until):
+            worker.check_alive()
+            await asyncio.sleep(0.2)
         per_record = len(events) / watch.records if watch.records else 0.0
         result.notes.append(
             f"checks: {len(watch.reached)}/{len(expected)} contacts reached the version of "
