@@ -155,6 +155,11 @@ class Latency:
     latencies_ms: list[float] = field(default_factory=list)
     #: The channel path: each output's last hop alone (send command → provider call).
     channel_ms: list[float] = field(default_factory=list)
+    #: Exactly-once: outputs read and the commit markers among them (one per
+    #: transaction that wrote a partition): how many outputs a transaction carries at
+    #: this rate.
+    outputs: int = 0
+    markers: int | None = None
 
     def percentile(self, q: float) -> float | None:
         return percentile(self.latencies_ms, q)
@@ -1140,6 +1145,7 @@ async def measure_latency(cfg: Config, in_topic: str, out_tps: list[TopicPartiti
             batch = await sink.getmany(timeout_ms=100)
             now = time.time()
             for records in batch.values():
+                lat.outputs += len(records)
                 for r in records:
                     stamp = extract(r.value)
                     if stamp is not None and stamp[0] not in seen and stamp[0] >= seq_base:
@@ -1180,6 +1186,9 @@ async def measure_latency(cfg: Config, in_topic: str, out_tps: list[TopicPartiti
         await asyncio.sleep(0.3)  # let the sink fetch once before the first send
         await send()
         await receiver
+        if cfg.exactly_once:  # offsets passed over without a record: the markers
+            read = sum([await sink.position(tp) - start_offsets.get(tp, 0) for tp in out_tps])
+            lat.markers = read - lat.outputs
     finally:
         await producer.stop()
         await sink.stop()
@@ -1199,6 +1208,9 @@ def latency_note(lat: Latency) -> str | None:
     if lat.over_capacity:
         notes.append(f"offered {lat.offered:g}/s > achieved {lat.output_rate:,.0f}/s: "
                      "the latencies are mostly queueing")
+    if lat.markers:
+        notes.append(f"{lat.markers} commit markers among the {lat.outputs} outputs: "
+                     f"{lat.outputs / lat.markers:.1f} outputs per transaction")
     tenth = len(lat.latencies_ms) // 10
     if tenth >= 20:  # in send order: a queue shows as latencies growing through the phase
         early = percentile(lat.latencies_ms[:tenth], 50) or 0.0
