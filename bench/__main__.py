@@ -15,6 +15,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from bench.harness import (
     clean_redis,
     delete_topics,
     guarantee_mismatches,
+    machine_cpu,
     make_events,
     pick_redis,
 )
@@ -172,11 +174,17 @@ async def run(args: argparse.Namespace, broker: Broker, workdir: Path, run_id: s
     try:
         for name, step in steps:
             print(f"... {name}", file=sys.stderr, flush=True)
+            busy, own = machine_cpu()
+            started = time.monotonic()
             try:
                 await step()
             except Exception as exc:  # a crashed worker: report it, measure the rest
                 bench.failures.append(f"{name} FAILED: {type(exc).__name__}: {exc}")
                 print(f"... {name} failed: {exc}", file=sys.stderr, flush=True)
+            finally:
+                busy_after, own_after = machine_cpu()
+                others = (busy_after - busy) - (own_after - own)
+                bench.others.append((name, others / max(1e-9, time.monotonic() - started)))
         bench.failures += guarantee_mismatches(cfg)
         return report(bench), bool(bench.failures)
     finally:

@@ -306,6 +306,8 @@ class Bench:
     broker_desc: str
     #: The 1/5/15-minute load average when the run began (the report adds the end's).
     load_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
+    #: Per step: the cores other processes than this run's took on average meanwhile.
+    others: list[tuple[str, float]] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
     memory: list[MemoryResult] = field(default_factory=list)
     idle: list[IdleResult] = field(default_factory=list)
@@ -1314,6 +1316,35 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(CPU seconds the machine's CPUs have been busy, CPU seconds of this process and its
+    descendants — the reaped ones through their parents' ``cutime``/``cstime``) so far.
+    Their difference over a step is what other processes took: the two cores are shared
+    with other engineers' test runs, and a load average counts this run too."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+            int, stat.readline().split()[1:9])
+    busy = (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+    children: dict[int, list[int]] = {}
+    spent: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        spent[pid] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    own, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        own += spent.get(pid, 0)
+        todo += children.get(pid, [])
+    return busy, own / CLOCK_TICKS
 
 
 def dir_bytes(path: Path) -> int:

@@ -50,7 +50,10 @@ def _header(bench: Bench) -> list[str]:
         f"broker    {bench.broker_desc}; redis {cfg.redis_desc}",
         f"guarantee {_guarantee(cfg)}",
         f"load      1/5/15-min load average {_load(bench.load_start)} at the start, "
-        f"{_load(os.getloadavg())} at the end (other processes share the CPUs)",
+        f"{_load(os.getloadavg())} at the end (this run's processes included)",
+        "others    cores other processes took, on average, during "
+        + (", ".join(f"{name} {cores:.2f}" for name, cores in bench.others) or "-")
+        + f" (of {len(os.sched_getaffinity(0))})",
         f"workload  {cfg.events} events over {max(1, cfg.events // 10)} contacts (workflow: "
         f"{cfg.events} contact.created, one each), {cfg.partitions} partitions; latency: "
         f"each phase >= {cfg.latency_events} events and >= {cfg.latency_seconds:g} s, at "
