@@ -9,25 +9,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import logging
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 from bench.harness import (
     Bench,
     Config,
     clean_redis,
     delete_topics,
+    guarantee_mismatches,
+    machine_cpu,
     make_events,
     pick_redis,
 )
 from bench.paths import DEFAULT_PATHS, PATHS, contacts
 from bench.report import report
+from streams.apache_kafka import KAFKA_VERSION, KafkaCluster, KafkaUnavailable
+from streams.capabilities import Capabilities, GuaranteeError, guarantee, probe
 from streams.embedded import EmbeddedBroker
+from streams.settings import Settings
 
 
 def _numbers(text: str) -> tuple[float, ...]:
@@ -85,9 +94,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pyspy", type=float, default=0.0, metavar="SECONDS",
                    help="record the worker with py-spy for SECONDS during the ingest and "
                         "workflow throughput phases (0 = off)")
-    p.add_argument("--broker", help="use this bootstrap host:port instead of an embedded Tansu")
+    p.add_argument("--broker", help="kafka: start an Apache Kafka node here (needs Java 17+ "
+                                    "and Maven); HOST:PORT: use that broker (default: start "
+                                    "an embedded Tansu)")
     p.add_argument("--profile", choices=("embedded", "production"), default="embedded",
-                   help="DRIPSTREAM_PROFILE of the workers (embedded; real Kafka: production)")
+                   help="DRIPSTREAM_PROFILE of the workers (embedded; a given production "
+                        "Kafka: production)")
+    p.add_argument("--guarantee", choices=("auto", "exactly_once", "at_least_once"),
+                   default="auto", help="DRIPSTREAM_GUARANTEE of the workers (auto: "
+                                        "exactly-once where the broker has transactions)")
     p.add_argument("--redis", default="redis://127.0.0.1:6379/0",
                    help="read-model Redis; an embedded Valkey is started if it does not answer")
     p.add_argument("--timeout", type=float, default=180.0, help="deadline of each phase, s (180)")
@@ -103,26 +118,54 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def run(args: argparse.Namespace, bootstrap: str, broker: EmbeddedBroker | None,
-              workdir: Path) -> tuple[str, bool]:
+@dataclasses.dataclass(frozen=True)
+class Broker:
+    """The broker of a run: its bootstrap, kind (``Config.broker``), description and, if
+    this run started it, its process."""
+
+    bootstrap: str
+    kind: str
+    desc: str
+    pid: int | None = None
+
+
+async def choose_guarantee(bootstrap: str, run_id: str, wanted: str
+                           ) -> tuple[Capabilities, str]:
+    """What the workers will run with ``DRIPSTREAM_GUARANTEE=wanted`` on this broker,
+    decided as they decide it (:mod:`streams.capabilities`: the broker is asked, not
+    guessed from its name). Raises :class:`GuaranteeError` (exactly_once on Tansu)."""
+    settings = Settings(broker=f"kafka://{bootstrap}", topic_prefix=f"bench{run_id}.",
+                        guarantee=cast(Any, wanted))
+    log = logging.getLogger("aiokafka")  # a refused InitProducerId is an answer here
+    disabled, log.disabled = log.disabled, True
+    try:
+        capabilities = await probe(settings)
+    finally:
+        log.disabled = disabled
+    return capabilities, guarantee(settings, capabilities)
+
+
+async def run(args: argparse.Namespace, broker: Broker, workdir: Path, run_id: str,
+              capabilities: Capabilities, chosen: str) -> tuple[str, bool]:
     """The report, and whether a step failed."""
     redis_url, embedded_redis = await pick_redis(args.redis)
     redis_desc = (f"{redis_url}" if embedded_redis is None
                   else f"embedded Valkey {redis_url} (nothing answered at {args.redis})")
     cfg = Config(
-        bootstrap=bootstrap, redis_url=redis_url, redis_desc=redis_desc, events=args.events,
-        partitions=args.partitions, latency_events=args.latency_events,
+        bootstrap=broker.bootstrap, redis_url=redis_url, redis_desc=redis_desc,
+        events=args.events, partitions=args.partitions, latency_events=args.latency_events,
         latency_seconds=args.latency_seconds, rate=args.rate,
         workflow_rates=args.workflow_rates, timeout=args.timeout, profile=args.profile,
-        workdir=workdir, run_id=uuid.uuid4().hex[:8], workers=args.workers,
+        workdir=workdir, run_id=run_id, workers=args.workers,
         contacts=args.contacts, contacts_stores=args.contacts_stores,
         idle_seconds=args.idle_seconds,
         idle_fetch_waits=tuple(round(w) for w in args.idle_fetch_waits), pyspy=args.pyspy,
-        broker_given=broker is None, campaign_contacts=args.campaign_contacts,
-        recovery_contacts=args.recovery_contacts)
-    desc = f"embedded Tansu {bootstrap}" if broker else f"{bootstrap} (given)"
-    bench = Bench(cfg, make_events(cfg.events, cfg.run_id), desc,
-                  broker.pid if broker else None)
+        broker=broker.kind, broker_pid=broker.pid, campaign_contacts=args.campaign_contacts,
+        recovery_contacts=args.recovery_contacts, guarantee=args.guarantee,
+        exactly_once=chosen == "exactly_once",
+        exact_ends=capabilities.exact_end_offsets)
+    desc = f"{broker.desc} ({capabilities.describe()})"
+    bench = Bench(cfg, make_events(cfg.events, cfg.run_id), desc)
     steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         (name, functools.partial(PATHS[name], bench)) for name in args.paths]
     if cfg.contacts:
@@ -131,44 +174,77 @@ async def run(args: argparse.Namespace, bootstrap: str, broker: EmbeddedBroker |
     try:
         for name, step in steps:
             print(f"... {name}", file=sys.stderr, flush=True)
+            busy, own = machine_cpu()
+            started = time.monotonic()
             try:
                 await step()
             except Exception as exc:  # a crashed worker: report it, measure the rest
                 bench.failures.append(f"{name} FAILED: {type(exc).__name__}: {exc}")
                 print(f"... {name} failed: {exc}", file=sys.stderr, flush=True)
+            finally:
+                busy_after, own_after = machine_cpu()
+                others = (busy_after - busy) - (own_after - own)
+                bench.others.append((name, others / max(1e-9, time.monotonic() - started)))
+        bench.failures += guarantee_mismatches(cfg)
         return report(bench), bool(bench.failures)
     finally:
         with contextlib.suppress(Exception):
             await clean_redis(redis_url, cfg.run_id)
-        if broker is None:
+        if cfg.broker_given:
             with contextlib.suppress(Exception):
-                await delete_topics(bootstrap, cfg.run_id)
+                await delete_topics(broker.bootstrap, cfg.run_id)
         if embedded_redis is not None:
             await asyncio.to_thread(embedded_redis.stop)
+
+
+def start_broker(args: argparse.Namespace, workdir: Path,
+                 started: list[EmbeddedBroker | KafkaCluster]) -> Broker:
+    """The run's broker: given, an Apache Kafka node or an embedded Tansu started here
+    (appended to ``started``, for the caller to stop)."""
+    if args.broker == "kafka":
+        cluster = KafkaCluster(workdir / "kafka", nodes=1)
+        started.append(cluster)
+        cluster.start()
+        node = cluster.nodes[0]
+        return Broker(cluster.bootstrap, "kafka",
+                      f"Apache Kafka {KAFKA_VERSION}, one KRaft node started here "
+                      f"{cluster.bootstrap} (heap {cluster.heap})",
+                      node.proc.pid if node.proc else None)
+    if args.broker:
+        bootstrap = args.broker.split("://")[-1]
+        return Broker(bootstrap, "given", f"{bootstrap} (given)")
+    tansu = EmbeddedBroker(log_path=workdir / "tansu.log")
+    started.append(tansu)
+    tansu.start()
+    return Broker(tansu.bootstrap, "tansu", f"embedded Tansu {tansu.bootstrap}", tansu.pid)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="dripstream-bench-"))
-    broker: EmbeddedBroker | None = None
-    ok = False
+    started: list[EmbeddedBroker | KafkaCluster] = []
+    ok = refused = False
     try:
-        if args.broker:
-            bootstrap = args.broker.split("://")[-1]
-        else:
-            broker = EmbeddedBroker(log_path=workdir / "tansu.log").start()
-            bootstrap = broker.bootstrap
-        text, failed = asyncio.run(run(args, bootstrap, broker, workdir))
+        run_id = uuid.uuid4().hex[:8]
+        broker = start_broker(args, workdir, started)
+        capabilities, chosen = asyncio.run(choose_guarantee(broker.bootstrap, run_id,
+                                                            args.guarantee))
+        text, failed = asyncio.run(run(args, broker, workdir, run_id, capabilities, chosen))
         print(text)
         ok = not failed
+    except (KafkaUnavailable, GuaranteeError) as exc:
+        # One line, exit 2: Java or Maven missing (or the node would not start: its log is
+        # kept), or --guarantee exactly_once on a broker without transactions.
+        print(f"python -m bench: {exc}", file=sys.stderr)
+        refused = True
     finally:
-        if broker is not None:
-            broker.stop()
-        if ok and not args.keep:
+        for broker_process in reversed(started):
+            broker_process.stop()
+        if (ok and not args.keep) or (refused and not (workdir / "kafka").exists()):
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"logs kept in {workdir}", file=sys.stderr)
-    return 0 if ok else 1
+    return 2 if refused else 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Self, cast
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -30,9 +30,10 @@ from aiokafka.structs import TopicPartition
 
 from producers.admin import publish_definition
 from producers.publisher import build_event
+from streams.compat import visible_ends
 from streams.embedded import EmbeddedRedis, WorkerProcess, read_records, topic_ends
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import ensure_topics, wait_for_leaders
 from tables.contacts import decode as decode_state
 from tables.readmodel import ReadModel
 from tables.store import partition_for
@@ -102,14 +103,27 @@ class Config:
     idle_seconds: float = 30.0
     idle_fetch_waits: tuple[int, ...] = (10, 50, 100, 250)
     pyspy: float = 0.0
-    broker_given: bool = False
+    #: ``tansu`` (started here), ``kafka`` (an Apache Kafka node started here) or
+    #: ``given`` (``--broker HOST:PORT``: not ours to restart, its CPU not measured).
+    broker: str = "tansu"
+    #: The broker's process when this run started it (its CPU is measured).
+    broker_pid: int | None = None
     campaign_contacts: int = 100_000
     recovery_contacts: int = 200_000
+    #: ``DRIPSTREAM_GUARANTEE`` of the workers (``--guarantee``).
+    guarantee: str = "auto"
+    #: What the workers run with that setting on this broker (the bench asks the broker
+    #: as the workers do: ``streams.capabilities``): exactly-once writes every batch in
+    #: transactions, so end offsets count commit markers too and outputs are read
+    #: ``read_committed``.
+    exactly_once: bool = False
+    #: The broker's ListOffsets(latest) counts every record (Kafka). Tansu's is short:
+    #: end offsets come from a Fetch's high watermark there.
+    exact_ends: bool = False
 
     @property
-    def embedded(self) -> bool:
-        """Tansu (embedded profile): end offsets come from Fetch high watermarks."""
-        return self.profile == "embedded"
+    def broker_given(self) -> bool:
+        return self.broker == "given"
 
     def prefix(self, name: str) -> str:
         """A topic / group / Redis-key prefix of this run (all removed afterwards)."""
@@ -141,6 +155,11 @@ class Latency:
     latencies_ms: list[float] = field(default_factory=list)
     #: The channel path: each output's last hop alone (send command → provider call).
     channel_ms: list[float] = field(default_factory=list)
+    #: Exactly-once: outputs read and the commit markers among them (one per
+    #: transaction that wrote a partition): how many outputs a transaction carries at
+    #: this rate.
+    outputs: int = 0
+    markers: int | None = None
 
     def percentile(self, q: float) -> float | None:
         return percentile(self.latencies_ms, q)
@@ -168,6 +187,14 @@ class Result:
     workers: int = 1
     #: The path this one is a variant of (N workers: the 1-worker run).
     baseline: str | None = None
+    #: CPU seconds of ``worker`` (all of them) and ``broker`` over the throughput phase
+    #: (:class:`PhaseCpu`); None where not measured.
+    cpu_s: dict[str, float | None] = field(default_factory=dict)
+
+    def cpu_us_per_event(self, name: str) -> float | None:
+        """CPU time of ``name`` per event of the throughput phase, in µs."""
+        cpu = self.cpu_s.get(name)
+        return None if cpu is None or not self.events else cpu / self.events * 1e6
 
     @property
     def events_per_s(self) -> float | None:
@@ -277,7 +304,10 @@ class Bench:
     cfg: Config
     events: list[Record]
     broker_desc: str
-    broker_pid: int | None = None
+    #: The 1/5/15-minute load average when the run began (the report adds the end's).
+    load_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
+    #: Per step: the cores other processes than this run's took on average meanwhile.
+    others: list[tuple[str, float]] = field(default_factory=list)
     results: list[Result] = field(default_factory=list)
     memory: list[MemoryResult] = field(default_factory=list)
     idle: list[IdleResult] = field(default_factory=list)
@@ -445,7 +475,8 @@ def crc32_partition(key: bytes | None, partitions: int) -> int:
 def settings_for(cfg: Config, prefix: str) -> Settings:
     return Settings(broker=f"kafka://{cfg.bootstrap}", topic_prefix=prefix,
                     partitions=cfg.partitions, redis_url=cfg.redis_url,
-                    profile="embedded" if cfg.embedded else "production")
+                    profile="embedded" if cfg.profile == "embedded" else "production",
+                    guarantee=cast(Any, cfg.guarantee))
 
 
 async def prepare(cfg: Config, prefix: str, definitions: Sequence[dict[str, Any]] = ()
@@ -470,6 +501,9 @@ async def create_topic(bootstrap: str, name: str, partitions: int) -> None:
     try:
         if name not in set(await admin.list_topics()):
             await admin.create_topics([NewTopic(name, partitions, 1)])
+            # Kafka answers before the partitions have leaders: a producer writing at
+            # once retries, and logs every retry.
+            await wait_for_leaders(admin, [name])
     finally:
         await admin.close()
 
@@ -539,25 +573,56 @@ def tps_of(topic: str, partitions: int) -> list[TopicPartition]:
     return [TopicPartition(topic, p) for p in range(partitions)]
 
 
-def assigned_consumer(bootstrap: str) -> AIOKafkaConsumer:
-    """A group-less consumer for manual assignment, fetching with a short wait."""
-    return AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+def reader(cfg: Config) -> AIOKafkaConsumer:
+    """A group-less consumer of the workers' outputs for manual assignment, fetching with
+    a short wait; ``read_committed`` when the workers run exactly-once: it is handed only
+    committed transactions' records (a latency is then the time until a channel worker
+    could see the output) and its end offsets are the last stable offsets."""
+    return AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, group_id=None,
                             enable_auto_commit=False, auto_offset_reset="earliest",
-                            fetch_max_wait_ms=10)
+                            fetch_max_wait_ms=10,
+                            isolation_level="read_committed" if cfg.exactly_once
+                            else "read_uncommitted")
+
+
+async def reader_ends(cfg: Config, consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+                      ) -> dict[TopicPartition, int]:
+    """Where :func:`reader` ``consumer`` ends now: the high watermark (on Tansu read from a
+    Fetch, its ListOffsets is short) or, ``read_committed``, the last stable offset
+    (below it every transaction is decided; reading up to it passes the markers too)."""
+    return await topic_ends(consumer, tps, embedded=not cfg.exact_ends)
 
 
 async def end_offsets(cfg: Config, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    probe = assigned_consumer(cfg.bootstrap)
+    probe = reader(cfg)
     await probe.start()
     try:
         probe.assign(tps)
-        return await topic_ends(probe, tps, embedded=cfg.embedded)
+        return await reader_ends(cfg, probe, tps)
+    finally:
+        await probe.stop()
+
+
+async def consumed_ends(cfg: Config, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The offsets a group that has consumed everything of ``tps`` has committed: the end
+    offsets, or with exactly-once workers the last visible record + 1 — a log that ends
+    with a commit marker is consumed to before the marker."""
+    if not cfg.exactly_once:
+        return await end_offsets(cfg, tps)
+    probe = reader(cfg)
+    await probe.start()
+    try:
+        probe.assign(tps)
+        return await visible_ends(probe, tps)
     finally:
         await probe.stop()
 
 
 async def count_records(cfg: Config, topic: str) -> int:
-    return sum((await end_offsets(cfg, tps_of(topic, cfg.partitions))).values())
+    """The records of ``topic`` (see :class:`Tail`: end offsets, or read when they also
+    count transaction markers)."""
+    async with Tail(cfg, tps_of(topic, cfg.partitions)) as tail:
+        return await tail.now()
 
 
 async def read_upto(cfg: Config, until: Mapping[TopicPartition, int], max_seconds: float = 60.0,
@@ -565,7 +630,7 @@ async def read_upto(cfg: Config, until: Mapping[TopicPartition, int], max_second
     """The records of ``until``'s partitions up to those offsets (shared reader)."""
     if all(v <= (start or {}).get(tp, 0) for tp, v in until.items()):
         return []
-    consumer = assigned_consumer(cfg.bootstrap)
+    consumer = reader(cfg)
     await consumer.start()
     try:
         return await read_records(consumer, until, start=start, max_seconds=max_seconds)
@@ -615,6 +680,7 @@ class BenchWorker:
         environ.update({
             "DRIPSTREAM_BROKER": f"kafka://{cfg.bootstrap}",
             "DRIPSTREAM_PROFILE": cfg.profile,
+            "DRIPSTREAM_GUARANTEE": cfg.guarantee,
             "DRIPSTREAM_TOPIC_PREFIX": prefix,
             "DRIPSTREAM_PARTITIONS": str(cfg.partitions),
             "DRIPSTREAM_REDIS_URL": cfg.redis_url,
@@ -731,6 +797,24 @@ def log_warnings(workers: Sequence[BenchWorker], since: Sequence[int] | None = N
     return sum(seen.values()), [f"{n}x {line}" for line, n in seen.most_common()]
 
 
+#: What a worker prints at start (``streams/cli.py``): the guarantee it runs.
+_GUARANTEE_LINE = re.compile(r"^broker: .*; guarantee: (\w+)$", re.MULTILINE)
+
+
+def guarantee_mismatches(cfg: Config) -> list[str]:
+    """Workers of this run whose log says they ran another guarantee than the bench
+    measured for: the counts and the isolation level would then be wrong."""
+    want = "exactly_once" if cfg.exactly_once else "at_least_once"
+    out = []
+    for log in sorted(cfg.workdir.glob("worker-*.log")):
+        with contextlib.suppress(OSError):
+            for got in _GUARANTEE_LINE.findall(log.read_text(errors="replace")):
+                if got != want:
+                    out.append(f"{log.name}: the worker ran {got}, the bench read its "
+                               f"outputs as {want}")
+    return out
+
+
 def set_clock(path: Path, at: datetime, lead: float) -> float:
     """Move the clock of the workers reading ``path`` (``DRIPSTREAM_CLOCK_OFFSET_FILE``,
     :mod:`streams.clock`) so that it shows ``at`` ``lead`` seconds from now; returns that
@@ -746,52 +830,181 @@ def set_clock(path: Path, at: datetime, lead: float) -> float:
 # --------------------------------------------------------------------------- throughput
 
 
-async def wait_count(cfg: Config, tps: list[TopicPartition], n: int, deadline: float,
+#: Seconds between two looks at the outputs' end offsets during a throughput phase, and
+#: before its first output (shorter: the CPU window starts close to the phase's start).
+POLL_S = 0.25
+FIRST_POLL_S = 0.05
+
+
+class Tail:
+    """Follows partitions forward from ``start``: how many records they got since, and
+    (``keep``) the records, reading as little as it can while a worker writes.
+
+    Without transactions an end offset counts records, so counting reads nothing (the
+    Tansu figures' method: this process takes no CPU from the worker). Exactly-once
+    workers leave a commit marker in each partition per transaction, so end offsets
+    overcount; the tail then reads ``read_committed`` (what a channel worker is handed)
+    and counts what it read, each time only what is new since the last read.
+    ``on_record`` sees each record read (and makes the tail read in every mode).
+    """
+
+    def __init__(self, cfg: Config, tps: list[TopicPartition], *,
+                 start: Mapping[TopicPartition, int] | None = None, keep: bool = False,
+                 on_record: Callable[[Any], None] | None = None) -> None:
+        self.cfg = cfg
+        self.tps = tps
+        self.start: dict[TopicPartition, int] = {tp: (start or {}).get(tp, 0) for tp in tps}
+        self.position = dict(self.start)  # read up to here
+        self.ends_seen = dict(self.start)  # the end offsets last looked at
+        self.keep = keep
+        self.on_record = on_record
+        self.kept: list[Any] = []
+        self.records = 0  # records read
+        self.by_offsets = not cfg.exactly_once and on_record is None
+        self.consumer = reader(cfg)
+
+    async def __aenter__(self) -> Self:
+        await self.consumer.start()
+        self.consumer.assign(self.tps)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    @property
+    def count(self) -> int:
+        """Records from ``start`` up to the ends last looked at (offsets count them) or,
+        reading, to where the last read stopped."""
+        if self.by_offsets:
+            return sum(self.ends_seen[tp] - self.start[tp] for tp in self.tps)
+        return self.records
+
+    @property
+    def markers(self) -> int:
+        """Offsets read over that held no record handed to this reader: transaction
+        markers (and aborted records), ``read_committed``."""
+        return int(sum(self.position[tp] - self.start[tp] for tp in self.tps)) - self.records
+
+    async def ends(self) -> dict[TopicPartition, int]:
+        self.ends_seen = await reader_ends(self.cfg, self.consumer, self.tps)
+        return self.ends_seen
+
+    async def read(self, until: Mapping[TopicPartition, int], max_seconds: float = 60.0) -> None:
+        """Take in the records from where the last read stopped up to ``until``."""
+        if all(until[tp] <= self.position[tp] for tp in self.tps):
+            return
+        records = await read_records(self.consumer, until, start=self.position,
+                                     max_seconds=max_seconds)
+        self.position = dict(until)
+        self.records += len(records)
+        if self.keep:
+            self.kept += records
+        if self.on_record is not None:
+            for r in records:
+                self.on_record(r)
+
+    async def now(self) -> int:
+        """:attr:`count` as of now."""
+        ends = await self.ends()
+        if not self.by_offsets:
+            await self.read(ends)
+        return self.count
+
+    async def follow(self, done: Callable[[], bool], deadline: float,
                      alive: Callable[[], None],
-                     on_first: Callable[[], Awaitable[None]] | None = None,
-                     ) -> dict[TopicPartition, int]:
-    """Wait until ``tps`` hold ``n`` records (high watermarks only, so this process takes
-    no CPU from the worker); the high watermarks then. ``on_first`` runs once the first
-    record is there."""
-    hw = {tp: 0 for tp in tps}
-    probe = assigned_consumer(cfg.bootstrap)
-    await probe.start()
-    try:
-        probe.assign(tps)
+                     on_first: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Until ``done()`` or ``deadline``: look at the end offsets; counting by offsets
+        that is all, else read the new records only once the ends stopped growing for a
+        look — so this process takes (almost) no CPU from the worker while it writes.
+        ``on_first`` runs once the first output is there."""
+        last: dict[TopicPartition, int] | None = None
         while time.monotonic() < deadline:
             alive()
-            hw = await topic_ends(probe, tps, embedded=cfg.embedded)
-            if on_first is not None and sum(hw.values()) > 0:
+            ends = await self.ends()
+            if on_first is not None and ends != self.start:
                 await on_first()
                 on_first = None
-            if sum(hw.values()) >= n:
-                break
-            await asyncio.sleep(0.25)
-        return hw
-    finally:
-        await probe.stop()
+            if self.by_offsets:
+                if done():
+                    return
+            elif ends == last and ends != self.position:
+                await self.read(ends, max(30.0, deadline - time.monotonic()))
+                if done():
+                    return
+            last = ends
+            await asyncio.sleep(FIRST_POLL_S if on_first is not None else POLL_S)
+        if not self.by_offsets:  # what came by the deadline
+            await self.read(await self.ends(), 60.0)
+
+
+async def wait_count(cfg: Config, tps: list[TopicPartition], n: int, deadline: float,
+                     alive: Callable[[], None]) -> int:
+    """Wait until ``tps`` hold ``n`` records (:class:`Tail`); the count then."""
+    async with Tail(cfg, tps) as tail:
+        await tail.follow(lambda: tail.count >= n, deadline, alive)
+        return tail.count
+
+
+def cpu_of(pids: Mapping[str, Sequence[int]]) -> dict[str, float | None]:
+    """CPU seconds so far of each group of processes (None if one is gone or the group
+    is empty)."""
+    out: dict[str, float | None] = {}
+    for name, group in pids.items():
+        times = [cpu_seconds(pid) for pid in group]
+        out[name] = None if not group or None in times else sum(t or 0.0 for t in times)
+    return out
+
+
+class PhaseCpu:
+    """CPU seconds of the processors (``pids``: the workers) and, if this run started
+    it, the broker over a throughput phase: from when its first output is seen (looked
+    for every :data:`FIRST_POLL_S`; the first batch's work falls before it) to when the
+    phase is seen done."""
+
+    def __init__(self, cfg: Config, pids: Sequence[int]) -> None:
+        self.pids = {"worker": list(pids),
+                     "broker": [cfg.broker_pid] if cfg.broker_pid else []}
+        self.before: dict[str, float | None] | None = None
+
+    def begin(self) -> None:
+        self.before = cpu_of(self.pids)
+
+    def end(self, result: Result) -> None:
+        if self.before is None:
+            return
+        after = cpu_of(self.pids)
+        for name, a in self.before.items():
+            b = after[name]
+            result.cpu_s[name] = None if a is None or b is None else b - a
 
 
 async def drain_count(cfg: Config, workers: Sequence[BenchWorker], tps: list[TopicPartition],
                       n: int, deadline: float, result: Result, what: str,
                       spy: Spy | None = None) -> list[Any]:
     """Throughput phase measured by a record count (send commands): wait until ``tps``
-    hold ``n`` records (polling the high watermarks only, so this process takes no CPU
-    from the worker), then set the result from their timestamps (first → last)."""
-    async def profile() -> None:
+    hold ``n`` records (:class:`Tail`: this process reads nothing while the worker
+    writes), then set the result from their timestamps (first → last)."""
+    cpu = PhaseCpu(cfg, [w.pid for w in workers])
+
+    async def first() -> None:
+        cpu.begin()
         if spy is not None:
             await spy.start(workers[0].pid)
 
-    hw = await wait_count(cfg, tps, n, deadline, all_alive(workers), profile)
+    async with Tail(cfg, tps, keep=True) as tail:
+        await tail.follow(lambda: tail.count >= n, deadline, all_alive(workers), first)
+        cpu.end(result)
+        await tail.read(tail.ends_seen, max(30.0, deadline - time.monotonic()))
     if spy is not None:
         await spy.finish()
-    records = await read_upto(cfg, hw, max(30.0, deadline - time.monotonic()))
+    records = tail.kept
     if len(records) < n:
         result.notes.append(f"throughput: {len(records)}/{n} {what} before the deadline "
                             "(the rest is missing, or still queued ahead of the latency phase)")
     if kinds := {r.timestamp_type for r in records} - {0}:
         result.notes.append(f"{what} timestamp types {sorted(kinds)} (0 = CreateTime)")
     result.events = len(records)
+    transactions_note(cfg, result, tail, what)
     if records:
         lo, hi = min(r.timestamp for r in records), max(r.timestamp for r in records)
         result.seconds = (hi - lo) / 1000 if len(records) > 1 else None
@@ -799,7 +1012,17 @@ async def drain_count(cfg: Config, workers: Sequence[BenchWorker], tps: list[Top
     return records
 
 
-class ChangelogWatch:
+def transactions_note(cfg: Config, result: Result, tail: Tail, what: str) -> None:
+    """Exactly-once: the commit markers among the outputs of the throughput phase — one
+    per transaction that wrote a partition, so about the transactions of the phase."""
+    if cfg.exactly_once and tail.markers:
+        result.notes.append(
+            f"transactions: {tail.markers} commit markers among the {tail.records} {what} "
+            f"of the throughput phase: {result.events / tail.markers:.1f} events per "
+            "transaction (one transaction per input partition per batch)")
+
+
+class ChangelogWatch(Tail):
     """Follows the contacts changelog: per contact, the highest ``version`` seen and the
     timestamp of the record where it first reached the expected one.
 
@@ -811,26 +1034,14 @@ class ChangelogWatch:
 
     def __init__(self, cfg: Config, tps: list[TopicPartition], expected: Mapping[bytes, int],
                  inspect: Callable[[bytes, bytes, dict[str, Any]], None] | None = None) -> None:
-        self.cfg = cfg
-        self.tps = tps
+        super().__init__(cfg, tps, on_record=self._take)
         self.expected = expected
         self.inspect = inspect
-        self.position: dict[TopicPartition, int] = {tp: 0 for tp in tps}
         self.versions: dict[bytes, int] = {}
         self.reached: dict[bytes, int] = {}  # key → timestamp (ms) of the record
-        self.records = 0
         self.first_ts: int | None = None
         self.last_ts: int | None = None
         self.over = 0  # records with a version above the expected one
-        self.consumer = assigned_consumer(cfg.bootstrap)
-
-    async def __aenter__(self) -> ChangelogWatch:
-        await self.consumer.start()
-        self.consumer.assign(self.tps)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.consumer.stop()
 
     @property
     def complete(self) -> bool:
@@ -842,53 +1053,24 @@ class ChangelogWatch:
         return sum(min(v, self.expected[k]) for k, v in self.versions.items()
                    if k in self.expected)
 
-    async def ends(self) -> dict[TopicPartition, int]:
-        return await topic_ends(self.consumer, self.tps, embedded=self.cfg.embedded)
-
-    async def read(self, until: Mapping[TopicPartition, int], max_seconds: float) -> None:
-        """Take in the records from where the last read stopped up to ``until``."""
-        records = await read_records(self.consumer, until, start=self.position,
-                                     max_seconds=max_seconds)
-        self.position = dict(until)
-        for r in records:
-            self.records += 1
-            ts = r.timestamp
-            self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
-            self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
-            state = cast(dict[str, Any], decode_state(r.value))
-            version = state.get("version")
-            if not isinstance(version, int):
-                continue
-            key: bytes = r.key
-            self.versions[key] = max(version, self.versions.get(key, 0))
-            wanted = self.expected.get(key)
-            if wanted is not None:
-                if version == wanted and key not in self.reached:
-                    self.reached[key] = ts
-                elif version > wanted:
-                    self.over += 1
-            if self.inspect is not None:
-                self.inspect(key, r.value, state)
-
-    async def follow(self, deadline: float, alive: Callable[[], None],
-                     spy: Spy | None = None, pid: int | None = None) -> None:
-        """Until every contact is done or ``deadline``: poll the end offsets, and read the
-        new records only when they stopped growing for a poll — so this process takes
-        (almost) no CPU from the worker while it writes."""
-        last: dict[TopicPartition, int] | None = None
-        while time.monotonic() < deadline:
-            alive()
-            ends = await self.ends()
-            if spy is not None and pid is not None and sum(ends.values()) > 0:
-                await spy.start(pid)
-            if ends == last and ends != self.position:
-                await self.read(ends, max(30.0, deadline - time.monotonic()))
-                if self.complete:
-                    return
-            last = ends
-            await asyncio.sleep(0.25)
-        if self.position != (ends := await self.ends()):  # what came by the deadline
-            await self.read(ends, 60.0)
+    def _take(self, r: Any) -> None:
+        ts = r.timestamp
+        self.first_ts = ts if self.first_ts is None else min(self.first_ts, ts)
+        self.last_ts = ts if self.last_ts is None else max(self.last_ts, ts)
+        state = cast(dict[str, Any], decode_state(r.value))
+        version = state.get("version")
+        if not isinstance(version, int):
+            return
+        key: bytes = r.key
+        self.versions[key] = max(version, self.versions.get(key, 0))
+        wanted = self.expected.get(key)
+        if wanted is not None:
+            if version == wanted and key not in self.reached:
+                self.reached[key] = ts
+            elif version > wanted:
+                self.over += 1
+        if self.inspect is not None:
+            self.inspect(key, r.value, state)
 
 
 async def drain_versions(cfg: Config, workers: Sequence[BenchWorker],
@@ -899,9 +1081,16 @@ async def drain_versions(cfg: Config, workers: Sequence[BenchWorker],
     """Throughput phase of the ingest paths: done when every contact's changelog shows
     the version its events lead to; events/s = events / (first changelog record → the
     last record needed)."""
+    cpu = PhaseCpu(cfg, [w.pid for w in workers])
+
+    async def first() -> None:
+        cpu.begin()
+        if spy is not None and workers:
+            await spy.start(workers[0].pid)
+
     async with ChangelogWatch(cfg, tps, expected, inspect) as watch:
-        await watch.follow(deadline, all_alive(workers), spy,
-                           workers[0].pid if workers else None)
+        await watch.follow(lambda: watch.complete, deadline, all_alive(workers), first)
+        cpu.end(result)
     if spy is not None:
         await spy.finish()
     total = sum(expected.values())
@@ -913,6 +1102,7 @@ async def drain_versions(cfg: Config, workers: Sequence[BenchWorker],
     if watch.over:
         result.notes.append(f"{watch.over} changelog records with a version above the "
                             "events sent (events applied twice?)")
+    transactions_note(cfg, result, watch, "changelog records")
     end = max(watch.reached.values()) if watch.complete else watch.last_ts
     if watch.first_ts is not None and end is not None and end > watch.first_ts:
         result.seconds = (end - watch.first_ts) / 1000
@@ -931,10 +1121,11 @@ async def measure_latency(cfg: Config, in_topic: str, out_tps: list[TopicPartiti
                           partitioner: Partitioner | None = None) -> Latency:
     """Produce :meth:`Config.latency_count` stamped ``kind`` events (fresh contacts
     ``<run>-lat<seq>``) at ``rate``/s to ``in_topic`` and record, for each, the time its
-    output record was received minus its stamp."""
+    output record was received minus its stamp (``read_committed`` with exactly-once
+    workers: when a channel worker could first see it)."""
     m = cfg.latency_count(rate)
     lat = Latency(offered=rate)
-    sink = assigned_consumer(cfg.bootstrap)
+    sink = reader(cfg)
     producer = AIOKafkaProducer(bootstrap_servers=cfg.bootstrap, linger_ms=0)
     await sink.start()
     await producer.start()
@@ -956,6 +1147,7 @@ async def measure_latency(cfg: Config, in_topic: str, out_tps: list[TopicPartiti
             batch = await sink.getmany(timeout_ms=100)
             now = time.time()
             for records in batch.values():
+                lat.outputs += len(records)
                 for r in records:
                     stamp = extract(r.value)
                     if stamp is not None and stamp[0] not in seen and stamp[0] >= seq_base:
@@ -996,6 +1188,9 @@ async def measure_latency(cfg: Config, in_topic: str, out_tps: list[TopicPartiti
         await asyncio.sleep(0.3)  # let the sink fetch once before the first send
         await send()
         await receiver
+        if cfg.exactly_once:  # offsets passed over without a record: the markers
+            read = sum([await sink.position(tp) - start_offsets.get(tp, 0) for tp in out_tps])
+            lat.markers = read - lat.outputs
     finally:
         await producer.stop()
         await sink.stop()
@@ -1015,6 +1210,9 @@ def latency_note(lat: Latency) -> str | None:
     if lat.over_capacity:
         notes.append(f"offered {lat.offered:g}/s > achieved {lat.output_rate:,.0f}/s: "
                      "the latencies are mostly queueing")
+    if lat.markers:
+        notes.append(f"{lat.markers} commit markers among the {lat.outputs} outputs: "
+                     f"{lat.outputs / lat.markers:.1f} outputs per transaction")
     tenth = len(lat.latencies_ms) // 10
     if tenth >= 20:  # in send order: a queue shows as latencies growing through the phase
         early = percentile(lat.latencies_ms[:tenth], 50) or 0.0
@@ -1118,6 +1316,35 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(CPU seconds the machine's CPUs have been busy, CPU seconds of this process and its
+    descendants — the reaped ones through their parents' ``cutime``/``cstime``) so far.
+    Their difference over a step is what other processes took: the two cores are shared
+    with other engineers' test runs, and a load average counts this run too."""
+    with open("/proc/stat") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+            int, stat.readline().split()[1:9])
+    busy = (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+    children: dict[int, list[int]] = {}
+    spent: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        spent[pid] = sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    own, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        own += spent.get(pid, 0)
+        todo += children.get(pid, [])
+    return busy, own / CLOCK_TICKS
 
 
 def dir_bytes(path: Path) -> int:

@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import importlib.util
 import multiprocessing
+import os
 import sys
 import time
 from collections import Counter
@@ -63,12 +64,16 @@ from bench.harness import (
     Latency,
     MemoryResult,
     Partitioner,
+    PhaseCpu,
     Result,
     Spy,
+    Tail,
     all_alive,
     campaign_contacts,
     campaign_progress,
+    consumed_ends,
     count_records,
+    cpu_of,
     cpu_seconds,
     crc32_partition,
     create_topic,
@@ -204,9 +209,14 @@ async def raw(bench: Bench) -> None:
     await create_topic(cfg.bootstrap, out_topic, cfg.partitions)
     await produce_all(cfg.bootstrap, in_topic, events)
 
+    # The processor is this process: its CPU from the call on (the group join costs
+    # little) is the raw row's "worker" CPU.
+    cpu = PhaseCpu(cfg, [os.getpid()])
+    cpu.begin()
     first, last, count = await raw_passthrough(
         cfg.bootstrap, in_topic, out_topic, f"{s.topic_prefix}tput", limit=len(events),
         deadline=time.monotonic() + cfg.timeout)
+    cpu.end(result)
     if count < len(events):
         result.notes.append(f"throughput: only {count}/{len(events)} passed before the deadline")
     result.events = count
@@ -279,7 +289,12 @@ async def _ingest_like(bench: Bench, path: str, name: str, *,
 
         dead = await count_records(cfg, topic_name(s, "dead-letter"))
         total = await count_records(cfg, changelog)
-        in_model = await read_model_contacts(cfg.redis_url, s.topic_prefix)
+        # The read model is written after the changelog: give the last batch a moment.
+        until = time.monotonic() + 10
+        while ((in_model := await read_model_contacts(cfg.redis_url, s.topic_prefix))
+               < len(expected) + lat.sent and time.monotonic() < until):
+            worker.check_alive()
+            await asyncio.sleep(0.2)
         per_record = len(events) / watch.records if watch.records else 0.0
         result.notes.append(
             f"checks: {len(watch.reached)}/{len(expected)} contacts reached the version of "
@@ -420,9 +435,10 @@ async def workflow(bench: Bench) -> None:
         wrong = sum(c["body"] != str(now) for c in commands)  # the template's output
         sent = n + sum(lat.sent for lat in result.latency)
         until = time.monotonic() + 30  # the counts: let a backlog finish first
-        while (total := await count_records(cfg, sms)) < sent and time.monotonic() < until:
-            worker.check_alive()
-            await asyncio.sleep(0.5)
+        async with Tail(cfg, tps) as tail:  # reads only what is new at each look
+            while (total := await tail.now()) < sent and time.monotonic() < until:
+                worker.check_alive()
+                await asyncio.sleep(0.5)
         dead = await count_records(cfg, topic_name(s, "dead-letter"))
         result.notes.append(
             f"checks: {total} send commands for {sent} contact.created sent "
@@ -519,7 +535,7 @@ async def _engine_caught_up(cfg: Config, s: Settings, deadline: float,
                             alive: Callable[[], None]) -> None:
     """Until the engine's group has committed to the end of ``contact-events`` (it has
     applied every ``message.sent`` of the throughput phase: a latency phase must not queue
-    behind them)."""
+    behind them); the end a consumer commits to (:func:`consumed_ends`)."""
     tps = tps_of(topic_name(s, "contact-events"), cfg.partitions)
     probe = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, group_id=s.group_id,
                              enable_auto_commit=False)
@@ -527,7 +543,7 @@ async def _engine_caught_up(cfg: Config, s: Settings, deadline: float,
     try:
         while time.monotonic() < deadline:
             alive()
-            ends = await end_offsets(cfg, tps)
+            ends = await consumed_ends(cfg, tps)
             done = [(await probe.committed(tp) or 0) >= ends[tp] for tp in tps]
             if all(done):
                 return
@@ -600,7 +616,7 @@ async def _warm_up(cfg: Config, in_topic: str, sms_tps: list[Any], name: str,
     the definitions and run the whole pipeline once."""
     key, event = stamped_event(cfg.run_id, name, 0, "contact.created", time.time())
     await produce_all(cfg.bootstrap, in_topic, [(key, orjson.dumps(event))])
-    if sum((await wait_count(cfg, sms_tps, 1, deadline, alive)).values()) < 1:
+    if await wait_count(cfg, sms_tps, 1, deadline, alive) < 1:
         raise TimeoutError("the warm-up contact got no send command")
 
 
@@ -646,8 +662,7 @@ async def contacts(bench: Bench, store: str) -> None:
         finally:
             await load
         mem.seconds = probe.seconds
-        sends = sum((await wait_count(cfg, sms_tps, 2 * n + 1, deadline,
-                                      worker.check_alive)).values())
+        sends = await wait_count(cfg, sms_tps, 2 * n + 1, deadline, worker.check_alive)
         await asyncio.sleep(3)
         worker.check_alive()
         mem.rss_after = worker.rss()
@@ -681,7 +696,7 @@ async def contacts(bench: Bench, store: str) -> None:
 
 def _default_fetch_wait(cfg: Config) -> int:
     """The worker's fetch wait when DRIPSTREAM_FETCH_MAX_WAIT_MS is not set."""
-    profile = "embedded" if cfg.embedded else "production"
+    profile = "embedded" if cfg.profile == "embedded" else "production"
     return Settings(profile=profile, fetch_max_wait_ms=None).fetch_wait_ms
 
 
@@ -735,15 +750,20 @@ async def idle(bench: Bench) -> None:
                            f"{cfg.redis_url}, whose CPU is not measured")
     if cfg.broker_given:
         bench.notes.append("idle: the broker was given (--broker): its CPU is not measured")
+    elif cfg.broker == "kafka":
+        bench.notes.append("idle: every fetch wait runs on the run's Kafka node (not a fresh "
+                           "one: what earlier paths left on it may cost CPU)")
     try:
         for k, fetch_wait in enumerate([None, *cfg.idle_fetch_waits]):
-            # A fresh broker each time: what earlier runs left on it cannot cost CPU.
-            broker = None if cfg.broker_given else EmbeddedBroker(
+            # A fresh Tansu each time: what earlier runs left on it cannot cost CPU.
+            broker = None if cfg.broker != "tansu" else EmbeddedBroker(
                 log_path=cfg.workdir / f"tansu-idle-{fetch_wait or 'default'}.log").start()
             try:
-                icfg = dataclasses.replace(cfg, redis_url=redis_url,
-                                           bootstrap=broker.bootstrap if broker else cfg.bootstrap)
-                pids = {"broker": broker.pid if broker else None, "redis": redis_pid}
+                icfg = dataclasses.replace(
+                    cfg, redis_url=redis_url,
+                    bootstrap=broker.bootstrap if broker else cfg.bootstrap,
+                    broker_pid=broker.pid if broker else cfg.broker_pid)
+                pids = {"broker": icfg.broker_pid, "redis": redis_pid}
                 bench.idle.append(await _idle_once(icfg, fetch_wait, pids,
                                                    (k + 1) * SEQ_STRIDE))
             finally:
@@ -790,15 +810,6 @@ def _wall(t: float) -> str:
     return datetime.fromtimestamp(t).astimezone().strftime("%H:%M:%S.%f")[:-3]
 
 
-def _cpu(pids: dict[str, list[int]]) -> dict[str, float | None]:
-    """CPU seconds so far of each group of processes (None if one is gone)."""
-    out: dict[str, float | None] = {}
-    for name, group in pids.items():
-        times = [cpu_seconds(pid) for pid in group]
-        out[name] = None if not group or None in times else sum(t or 0.0 for t in times)
-    return out
-
-
 def _entries(record: dict[str, Any]) -> list[dict[str, Any]]:
     """A partition's progress record's occurrences: ``history`` and those in progress
     (``running``, by occurrence; formerly one ``current``)."""
@@ -840,11 +851,11 @@ async def _fire(bench: Bench, workers: Sequence[BenchWorker], prefix: str, clock
     start = await end_offsets(cfg, sms_tps)
     marks = log_sizes(workers)
     pids = {"workers": [w.pid for w in workers],
-            "broker": [bench.broker_pid] if bench.broker_pid else []}
+            "broker": [cfg.broker_pid] if cfg.broker_pid else []}
     alive = all_alive(workers)
     occurrence = _local_minute(at)
     spy = _spy(bench, f"campaign {label} {len(workers)}w") if every == 1 else None
-    cpu_before = _cpu(pids)
+    cpu_before = cpu_of(pids)
     fire = set_clock(clock, at, CAMPAIGN_LEAD)
     print(f"... campaign {label}, {len(workers)} worker(s): instant "
           f"{_wall(fire)}", file=sys.stderr, flush=True)
@@ -861,7 +872,7 @@ async def _fire(bench: Bench, workers: Sequence[BenchWorker], prefix: str, clock
         entries = await _occurrence_over(cfg, prefix, campaign_id, occurrence, deadline,
                                          alive)
         window = time.time() - fire
-        cpu_after = _cpu(pids)
+        cpu_after = cpu_of(pids)
         for name in pids:
             a, b = cpu_before[name], cpu_after[name]
             result.cpu[name] = None if a is None or b is None else (b - a) / window * 100

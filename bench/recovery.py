@@ -31,7 +31,7 @@ from bench.harness import (
     BenchWorker,
     Config,
     campaign_contacts,
-    end_offsets,
+    consumed_ends,
     murmur2_partition,
     prepare,
     produce_all,
@@ -100,7 +100,7 @@ async def _applied(cfg: Config, prefix: str, probes: dict[int, str], since: floa
 async def _committed(cfg: Config, group: str, topic: str, deadline: float) -> None:
     """Until the group has committed every input record (a restart then replays none)."""
     tps = tps_of(topic, cfg.partitions)
-    ends = await end_offsets(cfg, tps)
+    ends = await consumed_ends(cfg, tps)
     consumer = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, group_id=group,
                                 enable_auto_commit=False)
     await consumer.start()

