@@ -491,3 +491,39 @@ async def _set(event: asyncio.Event) -> bool:
 async def _assigned(w: ChannelWorker, count: int = 1) -> bool:
     consumer = w._consumer
     return consumer is not None and len(consumer.assignment()) >= count
+
+
+@pytest.mark.kafka
+async def test_a_send_topic_ending_in_a_commit_marker_is_no_input_waiting(stack: Stack) -> None:
+    """Exactly-once workers write sends in transactions, so an idle send topic ends with
+    a commit marker past the committed offset: that is no input waiting (it made idle
+    channel workers on Kafka report a stall and exit 70 after five minutes)."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, transactional_id=(
+        f"{stack.settings.topic_prefix}marker-test"))
+    await producer.start()
+    try:
+        async with producer.transaction():
+            await producer.send_and_wait(stack.topic("send.sms"),
+                                         orjson.dumps(raw_command("msg-m", "c-m", stack)),
+                                         key=b"c-m", partition=0)
+    finally:
+        await producer.stop()
+    calls: list[str] = []
+
+    async def deliver(cmd: SendCommand) -> Outcome:
+        calls.append(cmd.message_id)
+        return Outcome.sent("p-m")
+
+    w = worker(stack, deliver)
+    waiting: list[bool] = []
+
+    async def delivered_and_judged() -> bool:
+        if not calls or w._consumer is None:
+            return False
+        waiting.append(await w._input_waiting())
+        return waiting[-1] is False
+
+    await run_until(w, delivered_and_judged, "the delivery, then no input waiting")
+    assert calls == ["msg-m"]
