@@ -305,8 +305,8 @@ def campaign_status(status: str, active: bool) -> str:
 
 
 def campaign_actions(status: str) -> list[str]:
-    """The buttons that fit: none once cancelled or inactive."""
-    if status in ("cancelled", "inactive"):
+    """The buttons that fit: none once cancelled, completed or inactive."""
+    if status in ("cancelled", "completed", "inactive"):
         return []
     return ["resume" if status == "paused" else "pause", "cancel"]
 

@@ -85,7 +85,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from producers.publisher import build_event
-from streams.capabilities import BrokerRefused, Capabilities, probe
+from streams.capabilities import BrokerRefused, BrokerUnreachable, Capabilities, probe
 from streams.clock import Clock
 from streams.commands import SendCommand
 from streams.compat import SKIPPED, leave_by_expiry, set_fetch_wait
@@ -696,6 +696,11 @@ class ChannelWorker:
             log.critical("channel %s: the broker refused this worker: %s; exiting %d",
                          self.channel, exc, EXIT_CONFIG)
             return EXIT_CONFIG
+        except BrokerUnreachable as exc:  # restart it: the broker may be back by then
+            log.critical("channel %s: cannot reach the broker at %s (DRIPSTREAM_BROKER): "
+                         "%s; exiting %d", self.channel, self.settings.broker, exc,
+                         EXIT_FATAL)
+            return EXIT_FATAL
         except KafkaError as exc:
             log.critical("channel %s: broker error %r; exiting %d", self.channel, exc,
                          EXIT_FATAL)

@@ -145,11 +145,16 @@ async def probe(settings: Settings) -> Capabilities:
     if key not in _cache:
         client = AIOKafkaClient(bootstrap_servers=settings.bootstrap_servers,
                                 **settings.kafka_security())
+        clients_log = logging.getLogger("aiokafka")
+        level = clients_log.level
+        clients_log.setLevel(logging.CRITICAL)  # a refusal is said in one line, below
         try:
             await client.bootstrap()
         except KafkaConnectionError:
             await client.close()
             raise await diagnose(settings) from None
+        finally:
+            clients_log.setLevel(level)
         try:
             idempotence = await _granted(client, None)
             transactions = idempotence and await _granted(

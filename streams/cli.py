@@ -87,7 +87,8 @@ def worker() -> None:
         typer.echo(f"the broker refused this worker: {exc}", err=True)
         raise typer.Exit(2) from None
     except (KafkaError, OSError) as exc:
-        typer.echo(f"cannot reach the broker at {settings.broker}: {exc}", err=True)
+        typer.echo(f"cannot reach the broker at {settings.broker} (DRIPSTREAM_BROKER): {exc}",
+                   err=True)
         raise typer.Exit(EXIT_FATAL) from None
     typer.echo(f"broker: {capabilities.describe()}; guarantee: {chosen}", err=True)
     raise typer.Exit(run(build(settings, capabilities)))
@@ -441,10 +442,6 @@ def define(
 _FLAGS = {"action": "ACTION", "account": "--account", "contact_id": "--contact",
           "execution_id": "--execution", "workflow_id": "--workflow"}
 #: The statuses each per-execution action changes (tables/executions.py: control).
-_APPLIES = {"pause": ("waiting",), "resume": ("paused",),
-            "cancel": ("running", "waiting", "paused")}
-
-
 @cli.command()
 def control(
     action: Annotated[str, typer.Argument(help="pause | resume | cancel | cancel_all")],
@@ -461,7 +458,7 @@ def control(
     from pydantic import ValidationError
 
     from producers.admin import send_control
-    from streams.commands import Control
+    from streams.commands import APPLIES_TO, Control
 
     if action not in ("pause", "resume", "cancel", "cancel_all"):
         typer.echo(f"invalid ACTION {action!r}: pause, resume, cancel or cancel_all", err=True)
@@ -487,9 +484,9 @@ def control(
     assert contact is not None and execution is not None
     found = _execution(settings, account, contact, execution)
     status = found["status"]
-    if status not in _APPLIES[action]:
+    if status not in APPLIES_TO[action]:
         typer.echo(f"not sent: execution {execution} of {account}:{contact} is {status}; "
-                   f"{action} changes only a {' or '.join(_APPLIES[action])} one", err=True)
+                   f"{action} changes only a {' or '.join(APPLIES_TO[action])} one", err=True)
         raise typer.Exit(1)
     _producer_run(settings, lambda p, prefix: send_control(p, prefix, command))
     typer.echo(f"sent {action} for execution {execution} of {account}:{contact} "
@@ -668,14 +665,43 @@ def campaign_preview(
                            "audience": len(found), "first": found[:limit]}, indent=2))
 
 
+def _campaign_summary(settings: Any, registry: Any, campaign: dict[str, Any]
+                      ) -> dict[str, Any]:
+    """The campaign's status and progress summed over its partitions (the read model's
+    progress records), as ``campaign status`` shows them."""
+    from redis.asyncio import Redis
+
+    from tables.campaigns import progress_summary
+    from tables.readmodel import ReadModel
+
+    async def run() -> dict[int, dict[str, Any]]:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            found: dict[int, dict[str, Any]] = await ReadModel(
+                redis, settings.topic_prefix).get_progress(campaign["account"], campaign["id"])
+            return found
+        finally:
+            await redis.aclose()
+
+    progress = _reading_redis(settings, lambda: asyncio.run(run()))
+    summary: dict[str, Any] = progress_summary(registry, campaign, progress,
+                                               settings.partitions, _now(settings))
+    return summary
+
+
 def _control(action: str, campaign_id: str, account: str) -> None:
     from producers.admin import control_campaign
 
     settings = _one_shot()
     registry = _registry(settings)
-    _campaign(registry, account, campaign_id)
+    campaign = _campaign(registry, account, campaign_id)
     if registry.campaign_status(account, campaign_id) == "cancelled":
         typer.echo(f"campaign {account}/{campaign_id} is cancelled (final)", err=True)
+        raise typer.Exit(1)
+    if action != "cancel" and _campaign_summary(settings, registry, campaign)[
+            "status"] == "completed":
+        typer.echo(f"campaign {account}/{campaign_id} is completed: no occurrence is left "
+                   f"to {action}", err=True)
         raise typer.Exit(1)
     _producer_run(settings, lambda p, prefix: control_campaign(
         p, prefix, account, campaign_id, action, by=_by()))
@@ -926,6 +952,10 @@ def dev(
         # The broker starts empty: so must the worker's local table files (a rocksdb://
         # store would otherwise bring back contacts of an earlier run).
         shutil.rmtree(settings.data_dir / f"{settings.group_id}-data", ignore_errors=True)
+        if "DRIPSTREAM_API_DATABASE_URL" not in env:
+            # And so must the API's store: definitions and keys of an earlier run would be
+            # listed there, unknown to the new broker and its workers.
+            (settings.data_dir / "api.db").unlink(missing_ok=True)
         if demo:  # before the worker starts: it loads every definition before any event
             asyncio.run(_define_demo(settings))
         worker_proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],

@@ -16,7 +16,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from streams.events import ACCOUNT_PATTERN
 
-__all__ = ["AuditRecord", "Control", "Origin", "SendCommand"]
+__all__ = ["APPLIES_TO", "AuditRecord", "Control", "Origin", "SendCommand"]
+
+#: The execution statuses each per-execution command changes (any other: nothing); the
+#: CLI and the admin API refuse a command that would change nothing.
+APPLIES_TO = {"pause": ("waiting",), "resume": ("paused",),
+              "cancel": ("running", "waiting", "paused")}
 
 
 class Origin(BaseModel):

@@ -48,7 +48,8 @@ TOPICS: tuple[TopicSpec, ...] = (
               "internal: events that arrived on another partition than their contact's, "
               "forwarded unchanged to the contact's partition"),
     TopicSpec("dead-letter", False, 30 * DAY_MS, "rejected input: original bytes + reason"),
-    TopicSpec("definitions", True, None, "workflow, account-policy and keyword definitions"),
+    TopicSpec("definitions", True, None,
+              "workflow, account-policy, keyword and campaign definitions; campaign controls"),
     TopicSpec("suppressions", True, None, "per account: addresses never to send to"),
     TopicSpec("control", False, 7 * DAY_MS, "pause/resume/cancel commands for executions"),
     TopicSpec("wakeups", False, DAY_MS, "internal: due waits, sent by the timer tick"),

@@ -502,7 +502,7 @@ def progress_summary(
 #: Why a campaign's send did not go out (yet), by the gate's reason (docs/compliance.md).
 NOT_SENT_WHY = {
     "quiet_hours_deferred": "outside the account's quiet hours in the contact's time zone "
-                            "(policy quiet_hours): it goes out when they end, at `until`",
+                            "(policy quiet_hours): it goes out when they end, at the time in until",
     "quiet_hours": "outside the account's quiet hours in the contact's time zone; the "
                    "policy drops such sends",
     "frequency_capped": "the contact reached a frequency cap (policy caps)",

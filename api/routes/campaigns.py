@@ -69,10 +69,19 @@ async def preview(account: str, campaign_id: CampaignId, who: Reader, session: S
 async def control(account: str, campaign_id: CampaignId,
                   action: Literal["pause", "resume", "cancel"], who: Operator,
                   session: SessionDep, svc: ServicesDep) -> Accepted:
-    """Every worker applies it; a cancel is final (and cancels deferred sends)."""
-    await _campaign(session, account, campaign_id)
+    """Every worker applies it; a cancel is final (and cancels deferred sends). A cancelled
+    campaign takes nothing more; a completed one no pause or resume (nothing is left to
+    run; a cancel still drops its sends deferred by quiet hours)."""
+    campaign = await _campaign(session, account, campaign_id)
     if await projection.status_of(svc, account, campaign_id) == "cancelled":
         raise Problem(409, f"campaign {campaign_id!r} is cancelled (final)")
+    if action != "cancel":
+        records = await svc.read_model.get_progress(account, campaign_id)
+        summary = progress_summary(await projection.ready(svc), campaign, records,
+                                   svc.settings.partitions, svc.clock())
+        if summary["status"] == "completed":
+            raise Problem(409, f"campaign {campaign_id!r} is completed: no occurrence is "
+                               f"left to {action}")
     meta = await control_campaign(svc.producer, svc.settings.topic_prefix, account,
                                   campaign_id, action, by=f"api:{who.key_id}")
     # Read back: the status the next request reads (the projection's) includes it.

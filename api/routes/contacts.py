@@ -29,7 +29,7 @@ from api.paths import CONTACT_PATH
 from api.schemas import Accepted, CapsIn, Cursor, Limit, Page
 from producers.admin import send_control
 from producers.publisher import build_event
-from streams.commands import Control
+from streams.commands import APPLIES_TO, Control
 from tables.compliance import ROLLING, calendar_window
 from tables.contacts import ContactState, public_view
 
@@ -176,11 +176,16 @@ async def control_execution(
     account: str, contact_id: ContactId, execution_id: ExecutionId,
     action: Literal["pause", "resume", "cancel"], who: Operator, svc: ServicesDep,
 ) -> Accepted:
-    """Applied by the contact's worker in order with its events; a command that does not
-    fit the execution's status (resume of a running one) changes nothing."""
+    """Applied by the contact's worker in order with its events. A command that does not
+    fit the execution's status as the read model has it (resume of a running one, pause
+    of a completed one) is refused with 409, as ``dripstream control`` refuses it."""
     state = await _state(svc, account, contact_id)
     if execution_id not in state["executions"]:
         raise Problem(404, f"no execution {execution_id!r}")
+    status = state["executions"][execution_id]["status"]
+    if status not in APPLIES_TO[action]:
+        raise Problem(409, f"execution {execution_id!r} is {status}; {action} changes only "
+                           f"a {' or '.join(APPLIES_TO[action])} one")
     await send_control(svc.producer, svc.settings.topic_prefix, Control(
         action=action, account=account, contact_id=contact_id, execution_id=execution_id))
     return Accepted(detail=f"{action} sent for {execution_id}")

@@ -59,3 +59,7 @@ async def test_workflow_from_the_api_sends_and_is_controlled(api: Api) -> None:
         r = await c.post(f"{base}/executions/{ex['id']}/{action}", headers=op)
         assert r.status_code == 202, r.text
         await eventually(lambda s=status: execution(s), what=f"execution {status}")
+    # A cancelled execution takes no more commands (202 and nothing happening misled).
+    r = await c.post(f"{base}/executions/{ex['id']}/pause", headers=op)
+    assert (r.status_code, r.json()["detail"]) == (
+        409, f"execution '{ex['id']}' is cancelled; pause changes only a waiting one")

@@ -589,12 +589,17 @@ def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path, broker: st
     terminal's Ctrl-C (SIGINT to its process group) — or a SIGTERM to it alone, as a
     supervisor sends — stops everything, worker first, and says so. Quietly: no
     framework INFO logs, and the banner (addresses, key) is printed again after the
-    demo; the API answers where the banner says (8080, or a free port if taken)."""
+    demo; the API answers where the banner says (8080, or a free port if taken), on a
+    store of its own run."""
     if broker == "kafka":
         _kafka_or_skip()
     env: dict[str, str] = {k: v for k, v in os.environ.items() if not k.startswith("DRIPSTREAM_")}
     env["DRIPSTREAM_TOPIC_PREFIX"] = f"t{uuid.uuid4().hex[:10]}."
     env["DRIPSTREAM_DATA_DIR"] = str(tmp_path / "data")
+    # An earlier run's API store: a fresh broker's dev must not bring it back (found by
+    # the new-user trial: old definitions and keys listed, unknown to the new workers).
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "api.db").write_bytes(b"not the store of this run")
     stderr = tmp_path / "dev.stderr"
     started: list[int] = []
     answered = 0

@@ -88,3 +88,8 @@ async def test_a_deferred_send_says_why_and_until_when(stack: Stack) -> None:
     [line] = [line for line in shown.stderr.splitlines() if line.startswith("held: ")]
     assert line.startswith("held: execution ")
     assert "deferred until 2027-01-15T16:00:00+00:00 (quiet_hours_deferred: " in line
+    # Completed: nothing is left to pause or resume (a cancel still drops the deferred
+    # send); it was accepted and flipped the status to paused (the new-user trial).
+    paused = await dripstream(stack.env, "campaign", "pause", "hello", "--account", "demo")
+    assert (1, "campaign demo/hello is completed: no occurrence is left to pause\n") == (
+        paused.returncode, paused.stderr)
