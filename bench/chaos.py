@@ -203,7 +203,7 @@ class Outcome:
 
         return {"kills": len(kills), "failover_s": stats("failover_s"),
                 "first_commit_s": stats("first_commit_s"), "control_s": stats("control_s"),
-                # Nothing waiting at the kill (the load over): nothing to measure.
+                # The load over at the kill: nothing to measure.
                 "idle": sum(1 for k in kills if not k.get("waiting")),
                 "not_recovered": sum(1 for k in kills
                                      if k.get("waiting") and k.get("failover_s") is None)}
@@ -410,6 +410,8 @@ class Stack:
         self.t0 = time.monotonic()
         #: Workers this supervisor is stopping on purpose (not to be restarted).
         self.retiring: set[str] = set()
+        #: True while the workload is being published (failovers are measured then).
+        self.loading = False
         #: What the broker can do (probed once it runs), and so how outputs are read.
         self.caps = Capabilities(idempotence=False, transactions=False,
                                  exact_end_offsets=False)
@@ -645,33 +647,27 @@ def stale(stack: Stack, name: str, worker: WorkerProcess) -> bool:
 
 @dataclass
 class Snapshot:
-    """The workers' input at one instant: per input partition with records waiting, the
-    committed offset then."""
+    """The upstream input at one instant: each ``contact-events`` partition's committed
+    offset then (none: the load is over, nothing to measure)."""
 
     at: float
     waiting: dict[TopicPartition, int]
 
 
 async def snapshot(stack: Stack) -> Snapshot:
-    """Input partitions holding records past the group's committed offset: their end
-    offset (read uncommitted, so records of a transaction still open count: a worker
-    killed mid-transaction holds back what follows until its successor's fence aborts
-    it) more than one past it where there are transactions (a log written in them ends
-    with a commit marker, not a record), more than zero elsewhere."""
-    tps = stack.input_tps()
-    ends_reader = AIOKafkaConsumer(bootstrap_servers=stack.broker.bootstrap)
+    """While the load runs, every partition of ``contact-events`` gets records many
+    times a second, so each must commit again after a fault: its committed offset now.
+    (Not the internal inputs: a partition of ``routed`` may end in an aborted
+    transaction that nothing will ever follow, and after the load nothing arrives.)"""
+    if not stack.loading:
+        return Snapshot(time.monotonic(), {})
+    tps = [TopicPartition(stack.names.events, p) for p in range(stack.cfg.partitions)]
     group = stack.group_reader()
-    await ends_reader.start()
     await group.start()
     try:
-        ends = await topic_ends(ends_reader, tps, embedded=not stack.caps.exact_end_offsets)
-        committed = await stack.progress(group, tps)
+        return Snapshot(time.monotonic(), await stack.progress(group, tps))
     finally:
         await group.stop()
-        await ends_reader.stop()
-    slack = 1 if stack.caps.transactions else 0
-    return Snapshot(time.monotonic(), {tp: committed[tp] for tp in tps
-                                       if ends[tp] - committed[tp] > slack})
 
 
 async def asking(stack: Stack, what: str, call: Callable[[], Awaitable[T]],
@@ -692,13 +688,13 @@ async def asking(stack: Stack, what: str, call: Callable[[], Awaitable[T]],
 async def failover(stack: Stack, before: Snapshot, since: float,
                    wait_s: float = FAILOVER_WAIT_S) -> dict[str, Any]:
     """How long after ``since`` (a broker kill) the input flows again: ``first_commit_s``
-    until the first, ``failover_s`` until the last of the input partitions that had
-    records waiting at ``before`` has a committed offset past the one it had then — under
-    exactly-once a transaction of that partition committed (its sends with it), at
-    least once its batch's states were written. The group's offsets are read every
+    until the first, ``failover_s`` until the last partition of ``contact-events`` has a
+    committed offset past the one it had at ``before`` — under exactly-once a
+    transaction of that partition committed (its sends with it), at least once its
+    batch's states were written. The group's offsets are read every
     :data:`FAILOVER_POLL_S` by a consumer that is a Kafka client too (it finds a moved
     coordinator as the workers do): each figure is an upper bound by that much.
-    ``failover_s`` None: not within ``wait_s``."""
+    ``failover_s`` None: not within ``wait_s``, or nothing to measure."""
     pending = dict(before.waiting)
     first: float | None = None
     last: float | None = None
@@ -969,17 +965,21 @@ async def run(cfg: ChaosConfig, seed: int | None = None) -> Outcome:
         set_clock(stack.clock_file, plan.start, 0.0)  # the workers' clock: plan.start now
         stop = asyncio.Event()
         supervisor = asyncio.create_task(supervise(stack, cfg, rng, start, stop))
-        stats = await publish(stack, plan, start)
+        stack.loading = True
+        try:
+            stats = await publish(stack, plan, start)
+        finally:
+            stack.loading = False
         stack.note("published", **stats)
         await asyncio.sleep(max(0.0, start + cfg.duration_s - time.monotonic()))
         seconds["load_and_faults"] = round(time.monotonic() - start, 1)
         # The schedule is over; the supervisor goes on restarting workers that exit by
         # themselves (a stalled one exits 70) until the input has drained.
         drained = await drain(stack, cfg, plan, start)
-        stop.set()
-        await supervisor
         seconds["drain"] = round(time.monotonic() - start - seconds["load_and_faults"], 1)
         stack.note("drained" if drained else "not_drained")
+        stop.set()
+        await supervisor  # a broker fault still under way finishes (its node restarted)
         collected = time.monotonic()
         obs = await collect(stack, plan, workdir / "records" if cfg.dump else None)
         run_end = Clock(stack.clock_file).now()
@@ -1019,10 +1019,10 @@ def report(outcome: Outcome, cfg: ChaosConfig) -> str:
         f"third worker added {kinds['worker_added']}x / stopped {kinds['worker_stopped']}x, "
         f"Redis stopped {kinds['redis_stop']}x, broker killed and restarted "
         f"{kinds['broker_start']}x",
-        f"  broker failover (kill → every input partition with records waiting committed "
-        f"again; s): {fo['failover_s']}; first commit {fo['first_commit_s']}; with no "
+        f"  broker failover (kill → every contact-events partition committed again; s): "
+        f"{fo['failover_s']}; first commit {fo['first_commit_s']}; with no "
         f"fault (control) {fo['control_s']}; not recovered in {FAILOVER_WAIT_S:.0f} s: "
-        f"{fo['not_recovered']}; nothing waiting at the kill: {fo['idle']}",
+        f"{fo['not_recovered']}; after the load (not measured): {fo['idle']}",
         f"  outputs: {f.get('send_records')} send records = {f.get('sends')} sends + "
         f"{f.get('send_repeats')} repeats (same message_id, {f.get('contacts_with_repeats')} "
         f"contacts); {f.get('audit_records')} audit records ({f.get('audit_repeats')} "
