@@ -517,10 +517,15 @@ class Cycle:
         that dies between a commit and the projection leaves the mark behind, and the
         partition's next owner projects its contacts again (:func:`heal_projection`)."""
         changelog = self.w.store.table.changelog_topic_name
+        # Only partitions checked since this worker got them (Worker.healed): the first
+        # batches of a new owner commit before the check's first tick, and their mark
+        # would hide what a dead owner committed and never projected.
+        generation = self.w.app.consumer_generation_id
         marks = {partition: offset for result in results
                  if isinstance(result, tuple)
                  for (topic, partition), offset in result[1].items()
-                 if topic == changelog and partition not in lost}
+                 if topic == changelog and partition not in lost
+                 and self.w.healed.get(partition) == generation}
         if marks:
             await retrying_redis("read model mark", lambda: self.w.read_model.mark_projected(
                 marks))
@@ -813,13 +818,14 @@ def install(worker: Worker) -> None:
             os._exit(EXIT_FATAL)
         worker.health.progress()
 
-    healed: dict[int, int] = {}  # partition -> the consumer generation it was checked in
+    healed = worker.healed  # partition -> the consumer generation it was checked in
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def heal_projection() -> None:
         """Exactly-once: a partition this worker was given whose committed states are
         further than the read model's mark (its last owner died between a commit and the
-        projection) has its contacts projected again, once recovered."""
+        projection) has its contacts projected again, once recovered. Until then the
+        batches do not move its mark (Cycle.mark_projected)."""
         if worker.transactions is None or app.rebalancing or app.in_recovery:
             return
         generation = app.consumer_generation_id
@@ -829,15 +835,14 @@ def install(worker: Worker) -> None:
             return
         marks = await worker.read_model.projected(new)
         for partition in sorted(new):
-            healed[partition] = generation
             persisted = worker.store.persisted(partition)
-            if persisted is None or persisted <= marks[partition]:
-                continue
-            count = await reproject(worker, partition)
-            await worker.read_model.mark_projected({partition: persisted})
-            log.warning("partition %d: committed states past the read model's mark (%d < "
-                        "%d): %d contacts projected again", partition, marks[partition],
-                        persisted, count)
+            if persisted is not None and persisted > marks[partition]:
+                count = await reproject(worker, partition)
+                await worker.read_model.mark_projected({partition: persisted})
+                log.warning("partition %d: committed states past the read model's mark (%d "
+                            "< %d): %d contacts projected again", partition,
+                            marks[partition], persisted, count)
+            healed[partition] = generation  # from now on its batches move the mark
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def heal_lost_input() -> None:

@@ -118,6 +118,11 @@ class Worker:
     input_clock: InputClock = field(init=False)
     #: Set by :func:`build` (it needs the worker's names and settings).
     journal: Journal = field(init=False)
+    #: Exactly-once: partition -> the consumer generation in which its read model was
+    #: last checked against its committed states (agents/contacts.py: heal_projection).
+    #: A batch moves a partition's projection mark only once it has been: a mark moved
+    #: first would cover states a dead owner committed and never projected.
+    healed: dict[int, int] = field(default_factory=dict)
     #: Tests only (DRIPSTREAM_FAULT): batches that reached each fault point.
     faults: dict[str, int] = field(default_factory=dict)
     #: Set when a clean stop begins: campaign slices are no longer run (their progress

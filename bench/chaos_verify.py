@@ -14,7 +14,10 @@ used for arithmetic the checks need, never for decisions:
 A *logical send* is what one step of one execution (or one keyword reply) sends: key
 ``(contact, execution id, step id)`` or ``(contact, "keyword", event id)``, from the
 command's or audit record's ``origin``. Each check counts violations (see
-:data:`CHECKS`); figures (repeats, lateness, races) are reported beside them.
+:data:`CHECKS`); figures (repeats, lateness, races) are reported beside them. Repeats
+are allowed at least once (a redone batch re-emits with the same ids) and a failure
+under exactly-once (``verify(..., exactly_once=True)``: outputs read ``read_committed``
+from Kafka transactions, where a redone batch leaves nothing visible of its first try).
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ CHECKS: dict[str, str] = {
     "dead_letter_wrong": "a dead letter for a valid record, or not its original bytes/reason",
     "applied_wrong": "a contact's final state differs from its valid inputs applied once "
                      "(version, dedupe marks, profile, consent, tags, groups, purchases)",
+    "repeated": "exactly-once only: a send, audit record or dead letter a read_committed "
+                "reader is handed twice (same message id, same input position)",
     "changelog_regressed": "a contact's changelog went back (revision or version fell)",
     "read_model_wrong": "the read model differs from the table (latest changelog) state",
     "unplanned_input": "an input record the workload never planned (harness error)",
@@ -243,9 +248,13 @@ def _percentiles(values: list[float]) -> dict[str, float] | None:
             "mean": round(statistics.fmean(values), 3)}
 
 
-def verify(plan: Plan, obs: Observed, run_end: datetime | None = None) -> Verdict:
+def verify(plan: Plan, obs: Observed, run_end: datetime | None = None, *,
+           exactly_once: bool = False) -> Verdict:
     """Every check of :data:`CHECKS` over what the run left (see the module doc).
-    ``run_end``: the workers' clock when the records were read (for the assumptions)."""
+    ``run_end``: the workers' clock when the records were read (for the assumptions).
+    ``exactly_once``: the workers committed each batch in a transaction and ``obs`` was
+    read ``read_committed``, so a repeat is a failure (``repeated``); otherwise
+    (at-least-once) a repeat with its id is allowed and only counted."""
     v = Verdict()
     w = plan.workload
     policy = definitions(w)[0]
@@ -497,6 +506,18 @@ def verify(plan: Plan, obs: Observed, run_end: datetime | None = None) -> Verdic
     for where_, (_, p) in invalid_inputs.items():
         if not lettered[where_]:
             v.fail("dead_letter_missing", f"{where_} {p.reason}")
+
+    # -- repeats: allowed at least once (same ids), none under exactly-once -------------
+    if exactly_once:
+        for mid, send in sends.items():
+            if send.records > 1:
+                v.fail("repeated", f"send {mid} x{send.records}")
+        for mid, n in audit_ids.items():
+            if n > 1:
+                v.fail("repeated", f"audit {mid} x{n}")
+        for where_, n in lettered.items():
+            if n > 1:
+                v.fail("repeated", f"dead letter of {where_} x{n}")
 
     # -- assumptions: each zone's quiet hours and cap day held for the whole run ---------
     if run_end is not None:

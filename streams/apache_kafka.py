@@ -125,13 +125,14 @@ def kafka_classpath(version: str = KAFKA_VERSION) -> Path:
 
 
 def _cluster_id() -> str:
-    """A random KRaft cluster id: a UUID in URL-safe base64 — never one starting with
-    ``-``, which the storage tool's ``-t`` would read as an option (Kafka's own
-    ``Uuid.randomUuid`` draws again in that case too)."""
+    """A random KRaft cluster id: 16 bytes, URL-safe base64 — never one starting with
+    "-", which the storage tool's argument parser takes for an option (one in 64 did:
+    ``kafka-storage: error: argument --cluster-id/-t: expected one argument``; Kafka's own
+    ``Uuid.randomUuid`` draws again for the same reason)."""
     while True:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        if not cluster_id.startswith("-"):
-            return cluster_id
+        found = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not found.startswith("-"):
+            return found
 
 
 @dataclass

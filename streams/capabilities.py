@@ -36,6 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
+    ConcurrentTransactions,
     KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
@@ -171,7 +172,14 @@ async def _granted(client: AIOKafkaClient, transactional_id: str | None) -> bool
     """Whether an ``InitProducerId`` (idempotent, or for ``transactional_id``) is granted.
 
     A coordinator still loading (a broker just started: Kafka creates its transaction
-    log on the first request) is waited for, up to :data:`_COORDINATOR_WAIT_S`."""
+    log on the first request) is waited for, up to :data:`_COORDINATOR_WAIT_S`, and so
+    is ``CONCURRENT_TRANSACTIONS``: another ``InitProducerId`` for the same id is under
+    way — every worker of a prefix probes the same id, and while a broker fails over the
+    first one waits for the transaction log's replicas — which the Java client retries
+    and aiokafka marks final. Taken for a refusal it made a worker of an exactly-once
+    group run at least once, reading uncommitted (the chaos run, docs/reliability.md).
+    An answer still "not now" at the deadline raises (the worker exits 70 and is
+    restarted): a broker not answering has not said it has no transactions."""
     deadline = time.monotonic() + _COORDINATOR_WAIT_S
     while True:
         try:
@@ -186,9 +194,12 @@ async def _granted(client: AIOKafkaClient, transactional_id: str | None) -> bool
             error = type(exc)
         if error is None:
             return True
-        if not getattr(error, "retriable", False) or time.monotonic() > deadline:
+        if not (getattr(error, "retriable", False) or error is ConcurrentTransactions):
             log.debug("InitProducerId(%r) refused: %s", transactional_id, error.__name__)
             return False
+        if time.monotonic() > deadline:
+            raise error(f"InitProducerId({transactional_id!r}) not answered in "
+                        f"{_COORDINATOR_WAIT_S:.0f}s")
         await asyncio.sleep(0.2)
 
 

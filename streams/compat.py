@@ -45,6 +45,14 @@ What is here, and why:
   leaves it where it is, past whatever Faust dropped there), and aiokafka is never asked
   for the records of an empty set of partitions (it reads that as "all of them", and
   Faust then drops what it did not ask for).
+- **Exactly-once input positions**: aiokafka reads the committed offsets for a new
+  assignment's positions at once, beside the fence (agents/transactions.py) that lets
+  the previous owner's last transaction finish, and Faust resumes the input partitions
+  before its own seek to the committed offsets (``Recovery._resume_streams``): records
+  from a position older than that transaction's offsets reached the agent and were
+  committed a second time (the three-broker chaos run, docs/reliability.md). So the
+  input partitions are sought to their committed offsets again once the fence is done,
+  before Faust's assignment chain goes on.
 - **Fetch wait**: Faust hard-codes ``fetch_max_wait_ms=1500``; the embedded broker holds
   a fetch for about half of it even when data arrives, so it is set from settings — and
   adapted: the short wait while records flow, a long one once the input has been quiet
@@ -169,8 +177,12 @@ class BatchConsumer(driver.Consumer):
     ) -> None:
         app = cast(App, self.app)
         if app.before_assignment is not None and app.batches is not None:
-            inputs = app.batches.topics
-            await app.before_assignment({tp.partition for tp in assigned if tp.topic in inputs})
+            inputs = {tp for tp in assigned if tp.topic in app.batches.topics}
+            await app.before_assignment({tp.partition for tp in inputs})
+            # The positions aiokafka took from the committed offsets at assignment may
+            # predate the previous owner's last transaction, which the fence has just let
+            # finish; Faust feeds the inputs before its own seek (see the module doc).
+            await self._thread.seek_to_committed(only=inputs)
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def _getmany(  # Faust's signature
@@ -336,21 +348,24 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
             self.moves[tp] += 1
         await super()._seek_wait(consumer, partitions)
 
-    async def seek_to_committed(self) -> Mapping[TP, int]:
-        result: Mapping[TP, int] = await self.call_thread(self._seek_to_committed)
+    async def seek_to_committed(self, only: set[TP] | None = None) -> Mapping[TP, int]:
+        result: Mapping[TP, int] = await self.call_thread(self._seek_to_committed, only)
         return result
 
-    async def _seek_to_committed(self) -> dict[TP, int | None]:
+    async def _seek_to_committed(self, only: set[TP] | None = None) -> dict[TP, int | None]:
         """aiokafka's ``seek_to_committed``, but for every partition the group commits:
         aiokafka seeks only a partition whose committed offset is above 0, so one with no
         commit yet stays past the records Faust dropped there before the seek (a
         rebalance, a new generation) and those are never read. Such a partition goes back
-        to where the group would start it (the reset policy, ``earliest`` here)."""
+        to where the group would start it (the reset policy, ``earliest`` here).
+        ``only``: just these of the assigned partitions."""
         consumer = self._ensure_consumer()
         committed_by_group = self.app.topics.acks_enabled_for
         strategy = consumer._fetcher._default_reset_strategy
         committed: dict[TP, int | None] = {}
         for tp in consumer._subscription.assigned_partitions():
+            if only is not None and tp not in only:
+                continue
             offset = await consumer.committed(tp)
             committed[tp] = offset
             if offset is not None:

@@ -1,11 +1,17 @@
-"""The guarantee a worker chooses from the broker's capabilities, and the record of
-offsets the fetcher passed over (pure)."""
+"""The guarantee a worker chooses from the broker's capabilities, how the transactions
+probe reads the broker's answers (a stub client), and the record of offsets the fetcher
+passed over (pure)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 from aiokafka.structs import TopicPartition
 
+from streams import capabilities
 from streams.capabilities import KAFKA, TANSU, GuaranteeError, guarantee
 from streams.compat import _Skipped
 from streams.settings import Settings
@@ -25,6 +31,48 @@ def test_guarantee_by_setting_and_broker(asked: str, kafka: str, tansu: str | No
             guarantee(settings, TANSU)
     else:
         assert guarantee(settings, TANSU) == tansu
+
+
+class _Answers:
+    """A client whose every InitProducerId is answered with the next of ``codes``."""
+
+    def __init__(self, *codes: int) -> None:
+        self.codes = list(codes)
+        self.asked = 0
+
+    async def coordinator_lookup(self, kind: int, key: str) -> int:
+        return 1
+
+    async def send(self, node: int, request: Any) -> Any:
+        self.asked += 1
+        return SimpleNamespace(error_code=self.codes.pop(0) if self.codes else 0)
+
+
+@pytest.mark.parametrize(("codes", "granted", "asked"), [
+    ((), True, 1),
+    # CONCURRENT_TRANSACTIONS: another worker's probe of the same id is under way (a
+    # broker failing over makes it last): asked again, not taken for a refusal.
+    ((51, 51), True, 3),
+    ((14, 15), True, 3),  # coordinator loading / not available yet: asked again
+    ((53,), False, 1),  # TRANSACTIONAL_ID_AUTHORIZATION_FAILED: a refusal
+    ((35,), False, 1),  # UNSUPPORTED_VERSION: a broker without transactions
+])
+async def test_the_transactions_probe_retries_what_is_not_a_refusal(
+    codes: tuple[int, ...], granted: bool, asked: int,
+) -> None:
+    client = _Answers(*codes)
+    assert await capabilities._granted(client, "p.capabilities-probe") is granted  # type: ignore[arg-type]
+    assert client.asked == asked
+
+
+async def test_a_probe_never_answered_raises_instead_of_saying_no(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the deadline a coordinator that only answers "not now" is an error (the
+    worker exits 70 and is restarted), not a broker without transactions."""
+    monkeypatch.setattr(capabilities, "_COORDINATOR_WAIT_S", 0.0)
+    with pytest.raises(GroupCoordinatorNotAvailableError, match="not answered"):
+        await capabilities._granted(_Answers(15, 15, 15), "p.capabilities-probe")  # type: ignore[arg-type]
 
 
 TP = TopicPartition("t", 0)

@@ -165,6 +165,24 @@ def test_a_repeat_with_its_id_is_counted_and_allowed(plan: Plan, clean: Observed
     assert verdict.figures["send_repeats"] == 1
 
 
+def test_under_exactly_once_every_repeat_is_a_failure(plan: Plan, clean: Observed) -> None:
+    """Read committed from Kafka transactions nothing may come twice: a send, an audit
+    record and a dead letter repeated with their ids each fail ``repeated``; the clean
+    run passes as it is."""
+    assert failing(verify(plan, clean, exactly_once=True)) == {}
+
+    def again(records: list[Rec]) -> list[Rec]:
+        r = records[0]
+        return [*records, Rec(r.topic, r.partition, 10_000, r.key, r.value, r.headers)]
+
+    repeated = mutated(clean, sends=again(clean.sends), audit=again(clean.audit),
+                       dead_letters=again(clean.dead_letters))
+    assert failing(verify(plan, repeated)) == {}  # at least once: counted, allowed
+    verdict = verify(plan, repeated, exactly_once=True)
+    assert failing(verdict) == {"repeated": 3}
+    assert verdict.figures["send_repeats"] == 1 and verdict.figures["audit_repeats"] == 1
+
+
 def _resend(r: Rec, offset: int, **fields: Any) -> Rec:
     command = {**orjson.loads(r.value), **fields}
     return Rec(r.topic, r.partition, offset, r.key, orjson.dumps(command))

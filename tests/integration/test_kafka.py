@@ -28,6 +28,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from api.app import create_app
 from producers.providers import read_calls
 from producers.publisher import build_event
+from streams import capabilities
 from streams.apache_kafka import KafkaCluster, KafkaUnavailable
 from tests.api.conftest import Databases, api_settings
 from tests.conftest import Postgres
@@ -150,6 +151,19 @@ async def read_changelog(stack: Stack, topic: str) -> list[Any]:
 
     return await read_to_end(stack.bootstrap, topic, stack.settings.partitions,
                              embedded=False, isolation_level="read_committed")
+
+
+# -- the capabilities probe ------------------------------------------------------------
+
+async def test_workers_probing_at_once_all_find_transactions(stack: Stack) -> None:
+    """Every worker of a prefix probes the same transactional id; probes at once get
+    CONCURRENT_TRANSACTIONS from the coordinator (for seconds while a broker fails over).
+    Each must still find transactions: one taken for "no" ran at least once, reading
+    uncommitted, in an exactly-once group (docs/reliability.md, the chaos run)."""
+    prefix = f"{stack.settings.topic_prefix}probe."  # a prefix nobody has probed yet
+    settings = stack.settings.model_copy(update={"topic_prefix": prefix})
+    found = await asyncio.gather(*(capabilities.probe(settings) for _ in range(6)))
+    assert [c.transactions for c in found] == [True] * 6
 
 
 # -- fencing ------------------------------------------------------------------------------
