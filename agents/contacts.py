@@ -833,16 +833,20 @@ def install(worker: Worker) -> None:
                if tp.topic == names.events and healed.get(tp.partition) != generation}
         if not new:
             return
-        marks = await worker.read_model.projected(new)
-        for partition in sorted(new):
-            persisted = worker.store.persisted(partition)
-            if persisted is not None and persisted > marks[partition]:
-                count = await reproject(worker, partition)
-                await worker.read_model.mark_projected({partition: persisted})
-                log.warning("partition %d: committed states past the read model's mark (%d "
-                            "< %d): %d contacts projected again", partition,
-                            marks[partition], persisted, count)
-            healed[partition] = generation  # from now on its batches move the mark
+        try:
+            marks = await worker.read_model.projected(new)
+            for partition in sorted(new):
+                persisted = worker.store.persisted(partition)
+                if persisted is not None and persisted > marks[partition]:
+                    count = await reproject(worker, partition)
+                    await worker.read_model.mark_projected({partition: persisted})
+                    log.warning("partition %d: committed states past the read model's mark "
+                                "(%d < %d): %d contacts projected again", partition,
+                                marks[partition], persisted, count)
+                healed[partition] = generation  # from now on its batches move the mark
+        except (RedisError, OSError) as exc:  # Redis away: checked again at the next tick
+            log.warning("read model check of partitions %s failed (%s); trying again",
+                        sorted(new), exc)
 
     @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
     async def heal_lost_input() -> None:

@@ -249,9 +249,16 @@ def run(worker: Worker) -> int:
             # worker's time in a profile. A service has no spinner.
             self.spinner = None
 
+    from aiokafka.errors import KafkaError
+
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    loop.run_until_complete(ensure_topics(worker.settings))
+    try:
+        loop.run_until_complete(ensure_topics(worker.settings))
+    except (KafkaError, OSError) as exc:  # a broker down at start: restart, not a trace
+        print(f"dripstream worker: creating topics failed ({exc!r}); exiting {EXIT_FATAL}",
+              file=sys.stderr)
+        return EXIT_FATAL
     # Everything built so far lives as long as the process: keep it out of the cyclic GC's
     # scans, and collect the young generation every 50k allocations instead of 700 (a batch
     # allocates that many in a few ms). Measured: ingest +15-40 % (docs/performance.md).
