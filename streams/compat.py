@@ -643,6 +643,15 @@ async def end_offsets(
     Never less than the broker's own answer. Real Kafka never needs this.
     """
     partitions = list(partitions)
+    result = await fetch_highwaters(consumer, partitions)
+    listed = await consumer.end_offsets(partitions)
+    return {tp: max(result.get(tp, 0), listed.get(tp, 0)) for tp in partitions}
+
+
+async def fetch_highwaters(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The high watermark of each of ``partitions`` as a Fetch response gives it."""
     client = consumer._client
     by_leader: dict[int, dict[str, list[tuple[int, int, int]]]] = defaultdict(
         lambda: defaultdict(list)
@@ -673,8 +682,7 @@ async def end_offsets(
                 result[TopicPartition(topic, partition)] = highwater
     if missing := [tp for tp in partitions if tp not in result]:
         raise RuntimeError(f"the broker's Fetch response left out {missing}")
-    listed = await consumer.end_offsets(partitions)
-    return {tp: max(result.get(tp, 0), listed.get(tp, 0)) for tp in partitions}
+    return result
 
 
 async def visible_ends(
