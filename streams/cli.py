@@ -945,10 +945,6 @@ def dev(
 
         settings = Settings()
         asyncio.run(ensure_topics(settings))
-        if broker == "kafka":
-            # A new cluster has no group coordinator for its first seconds: every client
-            # would log an ERROR per retry until it has (the banner would scroll away).
-            asyncio.run(_group_coordinator(settings))
         # The broker starts empty: so must the worker's local table files (a rocksdb://
         # store would otherwise bring back contacts of an earlier run).
         shutil.rmtree(settings.data_dir / f"{settings.group_id}-data", ignore_errors=True)
@@ -1002,32 +998,6 @@ def dev(
             service.stop()
         if started:
             typer.echo("stopped")
-
-
-async def _group_coordinator(settings: Any, within_s: float = 60.0) -> None:
-    """``dev --broker kafka``: until the cluster answers for consumer groups (a group's
-    committed offset can be read)."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.errors import KafkaError
-    from aiokafka.structs import TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
-                                group_id=f"{settings.topic_prefix}dev-probe",
-                                enable_auto_commit=False)
-    deadline = time.monotonic() + within_s
-    try:
-        await consumer.start()
-        while True:
-            try:
-                await consumer.committed(TopicPartition(
-                    f"{settings.topic_prefix}contact-events", 0))
-                return
-            except KafkaError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)
-    finally:
-        await consumer.stop()
 
 
 def _wait_api(proc: subprocess.Popen[bytes], port: int) -> str:
