@@ -614,6 +614,9 @@ def simulate(
         help="only this account (default: the candidates' accounts, or every one)")] = None,
     lines: Annotated[bool, typer.Option(
         "--lines", help="one JSON line per send and non-send, then the summary")] = False,
+    processes: Annotated[int, typer.Option(
+        min=1, help="processes sharing the partitions (each simulates whole partitions)")
+    ] = 1,
 ) -> None:
     """What the candidate definitions would have done over the recorded log: the same
     handlers, with each record decided when (and with the answers) the worker decided it,
@@ -651,7 +654,7 @@ def simulate(
     accounts = {account} if account else None
     with _quiet("tables.journal"):
         lab = _reaching_the_broker(settings, lambda: asyncio.run(
-            run_simulation(settings, cand, start, end, accounts)))
+            run_simulation(settings, cand, start, end, accounts, processes=processes)))
     if lines:
         for line in lab.lines():
             typer.echo(orjson.dumps(line).decode())

@@ -13,8 +13,10 @@ import asyncio
 import bisect
 from collections import defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from multiprocessing import get_context
 from typing import Any
 
 import orjson
@@ -28,9 +30,9 @@ from streams.settings import Settings
 from streams.topics import TopicNames
 from tables.journal import Entry
 from tables.registry import Registry, Suppressions
-from tables.simulation import Candidates, Recorded, Result, Simulator, lines, summary
+from tables.simulation import Candidates, Recorded, Result, Simulator, lines, slim, summary
 
-__all__ = ["History", "Lab", "read_history", "run_simulation"]
+__all__ = ["History", "Lab", "Reader", "run_simulation"]
 
 #: Seconds to read one topic to its end before giving up.
 READ_S = 300.0
@@ -38,8 +40,8 @@ READ_S = 300.0
 
 @dataclass
 class History:
-    registry: Registry
-    suppressions: Suppressions
+    """One partition's recorded input and output."""
+
     records: list[Recorded] = field(default_factory=list)
     #: Send commands and audit records whose time is in the window.
     sends: list[dict[str, Any]] = field(default_factory=list)
@@ -72,12 +74,12 @@ class _Entries:
         return None if best is None else best[1]
 
 
-async def _read(consumer: AIOKafkaConsumer, topic: str, partitions: int, *,
+async def _read(consumer: AIOKafkaConsumer, topic: str, partitions: list[int], *,
                 exact: bool) -> list[Any]:
     # A group-less consumer's client asks for the metadata of the topics it was assigned
     # (the last read's): this one's leaders first.
     await consumer._client._wait_on_metadata(topic)
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    tps = [TopicPartition(topic, p) for p in partitions]
     ends = await topic_ends(consumer, tps, embedded=not exact)
     return await read_records(consumer, ends, max_seconds=READ_S)
 
@@ -92,32 +94,56 @@ def _time(value: str | None) -> datetime | None:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-async def read_history(settings: Settings, since: datetime, until: datetime) -> History:
-    """Everything the simulation of ``[since, until)`` reads (see the module doc)."""
-    capabilities = await probe(settings)
-    names = TopicNames.of(settings)
-    registry = await read_registry(settings)
-    suppressions = Suppressions()
-    history = History(registry, suppressions)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False,
-        isolation_level="read_committed" if capabilities.transactions else "read_uncommitted",
-        **settings.kafka_security())
-    await consumer.start()
-    try:
-        def read(topic: str) -> Any:
-            return _read(consumer, topic, settings.partitions,
-                         exact=capabilities.exact_end_offsets)
+class Reader:
+    """One consumer reading the recorded log partition by partition (a partition's
+    contacts are all on it: each is simulated on its own, in bounded memory)."""
 
-        for record in await read(names.suppressions):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.names = TopicNames.of(settings)
+        self._consumer: AIOKafkaConsumer | None = None
+        self.exact = False
+
+    async def __aenter__(self) -> Reader:
+        capabilities = await probe(self.settings)
+        self.exact = capabilities.exact_end_offsets
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
+            enable_auto_commit=False, isolation_level="read_committed"
+            if capabilities.transactions else "read_uncommitted",
+            **self.settings.kafka_security())
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def read(self, topic: str, partitions: list[int]) -> list[Any]:
+        assert self._consumer is not None
+        return await _read(self._consumer, topic, partitions, exact=self.exact)
+
+    async def definitions(self) -> tuple[Registry, Suppressions]:
+        """Every definition version, and the suppression list as it is now."""
+        registry = await read_registry(self.settings)
+        suppressions = Suppressions()
+        for record in await self.read(self.names.suppressions,
+                                      list(range(self.settings.partitions))):
             suppressions.apply(record.key, record.value)
+        return registry, suppressions
+
+    async def partition(self, partition: int, since: datetime, until: datetime) -> History:
+        """One partition's input (each record with the journal entry that covers it and
+        when it was decided) and the sends and audit records of ``[since, until)``."""
+        names, only = self.names, [partition]
+        history = History()
         entries = _Entries([(r.partition, Entry.decode(r.value))
-                            for r in await read(names.journal)
+                            for r in await self.read(names.journal, only)
                             if r.value is not None])
         kinds = {names.events: "event", names.routed: "event", names.wakeups: "wakeup",
                  names.control: "control"}
         for topic, kind in kinds.items():
-            for r in await read(topic):
+            for r in await self.read(topic, only):
                 if r.value is None:
                     continue
                 entry = entries.covering(topic, r.partition, r.offset)
@@ -131,22 +157,20 @@ async def read_history(settings: Settings, since: datetime, until: datetime) -> 
         # (its journal gives it the same answers and ``now``): counted once.
         seen: set[Any] = set()
         for channel in ("sms", "mms", "email"):
-            for r in await read(names.send(channel)):
+            for r in await self.read(names.send(channel), only):
                 send = orjson.loads(r.value)
                 made = _time(send.get("created_at"))
                 if made is not None and since <= made < until and \
                         send["message_id"] not in seen:
                     seen.add(send["message_id"])
-                    history.sends.append(send)
-        for r in await read(names.audit):
+                    history.sends.append(slim(send))
+        for r in await self.read(names.audit, only):
             audit = orjson.loads(r.value)
             made = _time(audit.get("at"))
             if made is not None and since <= made < until and r.value not in seen:
                 seen.add(r.value)
                 history.audit.append(audit)
-    finally:
-        await consumer.stop()
-    return history
+        return history
 
 
 @dataclass
@@ -154,40 +178,87 @@ class Lab:
     """A simulation's outcome: the summary (``report``) and, per send and non-send,
     :meth:`lines`."""
 
-    history: History
-    simulator: Simulator
     result: Result
+    #: What actually went out in the window, and the audit of what did not.
+    sends: list[dict[str, Any]]
+    audit: list[dict[str, Any]]
     report: dict[str, Any]
 
     def lines(self) -> Iterator[dict[str, Any]]:
-        return lines(self.result, self.history.sends)
+        return lines(self.result, self.sends)
+
+
+@dataclass
+class _Part:
+    result: Result = field(default_factory=Result)
+    sends: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    journalled: int = 0
+
+
+async def _simulate(settings: Settings, cand: Candidates, since: datetime, until: datetime,
+                    accounts: set[str] | None, partitions: list[int]) -> _Part:
+    """``partitions``, one after the other, in this process."""
+    out = _Part()
+    async with Reader(settings) as reader:
+        registry, suppressions = await reader.definitions()
+        for partition in partitions:
+            history = await reader.partition(partition, since, until)
+            sim = Simulator(registry, suppressions.reason, since=since, until=until,
+                            partitions=settings.partitions, cand=cand,
+                            max_depth=settings.max_causation_depth,
+                            dedupe_window_s=settings.dedupe_window_s, accounts=accounts)
+
+            def run(sim: Simulator = sim, history: History = history) -> Result:
+                sim.load(history.records)
+                return sim.run()
+
+            out.result.merge(await asyncio.to_thread(run))
+            out.sends += [s for s in history.sends
+                          if accounts is None or s["account"] in accounts]
+            out.audit += [a for a in history.audit
+                          if accounts is None or a["account"] in accounts]
+            out.journalled += history.journalled
+    return out
+
+
+def _in_process(settings: Settings, cand: Candidates, since: datetime, until: datetime,
+                accounts: set[str] | None, partitions: list[int]) -> _Part:
+    return asyncio.run(_simulate(settings, cand, since, until, accounts, partitions))
 
 
 async def run_simulation(settings: Settings, cand: Candidates, since: datetime,
-                         until: datetime, accounts: set[str] | None = None) -> Lab:
+                         until: datetime, accounts: set[str] | None = None, *,
+                         processes: int = 1) -> Lab:
     """The candidates over the recorded ``[since, until)`` (``accounts``: only these; by
-    default the candidates' accounts, or every account without candidates). The
-    simulation itself runs in a thread: an API serving it goes on answering."""
+    default the candidates' accounts, or every account without candidates), partition
+    by partition, the partitions shared among ``processes`` processes. The simulation
+    itself runs off the event loop: an API serving it goes on answering."""
     accounts = accounts or cand.accounts() or None
-    history = await read_history(settings, since, until)
-    sim = Simulator(history.registry, history.suppressions.reason, since=since,
-                    until=until, partitions=settings.partitions, cand=cand,
-                    max_depth=settings.max_causation_depth,
-                    dedupe_window_s=settings.dedupe_window_s, accounts=accounts)
-
-    def run() -> Result:
-        sim.load(history.records)
-        return sim.run()
-
-    result = await asyncio.to_thread(run)
-    if accounts is not None:
-        history.sends = [s for s in history.sends if s["account"] in accounts]
-        history.audit = [a for a in history.audit if a["account"] in accounts]
+    every = list(range(settings.partitions))
+    processes = max(1, min(processes, len(every)))
+    if processes == 1:
+        parts = [await _simulate(settings, cand, since, until, accounts, every)]
+    else:
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+            parts = await asyncio.gather(*(
+                loop.run_in_executor(pool, _in_process, settings, cand, since, until,
+                                     accounts, every[n::processes])
+                for n in range(processes)))
+    total = _Part()
+    for part in parts:
+        total.result.merge(part.result)
+        total.sends += part.sends
+        total.audit += part.audit
+        total.journalled += part.journalled
+    total.result.sends.sort(key=lambda s: (s["created_at"], s["message_id"]))
+    total.sends.sort(key=lambda s: (s["created_at"], s["message_id"]))
     report = {"since": since.isoformat(), "until": until.isoformat(),
               "accounts": None if accounts is None else sorted(accounts),
               "candidates": sorted(f"{a}/{i}" for a, i in cand.workflows)
               + sorted(f"{a}/keyword:{i}" for a, i in cand.keywords)
               + sorted(f"{a}/policy" for a in cand.policies),
-              "journalled": history.journalled,
-              **summary(result, history.sends, history.audit)}
-    return Lab(history, sim, result, report)
+              "journalled": total.journalled, "processes": processes,
+              **summary(total.result, total.sends, total.audit)}
+    return Lab(total.result, total.sends, total.audit, report)

@@ -53,7 +53,8 @@ from tables.inactivity import earliest, thresholds
 from tables.journal import Entry, Replayer, Versions
 from tables.store import partition_for
 
-__all__ = ["WAKEUP_LATENESS", "Candidates", "Recorded", "Result", "Simulator", "lines", "summary"]
+__all__ = ["WAKEUP_LATENESS", "Candidates", "Recorded", "Result", "Simulator", "lines", "slim",
+           "summary"]
 
 #: A recorded wake-up this long after a simulated due time is taken for the one that
 #: served it (the live timer's latency); none within it, and the due time is used.
@@ -178,6 +179,25 @@ class Result:
     #: Invalid records (dead-lettered live as well), skipped.
     invalid: int = 0
     contacts: int = 0
+
+    def merge(self, other: Result) -> None:
+        """Add another partition's (contacts never span partitions)."""
+        self.sends += other.sends
+        self.audit += other.audit
+        self.handled += other.handled
+        self.warmup += other.warmup
+        self.added_wakeups += other.added_wakeups
+        self.invalid += other.invalid
+        self.contacts += other.contacts
+
+
+#: What a report keeps of a send command.
+SEND_FIELDS = ("message_id", "account", "contact_id", "channel", "created_at", "origin",
+               "body")
+
+
+def slim(send: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: send[k] for k in SEND_FIELDS if k in send}
 
 
 @dataclass(order=True)
@@ -364,7 +384,7 @@ class Simulator:
             else:
                 self.own[key] = str(change["reason"])
         if collect:
-            self.result.sends += [orjson.loads(c.model_dump_json(exclude_none=True))
+            self.result.sends += [slim(orjson.loads(c.model_dump_json(exclude_none=True)))
                                   for c in fx.sends]
             self.result.audit += fx.audit
         for event in fx.events:  # back to the contact, when the live run decided it
@@ -451,12 +471,10 @@ def lines(result: Result, actual_sends: list[dict[str, Any]]) -> Iterator[dict[s
         live = act.get(s["message_id"])
         yield {"kind": "send", "diff": "both" if live else "simulated",
                "actual_at": live["created_at"] if live else None,
-               **{k: s[k] for k in ("message_id", "account", "contact_id", "channel",
-                                    "created_at", "origin", "body")}}
+               **slim(s)}
     for a in result.audit:
         yield {"kind": "not_sent", **a}
     for i, s in act.items():
         if i not in sim:
             yield {"kind": "send", "diff": "actual",
-                   **{k: s[k] for k in ("message_id", "account", "contact_id", "channel",
-                                        "created_at", "origin", "body")}}
+                   **slim(s)}

@@ -127,12 +127,17 @@ def assert_faithful(summary: dict[str, Any]) -> None:
 async def test_the_live_definitions_reproduce_what_happened(
         stack: Stack, tmp_path: Path) -> None:
     """Waits, a branch, a cap, STOP: the same sends at the same times, the same
-    non-sends with the same reasons."""
+    non-sends with the same reasons — in one process or two."""
     since = await traffic(stack)
     lines, summary = await simulate(stack, tmp_path, "--since", since)
     assert_faithful(summary)
     assert summary["not_sent"] == {"frequency_capped": 3, "suppressed": 1}
     assert {line["diff"] for line in lines if line["kind"] == "send"} == {"both"}
+    # Two processes, each simulating half the partitions: the same answer.
+    _, shared = await simulate(stack, tmp_path, "--since", since, "--until",
+                               summary["until"], "--processes", "2")
+    assert (shared.pop("processes"), summary.pop("processes")) == (2, 1)
+    assert shared == summary
 
 
 async def test_a_worker_crash_in_the_window_changes_nothing(
