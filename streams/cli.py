@@ -617,6 +617,10 @@ def simulate(
     processes: Annotated[int, typer.Option(
         min=1, help="processes sharing the partitions (each simulates whole partitions)")
     ] = 1,
+    migrate: Annotated[bool, typer.Option(
+        "--migrate", help="also show, per contact inside another version of a candidate "
+                          "workflow at the window's end, where the candidate would place "
+                          "it and what it would send next")] = False,
 ) -> None:
     """What the candidate definitions would have done over the recorded log: the same
     handlers, with each record decided when (and with the answers) the worker decided it,
@@ -654,7 +658,8 @@ def simulate(
     accounts = {account} if account else None
     with _quiet("tables.journal"):
         lab = _reaching_the_broker(settings, lambda: asyncio.run(
-            run_simulation(settings, cand, start, end, accounts, processes=processes)))
+            run_simulation(settings, cand, start, end, accounts, processes=processes,
+                           migrate=migrate)))
     if lines:
         for line in lab.lines():
             typer.echo(orjson.dumps(line).decode())
@@ -677,7 +682,8 @@ def _summary_table(report: dict[str, Any]) -> str:
                                                              "actual_not_sent"),
                        ("displaced (sent, capped in the simulation)", "displaced"),
                        ("sends per workflow/step", "per_step"),
-                       ("sends per channel", "per_channel"), ("sends per hour", "per_hour")):
+                       ("sends per channel", "per_channel"), ("sends per hour", "per_hour"),
+                       ("in-flight contacts in the candidate (--migrate)", "migrate")):
         if report[key]:
             out.append(f"{title}:")
             out += [f"  {name:<40} {count:>8}" for name, count in report[key].items()]

@@ -197,7 +197,7 @@ class _Part:
 
 
 async def _simulate(settings: Settings, cand: Candidates, since: datetime, until: datetime,
-                    accounts: set[str] | None, partitions: list[int]) -> _Part:
+                    accounts: set[str] | None, partitions: list[int], migrate: bool) -> _Part:
     """``partitions``, one after the other, in this process."""
     out = _Part()
     async with Reader(settings) as reader:
@@ -207,7 +207,8 @@ async def _simulate(settings: Settings, cand: Candidates, since: datetime, until
             sim = Simulator(registry, suppressions.reason, since=since, until=until,
                             partitions=settings.partitions, cand=cand,
                             max_depth=settings.max_causation_depth,
-                            dedupe_window_s=settings.dedupe_window_s, accounts=accounts)
+                            dedupe_window_s=settings.dedupe_window_s, accounts=accounts,
+                            migrate=migrate)
 
             def run(sim: Simulator = sim, history: History = history) -> Result:
                 sim.load(history.records)
@@ -223,28 +224,31 @@ async def _simulate(settings: Settings, cand: Candidates, since: datetime, until
 
 
 def _in_process(settings: Settings, cand: Candidates, since: datetime, until: datetime,
-                accounts: set[str] | None, partitions: list[int]) -> _Part:
-    return asyncio.run(_simulate(settings, cand, since, until, accounts, partitions))
+                accounts: set[str] | None, partitions: list[int], migrate: bool) -> _Part:
+    return asyncio.run(_simulate(settings, cand, since, until, accounts, partitions,
+                                 migrate))
 
 
 async def run_simulation(settings: Settings, cand: Candidates, since: datetime,
                          until: datetime, accounts: set[str] | None = None, *,
-                         processes: int = 1) -> Lab:
+                         processes: int = 1, migrate: bool = False) -> Lab:
     """The candidates over the recorded ``[since, until)`` (``accounts``: only these; by
     default the candidates' accounts, or every account without candidates), partition
     by partition, the partitions shared among ``processes`` processes. The simulation
-    itself runs off the event loop: an API serving it goes on answering."""
+    itself runs off the event loop: an API serving it goes on answering. ``migrate``:
+    also preview where the candidates would place the contacts inside other versions of
+    their workflows when the window ends (:meth:`Simulator._migrations`)."""
     accounts = accounts or cand.accounts() or None
     every = list(range(settings.partitions))
     processes = max(1, min(processes, len(every)))
     if processes == 1:
-        parts = [await _simulate(settings, cand, since, until, accounts, every)]
+        parts = [await _simulate(settings, cand, since, until, accounts, every, migrate)]
     else:
         loop = asyncio.get_running_loop()
         with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
             parts = await asyncio.gather(*(
                 loop.run_in_executor(pool, _in_process, settings, cand, since, until,
-                                     accounts, every[n::processes])
+                                     accounts, every[n::processes], migrate)
                 for n in range(processes)))
     total = _Part()
     for part in parts:
@@ -254,6 +258,7 @@ async def run_simulation(settings: Settings, cand: Candidates, since: datetime,
         total.journalled += part.journalled
     total.result.sends.sort(key=lambda s: (s["created_at"], s["message_id"]))
     total.sends.sort(key=lambda s: (s["created_at"], s["message_id"]))
+    total.result.migrations.sort(key=lambda m: (m["account"], m["contact_id"]))
     report = {"since": since.isoformat(), "until": until.isoformat(),
               "accounts": None if accounts is None else sorted(accounts),
               "candidates": sorted(f"{a}/{i}" for a, i in cand.workflows)

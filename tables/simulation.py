@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from streams.commands import Control
 from streams.definitions import AccountPolicy, Keyword, Workflow, parse_any
 from streams.events import Rejected, parse_event
-from tables.contacts import ContactState, contact_key, split_key
+from tables.contacts import ContactState, contact_key, copy_state, split_key
 from tables.effects import Outcome
 from tables.handlers import (
     Context,
@@ -179,6 +179,9 @@ class Result:
     #: Invalid records (dead-lettered live as well), skipped.
     invalid: int = 0
     contacts: int = 0
+    #: ``--migrate``: per contact inside another version of a candidate workflow at the
+    #: end of the window, where the candidate would place it and what it would send next.
+    migrations: list[dict[str, Any]] = field(default_factory=list)
 
     def merge(self, other: Result) -> None:
         """Add another partition's (contacts never span partitions)."""
@@ -189,6 +192,7 @@ class Result:
         self.added_wakeups += other.added_wakeups
         self.invalid += other.invalid
         self.contacts += other.contacts
+        self.migrations += other.migrations
 
 
 #: What a report keeps of a send command.
@@ -221,8 +225,8 @@ class Simulator:
     def __init__(self, live: Versions, suppressed: Callable[[str, str], str | None], *,
                  since: datetime, until: datetime, partitions: int,
                  cand: Candidates | None = None, max_depth: int = 5,
-                 dedupe_window_s: float = 24 * 3600, accounts: set[str] | None = None
-                 ) -> None:
+                 dedupe_window_s: float = 24 * 3600, accounts: set[str] | None = None,
+                 migrate: bool = False) -> None:
         self.live = live
         self._suppressed = suppressed
         self.since, self.until = since, until
@@ -230,6 +234,7 @@ class Simulator:
         self.cand = cand or Candidates()
         self.max_depth, self.dedupe_window_s = max_depth, dedupe_window_s
         self.accounts = accounts
+        self.migrate = migrate
         self.states: dict[str, ContactState] = {}
         #: Suppression changes the simulation made: they hold for the rest of it.
         self.own: dict[tuple[str, str], str | None] = {}
@@ -311,6 +316,8 @@ class Simulator:
                 item.kind = "wakeup"
             self._handle(item)
         self.result.contacts = len(self.states)
+        if self.migrate:
+            self.result.migrations = list(self._migrations())
         return self.result
 
     def _context(self, item: _Item) -> Context:
@@ -420,6 +427,56 @@ class Simulator:
         self._push(due, "armed", key, None)
 
 
+    # -- the in-flight preview -------------------------------------------------------
+    def _migrations(self) -> Iterator[dict[str, Any]]:
+        """Contacts inside another version of a candidate workflow when the window ends:
+        where the candidate would place each (the step of the same id and kind, a wait
+        keeping its due time; else it would end) and what it would send when it goes on.
+        Nothing is migrated: a new version leaves running executions where they are."""
+        for key, state in sorted(self.states.items()):
+            for ex in state["executions"].values():
+                wf = self.cand.workflows.get((state["account"], ex["workflow_id"]))
+                if (wf is None or ex["version"] == wf["version"]
+                        or ex["status"] not in ("running", "waiting", "paused")):
+                    continue
+                yield self._place(key, state, ex["id"], wf)
+
+    def _place(self, key: str, state: ContactState, execution_id: str,
+               wf: dict[str, Any]) -> dict[str, Any]:
+        ex = state["executions"][execution_id]
+        old = self.live.lookup(state["account"], ex["workflow_id"], ex["version"])
+        kind = None if old is None else old["steps"].get(ex["step"], {}).get("kind")
+        line: dict[str, Any] = {
+            "kind": "migrate", "account": state["account"], "contact_id": state["contact_id"],
+            "execution_id": execution_id, "workflow_id": ex["workflow_id"],
+            "from": {"version": ex["version"], "step": ex["step"], "status": ex["status"],
+                     "due_at": ex["due_at"]},
+            "to": {"version": wf["version"]}}
+        step = wf["steps"].get(ex["step"])
+        if step is None or step["kind"] != kind:
+            line["to"].update(outcome="ends", reason=(
+                f"v{wf['version']} has no step {ex['step']!r}" if step is None else
+                f"step {ex['step']!r} is a {step['kind']} in v{wf['version']}, not a {kind}"))
+            return line
+        line["to"].update(outcome="continues", step=ex["step"])
+        if ex["status"] != "waiting" or not ex["due_at"]:
+            return line
+        moved = copy_state(state)
+        mex = moved["executions"][execution_id]
+        mex["version"] = wf["version"]
+        moved["executions"] = {execution_id: mex}
+        at = max(datetime.fromisoformat(ex["due_at"]), self.until)
+        ctx = self._context(_Item(at, 0, "wakeup", key, None))
+        outcome = handle_wakeup(moved, Wakeup(state["account"], state["contact_id"]), ctx, at)
+        line["next"] = {
+            "at": at.isoformat(),
+            "sends": [slim(orjson.loads(c.model_dump_json(exclude_none=True)))
+                      for c in outcome.effects.sends],
+            "not_sent": [{"reason": a["reason"], "message_id": a.get("message_id")}
+                         for a in outcome.effects.audit]}
+        return line
+
+
 # -- the report -----------------------------------------------------------------------
 def _origin(record: Mapping[str, Any]) -> tuple[str, str]:
     origin = record.get("origin") or {}
@@ -458,6 +515,8 @@ def summary(result: Result, actual_sends: list[dict[str, Any]],
         "per_step": dict(sorted(per_step.items())),
         "per_channel": dict(sorted(per_channel.items())),
         "per_hour": dict(sorted(per_hour.items())),
+        "migrate": dict(sorted(Counter(m["to"]["outcome"] for m in result.migrations
+                                       ).items())),
     }
 
 
@@ -474,6 +533,7 @@ def lines(result: Result, actual_sends: list[dict[str, Any]]) -> Iterator[dict[s
                **slim(s)}
     for a in result.audit:
         yield {"kind": "not_sent", **a}
+    yield from result.migrations
     for i, s in act.items():
         if i not in sim:
             yield {"kind": "send", "diff": "actual",

@@ -124,3 +124,28 @@ def test_the_summary_diffs_by_message_id_and_counts_displaced_sends() -> None:
     out = summary(sim.result, [send("m1", "t2"), send("m3", "t1", "x")], [])
     assert (out["both"], out["both_at_other_times"], out["only_simulated"],
             out["only_actual"], out["displaced"]) == (1, 1, 1, 1, {"w/x": 1})
+
+
+def test_migrate_previews_where_a_new_version_would_place_waiting_contacts() -> None:
+    """ann waits in v1's "pause" when the window ends. v2 keeps a wait of that id
+    (then sends another text): ann would continue there and get v2's text at her due
+    time. v3 has no such step: she would end. Nobody is moved."""
+    registry = Registry(flow(1, WAITS, start="a"))
+    records = [signup("ann", NOW - timedelta(hours=2), 0)]
+    v2 = flow(2, {**WAITS, "b": {"kind": "send_sms", "body": "two, v2"}}, start="a")
+    sim = Simulator(registry, lambda a, b: None, since=NOW, until=NOW + timedelta(hours=1),
+                    partitions=PARTITIONS, cand=Candidates([v2]), migrate=True)
+    sim.load(records)
+    [line] = sim.run().migrations
+    assert (line["contact_id"], line["from"]["step"], line["to"]["outcome"],
+            line["to"]["step"]) == ("ann", "pause", "continues", "pause")
+    assert [s["body"] for s in line["next"]["sends"]] == ["two, v2"]
+    assert line["next"]["at"] == (NOW + timedelta(hours=22)).isoformat()
+    assert sim.states["acme:ann"]["executions"][line["execution_id"]]["version"] == 1
+
+    v3 = flow(3, {"a": {"kind": "send_sms", "body": "only"}}, start="a")
+    sim = Simulator(registry, lambda a, b: None, since=NOW, until=NOW + timedelta(hours=1),
+                    partitions=PARTITIONS, cand=Candidates([v3]), migrate=True)
+    sim.load(records)
+    [line] = sim.run().migrations
+    assert (line["to"]["outcome"], line["to"]["reason"]) == ("ends", "v3 has no step 'pause'")

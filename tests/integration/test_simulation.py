@@ -161,8 +161,9 @@ async def test_candidates_say_what_they_would_have_done(
                "steps": {"hello": {"kind": "send_sms", "body": "Welcome aboard"}}}
     policy = {"kind": "account", "account": "acme", "version": 1,
               "caps": {"limits": {"day": 2}}, "quiet_hours": None}
-    lines, summary = await simulate(stack, tmp_path, "--since", since,
+    lines, summary = await simulate(stack, tmp_path, "--since", since, "--migrate",
                                     candidates=(welcome, policy))
+    assert summary["migrate"] == {}  # everyone entered in the window: nobody is in v1
     assert summary["candidates"] == ["acme/welcome", "acme/policy"]
     bodies = {line["message_id"]: line for line in lines if line["kind"] == "send"}
     sent = [line for line in bodies.values() if line["diff"] != "actual"]
