@@ -239,6 +239,7 @@ class Simulator:
         #: Suppression changes the simulation made: they hold for the rest of it.
         self.own: dict[tuple[str, str], str | None] = {}
         self.result = Result()
+        self._recorded: list[_Item] = []
         self._queue: list[_Item] = []
         self._seq = 0
         #: Contact key → when recorded wake-ups for it were decided, ascending.
@@ -252,8 +253,15 @@ class Simulator:
     # -- input -----------------------------------------------------------------------
     def _push(self, at: datetime, kind: str, key: str, payload: Any,
               entry: Entry | None = None) -> None:
+        """An item the simulation makes (an emitted event, a wake-up it adds)."""
         self._seq += 1
         heapq.heappush(self._queue, _Item(at, self._seq, kind, key, payload, entry))
+
+    def _record(self, at: datetime, kind: str, key: str, payload: Any,
+                entry: Entry | None) -> None:
+        """A recorded item (loaded in time order: a list, not the heap)."""
+        self._seq += 1
+        self._recorded.append(_Item(at, self._seq, kind, key, payload, entry))
 
     def load(self, records: Iterable[Recorded]) -> None:
         """Queue the recorded input (events the worker emitted are set aside: the
@@ -273,8 +281,8 @@ class Simulator:
                 if event.id.startswith(EMITTED):
                     self._emitted_at.setdefault(event.id, (r.at, r.entry))
                     continue
-                self._push(r.at, "event", contact_key(event.account, event.contact_id),
-                           event, r.entry)
+                self._record(r.at, "event", contact_key(event.account, event.contact_id),
+                             event, r.entry)
             elif r.kind == "wakeup":
                 try:
                     raw = orjson.loads(r.value)
@@ -286,7 +294,7 @@ class Simulator:
                     continue
                 key = contact_key(wakeup.account, wakeup.contact_id)
                 self._recorded_wakeups[key].append(r.at)
-                self._push(r.at, "wakeup", key, wakeup, r.entry)
+                self._record(r.at, "wakeup", key, wakeup, r.entry)
             else:
                 try:
                     command = Control.model_validate_json(r.value)
@@ -295,15 +303,22 @@ class Simulator:
                     continue
                 if not self._wanted(command.account):
                     continue
-                self._push(r.at, "control", f"~{r.partition}", command, r.entry)
+                self._record(r.at, "control", f"~{r.partition}", command, r.entry)
 
     def _wanted(self, account: str) -> bool:
         return self.accounts is None or account in self.accounts
 
     # -- the run ---------------------------------------------------------------------
     def run(self) -> Result:
-        while self._queue:
-            item = heapq.heappop(self._queue)
+        """The recorded items in order, merged with those the simulation makes."""
+        recorded, queue, n = self._recorded, self._queue, 0
+        while True:
+            if queue and (n == len(recorded) or queue[0] < recorded[n]):
+                item = heapq.heappop(queue)
+            elif n < len(recorded):
+                item, n = recorded[n], n + 1
+            else:
+                break
             if item.at >= self.until:
                 break
             if item.kind == "armed":
