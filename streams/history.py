@@ -74,16 +74,6 @@ class _Entries:
         return None if best is None else best[1]
 
 
-async def _read(consumer: AIOKafkaConsumer, topic: str, partitions: list[int], *,
-                exact: bool) -> list[Any]:
-    # A group-less consumer's client asks for the metadata of the topics it was assigned
-    # (the last read's): this one's leaders first.
-    await consumer._client._wait_on_metadata(topic)
-    tps = [TopicPartition(topic, p) for p in partitions]
-    ends = await topic_ends(consumer, tps, embedded=not exact)
-    return await read_records(consumer, ends, max_seconds=READ_S)
-
-
 def _time(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -96,23 +86,47 @@ def _time(value: str | None) -> datetime | None:
 
 class Reader:
     """One consumer reading the recorded log partition by partition (a partition's
-    contacts are all on it: each is simulated on its own, in bounded memory)."""
+    contacts are all on it: each is simulated on its own, in bounded memory). Where each
+    topic partition begins and ends is asked once, for all of them: a partition with
+    nothing on a topic costs no read."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, partitions: list[int]) -> None:
         self.settings = settings
         self.names = TopicNames.of(settings)
+        self.partitions = partitions
         self._consumer: AIOKafkaConsumer | None = None
-        self.exact = False
+        #: (topic, partition) → (first offset, end offset), as of the start.
+        self._spans: dict[TopicPartition, tuple[int, int]] = {}
+
+    def _topics(self) -> list[str]:
+        n = self.names
+        return [n.suppressions, n.journal, n.events, n.routed, n.wakeups, n.control,
+                *(n.send(c) for c in ("sms", "mms", "email")), n.audit]
 
     async def __aenter__(self) -> Reader:
         capabilities = await probe(self.settings)
-        self.exact = capabilities.exact_end_offsets
-        self._consumer = AIOKafkaConsumer(
+        consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
             enable_auto_commit=False, isolation_level="read_committed"
             if capabilities.transactions else "read_uncommitted",
             **self.settings.kafka_security())
-        await self._consumer.start()
+        try:  # started inside: one cancelled or failing while starting is closed too
+            await consumer.start()
+            every = list(range(self.settings.partitions))
+            tps = []
+            for topic in self._topics():
+                # A group-less consumer's client asks only for the topics it knows.
+                await consumer._client._wait_on_metadata(topic)
+                tps += [TopicPartition(topic, p) for p in (
+                    every if topic == self.names.suppressions else self.partitions)]
+            ends = await topic_ends(consumer, tps,
+                                    embedded=not capabilities.exact_end_offsets)
+            starts = await consumer.beginning_offsets(tps)
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._spans = {tp: (starts.get(tp, 0), ends[tp]) for tp in tps}
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -121,7 +135,14 @@ class Reader:
 
     async def read(self, topic: str, partitions: list[int]) -> list[Any]:
         assert self._consumer is not None
-        return await _read(self._consumer, topic, partitions, exact=self.exact)
+        spans = {tp: span for p in partitions
+                 if (span := self._spans.get(tp := TopicPartition(topic, p))) is not None
+                 and span[1] > span[0]}
+        if not spans:
+            return []
+        return await read_records(self._consumer, {tp: end for tp, (_, end) in spans.items()},
+                                  start={tp: start for tp, (start, _) in spans.items()},
+                                  max_seconds=READ_S)
 
     async def definitions(self) -> tuple[Registry, Suppressions]:
         """Every definition version, and the suppression list as it is now."""
@@ -200,7 +221,7 @@ async def _simulate(settings: Settings, cand: Candidates, since: datetime, until
                     accounts: set[str] | None, partitions: list[int], migrate: bool) -> _Part:
     """``partitions``, one after the other, in this process."""
     out = _Part()
-    async with Reader(settings) as reader:
+    async with Reader(settings, partitions) as reader:
         registry, suppressions = await reader.definitions()
         for partition in partitions:
             history = await reader.partition(partition, since, until)

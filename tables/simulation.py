@@ -96,6 +96,9 @@ class Candidates:
             self.add(definition)
 
     def add(self, raw: dict[str, Any]) -> None:
+        if not isinstance(raw, dict):
+            raise CandidateError(f"a candidate is a JSON object (a definition), not "
+                                 f"{type(raw).__name__}")
         try:
             parsed = parse_any(raw)
         except (ValidationError, ValueError) as exc:

@@ -149,3 +149,8 @@ def test_migrate_previews_where_a_new_version_would_place_waiting_contacts() -> 
     sim.load(records)
     [line] = sim.run().migrations
     assert (line["to"]["outcome"], line["to"]["reason"]) == ("ends", "v3 has no step 'pause'")
+
+
+def test_a_candidate_that_is_no_object_is_refused_with_the_reason() -> None:
+    with pytest.raises(CandidateError, match="not int"):
+        Candidates([1])  # type: ignore[list-item]
