@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ from tables.store import partition_for
 
 __all__ = ["WAKEUP_LATENESS", "Candidates", "Recorded", "Result", "Simulator", "lines", "slim",
            "summary"]
+
+log = logging.getLogger(__name__)
 
 #: A recorded wake-up this long after a simulated due time is taken for the one that
 #: served it (the live timer's latency); none within it, and the due time is used.
@@ -386,11 +389,15 @@ class Simulator:
             except Rejected:
                 self.result.invalid += 1
                 continue
+            except Exception:  # the worker dead-letters it (processing_error): so here
+                log.exception("simulating %s for %s failed", item.kind, key)
+                self.result.invalid += 1
+                continue
             self._count(item)
             if outcome.state is not None:
                 self.states[key] = outcome.state
             self._effects(outcome, item, ctx)
-            self._arm(key, ctx)
+            self._arm(key, item.at)
 
     def _count(self, item: _Item) -> None:
         if item.at >= self.since:
@@ -424,15 +431,18 @@ class Simulator:
             self._push(max(at, now), "event", contact_key(parsed.account, parsed.contact_id),
                        parsed, entry if at >= now else None)
 
-    def _arm(self, key: str, ctx: Context) -> None:
-        """A wake-up at the contact's due time, unless a recorded one serves it."""
+    def _arm(self, key: str, now: datetime) -> None:
+        """A wake-up at the contact's due time, unless a recorded one serves it. The
+        inactivity thresholds are the current ones, as the worker's timer reads them."""
         state = self.states.get(key)
         if state is None:
             return
         record = state.get("inactivity")
+        timers: Definitions = (Overlay(self.live, self.cand)
+                               if self.cand and now >= self.since else self.live)
         due = earliest(state["next_due"],
                        None if record is None else (record["since"], record["fired"]),
-                       ctx.definitions.inactivity_thresholds(split_key(key)[0]))
+                       timers.inactivity_thresholds(split_key(key)[0]))
         if due is None or due >= self.until:
             return
         recorded = self._recorded_wakeups.get(key, [])
