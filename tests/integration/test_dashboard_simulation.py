@@ -7,7 +7,6 @@ a message body is text (never markup), and a candidate the lab cannot take shows
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -20,8 +19,8 @@ import pytest
 from playwright.async_api import Dialog, Page, async_playwright, expect
 
 from api.app import create_app
-from tables.simulation import CandidateError, Candidates
 from tests.api.conftest import Databases, Postgres, api_settings
+from tests.api.test_api_simulation import candidate_error
 from tests.conftest import Broker
 from tests.integration.test_dashboard import expected_error, served, watch
 from tests.integration.test_simulation import WELCOME, traffic
@@ -29,7 +28,6 @@ from tests.stack import Stack
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("DRIPSTREAM_TEST_CHROMIUM", "/usr/bin/chromium")
 #: A simulation reads every topic to its end: a page waits this long for one (ms).
 RUN_MS = 240_000
 #: Markup in a candidate's message: the page must show it as text.
@@ -60,30 +58,6 @@ def database_url(postgres: Postgres) -> Iterator[str]:
         yield dbs.empty()
     finally:
         dbs.drop_all()
-
-
-@pytest.fixture
-def chromium() -> str:
-    """The browser's path; a missing one fails the test (CI installs it), never skips."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run does), "
-                    f"or set DRIPSTREAM_TEST_CHROMIUM")
-    return CHROMIUM
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    path = Path(os.environ.get("DRIPSTREAM_DASHBOARD_SCREENSHOTS") or tmp_path / "shots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def candidate_error(definition: dict[str, Any]) -> str:
-    try:
-        Candidates().add(definition)
-    except CandidateError as exc:
-        return str(exc)
-    raise AssertionError(f"{definition} was taken")
 
 
 async def submit(page: Page, definitions: Any, since: str, until: str) -> None:
