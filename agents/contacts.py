@@ -141,9 +141,10 @@ class Cycle:
         self.recorders: dict[int, Recorder] = {}
         #: The answers the record being handled reads (its recorder, or its replay's).
         self.deciding: Recorder | Replayer | None = None
-        #: Journal records this batch did not write (it had no effects): the next batch
-        #: with effects writes them first, unless this one's states are stored by then.
-        self.unjournalled: list[compat.Record] = []
+        #: The acknowledgement of this batch's journal records when it had no effects:
+        #: queued, not waited for before its states (nobody saw anything it decided), but
+        #: by the next batch with effects, unless this one's states are stored by then.
+        self.journal_acked: Callable[[], Awaitable[Any]] | None = None
         #: What the batch did, for the read model's stats and recent lists and the metrics.
         self.activity = Activity(now)
 
@@ -217,9 +218,11 @@ class Cycle:
         """What a record's handler reads besides its state: the answers and ``now`` it was
         handled with before (a replay, from the journal), or this batch's, recorded."""
         w = self.w
-        if w.transactions is not None:  # nothing a reader saw is ever redone: no journal
-            return self.ctx, self.now
-        replay = w.journal.replay(message.topic, message.partition, message.offset)
+        # With exactly-once nothing a reader saw is ever redone: no replay, but the journal
+        # is still written (in the partition's transaction): the journey lab decides every
+        # record at its ``now`` (tables/simulation.py).
+        replay = (None if w.transactions is not None
+                  else w.journal.replay(message.topic, message.partition, message.offset))
         if replay is not None:
             entry, replayer = replay
             self.deciding = replayer
@@ -408,6 +411,8 @@ class Cycle:
             written = await w.store.send(self.encoded)
             self.state_queued.set()
             states = await written()
+            if self.journal_acked is not None:
+                await self.journal_acked()
         except (KafkaError, TimeoutError, OSError) as exc:
             raise Fatal(f"broker error while writing the batch: {exc!r}") from exc
         if previous is not None:
@@ -447,6 +452,8 @@ class Cycle:
             await previous.stored.wait()
         self.still_member()
         parts: dict[int, _Part] = {}
+        for record in w.journal.records(self.recorders):  # the journey lab's record
+            parts.setdefault(record[1], _Part()).records.append(record)
         for source, record in zip(self.sources, self.records, strict=True):
             assert source is not None, f"a record without its input partition: {record[:2]}"
             parts.setdefault(source, _Part()).records.append(record)
@@ -563,14 +570,17 @@ class Cycle:
         a later batch depend on this one's states too (unless these are stored by then)."""
         records = self.w.journal.records(self.recorders)
         if not self.records:
-            self.unjournalled = records
+            self.journal_acked = await send_batches(self.w.app, records)
             return
+        earlier = []
         before = self.previous
         while before is not None and not before.stored.is_set():
-            records = before.unjournalled + records
+            if before.journal_acked is not None:
+                earlier.append(before.journal_acked)
             before = before.previous
-        if records:
-            await (await send_batches(self.w.app, records))()
+        await (await send_batches(self.w.app, records))()
+        for acked in earlier:  # queued before ours: acknowledged by now, or failed
+            await acked()
 
     async def project(self) -> None:
         """Changed and re-seen contacts to the read model, retrying while Redis is away

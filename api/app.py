@@ -31,7 +31,7 @@ from api.middleware import BodyLimit, JsonOnly, Metrics
 from api.paths import ContactSegment
 from api.projection import Projection
 from api.relay import Relay
-from api.routes import campaigns, contacts, events, keys, observe, suppressions
+from api.routes import campaigns, contacts, events, keys, observe, simulations, suppressions
 from api.routes.definitions import definition_router, policy_router
 from api.settings import ApiSettings
 from api.store import FaultPlan
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
         app.include_router(definition_router(kind, plural))
     app.include_router(policy_router())
     app.include_router(definition_router("campaign", "campaigns"))
-    for module in (campaigns, contacts, events, keys, suppressions, observe):
+    for module in (campaigns, contacts, events, keys, suppressions, observe, simulations):
         app.include_router(module.router)
     dashboard.mount(app)  # /dashboard (docs/dashboard.md): a session cookie as an auth source
     registry = CollectorRegistry()

@@ -3,9 +3,10 @@
 Server-rendered Jinja2 templates (``api/templates/``), charts as inline SVG
 (:mod:`api.charts`), times and record details worded by :mod:`api.display`, one
 stylesheet (``api/static/``); no JavaScript. Every page calls the
-JSON routes' own functions (``api.routes.observe``, ``contacts``, ``campaigns``) with the
-caller's principal, so it shows exactly the numbers the API answers, and every button
-posts through the same function as the API's route. Who may see and do what is the
+JSON routes' own functions (``api.routes.observe``, ``contacts``, ``campaigns``,
+``simulations``) with the caller's principal, so it shows exactly the numbers the API
+answers, and every button (and the journey lab's form) posts through the same function as
+the API's route. Who may see and do what is the
 API's check too: each page has :class:`Allow` (as a dependency), and a session cookie is
 one more auth source (:mod:`api.sessions`). Forms carry the session's CSRF token.
 
@@ -19,10 +20,11 @@ import inspect
 import re
 import secrets
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import quote
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -37,8 +39,8 @@ from api.charts import stacked_bars
 from api.deps import ServicesDep, SessionDep
 from api.errors import Problem
 from api.paths import CONTACT_PATH
-from api.routes import campaigns, contacts, observe
-from api.schemas import Cursor
+from api.routes import campaigns, contacts, observe, simulations
+from api.schemas import Cursor, SimulationIn
 from streams.events import ACCOUNT_PATTERN, EVENT_TYPES, Channel
 from tables.campaigns import CAMPAIGN_WORKFLOW, COUNTERS
 from tables.gate import REASONS
@@ -70,6 +72,7 @@ _env.filters["path"] = lambda s: quote(str(s), safe="/")
 _env.filters["when"] = lambda value: _time(display.when(value)) if value else ""
 _env.filters["wall"] = lambda value, zone: _time(display.wall(value, zone))
 _env.filters["readable"] = display.readable
+_env.filters["hour"] = display.hour
 _env.globals["CAMPAIGN_WORKFLOW"] = CAMPAIGN_WORKFLOW
 
 
@@ -341,6 +344,77 @@ async def control_campaign(request: Request, account: str,
     sessions.check_csrf(request, await sessions.form(request))
     await campaigns.control(account, campaign_id, action, who, session, svc)
     return _see_other(f"{PREFIX}/{quote(account, safe='')}/campaigns?sent={action}")
+
+
+# -- the journey lab --------------------------------------------------------------------
+#: The lines (sends, non-sends) the lab's page shows; the JSON route answers up to 10,000.
+LAB_LINES = 200
+_LAB_FIELDS = ("definitions", "since", "until")
+
+
+def _instant(text: str, name: str) -> datetime:
+    """A form's time: ISO 8601 (a space for the T will do), UTC unless it has an offset."""
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise Problem(422, f"{name}: {text.strip()!r} is not a time: write it as "
+                           "2026-03-01 10:00 (UTC) or 2026-03-01T10:00+01:00") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def lab_request(form: dict[str, str]) -> SimulationIn:
+    """The lab's form as the JSON route's body (a 422 saying what is wrong with it): the
+    candidates as JSON, one definition or a list; the window's ends (``until`` empty:
+    now)."""
+    text = form.get("definitions", "").strip()
+    try:
+        raw = orjson.loads(text) if text else []
+    except orjson.JSONDecodeError as exc:
+        raise Problem(422, f"the candidate definitions are not JSON: {exc}") from None
+    found = raw if isinstance(raw, list) else [raw]
+    for index, item in enumerate(found):
+        if not isinstance(item, dict):
+            raise Problem(422, f"definitions[{index}] is not a JSON object (a definition)")
+    if not form.get("since", "").strip():
+        raise Problem(422, "from: the window needs a start")
+    until = form.get("until", "").strip()
+    return SimulationIn(definitions=found, since=_instant(form["since"], "from"),
+                        until=_instant(until, "to") if until else None, lines=LAB_LINES)
+
+
+def _lab(request: Request, account: str, form: dict[str, str], code: int = 200,
+         **context: Any) -> HTMLResponse:
+    return render(request, "lab.html", code, account=account, page="lab", form=form,
+                  **context)
+
+
+@router.get("/{account}/lab", response_class=HTMLResponse)
+async def lab(request: Request, account: str, who: Reader, svc: ServicesDep
+              ) -> HTMLResponse:
+    """The journey lab's form: candidate definitions and a window (the last day)."""
+    since = (svc.clock() - timedelta(days=1)).astimezone(UTC)
+    return _lab(request, account, {"definitions": "", "until": "",
+                                   "since": since.strftime(display.FORMAT)})
+
+
+@router.post("/{account}/lab", response_class=HTMLResponse)
+async def run_lab(request: Request, account: str, who: Reader, svc: ServicesDep
+                  ) -> HTMLResponse:
+    """``POST /v1/…/simulations``' function, behind the CSRF check; the form again, with
+    its result below, or with what is wrong with it (the API's message)."""
+    fields = await sessions.form(request)
+    sessions.check_csrf(request, fields)
+    form = {name: fields.get(name, "") for name in _LAB_FIELDS}
+    try:
+        out = await simulations.simulate(svc, account, lab_request(form), request)
+    except Problem as exc:
+        if exc.status not in (422, 503):
+            raise
+        return _lab(request, account, form, exc.status, error=exc.detail)
+    summary = out.summary
+    reasons = sorted(summary["not_sent"].keys() | summary["actual_not_sent"].keys())
+    return _lab(request, account, form, result=summary, lines=out.lines,
+                truncated=out.truncated, reasons=reasons)
 
 
 # -- mounting ---------------------------------------------------------------------------

@@ -4,6 +4,7 @@ and ``SessionDep`` (one database session per request)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class Services:
     #: every call; a store query each time was a fifth of its cost. This process forgets
     #: an account's entry when it writes the policy; other replicas within POLICY_CACHE_S.
     policies: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    #: Held by the journey lab's run (``api.routes.simulations``): one at a time per
+    #: process, since each holds its window's whole log in memory.
+    simulating: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def policy(self, account: str) -> dict[str, Any]:
         """The account's live policy (or the defaults), remembered for a few seconds."""

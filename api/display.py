@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["FORMAT", "lag_summary", "readable", "wall", "when"]
+__all__ = ["FORMAT", "hour", "lag_summary", "readable", "wall", "when"]
 
 #: The one format of a time on the dashboard (then the zone's name).
 FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -50,6 +50,15 @@ def wall(value: Any, zone: str) -> str:
     if found is None or found.tzinfo is not None:
         return when(value)
     return f"{found.strftime(FORMAT)} {zone}"
+
+
+def hour(value: str) -> str:
+    """An hour of the journey lab's report (``2026-03-01T10:00``, the start of an hour of
+    UTC send times) as the dashboard shows times: ``2026-03-01 10:00 UTC``."""
+    found = _parse(value)
+    if found is None or found.tzinfo is not None:
+        return when(value)
+    return f"{found.strftime('%Y-%m-%d %H:%M')} UTC"
 
 
 def readable(value: Any) -> str:

@@ -10,13 +10,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from api.auth import Role
 from api.errors import Problem
 
 __all__ = ["MAX_DEPTH", "Cursor", "DefinitionCursor", "DefinitionOut", "KeyIn", "KeyOut",
-           "Limit", "Page", "check_depth"]
+           "Limit", "Page", "SimulationIn", "SimulationOut", "check_depth"]
 
 #: A definition id (workflows, keywords, campaigns).
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -127,3 +127,40 @@ class Accepted(BaseModel):
 
     status: Literal["sent"] = "sent"
     detail: str
+
+
+def _text(value: Any) -> Any:
+    if not isinstance(value, str | datetime):
+        raise ValueError("an ISO 8601 time with its offset (text), e.g. 2026-03-01T00:00:00Z")
+    return value
+
+
+#: An instant as ISO 8601 text with its offset (a number of seconds is not taken).
+Instant = Annotated[AwareDatetime, BeforeValidator(_text)]
+
+
+class SimulationIn(BaseModel):
+    """A journey-lab run: candidates over the recorded ``[since, until)`` of one account."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    definitions: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=100,
+        description="candidate workflows, keywords and account policies (docs/simulation.md), "
+                    "each in place of the live version of the same id; none: the live "
+                    "definitions. Each one's account is the URL's (left out: taken from it)")
+    since: Instant = Field(description="start of the window, with its offset")
+    until: Instant | None = Field(
+        None, description="end of the window (excluded), with its offset; default: now")
+    lines: int = Field(1000, ge=0, le=10_000,
+                       description="at most this many lines (sends and non-sends) answered")
+
+
+class SimulationOut(BaseModel):
+    """What the candidates would have done, beside what went out."""
+
+    summary: dict[str, Any] = Field(description="the counts and the diff (docs/api.md)")
+    lines: list[dict[str, Any]] = Field(
+        description="one per simulated send (diff both or simulated), non-send (kind "
+                    "not_sent), and actual send the simulation did not make (diff actual)")
+    truncated: bool = Field(description="more lines than `lines` were left out")

@@ -155,6 +155,9 @@ async def probe(settings: Settings) -> Capabilities:
         except KafkaConnectionError:
             await client.close()
             raise await diagnose(settings) from None
+        except BaseException:  # cancelled while bootstrapping: closed all the same
+            await client.close()
+            raise
         finally:
             clients_log.setLevel(level)
         try:

@@ -580,6 +580,116 @@ def _registry(settings: Any) -> Any:
     return _reaching_the_broker(settings, lambda: asyncio.run(read_registry(settings)))
 
 
+def _moment(value: str, option: str, now: Any) -> Any:
+    """An aware datetime from ``--since``/``--until``: ISO 8601 (UTC if no offset), or a
+    duration back from now (``7d``, ``36h``, ``90m``)."""
+    from datetime import UTC, datetime, timedelta
+
+    from streams.definitions import DefinitionError, parse_duration
+
+    if value == "now":
+        return now
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            return now - timedelta(seconds=parse_duration(value))
+        except (DefinitionError, ValueError):
+            typer.echo(f"invalid {option}: {value!r} is neither an ISO 8601 time nor a "
+                       "duration back from now (7d, 36h, 90m)", err=True)
+            raise typer.Exit(2) from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+@cli.command()
+def simulate(
+    definitions: Annotated[list[Path], typer.Argument(
+        help="candidate definitions (JSON files: one definition or a list); none: the "
+             "live ones, a check that the simulation reproduces what happened")] = [],  # noqa: B006
+    since: Annotated[str, typer.Option(
+        help="start of the window: ISO 8601, or a duration back from now")] = "1d",
+    until: Annotated[str, typer.Option(help="end of the window: ISO 8601, a duration back "
+                                            "from now, or now")] = "now",
+    account: Annotated[str | None, typer.Option(
+        help="only this account (default: the candidates' accounts, or every one)")] = None,
+    lines: Annotated[bool, typer.Option(
+        "--lines", help="one JSON line per send and non-send, then the summary")] = False,
+    processes: Annotated[int, typer.Option(
+        min=1, help="processes sharing the partitions (each simulates whole partitions)")
+    ] = 1,
+    migrate: Annotated[bool, typer.Option(
+        "--migrate", help="also show, per contact inside another version of a candidate "
+                          "workflow at the window's end, where the candidate would place "
+                          "it and what it would send next")] = False,
+) -> None:
+    """What the candidate definitions would have done over the recorded log: the same
+    handlers, with each record decided when (and with the answers) the worker decided it,
+    the candidates in place of the live versions of the same id. Publishes nothing.
+
+    Exit status: 0, 1 the broker cannot be reached, 2 an invalid candidate or window."""
+    import orjson
+
+    from streams.history import run_simulation
+    from tables.simulation import CandidateError, Candidates
+
+    cand = Candidates()
+    for path in definitions:
+        try:
+            raw = orjson.loads(path.read_bytes())
+        except OSError as exc:
+            typer.echo(f"invalid: cannot read {path}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(2) from None
+        except orjson.JSONDecodeError as exc:
+            typer.echo(f"invalid: {path} is not JSON: {exc}", err=True)
+            raise typer.Exit(2) from None
+        try:
+            for item in raw if isinstance(raw, list) else [raw]:
+                cand.add(item)
+        except CandidateError as exc:
+            typer.echo(f"invalid: {path}: {exc}", err=True)
+            raise typer.Exit(2) from None
+    settings = _one_shot()
+    now = _now(settings)
+    start, end = _moment(since, "--since", now), _moment(until, "--until", now)
+    if start >= end:
+        typer.echo(f"invalid window: --since {start.isoformat()} is not before --until "
+                   f"{end.isoformat()}", err=True)
+        raise typer.Exit(2)
+    accounts = {account} if account else None
+    with _quiet("tables.journal"):
+        lab = _reaching_the_broker(settings, lambda: asyncio.run(
+            run_simulation(settings, cand, start, end, accounts, processes=processes,
+                           migrate=migrate)))
+    if lines:
+        for line in lab.lines():
+            typer.echo(orjson.dumps(line).decode())
+        typer.echo(orjson.dumps({"summary": lab.report}).decode())
+        return
+    typer.echo(_summary_table(lab.report))
+
+
+def _summary_table(report: dict[str, Any]) -> str:
+    """The simulation's summary as an operator reads it."""
+    out = [f"window      {report['since']} .. {report['until']}",
+           f"candidates  {', '.join(report['candidates']) or '(none: the live definitions)'}",
+           f"replayed    {report['handled']} records in the window "
+           f"({report['rebuilt_from']} before it rebuilt the contacts' state), "
+           f"{report['contacts']} contacts",
+           f"sends       {report['sends']} simulated, {report['actual_sends']} actual: "
+           f"{report['both']} in both ({report['both_at_other_times']} at another time), "
+           f"{report['only_simulated']} only simulated, {report['only_actual']} only actual"]
+    for title, key in (("not sent (simulated)", "not_sent"), ("not sent (actual)",
+                                                             "actual_not_sent"),
+                       ("displaced (sent, capped in the simulation)", "displaced"),
+                       ("sends per workflow/step", "per_step"),
+                       ("sends per channel", "per_channel"), ("sends per hour", "per_hour"),
+                       ("in-flight contacts in the candidate (--migrate)", "migrate")):
+        if report[key]:
+            out.append(f"{title}:")
+            out += [f"  {name:<40} {count:>8}" for name, count in report[key].items()]
+    return "\n".join(out)
+
+
 campaign_cli = typer.Typer(help="Campaigns: status, preview, pause, resume, cancel.",
                            no_args_is_help=True)
 cli.add_typer(campaign_cli, name="campaign")

@@ -52,10 +52,11 @@ TOPICS: tuple[TopicSpec, ...] = (
               "workflow, account-policy, keyword and campaign definitions; campaign controls"),
     TopicSpec("suppressions", True, None, "per account: addresses never to send to"),
     TopicSpec("control", False, 7 * DAY_MS, "pause/resume/cancel commands for executions"),
-    TopicSpec("wakeups", False, DAY_MS, "internal: due waits, sent by the timer tick"),
-    TopicSpec("journal", False, DAY_MS,
+    TopicSpec("wakeups", False, 7 * DAY_MS, "internal: due waits, sent by the timer tick"),
+    TopicSpec("journal", False, 7 * DAY_MS,
               "internal: what each batch's decisions read (now, definitions, suppressions), "
-              "written before its effects so a replay decides the same"),
+              "written before its effects so a replay decides the same; and when and how "
+              "each input record was decided, for the journey lab (docs/simulation.md)"),
     TopicSpec("audit", False, 30 * DAY_MS, "every send that did not go out, with reason"),
     TopicSpec("send.sms", False, 7 * DAY_MS, "send commands for SMS channel workers"),
     TopicSpec("send.mms", False, 7 * DAY_MS, "send commands for MMS channel workers"),

@@ -270,16 +270,21 @@ def test_a_batch_records_what_its_handlers_read_and_a_replay_reads_it_back() -> 
         [orjson.loads(r[3])["reason"] for r in later.records if r[0] == NAMES.audit])
 
 
-async def test_a_batch_without_effects_leaves_its_journal_to_the_next_with_effects(
+async def test_a_batch_without_effects_queues_its_journal_and_the_next_waits_for_it(
         monkeypatch: Any) -> None:
-    """The first batch only tags (no effects): it writes no journal record. The next sends:
-    it writes both batches' entries before its effects — unless the first is stored."""
+    """The first batch only tags (no effects): its journal record is queued, not waited
+    for (nobody saw what it decided; the journey lab needs its ``now``). The next batch
+    sends: before its effects it waits for its own entry and the first's acknowledgement —
+    unless the first is stored by then."""
     written: list[list[Any]] = []
+    waited: list[int] = []
 
     async def send_batches(app: Any, records: Any) -> Any:
         written.append(list(records))
+        n = len(written)
 
         async def acked() -> dict[Any, int]:
+            waited.append(n)
             return {}
 
         return acked
@@ -289,17 +294,19 @@ async def test_a_batch_without_effects_leaves_its_journal_to_the_next_with_effec
     quiet = cycle(worker)
     quiet.event(event("c-1", "contact.tagged", {"tag": "a"}, ident="t", offset=3))
     await quiet.journal()
+    assert ([[{NAMES.events: (3, 3)}]], []) == (
+        [[Entry.decode(r[3]).ranges for r in batch] for batch in written], waited)
     loud = Cycle(worker, NOW, quiet)  # type: ignore[arg-type]
     loud.event(signup_message(offset=4))
     await loud.journal()
-    assert (1, 1) == (len(quiet.unjournalled), len(written))
-    assert [{NAMES.events: (3, 3)}, {NAMES.events: (4, 4)}] == [
-        Entry.decode(r[3]).ranges for r in written[0]]
+    assert [{NAMES.events: (4, 4)}] == [Entry.decode(r[3]).ranges for r in written[1]]
+    assert waited == [2, 1]
     quiet.stored.set()
     again = Cycle(worker, NOW, quiet)  # type: ignore[arg-type]
     again.event(signup_message(offset=5))
     await again.journal()
-    assert [{NAMES.events: (5, 5)}] == [Entry.decode(r[3]).ranges for r in written[1]]
+    assert [{NAMES.events: (5, 5)}] == [Entry.decode(r[3]).ranges for r in written[2]]
+    assert waited == [2, 1, 3]
 
 
 async def test_a_worker_thrown_out_of_the_group_writes_no_effects_and_no_state(
@@ -456,7 +463,9 @@ def take_signups(c: Cycle, contacts: tuple[str, ...], offset: int) -> None:
 async def test_each_input_partition_commits_its_own_share(monkeypatch: Any) -> None:
     """Two signups on two partitions and an event that arrived on the wrong one: each
     partition's transaction holds its contacts' sends and states and its input offsets;
-    the forward belongs to the partition it arrived on; records are acked after."""
+    the forward belongs to the partition it arrived on, and the journal entry (when and
+    how its records were decided, for the journey lab) to its own; records are acked
+    after."""
     tx = Transactions()
     worker = exactly_once_worker(tx, monkeypatch)
     first, other = two_partitions()
@@ -469,8 +478,9 @@ async def test_each_input_partition_commits_its_own_share(monkeypatch: Any) -> N
     c.event(stray)
     c.seal()
     await c.finish()
-    assert tx.records[p1] == [(NAMES.send("sms"), p1)]
-    assert sorted(tx.records[p2]) == sorted([(NAMES.send("sms"), p2), (NAMES.routed, p1)])
+    assert tx.records[p1] == [(NAMES.journal, p1), (NAMES.send("sms"), p1)]
+    assert sorted(tx.records[p2]) == sorted([(NAMES.journal, p2), (NAMES.send("sms"), p2),
+                                             (NAMES.routed, p1)])
     assert tx.values == {p1: {f"acme:{first}"}, p2: {f"acme:{other}"}}
     assert tx.offsets == {p1: {(NAMES.events, p1): 8}, p2: {(NAMES.events, p2): 9}}
     assert sorted(worker.app.consumer.acked) == sorted([(p1, 7), (p2, 7), (p2, 8)])

@@ -14,7 +14,6 @@ made that way) or the test's ``tmp_path``.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import socket
 import uuid
@@ -40,7 +39,6 @@ from tests.stack import Stack, eventually
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("DRIPSTREAM_TEST_CHROMIUM", "/usr/bin/chromium")
 CAMPAIGN = {"id": "spring", "name": "Spring", "content": {"channel": "sms", "body": "Sale!"},
             "schedule": {"type": "once", "at": "2030-03-01T10:00"}}
 KINDS = ("events", "sends", "nonsends", "deadletters")
@@ -118,22 +116,6 @@ async def no_raw_times(page: Page) -> None:
     """No time on the page is raw ISO (a T, microseconds, an offset)."""
     text = await page.locator("main").inner_text()
     assert not RAW_TIME.search(text), (page.url, RAW_TIME.findall(text))
-
-
-@pytest.fixture
-def chromium() -> str:
-    """The browser's path; a missing one fails the test (CI installs it), never skips."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no chromium at {CHROMIUM}: apt-get install -y chromium (.ci/run does), "
-                    f"or set DRIPSTREAM_TEST_CHROMIUM")
-    return CHROMIUM
-
-
-@pytest.fixture
-def shots(tmp_path: Path) -> Path:
-    path = Path(os.environ.get("DRIPSTREAM_DASHBOARD_SCREENSHOTS") or tmp_path / "shots")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 async def test_dashboard_pages_buttons_and_roles(stack: Stack, database_url: str,

@@ -1,0 +1,290 @@
+"""The recorded log, read for the journey lab (``tables/simulation.py``): the input
+records with the journal entries that say when and with which answers the worker decided
+them, every definition version, the suppression list, and what actually went out.
+
+A snapshot: each topic is read from its start to its end as of the call (``read_committed``
+where the broker has transactions: an aborted batch's records were never decided on).
+Nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+
+from producers.admin import read_registry
+from streams.capabilities import probe
+from streams.embedded import read_records, topic_ends
+from streams.settings import Settings
+from streams.topics import TopicNames
+from tables.journal import Entry
+from tables.registry import Registry, Suppressions
+from tables.simulation import Candidates, Recorded, Result, Simulator, lines, slim, summary
+
+__all__ = ["History", "Lab", "Reader", "run_simulation"]
+
+#: Seconds to read one topic to its end before giving up.
+READ_S = 300.0
+
+
+@dataclass
+class History:
+    """One partition's recorded input and output."""
+
+    records: list[Recorded] = field(default_factory=list)
+    #: Send commands and audit records whose time is in the window.
+    sends: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    #: Input records the journal covered (decided at their batch's recorded ``now``).
+    journalled: int = 0
+
+
+class _Entries:
+    """Journal entries by (topic, partition): the newest covering an offset wins (as in a
+    worker's replay, ``agents/journal.py``)."""
+
+    def __init__(self, entries: list[tuple[int, Entry]]) -> None:
+        spans: dict[tuple[str, int], list[tuple[int, int, int, Entry]]] = defaultdict(list)
+        for n, (partition, entry) in enumerate(entries):
+            for topic, (lo, hi) in entry.ranges.items():
+                spans[(topic, partition)].append((lo, hi, n, entry))
+        self._spans = {k: sorted(v, key=lambda s: s[0]) for k, v in spans.items()}
+        self._starts = {k: [s[0] for s in v] for k, v in self._spans.items()}
+
+    def covering(self, topic: str, partition: int, offset: int) -> Entry | None:
+        spans = self._spans.get((topic, partition))
+        if not spans:
+            return None
+        best: tuple[int, Entry] | None = None
+        for lo, hi, n, entry in spans[:bisect.bisect_right(self._starts[(topic, partition)],
+                                                            offset)]:
+            if lo <= offset <= hi and (best is None or n > best[0]):
+                best = (n, entry)
+        return None if best is None else best[1]
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+class Reader:
+    """One consumer reading the recorded log partition by partition (a partition's
+    contacts are all on it: each is simulated on its own, in bounded memory). Where each
+    topic partition begins and ends is asked once, for all of them: a partition with
+    nothing on a topic costs no read."""
+
+    def __init__(self, settings: Settings, partitions: list[int]) -> None:
+        self.settings = settings
+        self.names = TopicNames.of(settings)
+        self.partitions = partitions
+        self._consumer: AIOKafkaConsumer | None = None
+        #: (topic, partition) → (first offset, end offset), as of the start.
+        self._spans: dict[TopicPartition, tuple[int, int]] = {}
+
+    def _topics(self) -> list[str]:
+        n = self.names
+        return [n.suppressions, n.journal, n.events, n.routed, n.wakeups, n.control,
+                *(n.send(c) for c in ("sms", "mms", "email")), n.audit]
+
+    async def __aenter__(self) -> Reader:
+        capabilities = await probe(self.settings)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers, group_id=None,
+            enable_auto_commit=False, isolation_level="read_committed"
+            if capabilities.transactions else "read_uncommitted",
+            **self.settings.kafka_security())
+        try:  # started inside: one cancelled or failing while starting is closed too
+            await consumer.start()
+            every = list(range(self.settings.partitions))
+            tps = []
+            for topic in self._topics():
+                # A group-less consumer's client asks only for the topics it knows.
+                await consumer._client._wait_on_metadata(topic)
+                tps += [TopicPartition(topic, p) for p in (
+                    every if topic == self.names.suppressions else self.partitions)]
+            ends = await topic_ends(consumer, tps,
+                                    embedded=not capabilities.exact_end_offsets)
+            starts = await consumer.beginning_offsets(tps)
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._spans = {tp: (starts.get(tp, 0), ends[tp]) for tp in tps}
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def read(self, topic: str, partitions: list[int]) -> list[Any]:
+        assert self._consumer is not None
+        spans = {tp: span for p in partitions
+                 if (span := self._spans.get(tp := TopicPartition(topic, p))) is not None
+                 and span[1] > span[0]}
+        if not spans:
+            return []
+        return await read_records(self._consumer, {tp: end for tp, (_, end) in spans.items()},
+                                  start={tp: start for tp, (start, _) in spans.items()},
+                                  max_seconds=READ_S)
+
+    async def definitions(self) -> tuple[Registry, Suppressions]:
+        """Every definition version, and the suppression list as it is now."""
+        registry = await read_registry(self.settings)
+        suppressions = Suppressions()
+        for record in await self.read(self.names.suppressions,
+                                      list(range(self.settings.partitions))):
+            suppressions.apply(record.key, record.value)
+        return registry, suppressions
+
+    async def partition(self, partition: int, since: datetime, until: datetime) -> History:
+        """One partition's input (each record with the journal entry that covers it and
+        when it was decided) and the sends and audit records of ``[since, until)``."""
+        names, only = self.names, [partition]
+        history = History()
+        entries = _Entries([(r.partition, Entry.decode(r.value))
+                            for r in await self.read(names.journal, only)
+                            if r.value is not None])
+        kinds = {names.events: "event", names.routed: "event", names.wakeups: "wakeup",
+                 names.control: "control"}
+        for topic, kind in kinds.items():
+            for r in await self.read(topic, only):
+                if r.value is None:
+                    continue
+                entry = entries.covering(topic, r.partition, r.offset)
+                at = (entry.now if entry is not None
+                      else datetime.fromtimestamp(r.timestamp / 1000, UTC))
+                history.journalled += entry is not None
+                if at < until:
+                    history.records.append(Recorded(kind, topic, r.partition, r.offset, at,
+                                                    r.key, r.value, entry))
+        # A batch redone after a crash (at-least-once) writes its effects again, the same
+        # (its journal gives it the same answers and ``now``): counted once.
+        seen: set[Any] = set()
+        for channel in ("sms", "mms", "email"):
+            for r in await self.read(names.send(channel), only):
+                send = orjson.loads(r.value)
+                made = _time(send.get("created_at"))
+                if made is not None and since <= made < until and \
+                        send["message_id"] not in seen:
+                    seen.add(send["message_id"])
+                    history.sends.append(slim(send))
+        for r in await self.read(names.audit, only):
+            audit = orjson.loads(r.value)
+            made = _time(audit.get("at"))
+            if made is not None and since <= made < until and r.value not in seen:
+                seen.add(r.value)
+                history.audit.append(audit)
+        return history
+
+
+@dataclass
+class Lab:
+    """A simulation's outcome: the summary (``report``) and, per send and non-send,
+    :meth:`lines`."""
+
+    result: Result
+    #: What actually went out in the window, and the audit of what did not.
+    sends: list[dict[str, Any]]
+    audit: list[dict[str, Any]]
+    report: dict[str, Any]
+
+    def lines(self) -> Iterator[dict[str, Any]]:
+        return lines(self.result, self.sends)
+
+
+@dataclass
+class _Part:
+    result: Result = field(default_factory=Result)
+    sends: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    journalled: int = 0
+
+
+async def _simulate(settings: Settings, cand: Candidates, since: datetime, until: datetime,
+                    accounts: set[str] | None, partitions: list[int], migrate: bool) -> _Part:
+    """``partitions``, one after the other, in this process."""
+    out = _Part()
+    async with Reader(settings, partitions) as reader:
+        registry, suppressions = await reader.definitions()
+        for partition in partitions:
+            history = await reader.partition(partition, since, until)
+            sim = Simulator(registry, suppressions.reason, since=since, until=until,
+                            partitions=settings.partitions, cand=cand,
+                            max_depth=settings.max_causation_depth,
+                            dedupe_window_s=settings.dedupe_window_s, accounts=accounts,
+                            migrate=migrate)
+
+            def run(sim: Simulator = sim, history: History = history) -> Result:
+                sim.load(history.records)
+                return sim.run()
+
+            out.result.merge(await asyncio.to_thread(run))
+            out.sends += [s for s in history.sends
+                          if accounts is None or s["account"] in accounts]
+            out.audit += [a for a in history.audit
+                          if accounts is None or a["account"] in accounts]
+            out.journalled += history.journalled
+    return out
+
+
+def _in_process(settings: Settings, cand: Candidates, since: datetime, until: datetime,
+                accounts: set[str] | None, partitions: list[int], migrate: bool) -> _Part:
+    return asyncio.run(_simulate(settings, cand, since, until, accounts, partitions,
+                                 migrate))
+
+
+async def run_simulation(settings: Settings, cand: Candidates, since: datetime,
+                         until: datetime, accounts: set[str] | None = None, *,
+                         processes: int = 1, migrate: bool = False) -> Lab:
+    """The candidates over the recorded ``[since, until)`` (``accounts``: only these; by
+    default the candidates' accounts, or every account without candidates), partition
+    by partition, the partitions shared among ``processes`` processes. The simulation
+    itself runs off the event loop: an API serving it goes on answering. ``migrate``:
+    also preview where the candidates would place the contacts inside other versions of
+    their workflows when the window ends (:meth:`Simulator._migrations`)."""
+    accounts = accounts or cand.accounts() or None
+    every = list(range(settings.partitions))
+    processes = max(1, min(processes, len(every)))
+    if processes == 1:
+        parts = [await _simulate(settings, cand, since, until, accounts, every, migrate)]
+    else:
+        loop = asyncio.get_running_loop()
+        with ProcessPoolExecutor(processes, mp_context=get_context("spawn")) as pool:
+            parts = await asyncio.gather(*(
+                loop.run_in_executor(pool, _in_process, settings, cand, since, until,
+                                     accounts, every[n::processes], migrate)
+                for n in range(processes)))
+    total = _Part()
+    for part in parts:
+        total.result.merge(part.result)
+        total.sends += part.sends
+        total.audit += part.audit
+        total.journalled += part.journalled
+    total.result.sends.sort(key=lambda s: (s["created_at"], s["message_id"]))
+    total.sends.sort(key=lambda s: (s["created_at"], s["message_id"]))
+    total.result.migrations.sort(key=lambda m: (m["account"], m["contact_id"]))
+    report = {"since": since.isoformat(), "until": until.isoformat(),
+              "accounts": None if accounts is None else sorted(accounts),
+              "candidates": sorted(f"{a}/{i}" for a, i in cand.workflows)
+              + sorted(f"{a}/keyword:{i}" for a, i in cand.keywords)
+              + sorted(f"{a}/policy" for a in cand.policies),
+              "journalled": total.journalled, "processes": processes,
+              **summary(total.result, total.sends, total.audit)}
+    return Lab(total.result, total.sends, total.audit, report)

@@ -1,0 +1,156 @@
+"""The journey lab's engine without a broker (tables/simulation.py): recorded records in,
+what the candidates would have done out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import pytest
+
+from producers.publisher import build_event
+from tables.journal import Entry
+from tables.simulation import CandidateError, Candidates, Recorded, Simulator, summary
+from tables.store import partition_for
+from tests.unit_workflows.support import Registry, definition
+
+NOW = datetime(2026, 3, 2, 14, 0, tzinfo=UTC)
+PARTITIONS = 4
+
+
+def flow(version: int, steps: dict[str, Any], start: str = "s", **extra: Any) -> dict[str, Any]:
+    return definition({"id": "w", "account": "acme", "name": "W", "version": version,
+                       "trigger": {"event": "contact.created"}, "start": start,
+                       "steps": steps, **extra})
+
+
+def signup(contact: str, at: datetime, offset: int, entry: Entry | None = None) -> Recorded:
+    event = build_event("acme", contact, "contact.created",
+                        {"phone": f"+1415555{offset:04d}", "consent": {"sms": True}},
+                        event_id=f"signup-{contact}")
+    return Recorded("event", "t.contact-events", partition_for(contact, PARTITIONS), offset,
+                    at, contact.encode(), orjson.dumps(event), entry)
+
+
+def wakeup(contact: str, at: datetime, offset: int) -> Recorded:
+    return Recorded("wakeup", "t.wakeups", partition_for(contact, PARTITIONS), offset, at,
+                    contact.encode(), orjson.dumps({"account": "acme", "contact_id": contact}))
+
+
+def run(registry: Registry, records: list[Recorded], cand: Candidates | None = None, *,
+        since: datetime = NOW, until: datetime = NOW + timedelta(days=3)) -> Simulator:
+    sim = Simulator(registry, lambda account, address: None, since=since, until=until,
+                    partitions=PARTITIONS, cand=cand)
+    sim.load(records)
+    sim.run()
+    return sim
+
+
+WAITS = {"a": {"kind": "send_sms", "body": "one", "next": "pause"},
+         "pause": {"kind": "wait", "duration": "1d", "next": "b"},
+         "b": {"kind": "send_sms", "body": "two"}}
+
+
+def test_a_recorded_wakeup_serves_the_wait_and_keeps_its_time() -> None:
+    """The live run's wake-up came 3 s after the due time: the second send is made then,
+    as it was; no wake-up is added."""
+    registry = Registry(flow(1, WAITS, start="a"))
+    late = NOW + timedelta(days=1, seconds=3)
+    sim = run(registry, [signup("ann", NOW, 0), wakeup("ann", late, 0)])
+    assert [(s["body"], s["created_at"]) for s in sim.result.sends] == [
+        ("one", NOW.isoformat().replace("+00:00", "Z")),
+        ("two", late.isoformat().replace("+00:00", "Z"))]
+    assert sim.result.added_wakeups == 0
+
+
+def test_a_candidate_wait_without_a_recorded_wakeup_fires_at_its_due_time() -> None:
+    """Live: one send, no wait, so no wake-up was ever recorded. The candidate waits a
+    day: the simulation wakes the contact itself, exactly a day later."""
+    registry = Registry(flow(1, {"s": {"kind": "send_sms", "body": "one"}}))
+    cand = Candidates([flow(2, WAITS, start="a")])
+    sim = run(registry, [signup("ann", NOW, 0)], cand)
+    assert [(s["body"], s["origin"]["version"], s["created_at"]) for s in sim.result.sends] \
+        == [("one", 2, "2026-03-02T14:00:00Z"), ("two", 2, "2026-03-03T14:00:00Z")]
+    assert sim.result.added_wakeups == 1
+
+
+def test_candidates_apply_from_since_and_the_state_before_is_rebuilt_live() -> None:
+    """ann signed up before the window under v1 (her wait is v1's); bob inside it gets
+    the candidate. Only the window's sends are reported."""
+    registry = Registry(flow(1, WAITS, start="a"))
+    cand = Candidates([flow(2, {"s": {"kind": "send_sms", "body": "v2"}})])
+    sim = run(registry, [signup("ann", NOW - timedelta(hours=2), 0),
+                         signup("bob", NOW + timedelta(hours=1), 1)], cand)
+    assert sorted((s["contact_id"], s["body"]) for s in sim.result.sends) == [
+        ("ann", "two"), ("bob", "v2")]
+    assert (sim.result.warmup, sim.result.handled) == (1, 2)
+
+
+def test_the_journal_entry_gives_the_answers_of_then() -> None:
+    """The entry says v1 was active when the record was decided (v2 is newer now): the
+    simulation of the live definitions decides with v1."""
+    registry = Registry(flow(1, {"s": {"kind": "send_sms", "body": "v1"}}))
+    registry.publish(flow(2, {"s": {"kind": "send_sms", "body": "v2"}}))
+    at = NOW + timedelta(minutes=5)
+    entry = Entry(at, {"t.contact-events": (0, 0)}, {("active", "acme"): [["w", 1]]})
+    sim = run(registry, [signup("ann", at, 0, entry)])
+    assert [(s["body"], s["created_at"]) for s in sim.result.sends] == [
+        ("v1", "2026-03-02T14:05:00Z")]
+
+
+def test_a_campaign_is_refused_as_a_candidate_with_the_reason() -> None:
+    with pytest.raises(CandidateError, match="campaigns are not"):
+        Candidates([{"kind": "campaign", "id": "c", "account": "acme", "name": "C",
+                     "version": 1, "content": {"channel": "sms", "body": "x"},
+                     "schedule": {"type": "once", "at": "2027-01-01T10:00:00",
+                                  "timezone": "UTC"}, "audience": {}}])
+    with pytest.raises(CandidateError, match="steps"):
+        Candidates([{"id": "w", "account": "acme", "name": "W", "version": 1,
+                     "trigger": {"event": "contact.created"}, "start": "s"}])
+
+
+def test_the_summary_diffs_by_message_id_and_counts_displaced_sends() -> None:
+    """A send in both at another time, one only simulated, one only actual; an actual
+    send the simulation capped is budget taken from its journey."""
+    sim = Simulator(Registry(), lambda a, b: None, since=NOW, until=NOW, partitions=1)
+
+    def send(i: str, at: str, step: str = "s") -> dict[str, Any]:
+        return {"message_id": i, "created_at": at, "channel": "sms",
+                "origin": {"workflow_id": "w", "step_id": step}}
+
+    sim.result.sends = [send("m1", "t1"), send("m2", "t1")]
+    sim.result.audit = [{"reason": "frequency_capped", "message_id": "m3"}]
+    out = summary(sim.result, [send("m1", "t2"), send("m3", "t1", "x")], [])
+    assert (out["both"], out["both_at_other_times"], out["only_simulated"],
+            out["only_actual"], out["displaced"]) == (1, 1, 1, 1, {"w/x": 1})
+
+
+def test_migrate_previews_where_a_new_version_would_place_waiting_contacts() -> None:
+    """ann waits in v1's "pause" when the window ends. v2 keeps a wait of that id
+    (then sends another text): ann would continue there and get v2's text at her due
+    time. v3 has no such step: she would end. Nobody is moved."""
+    registry = Registry(flow(1, WAITS, start="a"))
+    records = [signup("ann", NOW - timedelta(hours=2), 0)]
+    v2 = flow(2, {**WAITS, "b": {"kind": "send_sms", "body": "two, v2"}}, start="a")
+    sim = Simulator(registry, lambda a, b: None, since=NOW, until=NOW + timedelta(hours=1),
+                    partitions=PARTITIONS, cand=Candidates([v2]), migrate=True)
+    sim.load(records)
+    [line] = sim.run().migrations
+    assert (line["contact_id"], line["from"]["step"], line["to"]["outcome"],
+            line["to"]["step"]) == ("ann", "pause", "continues", "pause")
+    assert [s["body"] for s in line["next"]["sends"]] == ["two, v2"]
+    assert line["next"]["at"] == (NOW + timedelta(hours=22)).isoformat()
+    assert sim.states["acme:ann"]["executions"][line["execution_id"]]["version"] == 1
+
+    v3 = flow(3, {"a": {"kind": "send_sms", "body": "only"}}, start="a")
+    sim = Simulator(registry, lambda a, b: None, since=NOW, until=NOW + timedelta(hours=1),
+                    partitions=PARTITIONS, cand=Candidates([v3]), migrate=True)
+    sim.load(records)
+    [line] = sim.run().migrations
+    assert (line["to"]["outcome"], line["to"]["reason"]) == ("ends", "v3 has no step 'pause'")
+
+
+def test_a_candidate_that_is_no_object_is_refused_with_the_reason() -> None:
+    with pytest.raises(CandidateError, match="not int"):
+        Candidates([1])  # type: ignore[list-item]
