@@ -88,7 +88,7 @@ from producers.publisher import build_event
 from streams.capabilities import BrokerRefused, BrokerUnreachable, Capabilities, probe
 from streams.clock import Clock
 from streams.commands import SendCommand
-from streams.compat import SKIPPED, leave_by_expiry, set_fetch_wait
+from streams.compat import SKIPPED, abandon, leave_by_expiry, set_fetch_wait
 from streams.events import encode_event
 from streams.settings import Settings
 from streams.topics import TopicNames, ensure_topics
@@ -783,7 +783,9 @@ class ChannelWorker:
             try:  # leaving the group: bounded, a broker that does not answer must not
                 await asyncio.wait_for(self._consumer.stop(), 10)  # hold the exit
             except TimeoutError:
-                log.warning("channel %s: the consumer did not stop within 10 s", self.channel)
+                log.warning("channel %s: the consumer did not stop within 10 s (a group "
+                            "rebalance held it): closing its connections", self.channel)
+                await abandon(self._consumer)
             await self._producer.stop()
             await self.provider.close()
             with contextlib.suppress(Exception):

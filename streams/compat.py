@@ -102,6 +102,7 @@ __all__ = [
     "MemoryStore",
     "Record",
     "StoreAccess",
+    "abandon",
     "absent_offsets",
     "committed_offset",
     "end_offsets",
@@ -244,6 +245,18 @@ class BatchConsumer(driver.Consumer):
         fetcher = getattr(consumer, "_fetcher", None)
         if fetcher is not None and fetcher._fetch_max_wait_ms != wait_ms:
             fetcher._fetch_max_wait_ms = wait_ms
+
+
+async def abandon(consumer: AIOKafkaConsumer) -> None:
+    """Close what a consumer whose ``stop()`` was given up on left open: its fetcher and
+    its client's connections. ``stop()`` first waits for the group coordinator's routine,
+    and a member in a JoinGroup the broker holds (another member that does not rejoin)
+    waits up to that member's rebalance timeout: cancelled, ``stop()`` never reaches the
+    fetcher and the client (aiokafka 0.14)."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is not None:
+        await fetcher.close()
+    await consumer._client.close()
 
 
 def leave_by_expiry(consumer: AIOKafkaConsumer) -> None:
