@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -32,10 +34,15 @@ from tables.journal import Entry
 from tables.registry import Registry, Suppressions
 from tables.simulation import Candidates, Recorded, Result, Simulator, lines, slim, summary
 
-__all__ = ["History", "Lab", "Reader", "run_simulation"]
+__all__ = ["History", "Lab", "PartitionMismatch", "Reader", "run_simulation"]
 
 #: Seconds to read one topic to its end before giving up.
 READ_S = 300.0
+
+
+class PartitionMismatch(ValueError):
+    """The topics have another partition count than the settings say (a contact's
+    partition would be computed wrong)."""
 
 
 @dataclass
@@ -117,13 +124,21 @@ class Reader:
             for topic in self._topics():
                 # A group-less consumer's client asks only for the topics it knows.
                 await consumer._client._wait_on_metadata(topic)
+                held = consumer.partitions_for_topic(topic) or set()
+                if len(held) != self.settings.partitions:
+                    raise PartitionMismatch(
+                        f"{topic} has {len(held)} partitions, DRIPSTREAM_PARTITIONS says "
+                        f"{self.settings.partitions}: set it to the topics' count")
                 tps += [TopicPartition(topic, p) for p in (
                     every if topic == self.names.suppressions else self.partitions)]
             ends = await topic_ends(consumer, tps,
                                     embedded=not capabilities.exact_end_offsets)
             starts = await consumer.beginning_offsets(tps)
         except BaseException:
-            await consumer.stop()
+            # aiokafka's group-less consumer stopped before its committed-offsets task ran
+            # raises that task's CancelledError: the original error is what matters.
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer.stop()
             raise
         self._consumer = consumer
         self._spans = {tp: (starts.get(tp, 0), ends[tp]) for tp in tps}
@@ -170,7 +185,7 @@ class Reader:
                 entry = entries.covering(topic, r.partition, r.offset)
                 at = (entry.now if entry is not None
                       else datetime.fromtimestamp(r.timestamp / 1000, UTC))
-                history.journalled += entry is not None
+                history.journalled += entry is not None and since <= at < until
                 if at < until:
                     history.records.append(Recorded(kind, topic, r.partition, r.offset, at,
                                                     r.key, r.value, entry))
@@ -246,6 +261,9 @@ async def _simulate(settings: Settings, cand: Candidates, since: datetime, until
 
 def _in_process(settings: Settings, cand: Candidates, since: datetime, until: datetime,
                 accounts: set[str] | None, partitions: list[int], migrate: bool) -> _Part:
+    # A replay's "no recorded answer" warnings are the simulation's business, not the
+    # operator's (the parent process silences them too).
+    logging.getLogger("tables.journal").disabled = True
     return asyncio.run(_simulate(settings, cand, since, until, accounts, partitions,
                                  migrate))
 

@@ -108,6 +108,12 @@ class Candidates:
             raise CandidateError(f"candidate {raw.get('kind', 'workflow')} "
                                  f"{raw.get('id', '?')!s}: {exc}") from exc
         body = parsed.model_dump(mode="json")
+        ident = (parsed.account, getattr(parsed, "id", "policy"))
+        if ((isinstance(parsed, Workflow) and ident in self.workflows)
+                or (isinstance(parsed, Keyword) and ident in self.keywords)
+                or (isinstance(parsed, AccountPolicy) and parsed.account in self.policies)):
+            raise CandidateError(f"{parsed.kind} {ident[0]}/{ident[1]}: given twice (one "
+                                 "candidate per workflow, keyword or policy)")
         if isinstance(parsed, Workflow):
             self.workflows[(parsed.account, parsed.id)] = body
         elif isinstance(parsed, Keyword):
@@ -203,7 +209,7 @@ class Result:
 
 #: What a report keeps of a send command.
 SEND_FIELDS = ("message_id", "account", "contact_id", "channel", "created_at", "origin",
-               "body")
+               "body", "purpose")
 
 
 def slim(send: Mapping[str, Any]) -> dict[str, Any]:
@@ -507,8 +513,12 @@ class Simulator:
 
 # -- the report -----------------------------------------------------------------------
 def _origin(record: Mapping[str, Any]) -> tuple[str, str]:
+    """``(workflow, step)``; a send of no workflow (a keyword's reply) is ``(kind,
+    purpose)``, e.g. ``("keyword", "opt_out_confirmation")``."""
     origin = record.get("origin") or {}
-    return str(origin.get("workflow_id", "")), str(origin.get("step_id", ""))
+    if origin.get("workflow_id"):
+        return str(origin["workflow_id"]), str(origin.get("step_id", ""))
+    return str(origin.get("kind", "")), str(record.get("purpose") or "")
 
 
 def summary(result: Result, actual_sends: list[dict[str, Any]],
@@ -519,6 +529,9 @@ def summary(result: Result, actual_sends: list[dict[str, Any]],
     act_ids = {s["message_id"]: s for s in actual_sends}
     moved = sum(1 for i in sim_ids.keys() & act_ids.keys()
                 if sim_ids[i]["created_at"] != act_ids[i]["created_at"])
+    # The same logical send (execution, step) with another text: a candidate's new body.
+    rewritten = sum(1 for i in sim_ids.keys() & act_ids.keys()
+                    if sim_ids[i].get("body") != act_ids[i].get("body"))
     # Sends that went out but that the simulation held back for a cap: budget the
     # candidates took from other journeys.
     capped = {a["message_id"]: a for a in result.audit
@@ -537,6 +550,7 @@ def summary(result: Result, actual_sends: list[dict[str, Any]],
         "only_simulated": len(sim_ids.keys() - act_ids.keys()),
         "only_actual": len(act_ids.keys() - sim_ids.keys()),
         "both": len(sim_ids.keys() & act_ids.keys()), "both_at_other_times": moved,
+        "both_with_other_body": rewritten,
         "not_sent": dict(sorted(reasons.items())),
         "actual_not_sent": dict(sorted(actual_reasons.items())),
         "displaced": dict(sorted(displaced.items())),
@@ -558,11 +572,12 @@ def lines(result: Result, actual_sends: list[dict[str, Any]]) -> Iterator[dict[s
         live = act.get(s["message_id"])
         yield {"kind": "send", "diff": "both" if live else "simulated",
                "actual_at": live["created_at"] if live else None,
+               "actual_body": live.get("body") if live else None,
                **slim(s)}
     for a in result.audit:
         yield {"kind": "not_sent", **a}
     yield from result.migrations
     for i, s in act.items():
         if i not in sim:
-            yield {"kind": "send", "diff": "actual",
-                   **slim(s)}
+            yield {"kind": "send", "diff": "actual", "actual_at": s["created_at"],
+                   "actual_body": s.get("body"), **slim(s)}

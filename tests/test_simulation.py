@@ -154,3 +154,16 @@ def test_migrate_previews_where_a_new_version_would_place_waiting_contacts() -> 
 def test_a_candidate_that_is_no_object_is_refused_with_the_reason() -> None:
     with pytest.raises(CandidateError, match="not int"):
         Candidates([1])  # type: ignore[list-item]
+
+
+def test_one_candidate_per_workflow_keyword_or_policy() -> None:
+    """Two versions of one workflow would leave which one runs to the order of the files."""
+    with pytest.raises(CandidateError, match="given twice"):
+        Candidates([flow(2, WAITS, start="a"), flow(3, WAITS, start="a")])
+
+
+def test_a_keyword_reply_is_counted_under_its_purpose() -> None:
+    sim = Simulator(Registry(), lambda a, b: None, since=NOW, until=NOW, partitions=1)
+    sim.result.sends = [{"message_id": "m", "created_at": "t", "channel": "sms", "body": "x",
+                         "origin": {"kind": "keyword"}, "purpose": "opt_out_confirmation"}]
+    assert summary(sim.result, [], [])["per_step"] == {"keyword/opt_out_confirmation": 1}

@@ -35,7 +35,7 @@ from api.errors import Problem, definition_errors
 from api.schemas import SimulationIn, SimulationOut, check_depth
 from producers.admin import TopicUnreadable
 from streams.definitions import DefinitionError
-from streams.history import Lab, run_simulation
+from streams.history import Lab, PartitionMismatch, run_simulation
 from tables.simulation import CandidateError, Candidates
 
 __all__ = ["candidates", "router", "simulate"]
@@ -161,6 +161,10 @@ async def simulate(svc: Services, account: str, body: SimulationIn,
         msg = f"since {since.isoformat()} is not before until {until.isoformat()}"
         raise Problem(422, f"invalid window: {msg}", type_="invalid-request",
                       errors=[{"loc": ["body", "since"], "msg": msg}])
+    if until > svc.clock():
+        msg = f"until {until.isoformat()} is after now: the log ends now"
+        raise Problem(422, f"invalid window: {msg}", type_="invalid-request",
+                      errors=[{"loc": ["body", "until"], "msg": msg}])
     settings = svc.settings
     run = _Run(lambda: run_simulation(settings, cand, since, until, {account}), body.lines)
     work = asyncio.ensure_future(_one_at_a_time(svc, run))
@@ -176,7 +180,8 @@ async def simulate(svc: Services, account: str, body: SimulationIn,
         raise Problem(499, "the client went away: the simulation was stopped")
     try:
         out = work.result()
-    except (TopicUnreadable, KafkaError, OSError) as exc:  # OSError: TimeoutError too
+    # OSError: TimeoutError too; PartitionMismatch: the API's DRIPSTREAM_PARTITIONS is wrong
+    except (TopicUnreadable, KafkaError, OSError, PartitionMismatch) as exc:
         log.warning("simulation for %s: the recorded log could not be read: %s", account, exc)
         raise Problem(503, "the recorded log could not be read (is the broker up?)") from None
     if out is None:  # cancelled before it could answer: not by this request

@@ -96,6 +96,8 @@ async def test_the_route_reports_what_the_worker_did_and_what_candidates_would(
     # an empty window, and a backwards one
     ({"until": SINCE}, 422, "is not before until", ["body", "since"]),
     ({"since": UNTIL, "until": SINCE}, 422, "is not before until", ["body", "since"]),
+    # the log ends now: a window into the future would simulate what is not recorded yet
+    ({"until": "2099-01-01T00:00:00Z"}, 422, "is after now", ["body", "until"]),
     # a time without its offset is ambiguous
     ({"since": "2026-03-01T00:00:00"}, 422, "the request is invalid", ["body", "since"]),
     ({"since": 1772323200}, 422, "the request is invalid", ["body", "since"]),

@@ -164,6 +164,8 @@ async def test_candidates_say_what_they_would_have_done(
     lines, summary = await simulate(stack, tmp_path, "--since", since, "--migrate",
                                     candidates=(welcome, policy))
     assert summary["migrate"] == {}  # everyone entered in the window: nobody is in v1
+    # v2's welcome is v1's message with another text: in both, and said so
+    assert summary["both_with_other_body"] == 3
     assert summary["candidates"] == ["acme/welcome", "acme/policy"]
     bodies = {line["message_id"]: line for line in lines if line["kind"] == "send"}
     sent = [line for line in bodies.values() if line["diff"] != "actual"]
@@ -178,3 +180,23 @@ async def test_candidates_say_what_they_would_have_done(
     assert summary["only_actual"] == 3 + 2
     after = {s: len(await stack.read_all(s)) for s in before}
     assert after == before
+
+
+async def test_a_window_the_lab_cannot_run_is_one_line_and_exit_2(stack: Stack,
+                                                                  tmp_path: Path) -> None:
+    """A window reaching past now, candidates of another account than --account, and a
+    partition count the topics do not have: each one line, exit 2, nothing read."""
+    policy = tmp_path / "policy.json"
+    policy.write_bytes(orjson.dumps({"kind": "account", "account": "acme", "version": 1}))
+    cases = [
+        (["--since", "1h", "--until", "2099-01-01T00:00"], stack.env, "is after now"),
+        ([str(policy), "--account", "globex"], stack.env, "candidates of acme"),
+        (["--since", "1h"], {**stack.env, "DRIPSTREAM_PARTITIONS": "16"},
+         "DRIPSTREAM_PARTITIONS says 16"),
+    ]
+    for args, env, said in cases:
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "streams.cli", "simulate", *args],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stdout) == (2, ""), (args, done.stderr)
+        assert said in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
