@@ -84,6 +84,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "campaign fires (100000)")
     p.add_argument("--recovery-contacts", type=int, default=200_000,
                    help="contacts in the table for the recovery path (200000)")
+    p.add_argument("--sim-events", type=int, default=1_000_000,
+                   help="simulate path: events of the recorded window (1000000)")
+    p.add_argument("--sim-contacts", type=int, default=100_000,
+                   help="simulate path: contacts they are for, a contact.created each "
+                        "first (100000)")
+    p.add_argument("--sim-rate", type=float, default=0.0,
+                   help="simulate path: produce the events at this rate while the worker "
+                        "runs (0 = a backlog produced first, the worker's capacity)")
     p.add_argument("--contacts-stores", type=_stores, default=("memory",),
                    help="table stores of the memory mode: memory,rocksdb (memory)")
     p.add_argument("--idle-seconds", type=float, default=30.0,
@@ -113,6 +121,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             args.rate, args.timeout, args.latency_seconds, args.idle_seconds) <= 0:
         p.error("--events, --latency-events, --partitions, --workers, --campaign-contacts, "
                 "--rate, --timeout, --latency-seconds and --idle-seconds must be positive")
+    if not 1 <= args.sim_contacts <= args.sim_events or args.sim_rate < 0:
+        p.error("--sim-contacts must be positive and at most --sim-events, --sim-rate not "
+                "negative")
     if args.contacts < 0 or args.pyspy < 0:
         p.error("--contacts and --pyspy must not be negative")
     return args
@@ -161,7 +172,8 @@ async def run(args: argparse.Namespace, broker: Broker, workdir: Path, run_id: s
         idle_seconds=args.idle_seconds,
         idle_fetch_waits=tuple(round(w) for w in args.idle_fetch_waits), pyspy=args.pyspy,
         broker=broker.kind, broker_pid=broker.pid, campaign_contacts=args.campaign_contacts,
-        recovery_contacts=args.recovery_contacts, guarantee=args.guarantee,
+        recovery_contacts=args.recovery_contacts, sim_events=args.sim_events,
+        sim_contacts=args.sim_contacts, sim_rate=args.sim_rate, guarantee=args.guarantee,
         exactly_once=chosen == "exactly_once",
         exact_ends=capabilities.exact_end_offsets)
     desc = f"{broker.desc} ({capabilities.describe()})"

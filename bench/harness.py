@@ -110,6 +110,11 @@ class Config:
     broker_pid: int | None = None
     campaign_contacts: int = 100_000
     recovery_contacts: int = 200_000
+    #: The simulate path's recorded window: events over contacts.
+    sim_events: int = 1_000_000
+    sim_contacts: int = 100_000
+    #: Events/s the simulate path produces them at while the worker runs (0: a backlog).
+    sim_rate: float = 0.0
     #: ``DRIPSTREAM_GUARANTEE`` of the workers (``--guarantee``).
     guarantee: str = "auto"
     #: What the workers run with that setting on this broker (the bench asks the broker
@@ -313,6 +318,7 @@ class Bench:
     idle: list[IdleResult] = field(default_factory=list)
     campaigns: list[CampaignResult] = field(default_factory=list)
     recovery: list[Any] = field(default_factory=list)  # bench.recovery.RecoveryResult
+    simulations: list[Any] = field(default_factory=list)  # bench.simulate.SimResult
     profiles: list[Profile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -1409,6 +1415,29 @@ class Spy:
         self.profile = Profile(self.path, self.cfg.pyspy, summary.samples, summary.idle,
                                summary.inclusive.most_common(25),
                                summary.self_time.most_common(25), self.out)
+
+
+def spy_for(bench: Bench, path: str) -> Spy | None:
+    """A py-spy recorder for ``path`` if ``--pyspy`` asked for one and py-spy is there."""
+    if bench.cfg.pyspy <= 0:
+        return None
+    binary = pyspy_binary()
+    if binary is None:
+        note = "--pyspy: py-spy is not installed (pip install py-spy); no profiles"
+        if note not in bench.notes:
+            bench.notes.append(note)
+        return None
+    return Spy(bench.cfg, path, binary)
+
+
+def keep_profile(bench: Bench, spy: Spy | None) -> None:
+    """A finished recording's summary into the report (or why there is none)."""
+    if spy is None:
+        return
+    if spy.profile is not None:
+        bench.profiles.append(spy.profile)
+    elif spy.error:
+        bench.notes.append(f"--pyspy {spy.path}: {spy.error}")
 
 
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")

@@ -26,6 +26,12 @@
     (not timed): from the occurrence's instant to the last send command, against the goal
     of 50,000 contacts/s per worker; then a campaign for a tenth of them (a group), which
     scans as many contacts for a tenth of the sends. ``--workers N`` as for ingest.
+``recovery``
+    restart and failover times with N contacts in the table (:mod:`bench.recovery`).
+``simulate``
+    the journey lab: one worker records ``--sim-events`` events over ``--sim-contacts``
+    contacts through two workflows that send and wait, then ``run_simulation`` replays
+    the window with 1 and 2 processes (:mod:`bench.simulate`).
 
 :func:`contacts` (``--contacts N``) is not a path but a mode: worker memory with N contacts
 of realistic state.
@@ -82,6 +88,7 @@ from bench.harness import (
     drain_versions,
     end_offsets,
     expected_versions,
+    keep_profile,
     latency_note,
     log_sizes,
     log_warnings,
@@ -89,13 +96,13 @@ from bench.harness import (
     murmur2_partition,
     prepare,
     produce_all,
-    pyspy_binary,
     read_model_contacts,
     read_topic,
     read_upto,
     realistic_contacts,
     redis_used_memory,
     set_clock,
+    spy_for,
     stamp_in_event,
     stamp_in_send,
     stamp_in_state,
@@ -108,6 +115,7 @@ from bench.harness import (
     wait_for_topic,
 )
 from bench.recovery import recovery
+from bench.simulate import simulate
 from streams.embedded import EmbeddedBroker, EmbeddedRedis
 from streams.settings import Settings
 from streams.topics import TopicNames, topic_name
@@ -116,28 +124,6 @@ __all__ = ["DEFAULT_PATHS", "PATHS", "contacts"]
 
 #: Latency phases of one path get distinct contact ids (``<run>-lat<seq>``) by seq range.
 SEQ_STRIDE = 10_000_000
-
-
-def _spy(bench: Bench, path: str) -> Spy | None:
-    """A py-spy recorder for ``path`` if ``--pyspy`` asked for one and py-spy is there."""
-    if bench.cfg.pyspy <= 0:
-        return None
-    binary = pyspy_binary()
-    if binary is None:
-        note = "--pyspy: py-spy is not installed (pip install py-spy); no profiles"
-        if note not in bench.notes:
-            bench.notes.append(note)
-        return None
-    return Spy(bench.cfg, path, binary)
-
-
-def _keep_profile(bench: Bench, spy: Spy | None) -> None:
-    if spy is None:
-        return
-    if spy.profile is not None:
-        bench.profiles.append(spy.profile)
-    elif spy.error:
-        bench.notes.append(f"--pyspy {spy.path}: {spy.error}")
 
 
 def _latency_notes(result: Result) -> None:
@@ -275,7 +261,7 @@ async def _ingest_like(bench: Bench, path: str, name: str, *,
     await produce_all(cfg.bootstrap, in_topic, events, partitioner, cfg.partitions)
 
     worker = BenchWorker(cfg, s.topic_prefix, store=store).start()
-    spy = _spy(bench, path) if profile else None
+    spy = spy_for(bench, path) if profile else None
     try:
         deadline = time.monotonic() + cfg.timeout
         parts = await wait_for_topic(cfg.bootstrap, changelog, deadline, worker.check_alive)
@@ -316,7 +302,7 @@ async def _ingest_like(bench: Bench, path: str, name: str, *,
                                 "MB on disk")
     finally:
         await worker.stop()
-        _keep_profile(bench, spy)
+        keep_profile(bench, spy)
     _latency_notes(result)
     return result
 
@@ -417,7 +403,7 @@ async def workflow(bench: Bench) -> None:
     await produce_all(cfg.bootstrap, in_topic, [(k, orjson.dumps(e)) for k, e in created])
 
     worker = BenchWorker(cfg, s.topic_prefix).start()
-    spy = _spy(bench, path)
+    spy = spy_for(bench, path)
     try:
         deadline = time.monotonic() + cfg.timeout
         tps = tps_of(sms, cfg.partitions)
@@ -449,7 +435,7 @@ async def workflow(bench: Bench) -> None:
         result.notes += [f"audit: {r.value.decode(errors='replace')}" for r in audit[:5]]
     finally:
         await worker.stop()
-        _keep_profile(bench, spy)
+        keep_profile(bench, spy)
     _latency_notes(result)
     if cfg.workers > 1:
         await _workflow_workers(bench, result)
@@ -854,7 +840,7 @@ async def _fire(bench: Bench, workers: Sequence[BenchWorker], prefix: str, clock
             "broker": [cfg.broker_pid] if cfg.broker_pid else []}
     alive = all_alive(workers)
     occurrence = _local_minute(at)
-    spy = _spy(bench, f"campaign {label} {len(workers)}w") if every == 1 else None
+    spy = spy_for(bench, f"campaign {label} {len(workers)}w") if every == 1 else None
     cpu_before = cpu_of(pids)
     fire = set_clock(clock, at, CAMPAIGN_LEAD)
     print(f"... campaign {label}, {len(workers)} worker(s): instant "
@@ -880,7 +866,7 @@ async def _fire(bench: Bench, workers: Sequence[BenchWorker], prefix: str, clock
         if recording is not None and spy is not None:
             await recording
             await spy.finish()
-            _keep_profile(bench, spy)
+            keep_profile(bench, spy)
     records = await read_upto(cfg, await end_offsets(cfg, sms_tps),
                               max(60.0, deadline - time.monotonic()), start=start)
 
@@ -999,9 +985,10 @@ async def campaign(bench: Bench) -> None:
 PATHS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "raw": raw, "ingest": ingest, "routed": routed, "rocksdb": rocksdb,
     "workflow": workflow, "idle": idle, "campaign": campaign, "channel": channel,
-    "recovery": recovery,
+    "recovery": recovery, "simulate": simulate,
 }
 #: What ``make bench`` runs (``idle`` takes minutes of mostly waiting, ``campaign`` ingests
-#: 100k contacts per worker count first, ``recovery`` 200k per store and case: ask for them).
+#: 100k contacts per worker count first, ``recovery`` 200k per store and case,
+#: ``simulate`` records a million events first: ask for them).
 DEFAULT_PATHS = ("raw", "ingest", "routed", "rocksdb", "workflow", "channel")
 

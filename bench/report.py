@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 from importlib import metadata
+from typing import Any
 
 from bench.harness import (
     CAMPAIGN_GOAL_PER_WORKER,
@@ -280,6 +281,73 @@ def _recovery(bench: Bench) -> list[str]:
     return lines
 
 
+def _simulation(s: Any) -> list[str]:  # bench.simulate.SimResult
+    rec = s.recorded
+    decided = ", ".join(f"{n:,} {k.removeprefix('decided ')}" for k, n in rec.items()
+                        if k.startswith("decided "))
+    worker_us, broker_us = ((None if cpu is None or not s.worker_records
+                             else cpu / s.worker_records * 1e6)
+                            for cpu in (s.worker_cpu_s, s.broker_cpu_s))
+    lines = ["", f"journey lab (simulate): {s.events:,} events over {s.contacts:,} contacts, "
+                 f"{s.partitions} partitions (a contact.created each first, then page views, "
+                 "deliveries, clicks, cart views, purchases, tags, updates; two workflows "
+                 "that send and wait), recorded by one worker; then run_simulation with no "
+                 f"candidates over the whole window ({_fmt(s.window_s, ',.0f', ' s')}), in "
+                 "a fresh process",
+             f"recorded: decided {decided or '-'} ({rec.get('journal entries', 0):,} journal "
+             f"entries); {rec.get('sends', 0):,} send commands, {rec.get('audit', 0):,} "
+             f"audit records, {rec.get('dead letters', 0):,} dead letters; "
+             + (f"produced at {s.rate:,.0f}/s while the worker ran"
+                if s.rate else "produced first as a backlog")
+             + f" ({_fmt(s.publish_s, '.0f', ' s')})",
+             f"worker: {s.worker_records:,} records (first batch -> the last event's) in "
+             f"{_fmt(s.worker_seconds, '.1f', ' s')} = {_fmt(s.worker_per_s, ',.0f')} "
+             f"records/s" + (" (the offered rate, not its capacity)" if s.rate else "")
+             + f", {_fmt(worker_us, ',.0f')} us CPU per record (broker "
+             f"{_fmt(broker_us, ',.0f')}); wake-ups decided "
+             + ("-" if s.wakeup_wait_s is None else
+                "{:.1f} / {:.1f} / {:.1f} s (p50 / p99 / max)".format(*s.wakeup_wait_s))
+             + " after the tick sent them",
+             f"{'processes':<9} {'seconds':>8} {'handled':>10} {'events/s':>9} "
+             f"{'vs worker':>9} {'CPU us/ev':>9} {'peak RSS':>9} {'pool RSS':>9} "
+             f"{'only sim':>8} {'only act':>8} {'moved':>6} {'added wk':>8}"]
+    for r in s.runs:
+        ratio = (r.events_per_s / s.worker_per_s if r.events_per_s and s.worker_per_s
+                 else None)
+        cpu_us = r.cpu_s / r.handled * 1e6 if r.cpu_s is not None and r.handled else None
+        rep = r.report
+        lines.append(
+            f"{r.processes:<9} {_fmt(r.seconds, '.1f'):>8} {r.handled:>10,} "
+            f"{_fmt(r.events_per_s, ',.0f'):>9} {_fmt(ratio, '.2f'):>9} "
+            f"{_fmt(cpu_us, ',.0f'):>9} {_mb(r.rss_self):>9} {_mb(r.rss_children):>9} "
+            f"{rep.get('only_simulated', '-'):>8} {rep.get('only_actual', '-'):>8} "
+            f"{rep.get('both_at_other_times', '-'):>6} {rep.get('added_wakeups', '-'):>8}")
+    lines.append("(events/s = records handled / seconds of run_simulation; vs worker: / the "
+                 "worker's records/s; CPU of the process and its pool; peak RSS: VmHWM of "
+                 "the process that called it, pool RSS: the largest of its pool's; only "
+                 "sim / only act / moved: sends only simulated, only actual, in both at "
+                 "another time; added wk: wake-ups the simulation added — all 0 when "
+                 "faithful)")
+    one, two = s.run(1), s.run(2)
+    if one and two and one.events_per_s and two.events_per_s:
+        lines.append(f"simulate, 2 processes / 1: {two.events_per_s / one.events_per_s:.2f}x "
+                     f"({one.seconds:.1f} -> {two.seconds:.1f} s)")
+    for r in s.runs:
+        if r.phases and r.seconds:
+            ph = r.phases
+            rest = r.seconds - sum(ph.values()) + ph["broker"]  # broker is within partition
+            lines.append(
+                f"simulate, {r.processes} process, wall time by part: reading from the broker "
+                f"{ph['broker']:.1f} s, journal and sends matched and decoded "
+                f"{ph['partition'] - ph['broker']:.1f} s, input parsed and ordered (load) "
+                f"{ph['load']:.1f} s, handlers (run) {ph['run']:.1f} s, definitions "
+                f"{ph['definitions']:.1f} s, the rest (merge, summary) {rest:.1f} s")
+        if r.rss_partitions:
+            lines.append(f"simulate, {r.processes} process, RSS after each partition's run: "
+                         + ", ".join(f"{b / 1e6:,.0f}" for b in r.rss_partitions) + " MB")
+    return lines
+
+
 def _profile(p: Profile) -> list[str]:
     if not p.samples:
         return ["", f"py-spy: {p.path}: no busy samples ({p.idle} idle); {p.file}"]
@@ -301,6 +369,7 @@ def _notes(bench: Bench) -> list[str]:
     notes += [(f"idle {r.label}", n) for r in bench.idle for n in r.notes]
     notes += [(f"campaign {c.label}, {c.workers}w", n) for c in bench.campaigns for n in c.notes]
     notes += [(f"recovery {r.label} {r.store}", n) for r in bench.recovery for n in r.notes]
+    notes += [("simulate", n) for s in bench.simulations for n in s.notes]
     notes += [("bench", n) for n in bench.notes]
     lines = [f"note      {path}: {text}" for path, text in notes]
     for failure in bench.failures:
@@ -316,6 +385,8 @@ def report(bench: Bench) -> str:
     lines += _idle(bench)
     lines += _campaigns(bench)
     lines += _recovery(bench)
+    for s in bench.simulations:
+        lines += _simulation(s)
     for p in bench.profiles:
         lines += _profile(p)
     lines += _notes(bench)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 import bench.__main__ as bench_main
@@ -81,3 +82,39 @@ def test_cpu_per_event() -> None:
     assert (100.0, None, None) == (result.cpu_us_per_event("worker"),
                                    result.cpu_us_per_event("broker"),
                                    result.cpu_us_per_event("redis"))
+
+
+@pytest.mark.parametrize(("argv", "sizes"), [
+    ([], (1_000_000, 100_000)),  # the issue's window: 1M events over 100k contacts
+    (["--sim-events", "20000", "--sim-contacts", "2000"], (20_000, 2_000)),
+    (["--sim-events", "5", "--sim-contacts", "5"], (5, 5)),  # sign-ups only
+])
+def test_simulate_sizes(argv: list[str], sizes: tuple[int, int]) -> None:
+    """--sim-events and --sim-contacts size the simulate path's recorded window."""
+    args = bench_main.parse_args(["--paths", "simulate", *argv])
+    assert sizes == (args.sim_events, args.sim_contacts)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--sim-events", "10", "--sim-contacts", "11"],  # more contacts than sign-ups
+    ["--sim-contacts", "0"],
+    ["--sim-rate", "-1"],  # 0 is a backlog; a rate is positive
+])
+def test_simulate_sizes_refused(argv: list[str]) -> None:
+    """Every contact needs its contact.created among the events, and a rate is not
+    negative."""
+    with pytest.raises(SystemExit):
+        bench_main.parse_args(argv)
+
+
+def test_simulate_workload() -> None:
+    """Every contact's contact.created comes first, then the mix, keyed by contact."""
+    from bench.simulate import sim_events
+
+    events = [(key, orjson.loads(value)) for key, value in sim_events("r", 50, 10)]
+    assert [e["type"] for _, e in events[:10]] == ["contact.created"] * 10
+    assert {key for key, _ in events} == {f"r-s{i}".encode() for i in range(10)}
+    assert {e["type"] for _, e in events[10:]} <= {
+        "custom.page_viewed", "message.delivered", "message.clicked", "custom.cart_viewed",
+        "purchase.completed", "contact.tagged", "contact.updated"}
+    assert all(key.decode() == e["subject"] for key, e in events)
