@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import accumulate
 from multiprocessing import get_context
 from typing import Any
 
@@ -59,7 +60,9 @@ class History:
 
 class _Entries:
     """Journal entries by (topic, partition): the newest covering an offset wins (as in a
-    worker's replay, ``agents/journal.py``)."""
+    worker's replay, ``agents/journal.py``). Entries overlap only where a batch was redone,
+    so a lookup walks back from the last span starting at or before the offset and stops
+    where no earlier span reaches it (``_reach``: the highest end up to each span)."""
 
     def __init__(self, entries: list[tuple[int, Entry]]) -> None:
         spans: dict[tuple[str, int], list[tuple[int, int, int, Entry]]] = defaultdict(list)
@@ -68,16 +71,22 @@ class _Entries:
                 spans[(topic, partition)].append((lo, hi, n, entry))
         self._spans = {k: sorted(v, key=lambda s: s[0]) for k, v in spans.items()}
         self._starts = {k: [s[0] for s in v] for k, v in self._spans.items()}
+        self._reach = {k: list(accumulate((s[1] for s in v), max))
+                       for k, v in self._spans.items()}
 
     def covering(self, topic: str, partition: int, offset: int) -> Entry | None:
-        spans = self._spans.get((topic, partition))
+        key = (topic, partition)
+        spans = self._spans.get(key)
         if not spans:
             return None
+        reach = self._reach[key]
         best: tuple[int, Entry] | None = None
-        for lo, hi, n, entry in spans[:bisect.bisect_right(self._starts[(topic, partition)],
-                                                            offset)]:
-            if lo <= offset <= hi and (best is None or n > best[0]):
+        i = bisect.bisect_right(self._starts[key], offset) - 1
+        while i >= 0 and reach[i] >= offset:
+            _, hi, n, entry = spans[i]
+            if hi >= offset and (best is None or n > best[0]):
                 best = (n, entry)
+            i -= 1
         return None if best is None else best[1]
 
 

@@ -350,7 +350,7 @@ class Simulator:
     def _context(self, item: _Item) -> Context:
         base: Definitions
         if item.entry is not None:
-            base = Replayer(item.entry, self.live, self._suppressed_now)
+            base = Replayer(item.entry, self.live, self._suppressed)
         else:
             base = self.live
         definitions = Overlay(base, self.cand) if self.cand and item.at >= self.since else base
@@ -363,9 +363,6 @@ class Simulator:
             return self._suppressed(account, address)
 
         return Context(definitions, suppressed, self.max_depth, self.dedupe_window_s)
-
-    def _suppressed_now(self, account: str, address: str) -> str | None:
-        return self._suppressed(account, address)
 
     def _keys(self, item: _Item) -> Iterator[str]:
         if item.kind != "control" or item.payload.action != "cancel_all":

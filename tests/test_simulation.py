@@ -167,3 +167,18 @@ def test_a_keyword_reply_is_counted_under_its_purpose() -> None:
     sim.result.sends = [{"message_id": "m", "created_at": "t", "channel": "sms", "body": "x",
                          "origin": {"kind": "keyword"}, "purpose": "opt_out_confirmation"}]
     assert summary(sim.result, [], [])["per_step"] == {"keyword/opt_out_confirmation": 1}
+
+
+def test_the_newest_journal_entry_covering_a_record_wins() -> None:
+    """Entries overlap only where a batch was redone: the newest covering one answers; an
+    offset no entry covers has none, however many entries come before it."""
+    from streams.history import _Entries
+
+    def entry(lo: int, hi: int) -> Entry:
+        return Entry(NOW, {"t.contact-events": (lo, hi)}, {})
+
+    first, redone, later = entry(0, 9), entry(5, 12), entry(20, 29)
+    found = _Entries([(0, first), (0, redone), (0, later)])
+    assert [found.covering("t.contact-events", 0, o) for o in (3, 7, 12, 15, 25, 30)] == [
+        first, redone, redone, None, later, None]
+    assert found.covering("t.wakeups", 0, 3) is None
