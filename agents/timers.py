@@ -280,7 +280,10 @@ def install(worker: Worker) -> None:
                 index.schedule(key, due)
                 continue
             account, contact_id = split_key(key)
-            wakeup = orjson.dumps({"account": account, "contact_id": contact_id})
+            # ``due``: the time it serves, however late it comes (the journey lab matches
+            # a recorded wake-up to the due time by it).
+            wakeup = orjson.dumps({"account": account, "contact_id": contact_id,
+                                   "due": due.isoformat()})
             records.append((names.wakeups, store.partition(key), contact_id.encode(), wakeup,
                             None))
             index.schedule(key, now + RESEND_AFTER)

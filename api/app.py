@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
     app.include_router(definition_router("campaign", "campaigns"))
     for module in (campaigns, contacts, events, keys, suppressions, observe, simulations):
         app.include_router(module.router)
+    app.include_router(simulations.shadow_router)
     dashboard.mount(app)  # /dashboard (docs/dashboard.md): a session cookie as an auth source
     registry = CollectorRegistry()
     _metrics_route(app, registry)

@@ -417,6 +417,27 @@ async def run_lab(request: Request, account: str, who: Reader, svc: ServicesDep
                 truncated=out.truncated, reasons=reasons)
 
 
+@router.get("/{account}/shadow", response_class=HTMLResponse)
+async def shadow(request: Request, account: str, who: Reader, svc: ServicesDep,
+                 since: str = "", until: str = "") -> HTMLResponse:
+    """``GET /v1/…/shadow``'s function: the shadow versions against what went out live
+    (the window from the query: a GET form, it changes nothing)."""
+    form = {"since": since, "until": until}
+    try:
+        out = await simulations.shadow(
+            svc, account, _instant(since, "from") if since.strip() else None,
+            _instant(until, "to") if until.strip() else None, LAB_LINES)
+    except Problem as exc:
+        if exc.status not in (422, 503):
+            raise
+        return render(request, "shadow.html", exc.status, account=account, page="shadow",
+                      form=form, error=exc.detail)
+    summary = out.summary
+    reasons = sorted(summary["not_sent"].keys() | summary["actual_not_sent"].keys())
+    return render(request, "shadow.html", account=account, page="shadow", form=form,
+                  result=summary, lines=out.lines, truncated=out.truncated, reasons=reasons)
+
+
 # -- mounting ---------------------------------------------------------------------------
 def mount(app: FastAPI) -> None:
     """The pages, their static files, the session auth source and HTML error pages (the

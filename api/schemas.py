@@ -156,6 +156,17 @@ class SimulationIn(BaseModel):
                        description="at most this many lines (sends and non-sends) answered")
 
 
+class ShadowOut(BaseModel):
+    """The account's shadow versions against what went out live (docs/simulation.md)."""
+
+    summary: dict[str, Any] = Field(description="the window, the shadows, the counts and "
+                                                "the diff (docs/api.md)")
+    lines: list[dict[str, Any]] = Field(
+        description="one per shadow send (diff both or simulated), shadow non-send (kind "
+                    "not_sent), and live send the shadow would not have made (diff actual)")
+    truncated: bool = Field(description="more lines than `lines` were left out")
+
+
 class SimulationOut(BaseModel):
     """What the candidates would have done, beside what went out."""
 

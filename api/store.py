@@ -40,6 +40,9 @@ __all__ = ["FaultPlan", "history", "list_live", "live", "policy", "write"]
 
 POLICY_ID = "policy"
 
+#: Not a shadow version (docs/simulation.md): the versions that can be live.
+NOT_SHADOW = func.coalesce(DefinitionVersion.body["shadow"].as_boolean(), False).is_(False)
+
 
 class FaultPlan:
     """``DRIPSTREAM_API_FAULT=after_commit:N``: SIGKILL this process right after the Nth
@@ -57,13 +60,23 @@ class FaultPlan:
 
 async def live(session: AsyncSession, *, account: str, kind: str, def_id: str
                ) -> DefinitionVersion | None:
-    """The live (newest) version, or None."""
+    """The live version (the newest that is not a shadow), or None."""
     found: DefinitionVersion | None = (await session.execute(
         select(DefinitionVersion)
         .where(DefinitionVersion.account == account, DefinitionVersion.kind == kind,
-               DefinitionVersion.def_id == def_id)
+               DefinitionVersion.def_id == def_id, NOT_SHADOW)
         .order_by(DefinitionVersion.version.desc()).limit(1))).scalar_one_or_none()
     return found
+
+
+async def newest_version(session: AsyncSession, *, account: str, kind: str, def_id: str
+                         ) -> int:
+    """The newest version held, a shadow's too (0: none)."""
+    found = (await session.execute(
+        select(func.max(DefinitionVersion.version))
+        .where(DefinitionVersion.account == account, DefinitionVersion.kind == kind,
+               DefinitionVersion.def_id == def_id))).scalar_one_or_none()
+    return int(found or 0)
 
 
 async def history(session: AsyncSession, *, account: str, kind: str, def_id: str
@@ -79,7 +92,8 @@ async def list_live(session: AsyncSession, *, account: str, kind: str,
                     after: str | None, limit: int) -> tuple[list[DefinitionVersion], str | None]:
     """The live version of each definition of a kind, by id; (page, next cursor)."""
     newest = (select(DefinitionVersion.def_id, func.max(DefinitionVersion.version).label("v"))
-              .where(DefinitionVersion.account == account, DefinitionVersion.kind == kind)
+              .where(DefinitionVersion.account == account, DefinitionVersion.kind == kind,
+                     NOT_SHADOW)
               .group_by(DefinitionVersion.def_id).subquery())
     query = (select(DefinitionVersion)
              .join(newest, (DefinitionVersion.def_id == newest.c.def_id)
@@ -109,8 +123,8 @@ async def write(
     outbox record. ``create``: it must not exist yet (409 if it does); otherwise it must
     (404 if not), except an account policy, which always exists (the defaults).
     ``topic_version``: the newest version the definitions topic holds (0: none)."""
-    current = await live(session, account=account, kind=kind, def_id=def_id)
-    newest = max(current.version if current else 0, topic_version)
+    newest = max(await newest_version(session, account=account, kind=kind, def_id=def_id),
+                 topic_version)
     if create and newest:
         raise Problem(409, f"{kind} {def_id!r} exists (v{newest}): PUT a new version")
     if not create and not newest and kind != "account":

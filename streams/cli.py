@@ -715,6 +715,93 @@ def _summary_table(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+shadow_cli = typer.Typer(help="Shadow versions: run them beside the live ones, report.",
+                         no_args_is_help=True)
+cli.add_typer(shadow_cli, name="shadow")
+
+
+@shadow_cli.command("run")
+def shadow_run() -> None:
+    """Run every shadow workflow version on the live stream, DRIPSTREAM_SHADOW_LAG_S
+    behind it: what each would have sent and not sent goes to <prefix>shadow; nothing is
+    sent (docs/simulation.md, Shadow versions). One process for every partition.
+
+    Exit status: 0 after SIGTERM/SIGINT, 1 the broker cannot be reached, 2 invalid
+    settings."""
+    import logging
+
+    from streams.shadow import ShadowRunner
+
+    settings = _settings_or_exit()
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    logging.getLogger("tables.journal").disabled = True  # the replay's own business
+
+    async def main() -> None:
+        task = asyncio.ensure_future(ShadowRunner(settings).run())
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    _reaching_the_broker(settings, lambda: asyncio.run(main()))
+
+
+@shadow_cli.command("report")
+def shadow_report_command(
+    account: Annotated[str, typer.Argument(help="the account")],
+    since: Annotated[str | None, typer.Option(
+        help="start of the window: ISO 8601, or a duration back from now (default: when "
+             "the earliest shadow version was published)")] = None,
+    until: Annotated[str, typer.Option(
+        help="end of the window (cut to where the shadow runner got)")] = "now",
+    lines: Annotated[bool, typer.Option(
+        "--lines", help="one JSON line per send and non-send, then the summary")] = False,
+) -> None:
+    """The account's shadow versions against what went out live over a window: the
+    sends in both, at other times or with other texts, only in one, the non-sends.
+
+    Exit status: 0, 1 the broker cannot be reached, 2 an invalid window."""
+    import orjson
+
+    from streams.shadow import shadow_report
+
+    settings = _one_shot()
+    now = _now(settings)
+    start = None if since is None else _moment(since, "--since", now)
+    end = _moment(until, "--until", now)
+    if start is not None and start >= end:
+        typer.echo(f"invalid window: --since {start.isoformat()} is not before --until "
+                   f"{end.isoformat()}", err=True)
+        raise typer.Exit(2)
+    with _quiet("tables.journal"):
+        found = _reaching_the_broker(settings, lambda: asyncio.run(
+            shadow_report(settings, account, start, end)))
+    if lines:
+        for line in found.lines():
+            typer.echo(orjson.dumps(line).decode())
+        typer.echo(orjson.dumps({"summary": found.report}).decode())
+        return
+    report = found.report
+    shadows = ", ".join(f"{s['id']} v{s['version']} (since {s['published_at']})"
+                        for s in report["shadows"]) or "(none in shadow now)"
+    out = [f"window      {report['since']} .. {report['until']} (where the shadow runner got)",
+           f"shadows     {shadows}",
+           f"sends       {report['sends']} shadow, {report['actual_sends']} live: "
+           f"{report['both']} in both ({report['both_at_other_times']} at another time, "
+           f"{report['both_with_other_body']} with another text), "
+           f"{report['only_simulated']} only in shadow, {report['only_actual']} only live"]
+    for title, key in (("not sent (shadow)", "not_sent"), ("not sent (live)",
+                                                          "actual_not_sent"),
+                       ("displaced (sent live, capped in shadow)", "displaced"),
+                       ("shadow sends per workflow/step", "per_step")):
+        if report[key]:
+            out.append(f"{title}:")
+            out += [f"  {name:<40} {count:>8}" for name, count in report[key].items()]
+    typer.echo("\n".join(out))
+
+
 campaign_cli = typer.Typer(help="Campaigns: status, preview, pause, resume, cancel.",
                            no_args_is_help=True)
 cli.add_typer(campaign_cli, name="campaign")
@@ -1022,8 +1109,8 @@ def dev(
     ] = False,
 ) -> None:
     """Run everything on this machine: a broker, Redis (unless DRIPSTREAM_REDIS_URL), a
-    worker, console SMS and email channel workers and the admin API (8080, or a free port
-    if that is taken). Prints where each listens; Ctrl-C stops everything.
+    worker, console SMS and email channel workers, the shadow runner and the admin API
+    (8080, or a free port if that is taken). Prints where each listens; Ctrl-C stops everything.
 
     Exit status: 0 after Ctrl-C/SIGTERM, 2 invalid settings or --broker kafka without
     Java or Maven."""
@@ -1092,6 +1179,9 @@ def dev(
         worker_proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker"],
                                        env=env, start_new_session=True)
         procs += _start_channels(env)  # console sms + email workers: sends print here
+        # Shadow versions run beside the live ones (idle while there is none).
+        procs.append(subprocess.Popen([sys.executable, "-m", "streams.cli", "shadow", "run"],
+                                      env=env, start_new_session=True))
         api_proc, api_url, api_key = _start_api(env, settings.data_dir, api_host, api_port)
         procs.append(api_proc)
         api_line = _wait_api(api_proc, api_port)
@@ -1103,6 +1193,7 @@ def dev(
             f"worker    pid {worker_proc.pid}; metrics http://127.0.0.1:"
             f"{env['DRIPSTREAM_METRICS_PORT']}/metrics",
             f"channels  sms, email (console) pids {[p.pid for p in procs[:2]]}",
+            f"shadow    pid {procs[2].pid} (`dripstream shadow report <account>`)",
             f"api       {api_url}/v1  (pid {api_proc.pid}{api_note}; docs {api_url}/docs, "
             f"metrics {api_url}/metrics){api_line}",
             f"dashboard {api_url}/dashboard  (log in with the api key)",

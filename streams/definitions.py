@@ -302,6 +302,10 @@ class Workflow(BaseModel):
     name: str = Field(min_length=1)
     version: int = Field(ge=1)
     active: bool = True
+    shadow: bool = Field(
+        False, description="run beside the live version without sending (docs/simulation.md"
+                           "#shadow-versions); promote it by publishing it without shadow"
+    )
     timezone: Zone | None = Field(
         None, description="zone for contacts without one; default: the account policy's"
     )

@@ -35,7 +35,8 @@ from tables.journal import Entry
 from tables.registry import Registry, Suppressions
 from tables.simulation import Candidates, Recorded, Result, Simulator, lines, slim, summary
 
-__all__ = ["History", "Lab", "PartitionMismatch", "Reader", "run_simulation"]
+__all__ = ["Entries", "History", "Lab", "PartitionMismatch", "Reader", "parse_time",
+           "run_simulation"]
 
 #: Seconds to read one topic to its end before giving up.
 READ_S = 300.0
@@ -58,7 +59,7 @@ class History:
     journalled: int = 0
 
 
-class _Entries:
+class Entries:
     """Journal entries by (topic, partition): the newest covering an offset wins (as in a
     worker's replay, ``agents/journal.py``). Entries overlap only where a batch was redone,
     so a lookup walks back from the last span starting at or before the offset and stops
@@ -90,7 +91,7 @@ class _Entries:
         return None if best is None else best[1]
 
 
-def _time(value: str | None) -> datetime | None:
+def parse_time(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
@@ -106,18 +107,22 @@ class Reader:
     topic partition begins and ends is asked once, for all of them: a partition with
     nothing on a topic costs no read."""
 
-    def __init__(self, settings: Settings, partitions: list[int]) -> None:
+    def __init__(self, settings: Settings, partitions: list[int],
+                 extra: tuple[str, ...] = ()) -> None:
         self.settings = settings
         self.names = TopicNames.of(settings)
         self.partitions = partitions
+        #: More topics to read (their names), beside the recorded log's own.
+        self.extra = extra
         self._consumer: AIOKafkaConsumer | None = None
+        self._embedded = True
         #: (topic, partition) → (first offset, end offset), as of the start.
         self._spans: dict[TopicPartition, tuple[int, int]] = {}
 
     def _topics(self) -> list[str]:
         n = self.names
         return [n.suppressions, n.journal, n.events, n.routed, n.wakeups, n.control,
-                *(n.send(c) for c in ("sms", "mms", "email")), n.audit]
+                *(n.send(c) for c in ("sms", "mms", "email")), n.audit, *self.extra]
 
     async def __aenter__(self) -> Reader:
         capabilities = await probe(self.settings)
@@ -140,8 +145,8 @@ class Reader:
                         f"{self.settings.partitions}: set it to the topics' count")
                 tps += [TopicPartition(topic, p) for p in (
                     every if topic == self.names.suppressions else self.partitions)]
-            ends = await topic_ends(consumer, tps,
-                                    embedded=not capabilities.exact_end_offsets)
+            self._embedded = not capabilities.exact_end_offsets
+            ends = await topic_ends(consumer, tps, embedded=self._embedded)
             starts = await consumer.beginning_offsets(tps)
         except BaseException:
             # aiokafka's group-less consumer stopped before its committed-offsets task ran
@@ -156,6 +161,18 @@ class Reader:
     async def __aexit__(self, *exc: object) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+
+    async def refresh(self, topics: list[str]) -> None:
+        """Move the spans of ``topics`` on: from where each ended to where its topic
+        partition ends now (the next :meth:`read` gives what came since: a tail)."""
+        assert self._consumer is not None
+        for topic in topics:  # a read assigned others: the client forgot these
+            await self._consumer._client._wait_on_metadata(topic)
+        tps = [tp for tp in self._spans if tp.topic in topics]
+        ends = await topic_ends(self._consumer, tps, embedded=self._embedded)
+        for tp in tps:
+            end = self._spans[tp][1]
+            self._spans[tp] = (end, max(end, ends[tp]))
 
     async def read(self, topic: str, partitions: list[int]) -> list[Any]:
         assert self._consumer is not None
@@ -182,7 +199,7 @@ class Reader:
         when it was decided) and the sends and audit records of ``[since, until)``."""
         names, only = self.names, [partition]
         history = History()
-        entries = _Entries([(r.partition, Entry.decode(r.value))
+        entries = Entries([(r.partition, Entry.decode(r.value))
                             for r in await self.read(names.journal, only)
                             if r.value is not None])
         kinds = {names.events: "event", names.routed: "event", names.wakeups: "wakeup",
@@ -198,24 +215,35 @@ class Reader:
                 if at < until:
                     history.records.append(Recorded(kind, topic, r.partition, r.offset, at,
                                                     r.key, r.value, entry))
+        history.sends, history.audit = await self.outputs(only, since, until)
+        return history
+
+    async def outputs(self, partitions: list[int], since: datetime, until: datetime,
+                      account: str | None = None
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The send commands (slim, :func:`tables.simulation.slim`) and audit records of
+        ``[since, until)`` on ``partitions`` (of ``account``, or of every account)."""
         # A batch redone after a crash (at-least-once) writes its effects again, the same
         # (its journal gives it the same answers and ``now``): counted once.
         seen: set[Any] = set()
+        sends, audit = [], []
         for channel in ("sms", "mms", "email"):
-            for r in await self.read(names.send(channel), only):
+            for r in await self.read(self.names.send(channel), partitions):
                 send = orjson.loads(r.value)
-                made = _time(send.get("created_at"))
+                made = parse_time(send.get("created_at"))
                 if made is not None and since <= made < until and \
-                        send["message_id"] not in seen:
+                        send["message_id"] not in seen and \
+                        account in (None, send.get("account")):
                     seen.add(send["message_id"])
-                    history.sends.append(slim(send))
-        for r in await self.read(names.audit, only):
-            audit = orjson.loads(r.value)
-            made = _time(audit.get("at"))
-            if made is not None and since <= made < until and r.value not in seen:
+                    sends.append(slim(send))
+        for r in await self.read(self.names.audit, partitions):
+            record = orjson.loads(r.value)
+            made = parse_time(record.get("at"))
+            if made is not None and since <= made < until and r.value not in seen and \
+                    account in (None, record.get("account")):
                 seen.add(r.value)
-                history.audit.append(audit)
-        return history
+                audit.append(record)
+        return sends, audit
 
 
 @dataclass

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     dedupe_window_s: float = Field(24 * 3600, gt=0, description="duplicate-event window")
     max_causation_depth: int = Field(5, ge=1, description="loop guard for emitted events")
     timer_interval_s: float = Field(1.0, gt=0, description="how often due waits are checked")
+    shadow_lag_s: float = Field(
+        120.0, gt=0, description="how far behind the live stream `dripstream shadow run` "
+                                 "decides: a recorded wake-up this late still counts as the "
+                                 "one that served a due wait (docs/simulation.md)")
     timer_max_per_tick: int = Field(500, ge=1, description="wake-ups sent per tick (catch-up)")
     timer_hold_s: float = Field(
         60.0, ge=0, description="a due wait waits at most this long for its partition's "

@@ -58,6 +58,9 @@ TOPICS: tuple[TopicSpec, ...] = (
               "written before its effects so a replay decides the same; and when and how "
               "each input record was decided, for the journey lab (docs/simulation.md)"),
     TopicSpec("audit", False, 30 * DAY_MS, "every send that did not go out, with reason"),
+    TopicSpec("shadow", False, 7 * DAY_MS,
+              "what shadow versions would have sent and not sent, on the live stream "
+              "(`dripstream shadow run`; docs/simulation.md); never read by a channel worker"),
     TopicSpec("send.sms", False, 7 * DAY_MS, "send commands for SMS channel workers"),
     TopicSpec("send.mms", False, 7 * DAY_MS, "send commands for MMS channel workers"),
     TopicSpec("send.email", False, 7 * DAY_MS, "send commands for email channel workers"),
@@ -113,6 +116,10 @@ class TopicNames:
     @property
     def audit(self) -> str:
         return f"{self.prefix}audit"
+
+    @property
+    def shadow(self) -> str:
+        return f"{self.prefix}shadow"
 
     @property
     def dead_letter(self) -> str:

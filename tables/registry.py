@@ -159,7 +159,8 @@ class Registry(CompactedView):
         self.refused = 0
         self.refused_keys: deque[str] = deque(maxlen=100)
         self._by_account: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
-        self._published: dict[tuple[str, str, int], int] = {}
+        #: (kind, account, id, version) → its record's broker timestamp (ms).
+        self._published: dict[tuple[str, str, str, int], int] = {}
         #: (account, campaign id) → {"pause": action, "cancel": action} (newest of each).
         self._controls: dict[tuple[str, str], dict[str, str]] = {}
         self._made: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -174,6 +175,29 @@ class Registry(CompactedView):
     def _newest(self, kind: str, account: str) -> list[dict[str, Any]]:
         ids = self._by_account.get((kind, account), {})
         return [versions[max(versions)] for versions in ids.values() if versions]
+
+    def _live_workflows(self, account: str) -> list[dict[str, Any]]:
+        """The newest version of each workflow that is not a shadow."""
+        out = []
+        for versions in self._by_account.get(("workflow", account), {}).values():
+            live = [v for v, body in versions.items() if not body.get("shadow")]
+            if live:
+                out.append(versions[max(live)])
+        return out
+
+    def shadows(self, account: str | None = None) -> list[dict[str, Any]]:
+        """Workflow versions in shadow (of ``account``, or of every account): the newest
+        version of a workflow when it is an active shadow. A later version without
+        ``shadow`` (a promotion) or with ``active: false`` ends it (docs/simulation.md)."""
+        out = []
+        for (kind, acct), ids in self._by_account.items():
+            if kind != "workflow" or (account is not None and acct != account):
+                continue
+            for versions in ids.values():
+                if versions and (body := versions[max(versions)]).get("shadow") \
+                        and body["active"]:
+                    out.append(body)
+        return sorted(out, key=lambda b: (b["account"], b["id"]))
 
     def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
         if workflow_id.startswith(CAMPAIGN_WORKFLOW):
@@ -214,7 +238,13 @@ class Registry(CompactedView):
 
     def published_at(self, campaign: dict[str, Any]) -> datetime:
         """When this version of the campaign was published (its record's timestamp)."""
-        ms = self._published.get((campaign["account"], campaign["id"], campaign["version"]), 0)
+        return self.published("campaign", campaign)
+
+    def published(self, kind: str, definition: dict[str, Any]) -> datetime:
+        """When this version of a campaign or workflow was published (its record's
+        broker timestamp)."""
+        ms = self._published.get((kind, definition["account"], definition["id"],
+                                  definition["version"]), 0)
         return datetime.fromtimestamp(ms / 1000, UTC)
 
     def campaign_status(self, account: str, campaign_id: str) -> str:
@@ -225,8 +255,8 @@ class Registry(CompactedView):
         return "paused" if controls.get("pause") == "pause" else "running"
 
     def active(self, account: str) -> list[dict[str, Any]]:
-        """The account's active workflows, newest version of each."""
-        return [wf for wf in self._newest("workflow", account) if wf["active"]]
+        """The account's active workflows, newest version of each (shadows aside)."""
+        return [wf for wf in self._live_workflows(account) if wf["active"]]
 
     def inactivity_thresholds(self, account: str) -> tuple[int, ...]:
         """The ``inactive_days`` the account's active workflows react to, ascending."""
@@ -292,9 +322,9 @@ class Registry(CompactedView):
         versions[definition.version] = value_dict
         if definition.kind == "workflow":
             self._rethreshold(definition.account)
-        if definition.kind == "campaign":
-            self._published.setdefault((definition.account, ident, definition.version),
-                                       timestamp)
+        if definition.kind in ("campaign", "workflow"):
+            self._published.setdefault(
+                (definition.kind, definition.account, ident, definition.version), timestamp)
 
 
     def _rethreshold(self, account: str) -> None:

@@ -16,8 +16,9 @@ What is simulated rather than read:
   the simulation's own are fed back — at the ``now`` the recorded copy was decided at when
   the live run emitted the same id, else at once.
 * **Wake-ups**: the recorded ones are fed as they came (a wake-up with nothing due does
-  nothing); a contact whose simulated timer falls due with no recorded wake-up within
-  :data:`WAKEUP_LATENESS` of it gets one at its due time.
+  nothing); a contact whose simulated timer falls due with no recorded wake-up serving
+  that due time gets one at it. A recorded wake-up names the due time it serves (older
+  ones do not: one within :data:`WAKEUP_LATENESS` after the due time is taken for it).
 
 Candidates apply from ``since``; before it the live definitions rebuild each contact's
 state. Effects are collected in ``[since, until)``.
@@ -89,12 +90,16 @@ class Recorded:
 
 class Candidates:
     """Workflows, keywords and account policies to use instead of the live versions of
-    the same id (or besides them, for new ids)."""
+    the same id (or besides them, for new ids). ``starts``: a workflow candidate that
+    applies only from a time on (a shadow version, from its publication), not from the
+    simulation's ``since``."""
 
-    def __init__(self, definitions: Iterable[dict[str, Any]] = ()) -> None:
+    def __init__(self, definitions: Iterable[dict[str, Any]] = (),
+                 starts: Mapping[tuple[str, str], datetime] | None = None) -> None:
         self.workflows: dict[tuple[str, str], dict[str, Any]] = {}
         self.keywords: dict[tuple[str, str], dict[str, Any]] = {}
         self.policies: dict[str, dict[str, Any]] = {}
+        self.starts = dict(starts or {})
         for definition in definitions:
             self.add(definition)
 
@@ -115,7 +120,8 @@ class Candidates:
             raise CandidateError(f"{parsed.kind} {ident[0]}/{ident[1]}: given twice (one "
                                  "candidate per workflow, keyword or policy)")
         if isinstance(parsed, Workflow):
-            self.workflows[(parsed.account, parsed.id)] = body
+            # A shadow version taken as a candidate runs as it would once promoted.
+            self.workflows[(parsed.account, parsed.id)] = {**body, "shadow": False}
         elif isinstance(parsed, Keyword):
             self.keywords[(parsed.account, parsed.id)] = body
         elif isinstance(parsed, AccountPolicy):
@@ -134,11 +140,18 @@ class Candidates:
 
 
 class Overlay:
-    """``base`` (a journal replay or the registry) with the candidates in place."""
+    """``base`` (a journal replay or the registry) with the candidates in place (at
+    ``at``: those with a start after it are not yet)."""
 
-    def __init__(self, base: Definitions, cand: Candidates) -> None:
+    def __init__(self, base: Definitions, cand: Candidates, at: datetime | None = None
+                 ) -> None:
         self.base = base
         self.cand = cand
+        self.at = at
+
+    def _started(self, ident: tuple[str, str]) -> bool:
+        start = self.cand.starts.get(ident)
+        return start is None or self.at is None or start <= self.at
 
     def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
         wf = self.cand.workflows.get((account, workflow_id))
@@ -147,7 +160,8 @@ class Overlay:
         return self.base.lookup(account, workflow_id, version)
 
     def active(self, account: str) -> list[dict[str, Any]]:
-        mine = {i: wf for (a, i), wf in self.cand.workflows.items() if a == account}
+        mine = {i: wf for (a, i), wf in self.cand.workflows.items()
+                if a == account and self._started((a, i))}
         if not mine:
             return self.base.active(account)
         kept = [wf for wf in self.base.active(account) if wf["id"] not in mine]
@@ -170,7 +184,7 @@ class Overlay:
         return self.base.campaign_status(account, campaign_id)
 
     def inactivity_thresholds(self, account: str) -> tuple[int, ...]:
-        if any(a == account for a, _ in self.cand.workflows):
+        if any(a == account and self._started((a, i)) for a, i in self.cand.workflows):
             return thresholds(self.active(account))
         return self.base.inactivity_thresholds(account)
 
@@ -238,7 +252,7 @@ class Simulator:
                  since: datetime, until: datetime, partitions: int,
                  cand: Candidates | None = None, max_depth: int = 5,
                  dedupe_window_s: float = 24 * 3600, accounts: set[str] | None = None,
-                 migrate: bool = False) -> None:
+                 migrate: bool = False, lateness: timedelta = WAKEUP_LATENESS) -> None:
         self.live = live
         self._suppressed = suppressed
         self.since, self.until = since, until
@@ -247,14 +261,22 @@ class Simulator:
         self.max_depth, self.dedupe_window_s = max_depth, dedupe_window_s
         self.accounts = accounts
         self.migrate = migrate
+        self.lateness = lateness
         self.states: dict[str, ContactState] = {}
         #: Suppression changes the simulation made: they hold for the rest of it.
         self.own: dict[tuple[str, str], str | None] = {}
         self.result = Result()
         self._recorded: list[_Item] = []
+        #: The next recorded item to handle, and the time handled up to (:meth:`advance`).
+        self._next = 0
+        self.reached: datetime | None = None
+        #: Recorded items that came after their time was handled (a stream's late ones).
+        self.late = 0
         self._queue: list[_Item] = []
         self._seq = 0
-        #: Contact key → when recorded wake-ups for it were decided, ascending.
+        #: Contact key → the due times its recorded wake-ups served; and, for those that
+        #: do not say (older records), when they were decided, ascending.
+        self._recorded_dues: dict[str, set[datetime]] = defaultdict(set)
         self._recorded_wakeups: dict[str, list[datetime]] = defaultdict(list)
         #: Id of an event dripstream emitted → when the live worker decided it.
         self._emitted_at: dict[str, tuple[datetime, Entry | None]] = {}
@@ -277,8 +299,21 @@ class Simulator:
 
     def load(self, records: Iterable[Recorded]) -> None:
         """Queue the recorded input (events the worker emitted are set aside: the
-        simulation emits its own)."""
+        simulation emits its own). Called again with more (a stream, :meth:`advance`):
+        the new records are merged in time order with those not handled yet; one whose
+        time was handled already comes next (counted in :attr:`late`)."""
         ordered = sorted(records, key=lambda r: (r.at, r.partition, r.offset))
+        del self._recorded[:self._next]  # handled: not needed any more
+        self._next = 0
+        kept = len(self._recorded)
+        self._load(ordered)
+        new = self._recorded[kept:]
+        if self.reached is not None:
+            self.late += sum(1 for item in new if item.at < self.reached)
+        if kept and new and new[0] < self._recorded[kept - 1]:
+            self._recorded.sort()
+
+    def _load(self, ordered: list[Recorded]) -> None:
         for r in ordered:
             if r.kind == "event":
                 try:
@@ -305,7 +340,10 @@ class Simulator:
                 if not self._wanted(wakeup.account):
                     continue
                 key = contact_key(wakeup.account, wakeup.contact_id)
-                self._recorded_wakeups[key].append(r.at)
+                if isinstance(raw.get("due"), str):
+                    self._recorded_dues[key].add(datetime.fromisoformat(raw["due"]))
+                else:  # written before wake-ups said which due time they serve
+                    bisect.insort(self._recorded_wakeups[key], r.at)
                 self._record(r.at, "wakeup", key, wakeup, r.entry)
             else:
                 try:
@@ -322,30 +360,52 @@ class Simulator:
 
     # -- the run ---------------------------------------------------------------------
     def run(self) -> Result:
-        """The recorded items in order, merged with those the simulation makes."""
-        recorded, queue, n = self._recorded, self._queue, 0
+        """The recorded items in order, merged with those the simulation makes, up to
+        ``until``."""
+        self.advance(self.until)
+        self.result.contacts = len(self.states)
+        if self.migrate:
+            self.result.migrations = list(self._migrations())
+        return self.result
+
+    def advance(self, to: datetime) -> None:
+        """Handle every item before ``to`` (at most ``until``): all of them, for a
+        window; up to a watermark, for a stream that :meth:`load` feeds as it goes."""
+        to = min(to, self.until)
+        recorded, queue = self._recorded, self._queue
         while True:
+            n = self._next
             if queue and (n == len(recorded) or queue[0] < recorded[n]):
+                if queue[0].at >= to:
+                    break
                 item = heapq.heappop(queue)
             elif n < len(recorded):
-                item, n = recorded[n], n + 1
+                if recorded[n].at >= to:
+                    break
+                item, self._next = recorded[n], n + 1
             else:
-                break
-            if item.at >= self.until:
                 break
             if item.kind == "armed":
                 if self._armed.get(item.key) != item.at:
                     continue  # re-armed since
                 del self._armed[item.key]
+                if self._served(item.key, item.at):
+                    continue  # a recorded wake-up came for it: that one is handled
                 self.result.added_wakeups += item.at >= self.since
                 account, contact_id = split_key(item.key)
                 item.payload = Wakeup(account, contact_id)
                 item.kind = "wakeup"
             self._handle(item)
-        self.result.contacts = len(self.states)
-        if self.migrate:
-            self.result.migrations = list(self._migrations())
-        return self.result
+        self.reached = to if self.reached is None else max(self.reached, to)
+
+    def _served(self, key: str, due: datetime) -> bool:
+        """A recorded wake-up for ``key`` serves ``due``: it says so, however late it
+        came; or (one that does not say) it came within :attr:`lateness` after it."""
+        if due in self._recorded_dues.get(key, ()):
+            return True
+        recorded = self._recorded_wakeups.get(key, [])
+        i = bisect.bisect_left(recorded, due)
+        return i < len(recorded) and recorded[i] - due <= self.lateness
 
     def _context(self, item: _Item) -> Context:
         base: Definitions
@@ -353,7 +413,8 @@ class Simulator:
             base = Replayer(item.entry, self.live, self._suppressed)
         else:
             base = self.live
-        definitions = Overlay(base, self.cand) if self.cand and item.at >= self.since else base
+        definitions = (Overlay(base, self.cand, item.at) if self.cand and item.at >= self.since
+                       else base)
 
         def suppressed(account: str, address: str) -> str | None:
             if (account, address) in self.own:
@@ -441,16 +502,12 @@ class Simulator:
         if state is None:
             return
         record = state.get("inactivity")
-        timers: Definitions = (Overlay(self.live, self.cand)
+        timers: Definitions = (Overlay(self.live, self.cand, now)
                                if self.cand and now >= self.since else self.live)
         due = earliest(state["next_due"],
                        None if record is None else (record["since"], record["fired"]),
                        timers.inactivity_thresholds(split_key(key)[0]))
         if due is None or due >= self.until:
-            return
-        recorded = self._recorded_wakeups.get(key, [])
-        i = bisect.bisect_left(recorded, due)
-        if i < len(recorded) and recorded[i] - due <= WAKEUP_LATENESS:
             return
         if self._armed.get(key) == due:
             return

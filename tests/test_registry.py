@@ -124,3 +124,22 @@ def test_inactivity_thresholds_per_account_and_their_changes() -> None:
     assert set() == r.threshold_changes()
     r.apply(*record(inactive_flow("acme", 7, ident="early", version=2, active=False)))
     assert ({"acme"}, (30,)) == (r.threshold_changes(), r.inactivity_thresholds("acme"))
+
+
+def test_a_shadow_version_runs_nowhere_until_promoted() -> None:
+    """v2 in shadow: the workers keep v1 (and its inactivity thresholds); the shadow is
+    listed until a later version promotes it (v3 without shadow) or withdraws it."""
+    shadow = {**flow("acme", 2), "shadow": True}
+    r = registry(flow("acme", 1), shadow)
+    assert [wf["version"] for wf in r.active("acme")] == [1]
+    assert [(s["id"], s["version"]) for s in r.shadows()] == [("w", 2)]
+    assert r.shadows("globex") == []
+    assert r.lookup("acme", "w", 2)["shadow"] is True  # type: ignore[index]
+    promoted = registry(flow("acme", 1), shadow, flow("acme", 3))
+    assert ([wf["version"] for wf in promoted.active("acme")], promoted.shadows()) == ([3], [])
+    withdrawn = registry(flow("acme", 1), shadow, {**shadow, "version": 3, "active": False})
+    assert ([wf["version"] for wf in withdrawn.active("acme")], withdrawn.shadows()) == (
+        [1], [])
+    # A new workflow can start in shadow: nothing is live, the shadow runs.
+    new = registry({**flow("acme", 1), "shadow": True})
+    assert (new.active("acme"), len(new.shadows("acme"))) == ([], 1)

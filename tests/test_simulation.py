@@ -172,13 +172,72 @@ def test_a_keyword_reply_is_counted_under_its_purpose() -> None:
 def test_the_newest_journal_entry_covering_a_record_wins() -> None:
     """Entries overlap only where a batch was redone: the newest covering one answers; an
     offset no entry covers has none, however many entries come before it."""
-    from streams.history import _Entries
+    from streams.history import Entries
 
     def entry(lo: int, hi: int) -> Entry:
         return Entry(NOW, {"t.contact-events": (lo, hi)}, {})
 
     first, redone, later = entry(0, 9), entry(5, 12), entry(20, 29)
-    found = _Entries([(0, first), (0, redone), (0, later)])
+    found = Entries([(0, first), (0, redone), (0, later)])
     assert [found.covering("t.contact-events", 0, o) for o in (3, 7, 12, 15, 25, 30)] == [
         first, redone, redone, None, later, None]
     assert found.covering("t.wakeups", 0, 3) is None
+
+
+def test_a_stream_fed_in_pieces_decides_as_a_window_at_once() -> None:
+    """The shadow runner's way: records loaded as they come (one late, after its time was
+    handled) and the simulation advanced to a watermark each time, the candidate from its
+    start on: the same sends as one run over everything, but the late record counted."""
+    registry = Registry(flow(1, {"s": {"kind": "send_sms", "body": "v1"}}))
+    starts = {("acme", "w"): NOW + timedelta(hours=1)}
+    records = [signup("ann", NOW, 0), signup("bob", NOW + timedelta(hours=2), 1),
+               signup("cat", NOW + timedelta(hours=3), 2)]
+
+    def sim() -> Simulator:
+        return Simulator(registry, lambda account, address: None, since=NOW,
+                         until=NOW + timedelta(days=3), partitions=PARTITIONS,
+                         cand=Candidates([flow(2, WAITS, start="a")], starts))
+
+    whole = sim()
+    whole.load(records)
+    whole.run()
+    stream = sim()
+    stream.load(records[:1])
+    stream.advance(NOW + timedelta(hours=2, minutes=30))
+    stream.load([records[2], records[1]])  # bob's came late; cat's in time
+    for hours in (4, 30, 72):
+        stream.advance(NOW + timedelta(hours=hours))
+
+    def made(s: Simulator) -> list[tuple[str, str, str]]:
+        return sorted((m["contact_id"], m["body"], m["created_at"]) for m in s.result.sends)
+
+    # ann before the candidate's start: v1; bob and cat: v2's two sends, a day apart
+    assert made(whole) == [("ann", "v1", "2026-03-02T14:00:00Z"),
+                           ("bob", "one", "2026-03-02T16:00:00Z"),
+                           ("bob", "two", "2026-03-03T16:00:00Z"),
+                           ("cat", "one", "2026-03-02T17:00:00Z"),
+                           ("cat", "two", "2026-03-03T17:00:00Z")]
+    assert made(stream) == made(whole)
+    assert (stream.late, whole.late) == (1, 0)
+
+
+def test_a_recorded_wakeup_that_names_its_due_time_serves_it_however_late() -> None:
+    """A backlog: the live worker's wake-up came 10 minutes after the due time. It says
+    which due time it serves, so the second send is made when it came, as it was."""
+    registry = Registry(flow(1, WAITS, start="a"))
+    due = NOW + timedelta(days=1)
+    late = due + timedelta(minutes=10)
+    record = Recorded("wakeup", "t.wakeups", partition_for("ann", PARTITIONS), 0, late,
+                      b"ann", orjson.dumps({"account": "acme", "contact_id": "ann",
+                                            "due": due.isoformat()}))
+    sim = run(registry, [signup("ann", NOW, 0), record])
+    assert [s["created_at"] for s in sim.result.sends][1] == \
+        late.isoformat().replace("+00:00", "Z")
+    assert sim.result.added_wakeups == 0
+    # One that does not name it is taken for it only within the lateness (120 s).
+    unnamed = Recorded("wakeup", "t.wakeups", record.partition, 0, late, b"ann",
+                       orjson.dumps({"account": "acme", "contact_id": "ann"}))
+    sim = run(registry, [signup("ann", NOW, 0), unnamed])
+    assert [s["created_at"] for s in sim.result.sends][1] == \
+        due.isoformat().replace("+00:00", "Z")
+    assert sim.result.added_wakeups == 1

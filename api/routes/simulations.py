@@ -1,5 +1,6 @@
 """``POST /v1/accounts/{account}/simulations``: the journey lab (docs/simulation.md) over
-HTTP, for one account.
+HTTP, for one account; and ``GET /v1/accounts/{account}/shadow``: its shadow versions
+against what went out live.
 
 Candidate workflows, keywords and account policies are replayed over the recorded log of
 ``[since, until)`` through the workers' own handlers (:func:`streams.history.run_simulation`,
@@ -27,21 +28,23 @@ from itertools import islice
 from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from api.auth import READ, Allow, Principal
 from api.deps import Services, ServicesDep
 from api.errors import Problem, definition_errors
-from api.schemas import SimulationIn, SimulationOut, check_depth
+from api.schemas import Instant, ShadowOut, SimulationIn, SimulationOut, check_depth
 from producers.admin import TopicUnreadable
 from streams.definitions import DefinitionError
 from streams.history import Lab, PartitionMismatch, run_simulation
+from streams.shadow import shadow_report
 from tables.simulation import CandidateError, Candidates
 
-__all__ = ["candidates", "router", "simulate"]
+__all__ = ["candidates", "router", "shadow", "shadow_router", "simulate"]
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/accounts/{account}/simulations", tags=["simulations"])
+shadow_router = APIRouter(prefix="/v1/accounts/{account}/shadow", tags=["simulations"])
 Reader = Annotated[Principal, Depends(Allow(READ))]
 
 #: Set inside a simulation's thread (and so in the tasks and threads it starts).
@@ -196,3 +199,34 @@ async def run_lab(account: str, body: SimulationIn, who: Reader, svc: ServicesDe
     """What the candidates would have sent and held back over ``[since, until)`` of this
     account's recorded input, beside what went out."""
     return await simulate(svc, account, body, request)
+
+
+async def shadow(svc: Services, account: str, since: Any = None, until: Any = None,
+                 limit: int = 1000) -> ShadowOut:
+    """The report behind the route and the dashboard's shadow page."""
+    if since is not None and until is not None and since >= until:
+        msg = f"since {since.isoformat()} is not before until {until.isoformat()}"
+        raise Problem(422, f"invalid window: {msg}", type_="invalid-request",
+                      errors=[{"loc": ["query", "since"], "msg": msg}])
+    try:
+        found = await shadow_report(svc.settings, account, since, until or svc.clock())
+    except (TopicUnreadable, KafkaError, OSError, PartitionMismatch) as exc:
+        log.warning("shadow report for %s: the topics could not be read: %s", account, exc)
+        raise Problem(503, "the shadow topic could not be read (is the broker up?)") from None
+    first = list(islice(found.lines(), limit + 1))
+    return ShadowOut(summary=found.report, lines=first[:limit], truncated=len(first) > limit)
+
+
+@shadow_router.get("", response_model=ShadowOut,
+                   summary="The account's shadow versions against what went out live")
+async def shadow_route(account: str, who: Reader, svc: ServicesDep,
+                       since: Annotated[Instant | None, Query(
+                           description="start of the window, with its offset; default: when "
+                                       "the earliest shadow version was published")] = None,
+                       until: Annotated[Instant | None, Query(
+                           description="end of the window (excluded); default: now; cut to "
+                                       "where the shadow runner got")] = None,
+                       lines: Annotated[int, Query(ge=0, le=10_000)] = 1000) -> ShadowOut:
+    """What the shadow versions (``dripstream shadow run``) would have sent and not sent,
+    beside what the live versions sent."""
+    return await shadow(svc, account, since, until, lines)
