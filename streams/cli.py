@@ -763,8 +763,10 @@ def _report_table(result: dict[str, Any]) -> str:
         low, high = arm["rate_interval"]
         rate = f"{arm['rate']:.1%} [{low:.1%}, {high:.1%}]"
         if arm.get("lift") is not None:
-            llow, lhigh = arm["lift_interval"]
-            lift = f"{arm['lift']:+.1%} [{llow:+.1%}, {lhigh:+.1%}]"
+            lift = f"{arm['lift']:+.1%}"
+            if arm["lift_interval"] is not None:
+                llow, lhigh = arm["lift_interval"]
+                lift += f" [{llow:+.1%}, {lhigh:+.1%}]"
             p = f"{arm['p_value']:.3f}"
         else:
             lift, p = ("(baseline)" if arm["baseline"] else "—"), ""

@@ -27,8 +27,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     field_validator,
+    model_serializer,
 )
 
 from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES, MAX_CAP, check_zone
@@ -372,6 +374,19 @@ class Workflow(BaseModel):
     @property
     def key(self) -> str:
         return f"workflow:{self.account}:{self.id}"
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
+                              ) -> dict[str, Any]:
+        """``shadow`` and ``experiment`` are left out at their defaults: a body written
+        before they existed dumps as it did (the API's store compares bodies), and a
+        worker of that time still reads the bodies that do not use them."""
+        data: dict[str, Any] = handler(self)
+        if not self.shadow:
+            data.pop("shadow", None)
+        if self.experiment is None:
+            data.pop("experiment", None)
+        return data
 
 
 Channel = Literal["sms", "mms", "email"]

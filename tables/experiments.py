@@ -2,8 +2,8 @@
 in a workflow's control group, which entries converted, and the lift report. Pure: the
 contact handler calls the first three with ``now``; the report reads outcome records.
 
-**Assignment** hashes (account, contact, workflow, step) — or (…, workflow, ``control``)
-for the control group — to a number in [0, 1) and reads it against the cumulative
+**Assignment** hashes (account, contact, workflow, ``split``, step) — or (…, workflow,
+``control``) for the control group — to a number in [0, 1) and reads it against the cumulative
 weights: the same contact always lands in the same branch of the same step, in a replay,
 a re-entry or on another worker; branches of different steps and workflows are
 independent. Changing the weights of a split moves the contacts near the boundaries.
@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+import numpy
 
 from streams.definitions import parse_duration
 from tables.contacts import Attribution, ContactState, Execution
@@ -55,7 +58,8 @@ def in_control(account: str, contact_id: str, workflow_id: str, percent: float) 
 def choose(account: str, contact_id: str, workflow_id: str, step_id: str,
            branches: list[dict[str, Any]]) -> dict[str, Any]:
     """The branch of a split this contact goes down."""
-    point = unit(account, contact_id, workflow_id, step_id) * sum(b["weight"] for b in branches)
+    point = (unit(account, contact_id, workflow_id, "split", step_id)
+             * sum(b["weight"] for b in branches))
     for branch in branches:
         point -= branch["weight"]
         if point < 0:
@@ -147,7 +151,8 @@ def report(outcomes: Iterable[Mapping[str, Any]], workflow_id: str) -> dict[str,
     """Per arm of ``workflow_id``: entered, sent, converted, the rate and its 95 %
     interval (Wilson), revenue; and each arm against the baseline — the control group,
     else the first arm by name — its lift (relative, with the interval of the rate
-    ratio) and the two-sided p-value of a two-proportion test. Each outcome id once."""
+    ratio) and the two-sided p-value of a two-proportion test. Each outcome (contact,
+    execution id) once."""
     from statsmodels.stats.proportion import (
         confint_proportions_2indep,
         proportion_confint,
@@ -155,11 +160,12 @@ def report(outcomes: Iterable[Mapping[str, Any]], workflow_id: str) -> dict[str,
     )
 
     arms: dict[str, dict[str, Any]] = {}
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for o in outcomes:
-        if o["workflow_id"] != workflow_id or o["id"] in seen:
+        ident = (str(o.get("contact_id")), str(o["id"]))
+        if o["workflow_id"] != workflow_id or ident in seen:
             continue
-        seen.add(o["id"])
+        seen.add(ident)
         arm = arms.setdefault(o["variant"], {"entered": 0, "sent": 0, "converted": 0,
                                              "revenue": 0.0})
         arm["entered"] += 1
@@ -192,8 +198,14 @@ def _versus(k: int, n: int, k0: int, n0: int, confint: Any, test: Any) -> dict[s
         return {"lift": None, "lift_interval": None, "p_value": None,
                 "verdict": "not enough conversions to compare"}
     lift = (k / n) / (k0 / n0) - 1
-    low, high = confint(k, n, k0, n0, compare="ratio", method="log-adjusted", alpha=ALPHA)
-    p = float(test(k, n, k0, n0, compare="diff", method="score").pvalue)
+    with warnings.catch_warnings(), numpy.errstate(all="ignore"):
+        # A rate of 0 or 1 divides by zero inside; the answers stay defined.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = confint(k, n, k0, n0, compare="ratio", method="log-adjusted",
+                            alpha=ALPHA)
+        p = float(test(k, n, k0, n0, compare="diff", method="score").pvalue)
+    # An arm without conversions has no ratio interval worth showing (it would not even
+    # hold its own -100 %).
+    interval = None if k == 0 else [float(low) - 1, float(high) - 1]
     verdict = ("significant" if p < ALPHA else "not yet significant")
-    return {"lift": lift, "lift_interval": [float(low) - 1, float(high) - 1], "p_value": p,
-            "verdict": verdict}
+    return {"lift": lift, "lift_interval": interval, "p_value": p, "verdict": verdict}

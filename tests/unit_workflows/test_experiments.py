@@ -174,7 +174,8 @@ def test_the_definition_checks_its_split() -> None:
 
 
 def outcomes(arm: str, entered: int, converted: int, revenue: float = 0) -> list[dict[str, Any]]:
-    return [{"id": f"{arm}-{i}", "workflow_id": "promo", "variant": arm, "sends": 1,
+    return [{"id": f"{arm}-{i}", "contact_id": f"c-{i}", "workflow_id": "promo",
+             "variant": arm, "sends": 1,
              "converted": i < converted, "revenue": revenue if i < converted else None}
             for i in range(entered)]
 
