@@ -311,6 +311,8 @@ class Cycle:
                      command.model_dump_json(exclude_none=True).encode(), partition)
         for event in fx.events:  # back to the contact's own partition, in order
             self.out(names.events, key, orjson.dumps(event), partition)
+        for outcome in fx.outcomes:
+            self.out(names.outcomes, key, orjson.dumps(outcome), partition)
         for record in fx.audit:
             self.emit_audit(record)
         for change in fx.suppressions:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 from markupsafe import Markup, escape
 
-__all__ = ["PALETTE", "colour", "stacked_bars"]
+__all__ = ["PALETTE", "colour", "rate_bars", "stacked_bars"]
 
 #: Twenty colours, the saturated ten first (Tableau 20): the largest family of series,
 #: the 17 event types, gets a colour each.
@@ -84,3 +84,39 @@ def stacked_bars(rows: Sequence[Mapping[str, float]], labels: Sequence[str], *, 
         for k in keys)
     return Markup("".join(parts) + (f'<ul class="legend">{legend}</ul>' if keys else
                                     '<p class="muted">nothing in this hour</p>'))
+
+
+def rate_bars(arms: Sequence[Mapping[str, object]], *, title: str, width: int = 1000,
+              height: int = 180) -> Markup:
+    """One bar per experiment arm: its conversion rate, with its interval as a whisker;
+    the arm's name and rate under it (``arms``: the report's rows)."""
+    top = max((float(a["rate_interval"][1]) for a in arms  # type: ignore[index]
+               ), default=0.0) or 1.0
+    pad_left, plot_h = 44, height - 32 - 8
+    slot = (width - pad_left) / max(1, len(arms))
+    base = 8 + plot_h
+    parts = [f'<svg class="chart" role="img" width="100%" viewBox="0 0 {width} {height}" '
+             f'xmlns="http://www.w3.org/2000/svg">', f"<title>{escape(title)}</title>",
+             f'<line x1="{pad_left}" y1="{base}" x2="{width}" y2="{base}" stroke="#999"/>',
+             f'<text x="{pad_left - 4}" y="14" text-anchor="end" font-size="10">'
+             f"{top:.0%}</text>",
+             f'<text x="{pad_left - 4}" y="{base}" text-anchor="end" font-size="10">0</text>']
+    for i, arm in enumerate(arms):
+        name, rate = str(arm["variant"]), float(arm["rate"])  # type: ignore[arg-type]
+        low, high = (float(v) for v in arm["rate_interval"])  # type: ignore[attr-defined]
+        x, w = pad_left + i * slot + slot * 0.2, slot * 0.6
+        h = plot_h * rate / top
+        mid = x + w / 2
+        parts.append(f'<rect data-arm="{escape(name)}" x="{x:.1f}" y="{base - h:.1f}" '
+                     f'width="{w:.1f}" height="{h:.1f}" fill="{colour(name)}"><title>'
+                     f"{escape(name)}: {rate:.1%} ({low:.1%} to {high:.1%})</title></rect>")
+        y_low, y_high = base - plot_h * low / top, base - plot_h * high / top
+        parts.append(f'<line x1="{mid:.1f}" y1="{y_low:.1f}" x2="{mid:.1f}" '
+                     f'y2="{y_high:.1f}" stroke="#333"/>')
+        for y in (y_low, y_high):
+            parts.append(f'<line x1="{mid - 6:.1f}" y1="{y:.1f}" x2="{mid + 6:.1f}" '
+                         f'y2="{y:.1f}" stroke="#333"/>')
+        parts.append(f'<text x="{mid:.1f}" y="{height - 6}" text-anchor="middle" '
+                     f'font-size="11">{escape(name)} · {rate:.1%}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))

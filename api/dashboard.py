@@ -35,7 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import display, sessions, store
 from api.auth import ANY_ACCOUNT, OPERATE, READ, Allow, Principal, Role
-from api.charts import stacked_bars
+from api.charts import rate_bars, stacked_bars
 from api.deps import ServicesDep, SessionDep
 from api.errors import Problem
 from api.paths import CONTACT_PATH
@@ -247,6 +247,17 @@ async def executions(request: Request, account: str, workflow_id: observe.Workfl
     return render(request, "executions.html", account=account, page="workflows",
                   workflow_id=workflow_id, status=status, items=found.items,
                   next_cursor=found.next_cursor, statuses=STATUSES)
+
+
+@router.get("/{account}/workflows/{workflow_id}/report", response_class=HTMLResponse)
+async def experiment(request: Request, account: str, workflow_id: observe.WorkflowId,
+                     who: Reader, svc: ServicesDep) -> HTMLResponse:
+    """``GET …/workflows/{id}/report``: each arm's rate (a chart with intervals) and lift."""
+    result = await observe.experiment_report(svc, account, workflow_id)
+    return render(request, "experiment.html", account=account, page="workflows",
+                  workflow_id=workflow_id, result=result,
+                  chart=rate_bars(result["arms"], title=f"{workflow_id}: conversion rate "
+                                                          "per arm, with its 95 % interval"))
 
 
 @router.get("/{account}/contacts", response_class=HTMLResponse)

@@ -715,6 +715,69 @@ def _summary_table(report: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+@cli.command()
+def report(
+    account: Annotated[str, typer.Argument(help="the account")],
+    workflow: Annotated[str, typer.Argument(help="the workflow id")],
+    since: Annotated[str | None, typer.Option(
+        help="only entries from: ISO 8601, or a duration back from now (default: all "
+             "retained)")] = None,
+    until: Annotated[str, typer.Option(help="only entries before (default: now)")] = "now",
+    as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
+) -> None:
+    """The experiment report of a workflow with a conversion: per arm (control, each
+    split branch) entered, sent, converted, the rate with its 95 % interval, revenue, and
+    the lift over the control group with its interval and p-value. Entries are counted
+    once their conversion window has closed (docs/experiments.md).
+
+    Exit status: 0, 1 the broker cannot be reached, 2 an invalid window."""
+    from streams.history import read_outcomes
+    from tables.experiments import report as lift_report
+
+    settings = _one_shot()
+    now = _now(settings)
+    start = None if since is None else _moment(since, "--since", now)
+    end = _moment(until, "--until", now)
+    if start is not None and start >= end:
+        typer.echo(f"invalid window: --since {start.isoformat()} is not before --until "
+                   f"{end.isoformat()}", err=True)
+        raise typer.Exit(2)
+    found = _reaching_the_broker(settings, lambda: asyncio.run(
+        read_outcomes(settings, account, workflow, start, end)))
+    result = lift_report(found, workflow)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(_report_table(result))
+
+
+def _report_table(result: dict[str, Any]) -> str:
+    if not result["arms"]:
+        return (f"{result['workflow_id']}: no closed conversion window yet (entries are "
+                "counted when their window closes)")
+    out = [f"{result['workflow_id']}: {result['entries']} entries, against "
+           f"{result['baseline']} (95 % intervals)",
+           f"{'arm':<12} {'entered':>8} {'sent':>7} {'conv.':>6} {'rate':>21} "
+           f"{'lift':>27} {'p':>7} {'revenue/contact':>16}"]
+    for arm in result["arms"]:
+        low, high = arm["rate_interval"]
+        rate = f"{arm['rate']:.1%} [{low:.1%}, {high:.1%}]"
+        if arm.get("lift") is not None:
+            lift = f"{arm['lift']:+.1%}"
+            if arm["lift_interval"] is not None:
+                llow, lhigh = arm["lift_interval"]
+                lift += f" [{llow:+.1%}, {lhigh:+.1%}]"
+            p = f"{arm['p_value']:.3f}"
+        else:
+            lift, p = ("(baseline)" if arm["baseline"] else "—"), ""
+        out.append(f"{arm['variant']:<12} {arm['entered']:>8} {arm['sent']:>7} "
+                   f"{arm['converted']:>6} {rate:>21} {lift:>27} {p:>7} "
+                   f"{arm['revenue_per_contact']:>16.2f}")
+        if arm.get("verdict") and arm.get("lift") is not None:
+            out[-1] += f"  {arm['verdict']}"
+    return "\n".join(out)
+
+
 shadow_cli = typer.Typer(help="Shadow versions: run them beside the live ones, report.",
                          no_args_is_help=True)
 cli.add_typer(shadow_cli, name="shadow")

@@ -60,6 +60,8 @@ class SendCommand(BaseModel):
         "opt_out_confirmation", "opt_in_confirmation", "help", "keyword_reply"
     ] | None = Field(None, description="keyword replies only")
     reply_from: str | None = Field(None, description="keyword replies: the number written to")
+    variant: str | None = Field(
+        None, description="the experiment arm: the branch a split chose (docs/experiments.md)")
     origin: Origin
     created_at: AwareDatetime
     expires_at: AwareDatetime = Field(description="do not deliver after this")

@@ -36,7 +36,7 @@ from tables.registry import Registry, Suppressions
 from tables.simulation import Candidates, Recorded, Result, Simulator, lines, slim, summary
 
 __all__ = ["Entries", "History", "Lab", "PartitionMismatch", "Reader", "parse_time",
-           "run_simulation"]
+           "read_outcomes", "run_simulation"]
 
 #: Seconds to read one topic to its end before giving up.
 READ_S = 300.0
@@ -343,3 +343,26 @@ async def run_simulation(settings: Settings, cand: Candidates, since: datetime,
               "journalled": total.journalled, "processes": processes,
               **summary(total.result, total.sends, total.audit)}
     return Lab(total.result, total.sends, total.audit, report)
+
+
+async def read_outcomes(settings: Settings, account: str, workflow_id: str,
+                        since: datetime | None = None, until: datetime | None = None
+                        ) -> list[dict[str, Any]]:
+    """The experiment outcomes of ``workflow_id`` (``<prefix>outcomes``, every partition)
+    whose entry was in ``[since, until)`` (default: all retained), oldest entry first."""
+    names = TopicNames.of(settings)
+    every = list(range(settings.partitions))
+    found = []
+    async with Reader(settings, every, extra=(names.outcomes,)) as reader:
+        for r in await reader.read(names.outcomes, every):
+            if r.value is None:
+                continue
+            record = orjson.loads(r.value)
+            entered = parse_time(record.get("entered_at"))
+            if (record.get("account") != account or record.get("workflow_id") != workflow_id
+                    or entered is None or (since is not None and entered < since)
+                    or (until is not None and entered >= until)):
+                continue
+            found.append(record)
+    found.sort(key=lambda o: (o["entered_at"], o["id"]))
+    return found

@@ -19,8 +19,8 @@ live and shadow only up to where every partition got.
 Started, it rebuilds the accounts' contacts from the start of the retained log (as
 ``dripstream simulate`` does) and goes on from the end; a change of the shadow versions
 (one published, promoted or withdrawn) starts it again the same way. What it published
-before is not published again (up to its last ``progress`` mark; the report counts a
-message once).
+before is not published again: the topic is read at the start, and a send (by message
+id) or a non-send (by its bytes) already on it is skipped.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +56,10 @@ PROGRESS_EVERY_S = 5.0
 #: How long a record waits for the journal entry of its batch (at least the lag): an
 #: exactly-once batch's entry is seen when its transaction commits.
 UNJOURNALLED_S = 60.0
+#: Cycles whose journal entries are kept to match records read later.
+RECENT_CYCLES = 5
+#: How often the simulations forget bookkeeping they will not look at again (s).
+FORGET_EVERY_S = 60.0
 
 
 def _identity(shadows: list[dict[str, Any]]) -> tuple[tuple[str, str, int], ...]:
@@ -139,12 +143,17 @@ class ShadowRunner:
         #: (topic, partition) → the highest offset a journal entry covered.
         journalled: dict[tuple[str, int], int] = {}
         async with Reader(self.settings, every, extra=(self.names.shadow,)) as reader:
-            marks = _marks(await reader.read(self.names.shadow, every))
+            published = _published(await reader.read(self.names.shadow, every))
+            recent: deque[list[tuple[int, Entry]]] = deque(maxlen=RECENT_CYCLES)
+            forgot = time.monotonic()
             while _identity(self.registry.shadows()) == ident:
                 new = [(r.partition, Entry.decode(r.value))
                        for r in await reader.read(self.names.journal, every)
                        if r.value is not None]
-                entries = Entries(new)
+                # The topics' ends are not taken at one instant: an entry may be read a
+                # cycle before its records. The last few cycles' entries are kept.
+                recent.append(new)
+                entries = Entries([e for cycle in recent for e in cycle])
                 for p, entry in new:
                     for topic, (_, hi) in entry.ranges.items():
                         journalled[(topic, p)] = max(hi, journalled.get((topic, p), -1))
@@ -153,11 +162,18 @@ class ShadowRunner:
                         if r.value is not None:
                             pending[r.partition].append(_Pending(kind, r))
                 watermark = self.clock.now() - self.lag
+                forget = time.monotonic() - forgot >= FORGET_EVERY_S
                 for p in every:
                     sims[p].load(self._decided(pending, p, entries, journalled))
-                    sims[p].advance(watermark)
-                    await self._publish(producer, p, sims[p].result, marks.get(p))
+                    # Not past a record still waiting for its journal entry: it is decided
+                    # at or after its broker timestamp.
+                    held = [datetime.fromtimestamp(item.record.timestamp / 1000, UTC)
+                            for item in pending.get(p, ())]
+                    sims[p].advance(min([watermark, *held]))
+                    await self._publish(producer, p, sims[p].result, published)
                     reached = sims[p].reached
+                    if forget and reached is not None:
+                        sims[p].forget(reached)
                     if reached is not None and (
                             time.monotonic() - last_progress.get(p, 0) >= PROGRESS_EVERY_S):
                         last_progress[p] = time.monotonic()
@@ -165,6 +181,8 @@ class ShadowRunner:
                             {"kind": "progress", "at": reached.isoformat(),
                              "late": sims[p].late,
                              "shadows": [f"{a}/{i} v{v}" for a, i, v in ident]}))
+                if forget:
+                    forgot = time.monotonic()
                 await producer.flush()
                 await asyncio.sleep(self.interval_s)
                 await reader.refresh([self.names.journal, *kinds])
@@ -194,20 +212,34 @@ class ShadowRunner:
         return out
 
     async def _publish(self, producer: AIOKafkaProducer, partition: int, result: Result,
-                       mark: datetime | None) -> None:
+                       published: set[Any]) -> None:
         """The simulation's new sends and non-sends, on the partition they were decided
-        on (those before ``mark`` went out before a restart)."""
+        on; those ``published`` already (before a restart) are skipped."""
         sends, audit = result.sends, result.audit
         result.sends, result.audit = [], []
-        for kind, items, stamp in (("send", sends, "created_at"), ("not_sent", audit, "at")):
+        for kind, items in (("send", sends), ("not_sent", audit)):
             for item in items:
-                at = parse_time(item.get(stamp))
-                if mark is not None and at is not None and at < mark:
+                value = orjson.dumps({"kind": kind, **item})
+                if (item["message_id"] if kind == "send" else value) in published:
                     continue
                 await producer.send(self.names.shadow, partition=partition,
                                     key=f"{item['account']}:{item['contact_id']}".encode(),
-                                    value=orjson.dumps({"kind": kind, **item}))
+                                    value=value)
                 self.published += 1
+
+
+def _published(records: list[Any]) -> set[Any]:
+    """What the shadow topic holds already: sends by message id, non-sends by bytes."""
+    found: set[Any] = set()
+    for r in records:
+        if r.value is None:
+            continue
+        raw = orjson.loads(r.value)
+        if raw.get("kind") == "send":
+            found.add(raw["message_id"])
+        elif raw.get("kind") == "not_sent":
+            found.add(r.value)
+    return found
 
 
 def _marks(records: list[Any]) -> dict[int, datetime]:

@@ -58,6 +58,9 @@ TOPICS: tuple[TopicSpec, ...] = (
               "written before its effects so a replay decides the same; and when and how "
               "each input record was decided, for the journey lab (docs/simulation.md)"),
     TopicSpec("audit", False, 30 * DAY_MS, "every send that did not go out, with reason"),
+    TopicSpec("outcomes", False, 90 * DAY_MS,
+              "one record per entry into a workflow with a conversion, when its window "
+              "closes: arm, sends, converted, revenue (docs/experiments.md)"),
     TopicSpec("shadow", False, 7 * DAY_MS,
               "what shadow versions would have sent and not sent, on the live stream "
               "(`dripstream shadow run`; docs/simulation.md); never read by a channel worker"),
@@ -116,6 +119,10 @@ class TopicNames:
     @property
     def audit(self) -> str:
         return f"{self.prefix}audit"
+
+    @property
+    def outcomes(self) -> str:
+        return f"{self.prefix}outcomes"
 
     @property
     def shadow(self) -> str:

@@ -135,6 +135,9 @@ class Execution(TypedDict):
     trigger: dict[str, Any]
     history: list[HistoryEntry]
     deferred: NotRequired[dict[str, str]]
+    #: The experiment arm: ``control``, or the branch names its splits chose
+    #: (``a``, ``a/x`` after two splits); absent outside experiments.
+    variant: NotRequired[str]
 
 
 class Inactivity(TypedDict):
@@ -146,6 +149,23 @@ class Inactivity(TypedDict):
     since: str
     fired: list[int]
     active: bool
+
+
+class Attribution(TypedDict):
+    """One entry into a workflow with a conversion, counted when its window closes
+    (:mod:`tables.experiments`); kept apart from the execution, which may end first."""
+
+    workflow_id: str
+    version: int
+    variant: str | None
+    entered_at: str
+    until: str
+    event: str
+    criteria: list[dict[str, Any]]
+    revenue_field: str | None
+    sends: int
+    converted_at: str | None
+    revenue: float | None
 
 
 class Run(TypedDict):
@@ -188,6 +208,8 @@ class ContactState(TypedDict):
     runs: dict[str, Run]
     #: Campaign id → the newest occurrence delivered to the contact (tables/campaigns.py).
     campaigns: NotRequired[dict[str, str]]
+    #: Execution id → its open conversion window (tables/experiments.py).
+    attribution: NotRequired[dict[str, Attribution]]
 
 
 def contact_key(account: str, contact_id: str) -> str:
@@ -421,6 +443,8 @@ def copy_state(state: ContactState) -> ContactState:
     new["sends"] = list(state["sends"])
     if "campaigns" in state:
         new["campaigns"] = dict(state["campaigns"])
+    if "attribution" in state:
+        new["attribution"] = {eid: entry.copy() for eid, entry in state["attribution"].items()}
     return new
 
 
@@ -430,7 +454,7 @@ def _copy_execution(ex: Execution) -> Execution:
     return new
 
 
-_PRIVATE = ("seen", "executions", "runs", "next_due")
+_PRIVATE = ("seen", "executions", "runs", "next_due", "attribution")
 
 
 def public_view(state: ContactState) -> dict[str, Any]:

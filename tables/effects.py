@@ -41,22 +41,25 @@ __all__ = [
 @dataclass
 class Effects:
     """Records to emit, in order: send commands, contact events, audit records,
-    suppression-list changes."""
+    suppression-list changes, experiment outcomes (tables/experiments.py)."""
 
     sends: list[SendCommand] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
     suppressions: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
 
     def __iadd__(self, other: Effects) -> Effects:
         self.sends += other.sends
         self.events += other.events
         self.audit += other.audit
         self.suppressions += other.suppressions
+        self.outcomes += other.outcomes
         return self
 
     def __bool__(self) -> bool:
-        return bool(self.sends or self.events or self.audit or self.suppressions)
+        return bool(self.sends or self.events or self.audit or self.suppressions
+                    or self.outcomes)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Draft(TypedDict, total=False):
     origin: Origin
     created_at: str
     expires_at: str
+    variant: str
 
 
 @lru_cache(maxsize=64)

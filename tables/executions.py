@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from streams.definitions import TEMPLATE, parse_duration
-from tables import gate
+from tables import experiments, gate
 from tables.compliance import record_send
 from tables.contacts import ContactState, Execution
 from tables.effects import (
@@ -153,6 +153,7 @@ def _send(
         mid = message_id(contact["account"], ex["id"], sid, ex["seq"])
         created = iso(now)
         expires = iso(now + timedelta(seconds=parse_duration(step["expires_after"])))
+    variant = ex.get("variant")
     command: Draft = {
         "message_id": mid,
         "channel": channel,
@@ -165,13 +166,17 @@ def _send(
         "created_at": created,
         "expires_at": expires,
     }
+    if variant:
+        command["variant"] = variant
     if channel == "email":
         command["subject"] = render(step["subject"], contact, ex["trigger"])
     if channel == "mms":
         command["media_urls"] = list(step["media_urls"])
     late = step.get("max_lateness")
     scheduled = datetime.fromisoformat(ex["scheduled_at"])
-    if late and now > scheduled + timedelta(seconds=parse_duration(late)):
+    if variant == experiments.CONTROL and not command["transactional"]:
+        decision = gate.Decision("drop", "control_group")  # counted, never sent
+    elif late and now > scheduled + timedelta(seconds=parse_duration(late)):
         decision = gate.Decision("drop", "too_late")
     else:
         decision = gate.decide(command, contact, compliance.policy,
@@ -180,6 +185,7 @@ def _send(
     if decision.action == "send":
         fx.sends.append(send_command(command))
         record_send(contact, command, now)
+        experiments.note(contact, ex, sent=True)
         _history(ex, sid, "sent", now, message_id=mid)
     elif decision.action == "defer":
         assert decision.until is not None
@@ -245,6 +251,14 @@ def _run(
             result = criteria_hold(step["condition"], ex["trigger"], contact)
             _history(ex, sid, "true" if result else "false", now)
             ex["step"] = step["true"] if result else step["false"]
+        elif kind == "split":  # a control group member goes on too, and is sent nothing
+            branch = experiments.choose(contact["account"], contact["contact_id"], wf["id"],
+                                        sid, step["branches"])
+            if (arm := ex.get("variant")) != experiments.CONTROL:
+                ex["variant"] = f"{arm}/{branch['name']}" if arm else branch["name"]
+                experiments.note(contact, ex)
+            _history(ex, sid, "split", now, variant=branch["name"])
+            ex["step"] = branch["next"]
         else:  # exit
             _end(ex, "completed", "exit", now)
     return fx
@@ -260,9 +274,12 @@ def _prune(contact: ContactState) -> None:
 
 
 def next_due(contact: ContactState) -> str | None:
-    """The earliest wake-up any of the contact's executions waits for."""
+    """The earliest wake-up any of the contact's executions waits for, or a conversion
+    window closes at."""
     dues = [e["due_at"] for e in contact["executions"].values()
             if e["status"] == "waiting" and e["due_at"]]
+    if (closes := experiments.earliest_close(contact)) is not None:
+        dues.append(closes)
     return min(dues, key=datetime.fromisoformat) if dues else None
 
 
@@ -409,9 +426,14 @@ def enrol(
         "ended_at": None, "ended_reason": None, "due_at": None, "remaining_s": None,
         "waiting_for": None, "trigger": _trigger(event, wf), "history": [],
     }
+    control = (wf.get("experiment") or {}).get("control", 0)
+    if experiments.in_control(contact["account"], contact["contact_id"], wf["id"], control):
+        new["variant"] = experiments.CONTROL
     contact["executions"][eid] = new
     runs = contact["runs"].setdefault(wf["id"], {"count": 0, "last_started_at": ""})
     runs.update({"last_started_at": iso(now), "count": runs["count"] + 1})
+    if (closed := experiments.open_window(contact, new, wf, now)) is not None:
+        fx.outcomes.append(closed)
     fx += _run(new, wf, contact, now, compliance)
     return fx, "started"
 
@@ -429,6 +451,8 @@ def on_wakeup(
     campaign is paused (``campaign_status``: campaign id → running, paused, cancelled)
     and ends if it was cancelled."""
     fx, fired = Effects(), False
+    fx.outcomes += experiments.close_due(contact, now)
+    fired = bool(fx.outcomes)
     for ex in list(contact["executions"].values()):
         if ex["status"] != "waiting" or not ex["due_at"]:
             continue

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from streams.commands import Control
 from streams.events import ContactEvent
-from tables import executions, inactivity
+from tables import executions, experiments, inactivity
 from tables.campaigns import enrol_joiners
 from tables.compliance import report_suppression
 from tables.contacts import ContactState, apply_event, copy_state
@@ -119,6 +119,7 @@ def handle_event(
         react = not inactivity.is_stale(new, ev)
     if (change := report_suppression(new, ev, now)) is not None:
         fx.suppressions.append(change)
+    experiments.convert(new, ev, now)
     if react:
         fx += executions.on_event(new, ev, ctx.definitions.active(account),
                                   ctx.definitions.lookup, now, ctx.max_depth, rules)

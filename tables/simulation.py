@@ -121,7 +121,8 @@ class Candidates:
                                  "candidate per workflow, keyword or policy)")
         if isinstance(parsed, Workflow):
             # A shadow version taken as a candidate runs as it would once promoted.
-            self.workflows[(parsed.account, parsed.id)] = {**body, "shadow": False}
+            body.pop("shadow", None)
+            self.workflows[(parsed.account, parsed.id)] = body
         elif isinstance(parsed, Keyword):
             self.keywords[(parsed.account, parsed.id)] = body
         elif isinstance(parsed, AccountPolicy):
@@ -274,13 +275,14 @@ class Simulator:
         self.late = 0
         self._queue: list[_Item] = []
         self._seq = 0
-        #: Contact key → the due times its recorded wake-ups served; and, for those that
-        #: do not say (older records), when they were decided, ascending.
+        #: Contact key → the due times its recorded wake-ups named; and when each was
+        #: decided, ascending.
         self._recorded_dues: dict[str, set[datetime]] = defaultdict(set)
         self._recorded_wakeups: dict[str, list[datetime]] = defaultdict(list)
         #: Id of an event dripstream emitted → when the live worker decided it.
         self._emitted_at: dict[str, tuple[datetime, Entry | None]] = {}
-        self._emitted_seen: set[str] = set()
+        #: Ids of the events the simulation emitted, and when.
+        self._emitted_seen: dict[str, datetime] = {}
         #: Contact key → the due time a simulated wake-up is queued for.
         self._armed: dict[str, datetime] = {}
 
@@ -342,8 +344,7 @@ class Simulator:
                 key = contact_key(wakeup.account, wakeup.contact_id)
                 if isinstance(raw.get("due"), str):
                     self._recorded_dues[key].add(datetime.fromisoformat(raw["due"]))
-                else:  # written before wake-ups said which due time they serve
-                    bisect.insort(self._recorded_wakeups[key], r.at)
+                bisect.insort(self._recorded_wakeups[key], r.at)
                 self._record(r.at, "wakeup", key, wakeup, r.entry)
             else:
                 try:
@@ -398,9 +399,30 @@ class Simulator:
             self._handle(item)
         self.reached = to if self.reached is None else max(self.reached, to)
 
+    def forget(self, before: datetime) -> None:
+        """A stream's bookkeeping older than ``before`` (less the lateness, and a day for
+        emitted events' ids): what :meth:`advance` will not look at again."""
+        horizon = before - self.lateness
+        for key in list(self._recorded_wakeups):
+            times = self._recorded_wakeups[key]
+            del times[:bisect.bisect_left(times, horizon)]
+            if not times:
+                del self._recorded_wakeups[key]
+        for key in list(self._recorded_dues):
+            dues = {d for d in self._recorded_dues[key] if d >= horizon}
+            if dues:
+                self._recorded_dues[key] = dues
+            else:
+                del self._recorded_dues[key]
+        day = before - timedelta(seconds=self.dedupe_window_s)
+        self._emitted_at = {i: v for i, v in self._emitted_at.items() if v[0] >= day}
+        self._emitted_seen = {i: at for i, at in self._emitted_seen.items() if at >= day}
+
     def _served(self, key: str, due: datetime) -> bool:
-        """A recorded wake-up for ``key`` serves ``due``: it says so, however late it
-        came; or (one that does not say) it came within :attr:`lateness` after it."""
+        """A recorded wake-up for ``key`` serves ``due``: it names it, however late it
+        came; or it came within :attr:`lateness` after it (one written before wake-ups
+        named their due time, or one that named the due time the stored state had while
+        a batch in flight was changing it)."""
         if due in self._recorded_dues.get(key, ()):
             return True
         recorded = self._recorded_wakeups.get(key, [])
@@ -486,7 +508,7 @@ class Simulator:
         for event in fx.events:  # back to the contact, when the live run decided it
             if event["id"] in self._emitted_seen:
                 continue
-            self._emitted_seen.add(event["id"])
+            self._emitted_seen[event["id"]] = now
             at, entry = self._emitted_at.get(event["id"], (now, None))
             try:
                 parsed = parse_event(orjson.dumps(event), event["subject"].encode())

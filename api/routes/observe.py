@@ -8,15 +8,22 @@ These read the read model's indexes, which the workers keep with every batch
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, Path, Query
 
 from api.auth import READ, Allow, Principal
 from api.deps import ServicesDep
 from api.errors import Problem
-from api.schemas import Cursor, Limit, Page
+from api.schemas import Cursor, Instant, Limit, Page
+from streams.history import PartitionMismatch, read_outcomes
+from tables.experiments import report
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/accounts/{account}", tags=["observe"])
 Reader = Annotated[Principal, Depends(Allow(READ))]
 WorkflowId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
@@ -50,6 +57,39 @@ async def workflow_counts(account: str, workflow_id: WorkflowId, who: Reader,
     return {"workflow_id": workflow_id,
             "statuses": await model.execution_counts(account, workflow_id),
             "steps": await model.step_counts(account, workflow_id)}
+
+
+@router.get("/workflows/{workflow_id}/report",
+            summary="A workflow's experiment: each arm's conversions and lift over control")
+async def workflow_report(account: str, workflow_id: WorkflowId, who: Reader,
+                          svc: ServicesDep,
+                          since: Annotated[Instant | None, Query(
+                              description="only entries from, with its offset")] = None,
+                          until: Annotated[Instant | None, Query(
+                              description="only entries before, with its offset")] = None,
+                          ) -> dict[str, Any]:
+    """``dripstream report``'s answer (docs/experiments.md): per arm entered, sent,
+    converted, the rate and its interval, revenue, the lift over the baseline with its
+    interval, the p-value and a verdict. Entries count once their window has closed."""
+    return await experiment_report(svc, account, workflow_id, since, until)
+
+
+async def experiment_report(svc: Any, account: str, workflow_id: str,
+                            since: datetime | None = None, until: datetime | None = None
+                            ) -> dict[str, Any]:
+    """The report behind the route and the dashboard's experiment section."""
+    if since is not None and until is not None and since >= until:
+        msg = f"since {since.isoformat()} is not before until {until.isoformat()}"
+        raise Problem(422, f"invalid window: {msg}", type_="invalid-request",
+                      errors=[{"loc": ["query", "since"], "msg": msg}])
+    try:
+        found = await read_outcomes(svc.settings, account, workflow_id, since, until)
+    except (KafkaError, OSError, PartitionMismatch) as exc:
+        log.warning("experiment report for %s/%s: the outcomes could not be read: %s",
+                    account, workflow_id, exc)
+        raise Problem(503, "the outcomes topic could not be read (is the broker up?)"
+                      ) from None
+    return await asyncio.to_thread(report, found, workflow_id)  # statsmodels: off the loop
 
 
 @router.get("/audit", summary="The newest audit records (sends that did not go out)")

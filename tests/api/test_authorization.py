@@ -55,6 +55,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", f"{A}/stats"): READ,
     ("POST", f"{A}/simulations"): READ,
     ("GET", f"{A}/shadow"): READ,
+    ("GET", f"{A}/workflows/{{workflow_id}}/report"): READ,
 }
 VALUES = {"def_id": "x", "version": "1", "campaign_id": "x", "action": "pause",
           "contact_id": "c-1", "execution_id": "e-1", "workflow_id": "w", "key_id": "abc",

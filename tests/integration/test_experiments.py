@@ -1,0 +1,176 @@
+"""An A/B split with a control group and a conversion, end to end on a real broker:
+signups through the worker, purchases from upstream, the windows closing on the
+contacts' own timers, the worker SIGKILLed as they close, and ``dripstream report``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from playwright.async_api import async_playwright, expect
+
+from api.app import create_app
+from producers.publisher import build_event
+from tables.experiments import choose, in_control
+from tests.api.conftest import Databases, Postgres, api_settings
+from tests.integration.test_dashboard import served, watch
+from tests.stack import ROOT, Stack, eventually
+
+pytestmark = pytest.mark.integration
+
+BRANCHES = [{"name": "a", "weight": 1, "next": "sa"}, {"name": "b", "weight": 1, "next": "sb"}]
+PROMO = {
+    "id": "promo", "account": "acme", "name": "Promo", "version": 1,
+    "trigger": {"event": "contact.created"}, "start": "pick",
+    "experiment": {"control": 30, "conversion": {
+        "event": "purchase.completed",
+        "criteria": [{"field": "event.data.amount", "op": "gt", "value": 0}],
+        "window": "1d", "revenue": "event.data.amount"}},
+    "steps": {"pick": {"kind": "split", "branches": BRANCHES},
+              "sa": {"kind": "send_sms", "body": "Offer A"},
+              "sb": {"kind": "send_sms", "body": "Offer B"}},
+}
+CONTACTS = [f"c-{n:02d}" for n in range(24)]
+BUYERS = set(CONTACTS[::3])  # every third buys inside the window
+
+
+def arm(contact: str) -> str:
+    if in_control("acme", contact, "promo", 30):
+        return "control"
+    return str(choose("acme", contact, "promo", "pick", BRANCHES)["name"])
+
+
+async def outcome_ids(stack: Stack) -> set[str]:
+    return {orjson.loads(r.value)["id"] for r in await stack.read_all("outcomes")}
+
+
+async def run_experiment(stack: Stack, *, crash: bool) -> dict[str, str]:
+    """24 signups, the treated ones' offers, a third buying inside the window, the
+    windows closing (``crash``: the worker SIGKILLed as they do); each contact's arm."""
+    arms = {c: arm(c) for c in CONTACTS}
+    assert set(arms.values()) == {"control", "a", "b"}  # the hash gives all three here
+    await stack.define(PROMO)
+    stack.start_worker()
+    await stack.publisher.send_many([build_event(
+        "acme", c, "contact.created", {"phone": f"+1415555{n:04d}", "consent": {"sms": True}},
+        event_id=f"signup-{c}") for n, c in enumerate(CONTACTS)])
+    treated = [c for c in CONTACTS if arms[c] != "control"]
+
+    async def sent() -> list[dict[str, Any]]:
+        found = [orjson.loads(r.value) for r in await stack.read_all("send.sms")]
+        return found if len(found) >= len(treated) else []
+
+    sends = await eventually(sent, timeout=60, what="the treated contacts' offers")
+    # Each treated contact got its branch's offer, marked with its arm; the control none.
+    assert sorted((s["contact_id"], s["variant"], s["body"]) for s in sends) == sorted(
+        (c, arms[c], f"Offer {arms[c].upper()}") for c in treated)
+
+    async def audited() -> bool:
+        return len([r for r in await stack.read_all("audit")
+                    if orjson.loads(r.value)["reason"] == "control_group"]) >= 24 - len(treated)
+
+    await eventually(audited, what="the control group's sends audited")
+    await stack.publisher.send_many([build_event(
+        "acme", c, "purchase.completed", {"order_id": f"o-{c}", "amount": 25, "currency": "USD"},
+        event_id=f"buy-{c}") for c in sorted(BUYERS)])
+    await stack.wait_contact("acme", sorted(BUYERS)[-1], 2)
+    stack.skip(24 * 3600 + 60)  # the windows close
+    if crash:
+        async def some_closed() -> bool:
+            return len(await outcome_ids(stack)) >= 1
+
+        await eventually(some_closed, timeout=60, what="the first windows to close")
+        stack.kill(stack.workers[0])  # SIGKILL while the windows close: some batch redone
+        stack.start_worker()
+
+    async def all_closed() -> bool:
+        return await outcome_ids(stack) == {f"promo/signup-{c}" for c in CONTACTS}
+
+    await eventually(all_closed, timeout=90, what="every window closed")
+    return arms
+
+
+def expected(arms: dict[str, str]) -> dict[str, tuple[int, int, int, float]]:
+    """Per arm: entered, sent, converted, revenue."""
+    out = {}
+    for name in ("control", "a", "b"):
+        members = [c for c in CONTACTS if arms[c] == name]
+        buyers = [c for c in members if c in BUYERS]
+        out[name] = (len(members), 0 if name == "control" else len(members), len(buyers),
+                     25.0 * len(buyers))
+    return out
+
+
+async def test_a_split_with_a_control_group_reports_each_arm_once(stack: Stack) -> None:
+    arms = await run_experiment(stack, crash=True)
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "streams.cli", "report", "acme", "promo",
+                         "--json"], env=stack.env, cwd=ROOT, capture_output=True, text=True,
+        timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["baseline"] == "control" and report["entries"] == len(CONTACTS)
+    got = {row["variant"]: (row["entered"], row["sent"], row["converted"], row["revenue"])
+           for row in report["arms"]}
+    assert got == expected(arms)
+    table = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "streams.cli", "report", "acme", "promo"],
+        env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "against control" in table.stdout, table.stdout
+
+
+async def test_the_report_route_and_page_show_each_arm(
+        stack: Stack, postgres: Postgres, chromium: str, shots: Path) -> None:
+    """``GET …/workflows/promo/report`` and the dashboard's experiment page: the same arms
+    and counts, the chart drawn with a bar per arm."""
+    arms = await run_experiment(stack, crash=False)
+    dbs = Databases(postgres, f"dripstream_exp_{uuid.uuid4().hex[:8]}")
+    try:
+        settings = api_settings(dbs.empty())
+        assert settings.bootstrap_key is not None
+        boot = {"Authorization": f"Bearer {settings.bootstrap_key.get_secret_value()}"}
+        app = create_app(stack.settings, settings, clock=stack.now)
+        async with served(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as c:
+            r = await c.post("/v1/accounts/acme/keys", headers=boot,
+                             json={"role": "viewer", "name": "exp"})
+            key = r.json()["key"]
+            r = await c.get("/v1/accounts/acme/workflows/promo/report",
+                            headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+            answer = r.json()
+            assert {row["variant"]: (row["entered"], row["sent"], row["converted"],
+                                     row["revenue"]) for row in answer["arms"]} == expected(arms)
+            problems: list[str] = []
+            async with async_playwright() as p:
+                browser = await p.chromium.launch(executable_path=chromium)
+                page = await browser.new_page(viewport={"width": 1280, "height": 800})
+                watch(page, problems)
+                await page.goto(f"{base}/dashboard/login")
+                await page.fill("#key", key)
+                await page.click("button[type=submit]")
+                await expect(page).to_have_url(f"{base}/dashboard/acme")
+                await page.goto(f"{base}/dashboard/acme/workflows/promo")
+                await page.get_by_test_id("experiment-link").click()
+                await expect(page).to_have_url(f"{base}/dashboard/acme/workflows/promo/report")
+                rows = page.get_by_test_id("experiment-arm")
+                await expect(rows).to_have_count(3)
+                for row in answer["arms"]:
+                    shown = rows.and_(page.locator(f'[data-arm="{row["variant"]}"]'))
+                    await expect(shown.get_by_test_id("arm-entered")).to_have_text(
+                        str(row["entered"]))
+                    await expect(shown.get_by_test_id("arm-converted")).to_have_text(
+                        str(row["converted"]))
+                await expect(page.locator("svg.chart rect[data-arm]")).to_have_count(3)
+                await page.screenshot(path=shots / "experiment.png", full_page=True)
+                await browser.close()
+            assert problems == []
+    finally:
+        dbs.drop_all()
