@@ -434,6 +434,9 @@ def define(
     name = f"{wf.kind} {wf.account}/{getattr(wf, 'id', 'policy')} v{getattr(wf, 'version', '')}"
     if done.outcome == "unchanged":
         typer.echo(f"unchanged: {name} is published already with this very body")
+    elif getattr(wf, "shadow", False):
+        typer.echo(f"published {name} in shadow: nothing is sent from it, the live version "
+                   f"stays (`dripstream shadow report {wf.account}`)")
     else:
         typer.echo(f"published {name}")
 
@@ -650,11 +653,7 @@ def simulate(
             raise typer.Exit(2) from None
     settings = _one_shot()
     now = _now(settings)
-    start, end = _moment(since, "--since", now), _moment(until, "--until", now)
-    if start >= end:
-        typer.echo(f"invalid window: --since {start.isoformat()} is not before --until "
-                   f"{end.isoformat()}", err=True)
-        raise typer.Exit(2)
+    start, end = _window(since, until, now)  # --since has a default: a time
     if end > now:
         typer.echo(f"invalid window: --until {end.isoformat()} is after now: the log ends "
                    "now (what would happen later is not recorded yet)", err=True)
@@ -678,6 +677,18 @@ def simulate(
         typer.echo(orjson.dumps({"summary": lab.report}).decode())
         return
     typer.echo(_summary_table(lab.report))
+
+
+def _window(since: str | None, until: str, now: Any) -> tuple[Any, Any]:
+    """``--since`` (None: left out) and ``--until`` as times; exit 2 when the window does
+    not end after it starts."""
+    start = None if since is None else _moment(since, "--since", now)
+    end = _moment(until, "--until", now)
+    if start is not None and start >= end:
+        typer.echo(f"invalid window: --since {start.isoformat()} is not before --until "
+                   f"{end.isoformat()}", err=True)
+        raise typer.Exit(2)
+    return start, end
 
 
 def _summary_table(report: dict[str, Any]) -> str:
@@ -735,13 +746,7 @@ def report(
     from tables.experiments import report as lift_report
 
     settings = _one_shot()
-    now = _now(settings)
-    start = None if since is None else _moment(since, "--since", now)
-    end = _moment(until, "--until", now)
-    if start is not None and start >= end:
-        typer.echo(f"invalid window: --since {start.isoformat()} is not before --until "
-                   f"{end.isoformat()}", err=True)
-        raise typer.Exit(2)
+    start, end = _window(since, until, _now(settings))
     found = _reaching_the_broker(settings, lambda: asyncio.run(
         read_outcomes(settings, account, workflow, start, end)))
     result = lift_report(found, workflow)
@@ -831,13 +836,7 @@ def shadow_report_command(
     from streams.shadow import shadow_report
 
     settings = _one_shot()
-    now = _now(settings)
-    start = None if since is None else _moment(since, "--since", now)
-    end = _moment(until, "--until", now)
-    if start is not None and start >= end:
-        typer.echo(f"invalid window: --since {start.isoformat()} is not before --until "
-                   f"{end.isoformat()}", err=True)
-        raise typer.Exit(2)
+    start, end = _window(since, until, _now(settings))
     with _quiet("tables.journal"):
         found = _reaching_the_broker(settings, lambda: asyncio.run(
             shadow_report(settings, account, start, end)))
@@ -849,7 +848,12 @@ def shadow_report_command(
     report = found.report
     shadows = ", ".join(f"{s['id']} v{s['version']} (since {s['published_at']})"
                         for s in report["shadows"]) or "(none in shadow now)"
-    out = [f"window      {report['since']} .. {report['until']} (where the shadow runner got)",
+    window = f"{report['since']} .. {report['until']} (where the shadow runner got)"
+    if report["behind"]:
+        window = (f"{report['since']} .. (nothing yet: the shadow runner decides "
+                  f"DRIPSTREAM_SHADOW_LAG_S behind the live clock, and has got to "
+                  f"{report['reached'] or 'nowhere yet'})")
+    out = [f"window      {window}",
            f"shadows     {shadows}",
            f"sends       {report['sends']} shadow, {report['actual_sends']} live: "
            f"{report['both']} in both ({report['both_at_other_times']} at another time, "
@@ -862,6 +866,14 @@ def shadow_report_command(
         if report[key]:
             out.append(f"{title}:")
             out += [f"  {name:<40} {count:>8}" for name, count in report[key].items()]
+    rewritten = [line for line in found.lines() if line["kind"] == "send"
+                 and line["diff"] == "both" and line["body"] != line["actual_body"]]
+    if rewritten:
+        out.append("another text (the first 5; --lines: every send and non-send):")
+        for line in rewritten[:5]:
+            out.append(f"  {line['contact_id']} at {line['created_at']}:")
+            out.append(f"    shadow  {line['body']}")
+            out.append(f"    live    {line['actual_body']}")
     typer.echo("\n".join(out))
 
 

@@ -110,8 +110,9 @@ class ShadowRunner:
                 if not shadows:
                     await asyncio.sleep(self.interval_s)
                     continue
-                log.warning("shadow: running %s", ", ".join(
-                    f"{a}/{i} v{v}" for a, i, v in _identity(shadows)))
+                log.warning("shadow: running %s beside the live versions (nothing is sent "
+                            "from them)", ", ".join(f"{a}/{i} v{v}"
+                                                    for a, i, v in _identity(shadows)))
                 await self._session(shadows, producer)
         finally:
             for task in followers:
@@ -283,8 +284,10 @@ async def shadow_report(settings: Settings, account: str, since: datetime | None
                         default=Clock(settings.clock_offset_file).now())
         records = await reader.read(names.shadow, every)
         marks = _marks(records)
-        covered = min(marks.values()) if len(marks) == len(every) else since
-        end = covered if until is None else min(until, covered)
+        covered = min(marks.values()) if len(marks) == len(every) else None
+        end = max(since, covered or since)
+        if until is not None:
+            end = max(since, min(until, end))
         result, seen = Result(), set()
         for r in records:
             if r.value is None or r.value in seen:
@@ -307,6 +310,9 @@ async def shadow_report(settings: Settings, account: str, since: datetime | None
     result.sends.sort(key=lambda s: (s["created_at"], s["message_id"]))
     sends.sort(key=lambda s: (s["created_at"], s["message_id"]))
     report = {"account": account, "since": since.isoformat(), "until": end.isoformat(),
+              # The runner has not got past the window's start: nothing to compare yet.
+              "behind": end <= since,
+              "reached": None if covered is None else covered.isoformat(),
               "shadows": [{"id": b["id"], "version": b["version"],
                            "published_at": registry.published("workflow", b).isoformat()}
                           for b in shadows],

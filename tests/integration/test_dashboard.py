@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +32,7 @@ from api.app import create_app
 from api.charts import colour
 from api.dashboard import CHANNELS
 from producers.publisher import build_event
-from tests.api.conftest import Databases, Postgres, api_settings
+from tests.api.conftest import api_settings
 from tests.api.test_end_to_end import DRIP
 from tests.stack import Stack, eventually
 
@@ -48,15 +47,6 @@ RAW_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
 #: its send hours (quiet hours are read in a content campaign's zone).
 KOLKATA = ZoneInfo("Asia/Kolkata")
 
-
-@pytest.fixture
-def database_url(postgres: Postgres) -> Iterator[str]:
-    """An empty database of its own (the API migrates it at start-up)."""
-    dbs = Databases(postgres, f"dripstream_dash_{uuid.uuid4().hex[:8]}")
-    try:
-        yield dbs.empty()
-    finally:
-        dbs.drop_all()
 
 
 @asynccontextmanager

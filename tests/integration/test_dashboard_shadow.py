@@ -5,9 +5,8 @@ worker and API on uvicorn)."""
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import pytest
 from playwright.async_api import async_playwright, expect
 
 from api.app import create_app
-from tests.api.conftest import Databases, Postgres, api_settings
+from tests.api.conftest import api_settings
 from tests.conftest import Broker
 from tests.integration.test_dashboard import served, watch
 from tests.integration.test_shadow import SHADOW, start_shadow
@@ -38,14 +37,6 @@ async def stack(broker: Broker, redis_url: str, tmp_path: Path) -> AsyncIterator
     finally:
         await s.stop()
 
-
-@pytest.fixture
-def database_url(postgres: Postgres) -> Iterator[str]:
-    dbs = Databases(postgres, f"dripstream_shadow_{uuid.uuid4().hex[:8]}")
-    try:
-        yield dbs.empty()
-    finally:
-        dbs.drop_all()
 
 
 def body(definition: dict[str, Any]) -> dict[str, Any]:

@@ -7,9 +7,8 @@ a message body is text (never markup), and a candidate the lab cannot take shows
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from playwright.async_api import Dialog, Page, async_playwright, expect
 
 from api.app import create_app
-from tests.api.conftest import Databases, Postgres, api_settings
+from tests.api.conftest import api_settings
 from tests.api.test_api_simulation import candidate_error
 from tests.conftest import Broker
 from tests.integration.test_dashboard import expected_error, served, watch
@@ -49,15 +48,6 @@ async def stack(broker: Broker, redis_url: str, tmp_path: Path) -> AsyncIterator
     finally:
         await s.stop()
 
-
-@pytest.fixture
-def database_url(postgres: Postgres) -> Iterator[str]:
-    """An empty database of its own (the API migrates it at start-up)."""
-    dbs = Databases(postgres, f"dripstream_lab_{uuid.uuid4().hex[:8]}")
-    try:
-        yield dbs.empty()
-    finally:
-        dbs.drop_all()
 
 
 async def submit(page: Page, definitions: Any, since: str, until: str) -> None:

@@ -8,7 +8,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from playwright.async_api import async_playwright, expect
 from api.app import create_app
 from producers.publisher import build_event
 from tables.experiments import choose, in_control
-from tests.api.conftest import Databases, Postgres, api_settings
+from tests.api.conftest import api_settings
 from tests.integration.test_dashboard import served, watch
 from tests.stack import ROOT, Stack, eventually
 
@@ -128,49 +127,45 @@ async def test_a_split_with_a_control_group_reports_each_arm_once(stack: Stack) 
 
 
 async def test_the_report_route_and_page_show_each_arm(
-        stack: Stack, postgres: Postgres, chromium: str, shots: Path) -> None:
+        stack: Stack, database_url: str, chromium: str, shots: Path) -> None:
     """``GET …/workflows/promo/report`` and the dashboard's experiment page: the same arms
     and counts, the chart drawn with a bar per arm."""
     arms = await run_experiment(stack, crash=False)
-    dbs = Databases(postgres, f"dripstream_exp_{uuid.uuid4().hex[:8]}")
-    try:
-        settings = api_settings(dbs.empty())
-        assert settings.bootstrap_key is not None
-        boot = {"Authorization": f"Bearer {settings.bootstrap_key.get_secret_value()}"}
-        app = create_app(stack.settings, settings, clock=stack.now)
-        async with served(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as c:
-            r = await c.post("/v1/accounts/acme/keys", headers=boot,
-                             json={"role": "viewer", "name": "exp"})
-            key = r.json()["key"]
-            r = await c.get("/v1/accounts/acme/workflows/promo/report",
-                            headers={"Authorization": f"Bearer {key}"})
-            assert r.status_code == 200, r.text
-            answer = r.json()
-            assert {row["variant"]: (row["entered"], row["sent"], row["converted"],
-                                     row["revenue"]) for row in answer["arms"]} == expected(arms)
-            problems: list[str] = []
-            async with async_playwright() as p:
-                browser = await p.chromium.launch(executable_path=chromium)
-                page = await browser.new_page(viewport={"width": 1280, "height": 800})
-                watch(page, problems)
-                await page.goto(f"{base}/dashboard/login")
-                await page.fill("#key", key)
-                await page.click("button[type=submit]")
-                await expect(page).to_have_url(f"{base}/dashboard/acme")
-                await page.goto(f"{base}/dashboard/acme/workflows/promo")
-                await page.get_by_test_id("experiment-link").click()
-                await expect(page).to_have_url(f"{base}/dashboard/acme/workflows/promo/report")
-                rows = page.get_by_test_id("experiment-arm")
-                await expect(rows).to_have_count(3)
-                for row in answer["arms"]:
-                    shown = rows.and_(page.locator(f'[data-arm="{row["variant"]}"]'))
-                    await expect(shown.get_by_test_id("arm-entered")).to_have_text(
-                        str(row["entered"]))
-                    await expect(shown.get_by_test_id("arm-converted")).to_have_text(
-                        str(row["converted"]))
-                await expect(page.locator("svg.chart rect[data-arm]")).to_have_count(3)
-                await page.screenshot(path=shots / "experiment.png", full_page=True)
-                await browser.close()
-            assert problems == []
-    finally:
-        dbs.drop_all()
+    settings = api_settings(database_url)
+    assert settings.bootstrap_key is not None
+    boot = {"Authorization": f"Bearer {settings.bootstrap_key.get_secret_value()}"}
+    app = create_app(stack.settings, settings, clock=stack.now)
+    async with served(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as c:
+        r = await c.post("/v1/accounts/acme/keys", headers=boot,
+                         json={"role": "viewer", "name": "exp"})
+        key = r.json()["key"]
+        r = await c.get("/v1/accounts/acme/workflows/promo/report",
+                        headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert {row["variant"]: (row["entered"], row["sent"], row["converted"],
+                                 row["revenue"]) for row in answer["arms"]} == expected(arms)
+        problems: list[str] = []
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=chromium)
+            page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            watch(page, problems)
+            await page.goto(f"{base}/dashboard/login")
+            await page.fill("#key", key)
+            await page.click("button[type=submit]")
+            await expect(page).to_have_url(f"{base}/dashboard/acme")
+            await page.goto(f"{base}/dashboard/acme/workflows/promo")
+            await page.get_by_test_id("experiment-link").click()
+            await expect(page).to_have_url(f"{base}/dashboard/acme/workflows/promo/report")
+            rows = page.get_by_test_id("experiment-arm")
+            await expect(rows).to_have_count(3)
+            for row in answer["arms"]:
+                shown = rows.and_(page.locator(f'[data-arm="{row["variant"]}"]'))
+                await expect(shown.get_by_test_id("arm-entered")).to_have_text(
+                    str(row["entered"]))
+                await expect(shown.get_by_test_id("arm-converted")).to_have_text(
+                    str(row["converted"]))
+            await expect(page.locator("svg.chart rect[data-arm]")).to_have_count(3)
+            await page.screenshot(path=shots / "experiment.png", full_page=True)
+            await browser.close()
+        assert problems == []

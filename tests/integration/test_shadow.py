@@ -98,7 +98,7 @@ async def test_a_shadow_runs_beside_the_live_version_and_sends_nothing(
         return found if found[1]["sends"] >= 5 and found[1]["actual_sends"] >= 6 else None
 
     lines, summary = await eventually(covered, timeout=60, what="the report to cover both")
-    assert summary["shadows"][0]["version"] == 2
+    assert summary["shadows"][0]["version"] == 2 and summary["behind"] is False
     # hello in both with another text; nudge and thanks a day earlier; bob suppressed in both
     assert summary["both_with_other_body"] == 3, summary
     assert summary["both_at_other_times"] == 2, summary
