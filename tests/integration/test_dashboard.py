@@ -72,6 +72,22 @@ async def served(app: Any) -> AsyncIterator[str]:
         sock.close()
 
 
+@asynccontextmanager
+async def dashboard_page(chromium: str, problems: list[str]) -> AsyncIterator[Page]:
+    """A page of a fresh headless Chromium (1280x800, 15 s default timeout) whose console
+    errors and uncaught exceptions go to ``problems``."""
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium)
+        context = await browser.new_context(viewport={"width": 1280, "height": 800})
+        context.set_default_timeout(15_000)
+        page = await context.new_page()
+        watch(page, problems)
+        try:
+            yield page
+        finally:
+            await browser.close()
+
+
 def watch(page: Page, problems: list[str]) -> None:
     """Collect the page's console errors and uncaught exceptions."""
     def console(message: ConsoleMessage) -> None:

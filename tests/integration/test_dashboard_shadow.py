@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from api.app import create_app
 from tests.api.conftest import api_settings
 from tests.conftest import Broker
-from tests.integration.test_dashboard import served, watch
+from tests.integration.test_dashboard import dashboard_page, served
 from tests.integration.test_shadow import SHADOW, start_shadow
 from tests.integration.test_simulation import WELCOME, signup, sms_count
 from tests.stack import Stack, eventually
@@ -89,12 +89,7 @@ async def test_a_shadow_published_through_the_api_is_reported_on_the_page(
             "Welcome aboard, Ann!", "Welcome aboard, Bob!", "Welcome aboard, Cat!"}
 
         problems: list[str] = []
-        async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=chromium)
-            context = await browser.new_context(viewport={"width": 1280, "height": 800})
-            context.set_default_timeout(15_000)
-            page = await context.new_page()
-            watch(page, problems)
+        async with dashboard_page(chromium, problems) as page:
             await page.goto(f"{base}/dashboard/login")
             await page.fill("#key", keys["viewer"]["Authorization"].split()[1])
             await page.click("button[type=submit]")
@@ -118,5 +113,4 @@ async def test_a_shadow_published_through_the_api_is_reported_on_the_page(
             await page.fill("#until", "2026-03-01 00:00")
             await page.get_by_test_id("shadow-run").click()
             await expect(page.get_by_test_id("shadow-error")).to_contain_text("is not before")
-            await browser.close()
         assert [p for p in problems if "422" not in p] == []

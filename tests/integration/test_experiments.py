@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from api.app import create_app
 from producers.publisher import build_event
 from tables.experiments import choose, in_control
 from tests.api.conftest import api_settings
-from tests.integration.test_dashboard import served, watch
+from tests.integration.test_dashboard import dashboard_page, served
 from tests.stack import ROOT, Stack, eventually
 
 pytestmark = pytest.mark.integration
@@ -146,10 +146,7 @@ async def test_the_report_route_and_page_show_each_arm(
         assert {row["variant"]: (row["entered"], row["sent"], row["converted"],
                                  row["revenue"]) for row in answer["arms"]} == expected(arms)
         problems: list[str] = []
-        async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=chromium)
-            page = await browser.new_page(viewport={"width": 1280, "height": 800})
-            watch(page, problems)
+        async with dashboard_page(chromium, problems) as page:
             await page.goto(f"{base}/dashboard/login")
             await page.fill("#key", key)
             await page.click("button[type=submit]")
@@ -167,5 +164,4 @@ async def test_the_report_route_and_page_show_each_arm(
                     str(row["converted"]))
             await expect(page.locator("svg.chart rect[data-arm]")).to_have_count(3)
             await page.screenshot(path=shots / "experiment.png", full_page=True)
-            await browser.close()
         assert problems == []

@@ -76,6 +76,17 @@ async def simulate(stack: Stack, tmp_path: Path, *args: str,
     return out[:-1], out[-1]["summary"]
 
 
+async def stop_and_buy(stack: Stack) -> None:
+    """bob texts STOP, cat buys."""
+    await stack.publisher.send(build_event(
+        "acme", "bob", "keyword.received", {"keyword": "STOP", "text": "STOP",
+                                            "channel": "sms", "to": "+14155550000"},
+        event_id="bob-stop"))
+    await stack.publisher.send(build_event("acme", "cat", "purchase.completed",
+                                           {"order_id": "o-1", "amount": 20, "currency": "USD"},
+                                           event_id="cat-buys"))
+
+
 def revive(stack: Stack) -> None:
     """A worker killed by a fault injection is followed by the next one."""
     if stack.workers[-1].poll() is not None:
@@ -99,13 +110,7 @@ async def traffic(stack: Stack, env: dict[str, str] | None = None) -> str:
         await stack.publisher.send(signup(contact))
     await eventually(lambda: sms_count(stack, 3), what="three welcomes")
     await stack.publisher.send_many(pings("ann", 7))
-    await stack.publisher.send(build_event(
-        "acme", "bob", "keyword.received", {"keyword": "STOP", "text": "STOP",
-                                            "channel": "sms", "to": "+14155550000"},
-        event_id="bob-stop"))
-    await stack.publisher.send(build_event("acme", "cat", "purchase.completed",
-                                           {"order_id": "o-1", "amount": 20, "currency": "USD"},
-                                           event_id="cat-buys"))
+    await stop_and_buy(stack)
     await eventually(lambda: sms_count(stack, 3 + 4 + 1), what="pings and bob's reply")
 
     async def cat_bought() -> bool:  # the crash may come right after those sends
