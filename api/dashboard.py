@@ -255,9 +255,22 @@ async def experiment(request: Request, account: str, workflow_id: observe.Workfl
     """``GET …/workflows/{id}/report``: each arm's rate (a chart with intervals) and lift."""
     result = await observe.experiment_report(svc, account, workflow_id)
     return render(request, "experiment.html", account=account, page="workflows",
-                  workflow_id=workflow_id, result=result,
-                  chart=rate_bars(result["arms"], title=f"{workflow_id}: conversion rate "
-                                                          "per arm, with its 95 % interval"))
+                  subject=workflow_id, back=f"workflows/{quote(workflow_id, safe='')}",
+                  result=result, chart=rate_bars(
+                      result["arms"], title=f"{workflow_id}: conversion rate per arm, with "
+                                            "its 95 % interval"))
+
+
+@router.get("/{account}/campaigns/{campaign_id}/report", response_class=HTMLResponse)
+async def campaign_experiment(request: Request, account: str,
+                              campaign_id: campaigns.CampaignId, who: Reader,
+                              svc: ServicesDep) -> HTMLResponse:
+    """``GET …/campaigns/{id}/report``: each variant's rate (a chart) and lift."""
+    result = await observe.experiment_report(svc, account, CAMPAIGN_WORKFLOW + campaign_id)
+    return render(request, "experiment.html", account=account, page="campaigns",
+                  subject=f"campaign {campaign_id}", back="campaigns", result=result,
+                  chart=rate_bars(result["arms"], title=f"campaign {campaign_id}: conversion "
+                                                         "rate per arm, with its 95 % interval"))
 
 
 @router.get("/{account}/contacts", response_class=HTMLResponse)
@@ -279,7 +292,7 @@ async def contact(request: Request, account: str, contact_id: contacts.ContactId
              if r.get("contact_id") == contact_id]
     return render(request, "contact.html", account=account, page="contacts",
                   contact=shown["contact"], caps=shown["cap_windows"], runs=runs.items,
-                  audit=audit)
+                  audit=audit, holdout=shown["holdout"])
 
 
 @router.get("/{account}" + CONTACT_PATH + "/executions/{execution_id:path}",
@@ -341,6 +354,7 @@ async def campaign_list(request: Request, account: str, who: Reader, svc: Servic
         c["actions"] = campaign_actions(c["status"])
         c["zone"] = r.body["schedule"].get("timezone") or policy["timezone"]
         c["contact_local"] = bool((r.body.get("delivery") or {}).get("contact_local_time"))
+        c["experiment"] = bool(r.body.get("variants") or r.body.get("experiment"))
         for o in c["occurrences"]:
             o["done"] = o["targeted"] - o["remaining"]
     return render(request, "campaigns.html", account=account, page="campaigns",

@@ -729,22 +729,29 @@ def _summary_table(report: dict[str, Any]) -> str:
 @cli.command()
 def report(
     account: Annotated[str, typer.Argument(help="the account")],
-    workflow: Annotated[str, typer.Argument(help="the workflow id")],
+    workflow: Annotated[str, typer.Argument(help="the workflow id (a campaign's with "
+                                                 "--campaign)")],
+    campaign: Annotated[bool, typer.Option(
+        "--campaign", help="the id is a campaign's (its variants and control group)")] = False,
     since: Annotated[str | None, typer.Option(
         help="only entries from: ISO 8601, or a duration back from now (default: all "
              "retained)")] = None,
     until: Annotated[str, typer.Option(help="only entries before (default: now)")] = "now",
     as_json: Annotated[bool, typer.Option("--json", help="the report as JSON")] = False,
 ) -> None:
-    """The experiment report of a workflow with a conversion: per arm (control, each
-    split branch) entered, sent, converted, the rate with its 95 % interval, revenue, and
-    the lift over the control group with its interval and p-value. Entries are counted
-    once their conversion window has closed (docs/experiments.md).
+    """The experiment report of a workflow or campaign with a conversion: per arm
+    (control, holdout, each split branch or campaign variant) entered, sent, converted,
+    the rate with its 95 % interval, revenue, and the lift over the control group with its
+    interval and p-value. Entries are counted once their conversion window has closed
+    (docs/experiments.md).
 
     Exit status: 0, 1 the broker cannot be reached, 2 an invalid window."""
     from streams.history import read_outcomes
+    from tables.campaigns import CAMPAIGN_WORKFLOW
     from tables.experiments import report as lift_report
 
+    if campaign:
+        workflow = CAMPAIGN_WORKFLOW + workflow
     settings = _one_shot()
     start, end = _window(since, until, _now(settings))
     found = _reaching_the_broker(settings, lambda: asyncio.run(

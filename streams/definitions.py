@@ -310,6 +310,8 @@ class Split(_Step):
             raise ValueError("branch names must be unique")
         if "control" in names:
             raise ValueError("'control' is the control group's name (experiment.control)")
+        if "holdout" in names:
+            raise ValueError("'holdout' is the account holdout's name (policy holdout)")
         if self.next is not None:
             raise ValueError("a split goes on through its branches' next, not its own")
 
@@ -321,18 +323,32 @@ Step = Annotated[
 
 
 class Conversion(BaseModel):
-    """What counts as converting, and for how long after entry (docs/experiments.md)."""
+    """What counts as converting, and for how long after entry or after the first send
+    (docs/experiments.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event: str
     criteria: list[Criterion] = Field(default_factory=list)
-    window: Duration = Field(description="from entry, e.g. 7d")
+    window: Duration = Field(description="how long a conversion counts, e.g. 7d")
+    after: Literal["entry", "send"] = Field(
+        "entry", description="the window opens at entry, or when the entry reaches its first "
+                             "send step (sent, held back or dropped)")
     revenue: str | None = Field(
         None, pattern=r"^event\.data(\.[^.]+)+$",
         description="a numeric field of the conversion event, summed (event.data.<path>)")
 
     _check_event = field_validator("event")(_event_type)
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
+                              ) -> dict[str, Any]:
+        """``after`` is left out at ``entry``: bodies published before it existed dump as
+        they did (the API's store compares bodies)."""
+        data: dict[str, Any] = handler(self)
+        if self.after == "entry":
+            data.pop("after", None)
+        return data
 
 
 class Experiment(BaseModel):
@@ -487,9 +503,22 @@ class AccountPolicy(BaseModel):
     quiet_hours: QuietHours | None = Field(default_factory=QuietHours)
     keywords: KeywordLists = Field(default_factory=KeywordLists)
     replies: Replies = Field(default_factory=Replies)
+    holdout: float = Field(
+        0, ge=0, le=50, description="percent of the account's contacts kept out of every "
+                                    "marketing send (docs/experiments.md#the-account-holdout)")
     campaign_min_interval: Duration = Field(
         "1h", description="recurring campaigns may not fire more often than this")
     inactivity: InactivityPolicy = Field(default_factory=InactivityPolicy)
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
+                              ) -> dict[str, Any]:
+        """``holdout`` is left out at 0: a policy published before it existed dumps as it
+        did."""
+        data: dict[str, Any] = handler(self)
+        if not self.holdout:
+            data.pop("holdout", None)
+        return data
 
 
 class Keyword(BaseModel):
@@ -635,9 +664,20 @@ class DeliveryOptions(BaseModel):
         False, description="also publish campaign.started/completed to contact-events")
 
 
+class Variant(BaseModel):
+    """One arm of a campaign's A/B/n test: its content and its weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_IDENT)
+    weight: int = Field(ge=1, le=10_000, description="relative to the other variants'")
+    content: Content
+
+
 class Campaign(BaseModel):
-    """A scheduled campaign (``kind: campaign``): content to send, or a workflow to enrol
-    the audience in (``workflow``, required for drip schedules)."""
+    """A scheduled campaign (``kind: campaign``): content to send (or ``variants`` of it,
+    an A/B/n test), or a workflow to enrol the audience in (``workflow``, required for
+    drip schedules)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -648,17 +688,47 @@ class Campaign(BaseModel):
     version: int = Field(ge=1)
     active: bool = True
     content: Content | None = None
+    variants: list[Variant] | None = Field(
+        None, min_length=2, max_length=10,
+        description="A/B/n: each contact gets one variant's content, by a hash (docs/"
+                    "experiments.md)")
     workflow: str | None = Field(None, pattern=_IDENT, description="the linked workflow")
     audience: Audience = Field(default_factory=Audience)
     schedule: Schedule
     delivery: DeliveryOptions = Field(default_factory=DeliveryOptions)
+    experiment: Experiment | None = Field(
+        None, description="a control group and a conversion to count (docs/experiments.md)")
 
     def model_post_init(self, __context: Any) -> None:
-        if (self.content is None) == (self.workflow is None):
-            raise ValueError("give exactly one of content (what to send) or workflow (the "
-                             "id of a workflow to enrol each contact in)")
+        given = [self.content is not None, self.variants is not None,
+                 self.workflow is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of content (what to send), variants (an A/B "
+                             "test of contents) or workflow (the id of a workflow to enrol "
+                             "each contact in)")
         if self.schedule.type == "drip" and self.workflow is None:
             raise ValueError("a drip campaign enrols into a workflow: give workflow")
+        if self.workflow is not None and self.experiment is not None:
+            raise ValueError("a campaign that enrols into a workflow counts that workflow's "
+                             "experiment: give experiment in the workflow")
+        if self.variants is not None:
+            names = [v.name for v in self.variants]
+            if len(set(names)) != len(names):
+                raise ValueError("variant names must be unique")
+            if "control" in names or "holdout" in names:
+                raise ValueError("'control' and 'holdout' are the names of the groups sent "
+                                 "nothing (experiment.control, the account's holdout)")
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
+                              ) -> dict[str, Any]:
+        """``variants`` and ``experiment`` are left out unset: a body written before they
+        existed dumps as it did."""
+        data: dict[str, Any] = handler(self)
+        for name in ("variants", "experiment"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
 
 class CampaignControl(BaseModel):
@@ -836,11 +906,17 @@ def parse_campaign(raw: dict[str, Any], min_interval_s: int = DEFAULT_MIN_INTERV
         campaign = Campaign.model_validate(raw)
     except ValidationError as exc:
         errors = _messages(exc)
-    content = raw.get("content") if isinstance(raw, dict) else None
-    if isinstance(content, dict):
-        for attr in ("body", "subject"):
-            if isinstance(text := content.get(attr), str) and text:
-                errors += _template_errors(f"content.{attr}", text)
+    contents: list[tuple[str, Any]] = []
+    if isinstance(raw, dict):
+        contents.append(("content", raw.get("content")))
+        if isinstance(variants := raw.get("variants"), list):
+            contents += [(f"variants.{n}.content", v.get("content"))
+                         for n, v in enumerate(variants) if isinstance(v, dict)]
+    for where, content in contents:
+        if isinstance(content, dict):
+            for attr in ("body", "subject"):
+                if isinstance(text := content.get(attr), str) and text:
+                    errors += _template_errors(f"{where}.{attr}", text)
     if campaign is not None and campaign.schedule.type == "recurring":
         gap = cron_min_interval(campaign.schedule.cron)
         if gap.total_seconds() < min_interval_s:

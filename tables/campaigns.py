@@ -67,6 +67,7 @@ __all__ = [
     "next_after",
     "not_sent",
     "progress_summary",
+    "sends_content",
     "starts_at",
     "summarize",
 ]
@@ -76,28 +77,53 @@ __all__ = [
 CAMPAIGN_WORKFLOW = "campaign:"
 #: The gate's reasons, as the progress counters group them.
 _SUPPRESSED = frozenset({"suppressed", "opted_out", "no_consent"})
+#: Sent nothing on purpose: an experiment's control group, the account's holdout.
+_HELD_BACK = frozenset({"control_group", "holdout"})
 
 
 def content_workflow(campaign: Mapping[str, Any], policy: Mapping[str, Any]) -> dict[str, Any]:
-    """The one-step workflow a content campaign runs for each contact (never triggered
-    by events: inactive; started only by the campaign's deliveries)."""
-    content = campaign["content"]
-    step: dict[str, Any] = {
-        "kind": f"send_{content['channel']}", "body": content["body"],
-        "subject": content.get("subject"), "media_urls": list(content.get("media_urls", [])),
-        "transactional": False, "max_lateness": content.get("max_lateness"),
-        "expires_after": content.get("expires_after", "1d"), "next": None,
-    }
-    return {
+    """The workflow a content campaign runs for each contact (never triggered by events:
+    inactive; started only by the campaign's deliveries): one send step, or with
+    ``variants`` a split (step ``variants``) to one send step per variant (``send:<name>``)
+    — so a campaign's A/B test, control group and conversions are a workflow's
+    (docs/experiments.md)."""
+
+    def send(content: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "kind": f"send_{content['channel']}", "body": content["body"],
+            "subject": content.get("subject"),
+            "media_urls": list(content.get("media_urls", [])), "transactional": False,
+            "max_lateness": content.get("max_lateness"),
+            "expires_after": content.get("expires_after", "1d"), "next": None}
+
+    variants = campaign.get("variants")
+    if variants:
+        steps: dict[str, Any] = {"variants": {"kind": "split", "next": None, "branches": [
+            {"name": v["name"], "weight": v["weight"], "next": f"send:{v['name']}"}
+            for v in variants]}}
+        steps.update({f"send:{v['name']}": send(v["content"]) for v in variants})
+        start = "variants"
+    else:
+        steps, start = {"send": send(campaign["content"])}, "send"
+    made = {
         "kind": "workflow", "id": CAMPAIGN_WORKFLOW + campaign["id"],
         "account": campaign["account"], "name": campaign["name"],
         "version": campaign["version"], "active": False,
         "timezone": campaign_zone(campaign, policy).key,
         "trigger": {"event": "campaign.started", "keyword": None, "criteria": []},
         "goals": [], "reentry": {"policy": "every_time", "days": None},
-        "on_capped": campaign["delivery"]["on_capped"], "start": "send",
-        "steps": {"send": step}, "campaign": campaign["id"],
+        "on_capped": campaign["delivery"]["on_capped"], "start": start,
+        "steps": steps, "campaign": campaign["id"],
     }
+    if campaign.get("experiment"):
+        made["experiment"] = campaign["experiment"]
+    return made
+
+
+def sends_content(campaign: Mapping[str, Any]) -> bool:
+    """Does the campaign send content of its own (``content`` or ``variants``), rather
+    than enrol into a workflow?"""
+    return campaign.get("workflow") is None
 
 
 def campaign_zone(campaign: Mapping[str, Any], policy: Mapping[str, Any]) -> ZoneInfo:
@@ -110,7 +136,7 @@ def campaign_workflow(definitions: Definitions, campaign: Mapping[str, Any]
     """The workflow each contact runs: a content campaign's own (``campaign:<id>``), or
     the newest active version of the linked one (None: not defined, or not active)."""
     account = campaign["account"]
-    if campaign["content"] is not None:
+    if sends_content(campaign):
         return definitions.lookup(account, CAMPAIGN_WORKFLOW + campaign["id"],
                                   campaign["version"])
     linked = [wf for wf in definitions.active(account) if wf["id"] == campaign["workflow"]]
@@ -188,6 +214,8 @@ def _tally(fx: Effects, started: str, content: bool) -> str:
             return "deferred"
         if reason == "frequency_capped":
             return "capped"
+        if reason in _HELD_BACK:
+            return "held_back"
         if reason in _SUPPRESSED:
             return "suppressed"
     return "dropped"
@@ -235,7 +263,7 @@ def _reach(
     rules = ctx.compliance(account)
     started = campaign_event(contact, cid, occurrence, "campaign.started", now)
     fx, how = executions.enrol(contact, workflow, started, now, 0, rules, scheduled)
-    verdict = _tally(fx, how, campaign["content"] is not None)
+    verdict = _tally(fx, how, sends_content(campaign))
     publish = campaign["delivery"]["publish_events"] and verdict in (
         "sent", "deferred", "enrolled")
     active = ctx.definitions.active(account)
@@ -422,7 +450,7 @@ class Throttle:
 
 
 #: The progress counters, by the outcome of each contact's delivery.
-COUNTERS = ("sent", "deferred", "capped", "suppressed", "dropped", "enrolled",
+COUNTERS = ("sent", "deferred", "capped", "suppressed", "held_back", "dropped", "enrolled",
             "not_enrolled")
 
 
@@ -513,6 +541,9 @@ NOT_SENT_WHY = {
     "expired": "past the send's expiry (deferred too long)",
     "too_late": "past the content's max_lateness",
     "execution_ended": "the deferred send's execution ended before it could go out",
+    "control_group": "the contact is in the campaign's control group (experiment.control): "
+                     "counted, sent nothing",
+    "holdout": "the contact is in the account's holdout (policy holdout): sent no marketing",
 }
 
 

@@ -159,13 +159,17 @@ class Attribution(TypedDict):
     version: int
     variant: str | None
     entered_at: str
-    until: str
+    #: When the window closes; None while an ``after: send`` window waits for the entry's
+    #: first send step (``window_s`` long from then, ``opened_at``).
+    until: str | None
     event: str
     criteria: list[dict[str, Any]]
     revenue_field: str | None
     sends: int
     converted_at: str | None
     revenue: float | None
+    window_s: NotRequired[int]
+    opened_at: NotRequired[str]
 
 
 class Run(TypedDict):

@@ -174,8 +174,9 @@ def _send(
         command["media_urls"] = list(step["media_urls"])
     late = step.get("max_lateness")
     scheduled = datetime.fromisoformat(ex["scheduled_at"])
-    if variant == experiments.CONTROL and not command["transactional"]:
-        decision = gate.Decision("drop", "control_group")  # counted, never sent
+    if variant in experiments.HELD_BACK and not command["transactional"]:
+        # counted, never sent
+        decision = gate.Decision("drop", experiments.HELD_BACK[variant])
     elif late and now > scheduled + timedelta(seconds=parse_duration(late)):
         decision = gate.Decision("drop", "too_late")
     else:
@@ -185,7 +186,6 @@ def _send(
     if decision.action == "send":
         fx.sends.append(send_command(command))
         record_send(contact, command, now)
-        experiments.note(contact, ex, sent=True)
         _history(ex, sid, "sent", now, message_id=mid)
     elif decision.action == "defer":
         assert decision.until is not None
@@ -201,6 +201,8 @@ def _send(
         fx.audit.append(audit_record(contact, now, decision.reason or "", message_id=mid,
                                channel=channel, origin=_origin(ex, sid), action="drop"))
         _history(ex, sid, "not_sent", now, message_id=mid, reason=decision.reason)
+    if decision.action != "defer":  # the entry reached a send step
+        experiments.note(contact, ex, now, sent=decision.action == "send")
     return decision.action
 
 
@@ -251,10 +253,10 @@ def _run(
             result = criteria_hold(step["condition"], ex["trigger"], contact)
             _history(ex, sid, "true" if result else "false", now)
             ex["step"] = step["true"] if result else step["false"]
-        elif kind == "split":  # a control group member goes on too, and is sent nothing
+        elif kind == "split":  # a control or holdout member goes on too, sent nothing
             branch = experiments.choose(contact["account"], contact["contact_id"], wf["id"],
                                         sid, step["branches"])
-            if (arm := ex.get("variant")) != experiments.CONTROL:
+            if (arm := ex.get("variant")) not in experiments.HELD_BACK:
                 ex["variant"] = f"{arm}/{branch['name']}" if arm else branch["name"]
                 experiments.note(contact, ex)
             _history(ex, sid, "split", now, variant=branch["name"])
@@ -285,6 +287,7 @@ def next_due(contact: ContactState) -> str | None:
 
 def finish(contact: ContactState) -> None:
     """Prune finished executions and set the contact's ``next_due``: after any change."""
+    experiments.close_unreached(contact)
     _prune(contact)
     contact["next_due"] = next_due(contact)
 
@@ -426,9 +429,12 @@ def enrol(
         "ended_at": None, "ended_reason": None, "due_at": None, "remaining_s": None,
         "waiting_for": None, "trigger": _trigger(event, wf), "history": [],
     }
-    control = (wf.get("experiment") or {}).get("control", 0)
-    if experiments.in_control(contact["account"], contact["contact_id"], wf["id"], control):
-        new["variant"] = experiments.CONTROL
+    if (experiment := wf.get("experiment")) is not None:
+        account, cid = contact["account"], contact["contact_id"]
+        if experiments.in_holdout(account, cid, compliance.policy.get("holdout", 0)):
+            new["variant"] = experiments.HOLDOUT
+        elif experiments.in_control(account, cid, wf["id"], experiment.get("control", 0)):
+            new["variant"] = experiments.CONTROL
     contact["executions"][eid] = new
     runs = contact["runs"].setdefault(wf["id"], {"count": 0, "last_started_at": ""})
     runs.update({"last_started_at": iso(now), "count": runs["count"] + 1})

@@ -34,10 +34,15 @@ from tables.contacts import Attribution, ContactState, Execution
 from tables.effects import iso
 from tables.triggers import MISSING, criteria_hold, resolve
 
-__all__ = ["CONTROL", "MAX_WINDOWS", "choose", "close_due", "convert", "earliest_close",
-           "in_control", "open_window", "report", "unit"]
+__all__ = ["CONTROL", "HOLDOUT", "MAX_WINDOWS", "choose", "close_due", "close_unreached",
+           "convert", "earliest_close", "in_control", "in_holdout", "note", "open_window",
+           "report", "unit"]
 
 CONTROL = "control"
+#: The arm of the account holdout's members in an experiment (policy ``holdout``).
+HOLDOUT = "holdout"
+#: The arms sent no marketing: their sends are held back, audited with these reasons.
+HELD_BACK = {CONTROL: "control_group", HOLDOUT: "holdout"}
 #: Open conversion windows kept per contact; one more closes the oldest at once (its
 #: outcome as it stands), so a state stays bounded under ``every_time`` re-entry.
 MAX_WINDOWS = 50
@@ -55,6 +60,13 @@ def in_control(account: str, contact_id: str, workflow_id: str, percent: float) 
     return percent > 0 and unit(account, contact_id, workflow_id, CONTROL) * 100 < percent
 
 
+def in_holdout(account: str, contact_id: str, percent: float) -> bool:
+    """Is the contact in the account's holdout — kept out of every marketing send? A hash
+    of (account, contact): stable while the percentage is; raising it only adds members,
+    lowering it only releases some."""
+    return percent > 0 and unit(account, contact_id, HOLDOUT) * 100 < percent
+
+
 def choose(account: str, contact_id: str, workflow_id: str, step_id: str,
            branches: list[dict[str, Any]]) -> dict[str, Any]:
     """The branch of a split this contact goes down."""
@@ -69,8 +81,9 @@ def choose(account: str, contact_id: str, workflow_id: str, step_id: str,
 
 def open_window(contact: ContactState, ex: Execution, wf: Mapping[str, Any],
                 now: datetime) -> dict[str, Any] | None:
-    """Start the entry's conversion window (if the workflow counts one); returns the
-    outcome of a window closed early to make room (:data:`MAX_WINDOWS`), if any."""
+    """Start the entry's conversion window (if the workflow counts one): now, or — with
+    ``after: send`` — when the entry reaches its first send step (:func:`note`). Returns
+    the outcome of a window closed early to make room (:data:`MAX_WINDOWS`), if any."""
     conversion = (wf.get("experiment") or {}).get("conversion")
     if not conversion:
         return None
@@ -79,28 +92,49 @@ def open_window(contact: ContactState, ex: Execution, wf: Mapping[str, Any],
     if len(windows) >= MAX_WINDOWS:
         oldest = min(windows, key=lambda eid: windows[eid]["entered_at"])
         closed = _outcome(contact, oldest, windows.pop(oldest), now)
+    span = parse_duration(conversion["window"])
+    after_send = conversion.get("after", "entry") == "send"
     windows[ex["id"]] = {
         "workflow_id": wf["id"], "version": wf["version"], "variant": ex.get("variant"),
         "entered_at": iso(now),
-        "until": iso(now + timedelta(seconds=parse_duration(conversion["window"]))),
+        "until": None if after_send else iso(now + timedelta(seconds=span)),
         "event": conversion["event"], "criteria": list(conversion["criteria"]),
         "revenue_field": conversion.get("revenue"), "sends": 0, "converted_at": None,
         "revenue": None}
+    if after_send:
+        windows[ex["id"]]["window_s"] = span
     return closed
 
 
-def note(contact: ContactState, ex: Execution, *, sent: bool = False) -> None:
-    """Keep the window's arm and send count up to date with its execution."""
+def note(contact: ContactState, ex: Execution, now: datetime | None = None, *,
+         sent: bool = False) -> None:
+    """Keep the window's arm and send count up to date with its execution. ``now``: the
+    entry reached a send step (sent, held back or dropped — a deferral is not one yet),
+    which opens an ``after: send`` window."""
     entry = contact.get("attribution", {}).get(ex["id"])
     if entry is not None:
         entry["variant"] = ex.get("variant")
         entry["sends"] += sent
+        if now is not None and entry["until"] is None:
+            entry["opened_at"] = iso(now)
+            entry["until"] = iso(now + timedelta(seconds=entry.get("window_s", 0)))
+
+
+def close_unreached(contact: ContactState) -> None:
+    """An ``after: send`` window whose entry ended before any send step never opens: it
+    closes (not converted) at the entry's end, on the next wake-up."""
+    for eid, entry in contact.get("attribution", {}).items():
+        if entry["until"] is None:
+            ex = contact["executions"].get(eid)
+            if ex is None or ex["status"] not in ("running", "waiting", "paused"):
+                entry["until"] = (ex and ex["ended_at"]) or entry["entered_at"]
 
 
 def convert(contact: ContactState, event: dict[str, Any], now: datetime) -> None:
     """An accepted event: it converts every open window it matches (the first only)."""
     for entry in contact.get("attribution", {}).values():
         if (entry["converted_at"] is None and entry["event"] == event["type"]
+                and entry["until"] is not None
                 and now < datetime.fromisoformat(entry["until"])
                 and criteria_hold(entry["criteria"], event, contact)):
             entry["converted_at"] = iso(now)
@@ -122,7 +156,8 @@ def earliest_close(contact: ContactState) -> str | None:
     windows = contact.get("attribution")
     if not windows:
         return None
-    return min((w["until"] for w in windows.values()), key=datetime.fromisoformat)
+    closes = [w["until"] for w in windows.values() if w["until"] is not None]
+    return min(closes, key=datetime.fromisoformat) if closes else None
 
 
 def close_due(contact: ContactState, now: datetime) -> list[dict[str, Any]]:
@@ -131,28 +166,32 @@ def close_due(contact: ContactState, now: datetime) -> list[dict[str, Any]]:
     if not windows:
         return []
     due = sorted((eid for eid, w in windows.items()
-                  if datetime.fromisoformat(w["until"]) <= now),
-                 key=lambda eid: (windows[eid]["until"], eid))
+                  if w["until"] is not None and datetime.fromisoformat(w["until"]) <= now),
+                 key=lambda eid: (str(windows[eid]["until"]), eid))
     return [_outcome(contact, eid, windows.pop(eid), now) for eid in due]
 
 
 def _outcome(contact: ContactState, eid: str, entry: Attribution,
              now: datetime) -> dict[str, Any]:
-    return {"id": eid, "account": contact["account"], "contact_id": contact["contact_id"],
-            "workflow_id": entry["workflow_id"], "version": entry["version"],
-            "variant": entry["variant"] or "all", "entered_at": entry["entered_at"],
-            "closed_at": min(entry["until"], iso(now), key=datetime.fromisoformat),
-            "sends": entry["sends"], "converted": entry["converted_at"] is not None,
-            "converted_at": entry["converted_at"], "revenue": entry["revenue"]}
+    until = entry["until"] or iso(now)  # one closed early to make room may not be open
+    out = {"id": eid, "account": contact["account"], "contact_id": contact["contact_id"],
+           "workflow_id": entry["workflow_id"], "version": entry["version"],
+           "variant": entry["variant"] or "all", "entered_at": entry["entered_at"],
+           "closed_at": min(until, iso(now), key=datetime.fromisoformat),
+           "sends": entry["sends"], "converted": entry["converted_at"] is not None,
+           "converted_at": entry["converted_at"], "revenue": entry["revenue"]}
+    if "window_s" in entry:  # after: send — when it opened (None: no send step reached)
+        out["opened_at"] = entry.get("opened_at")
+    return out
 
 
 # -- the report -----------------------------------------------------------------------
 def report(outcomes: Iterable[Mapping[str, Any]], workflow_id: str) -> dict[str, Any]:
     """Per arm of ``workflow_id``: entered, sent, converted, the rate and its 95 %
     interval (Wilson), revenue; and each arm against the baseline — the control group,
-    else the first arm by name — its lift (relative, with the interval of the rate
-    ratio) and the two-sided p-value of a two-proportion test. Each outcome (contact,
-    execution id) once."""
+    else the account holdout, else the first arm by name — its lift (relative, with the
+    interval of the rate ratio) and the two-sided p-value of a two-proportion test. Each
+    outcome (contact, execution id) once."""
     from statsmodels.stats.proportion import (
         confint_proportions_2indep,
         proportion_confint,
@@ -172,7 +211,7 @@ def report(outcomes: Iterable[Mapping[str, Any]], workflow_id: str) -> dict[str,
         arm["sent"] += o["sends"] > 0
         arm["converted"] += bool(o["converted"])
         arm["revenue"] += o["revenue"] or 0.0
-    baseline = CONTROL if CONTROL in arms else min(arms, default=None)
+    baseline = next((a for a in (CONTROL, HOLDOUT) if a in arms), min(arms, default=None))
     out = []
     for name in sorted(arms, key=lambda n: (n != baseline, n)):
         arm = arms[name]

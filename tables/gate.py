@@ -26,13 +26,18 @@ from datetime import datetime
 from typing import Any, Literal
 
 from tables.compliance import cap_until, default_policy, quiet_until
+from tables.experiments import in_holdout
 from tables.schedule import contact_zone
 
 __all__ = ["DEFAULTS", "EXEMPT_PURPOSES", "REASONS", "Compliance", "Decision", "consent_veto",
            "decide"]
 
+#: The send gate's reasons, and the ones the engine adds before it (a send held back from
+#: an experiment's control group or the account holdout, one past its max_lateness); new
+#: ones go last (the dashboard's colours follow this order).
 REASONS = ("no_destination", "suppressed", "no_consent", "opted_out", "expired",
-           "quiet_hours_deferred", "quiet_hours", "frequency_capped")
+           "quiet_hours_deferred", "quiet_hours", "frequency_capped", "holdout",
+           "control_group", "too_late")
 EXEMPT_PURPOSES = ("opt_out_confirmation", "help")
 
 
@@ -96,6 +101,9 @@ def decide(
         return Decision("drop", "expired")
     if command.get("transactional"):
         return SEND
+    if (holdout := policy.get("holdout")) and in_holdout(contact["account"],
+                                                          contact["contact_id"], holdout):
+        return Decision("drop", "holdout")
     local = contact_zone(contact, zone or policy["timezone"])
     quiet = policy.get("quiet_hours")
     if (opens := quiet_until(quiet, channel, local, now)) is not None:

@@ -38,7 +38,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from streams.compat import end_offsets, refresh_metadata
 from streams.definitions import AccountPolicy, CampaignControl, DefinitionError, parse_any
 from streams.settings import Settings
-from tables.campaigns import CAMPAIGN_WORKFLOW, content_workflow
+from tables.campaigns import CAMPAIGN_WORKFLOW, content_workflow, sends_content
 from tables.compliance import default_policy
 from tables.inactivity import thresholds
 
@@ -205,7 +205,7 @@ class Registry(CompactedView):
             if (made := self._made.get(ident)) is None:
                 campaign = self.campaign(account, workflow_id[len(CAMPAIGN_WORKFLOW):],
                                          version)
-                if campaign is None or campaign["content"] is None:
+                if campaign is None or not sends_content(campaign):
                     return None
                 made = self._made[ident] = content_workflow(campaign, self.policy(account))
             return made

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api import projection, store
@@ -22,9 +22,10 @@ from api.auth import OPERATE, READ, Allow, Principal
 from api.db import DefinitionVersion
 from api.deps import ServicesDep, SessionDep
 from api.errors import Problem
-from api.schemas import Accepted, Limit
+from api.routes.observe import experiment_report
+from api.schemas import Accepted, Instant, Limit
 from producers.admin import control_campaign
-from tables.campaigns import in_audience, progress_summary
+from tables.campaigns import CAMPAIGN_WORKFLOW, in_audience, progress_summary
 
 router = APIRouter(prefix="/v1/accounts/{account}/campaigns", tags=["campaigns"])
 Reader = Annotated[Principal, Depends(Allow(READ))]
@@ -62,6 +63,21 @@ async def preview(account: str, campaign_id: CampaignId, who: Reader, session: S
         if state is not None and in_audience(campaign["audience"], state):
             found.append(contact_id)
     return {"campaign": campaign_id, "audience": len(found), "first": found[:limit]}
+
+
+@router.get("/{campaign_id}/report",
+            summary="A campaign's experiment: each variant's conversions and lift over control")
+async def report(account: str, campaign_id: CampaignId, who: Reader, svc: ServicesDep,
+                 since: Annotated[Instant | None, Query(
+                     description="only entries from, with its offset")] = None,
+                 until: Annotated[Instant | None, Query(
+                     description="only entries before, with its offset")] = None,
+                 ) -> dict[str, Any]:
+    """``dripstream report --campaign``'s answer (docs/experiments.md): a campaign with
+    variants or an experiment runs as the workflow ``campaign:<id>``; its entries are
+    the contacts each occurrence reached, counted once their window has closed."""
+    return await experiment_report(svc, account, CAMPAIGN_WORKFLOW + campaign_id, since,
+                                   until)
 
 
 @router.post("/{campaign_id}/{action}", status_code=202, response_model=Accepted,

@@ -32,6 +32,7 @@ from producers.publisher import build_event
 from streams.commands import APPLIES_TO, Control
 from tables.compliance import ROLLING, calendar_window
 from tables.contacts import ContactState, public_view
+from tables.experiments import in_holdout
 
 router = APIRouter(prefix="/v1/accounts/{account}", tags=["contacts"])
 Reader = Annotated[Principal, Depends(Allow(READ))]
@@ -99,13 +100,30 @@ async def list_contacts(account: str, who: Reader, svc: ServicesDep, limit: Limi
                 next_cursor=page[-1] if len(ids) > limit else None)
 
 
+@router.get("/holdout", summary="The account holdout: its share, size and members")
+async def holdout(account: str, who: Reader, svc: ServicesDep, limit: Limit = 50,
+                  cursor: Cursor = None) -> dict[str, Any]:
+    """The contacts the account's policy ``holdout`` keeps out of every marketing send
+    (docs/experiments.md#the-account-holdout): among the contacts the read model knows,
+    how many are members, and the members' ids (sorted, a page at a time)."""
+    percent = (await svc.policy(account)).get("holdout", 0)
+    ids = sorted(await svc.read_model.contact_ids(account))
+    members = [i for i in ids if in_holdout(account, i, percent)]
+    after = [i for i in members if cursor is None or i > cursor]
+    return {"percent": percent, "contacts": len(ids), "members": len(members),
+            "items": [{"contact_id": i} for i in after[:limit]],
+            "next_cursor": after[limit - 1] if len(after) > limit else None}
+
+
 @router.get(CONTACT_PATH, summary="A contact: profile, consent, groups, tags, caps")
 async def show_contact(account: str, contact_id: ContactId, who: Reader, svc: ServicesDep
                        ) -> dict[str, Any]:
-    """From the read model (a moment behind the worker: docs/api.md, staleness)."""
+    """From the read model (a moment behind the worker: docs/api.md, staleness);
+    ``holdout``: the contact is in the account holdout (sent no marketing)."""
     state = await _state(svc, account, contact_id)
     policy = await svc.policy(account)
     return {"contact": public_view(state),
+            "holdout": in_holdout(account, state["contact_id"], policy.get("holdout", 0)),
             "cap_windows": cap_windows(state, policy, svc.clock())}
 
 

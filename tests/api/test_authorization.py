@@ -31,6 +31,8 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("PUT", f"{A}/policy"): EDIT,
     ("GET", f"{A}/campaigns/{{campaign_id}}/progress"): READ,
     ("GET", f"{A}/campaigns/{{campaign_id}}/preview"): READ,
+    ("GET", f"{A}/campaigns/{{campaign_id}}/report"): READ,
+    ("GET", f"{A}/holdout"): READ,
     ("POST", f"{A}/campaigns/{{campaign_id}}/{{action}}"): OPERATE,
     ("GET", f"{A}/contacts"): READ,
     ("GET", f"{A}/contacts/{{contact_id}}"): READ,

@@ -184,8 +184,9 @@ def test_bad_control_action_is_named() -> None:
     assert ["action: Input should be 'pause', 'resume' or 'cancel'"] == caught.value.errors
 
 
-BOTH_OR_NEITHER = ("(root): give exactly one of content (what to send) or workflow (the id "
-                   "of a workflow to enrol each contact in)")
+BOTH_OR_NEITHER = ("(root): give exactly one of content (what to send), variants (an A/B "
+                   "test of contents) or workflow (the id of a workflow to enrol each "
+                   "contact in)")
 
 #: Invalid campaigns whose error names a real JSON path: (mutate, "path: message").
 ERRORS = [

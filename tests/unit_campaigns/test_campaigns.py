@@ -121,7 +121,7 @@ def delivery(c: dict[str, Any], defs: Registry, occurrence: str | None = None) -
     if occurrence is None:
         occurrence = next(occurrences(c["schedule"], ZoneInfo(zone), LONG_AGO)).id
     local = parse_local(occurrence)
-    if c["content"] is not None:
+    if c.get("workflow") is None:
         wf = defs.lookup(ACCOUNT, CAMPAIGN_WORKFLOW + c["id"], c["version"])
     else:
         wf = next(w for w in defs.active(ACCOUNT) if w["id"] == c["workflow"])

@@ -108,7 +108,7 @@ class Registry:
     def lookup(self, account: str, workflow_id: str, version: int) -> dict[str, Any] | None:
         if workflow_id.startswith(CAMPAIGN_WORKFLOW):
             found = self.by_campaign.get(workflow_id.removeprefix(CAMPAIGN_WORKFLOW))
-            if found is None or found["content"] is None or found["version"] != version:
+            if found is None or found.get("workflow") is not None or found["version"] != version:
                 return None
             return content_workflow(found, self.policy(account))
         return self.by_key.get((account, workflow_id, version))

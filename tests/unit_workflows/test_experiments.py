@@ -208,3 +208,54 @@ def test_the_docs_example_is_a_valid_experiment() -> None:
     parsed = parse_any(json.loads(block.group(1))).model_dump(mode="json")
     assert parsed["experiment"]["control"] == 10
     assert [b["name"] for b in parsed["steps"]["pick"]["branches"]] == ["a", "b"]
+
+
+def after_send_flow() -> dict[str, Any]:
+    """Two days' wait, then an offer; conversions count for a day after it (``after:
+    send``); a purchase before it is a goal that ends the entry."""
+    return definition({
+        "id": "later", "account": ACCOUNT, "name": "Later", "version": 1,
+        "trigger": {"event": "contact.created"}, "start": "pause",
+        "goals": [{"event": "custom.left"}],
+        "experiment": {"conversion": {"event": "purchase.completed", "window": "1d",
+                                      "after": "send", "revenue": "event.data.amount"}},
+        "steps": {"pause": {"kind": "wait", "duration": "2d", "next": "offer"},
+                  "offer": {"kind": "send_sms", "body": "Offer"}}})
+
+
+def purchase(contact: str, at: Any, n: int) -> Any:
+    return parsed_event("purchase.completed", {"order_id": f"o-{n}", "amount": n,
+                                               "currency": "USD"},
+                        event_id=f"buy-{n}", at=at, contact_id=contact)
+
+
+def test_a_window_after_the_send_opens_when_the_send_goes() -> None:
+    """A purchase while the entry waits does not count; the window opens with the offer
+    (two days in) and closes a day later, on the contact's timer."""
+    flows = ctx(after_send_flow())
+    state = handle_event(None, signup("ann"), flows, T0).state
+    assert state is not None and state["next_due"] == (T0 + 2 * DAY).isoformat()
+    state = handle_event(state, purchase("ann", T0 + DAY, 1), flows, T0 + DAY).state
+    assert state is not None
+    state = outcome_after(state, flows, T0 + 2 * DAY).state  # the offer goes
+    assert state is not None and state["next_due"] == (T0 + 3 * DAY).isoformat()
+    state = handle_event(state, purchase("ann", T0 + 2 * DAY + HOUR, 7), flows,
+                         T0 + 2 * DAY + HOUR).state
+    assert state is not None
+    [record] = outcome_after(state, flows, T0 + 3 * DAY).effects.outcomes
+    assert (record["opened_at"], record["closed_at"], record["sends"], record["converted"],
+            record["revenue"]) == ((T0 + 2 * DAY).isoformat(), (T0 + 3 * DAY).isoformat(),
+                                   1, True, 7.0)
+
+
+def test_an_entry_that_ends_before_any_send_is_counted_unconverted() -> None:
+    flows = ctx(after_send_flow())
+    state = handle_event(None, signup("bob"), flows, T0).state
+    left = parsed_event("custom.left", {}, event_id="left", at=T0 + HOUR, contact_id="bob")
+    state = handle_event(state, left, flows, T0 + HOUR).state  # the goal ends it
+    assert state is not None and state["next_due"] == (T0 + HOUR).isoformat()
+    state = handle_event(state, purchase("bob", T0 + 2 * HOUR, 3), flows, T0 + 2 * HOUR).state
+    assert state is not None
+    [record] = outcome_after(state, flows, T0 + 2 * HOUR).effects.outcomes
+    assert (record["opened_at"], record["closed_at"], record["sends"], record["converted"]) == (
+        None, (T0 + HOUR).isoformat(), 0, False)
