@@ -292,7 +292,8 @@ async def contact(request: Request, account: str, contact_id: contacts.ContactId
              if r.get("contact_id") == contact_id]
     return render(request, "contact.html", account=account, page="contacts",
                   contact=shown["contact"], caps=shown["cap_windows"], runs=runs.items,
-                  audit=audit, holdout=shown["holdout"])
+                  audit=audit, holdout=shown["holdout"],
+                  subscriptions=shown["subscriptions"])
 
 
 @router.get("/{account}" + CONTACT_PATH + "/executions/{execution_id:path}",

@@ -14,6 +14,7 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 
 from api.auth import Role
 from api.errors import Problem
+from streams.events import PreferenceChange
 
 __all__ = ["MAX_DEPTH", "Cursor", "DefinitionCursor", "DefinitionOut", "KeyIn", "KeyOut",
            "Limit", "Page", "SimulationIn", "SimulationOut", "check_depth"]
@@ -106,6 +107,16 @@ class CapsIn(BaseModel):
     day: int | None = Field(None, ge=0, le=200)
     week: int | None = Field(None, ge=0, le=200)
     month: int | None = Field(None, ge=0, le=200)
+
+
+class PreferencesIn(BaseModel):
+    """Subscription changes for one contact (the ``contact.preferences_updated`` data)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preferences: list[PreferenceChange] = Field(min_length=1, max_length=50)
+    source: str | None = Field(None, min_length=1, max_length=128,
+                               description="where the change was made; default: api")
 
 
 class EventResult(BaseModel):

@@ -62,6 +62,8 @@ class SendCommand(BaseModel):
     reply_from: str | None = Field(None, description="keyword replies: the number written to")
     variant: str | None = Field(
         None, description="the experiment arm: the branch a split chose (docs/experiments.md)")
+    category: str | None = Field(
+        None, description="the message category (docs/preferences.md)")
     origin: Origin
     created_at: AwareDatetime
     expires_at: AwareDatetime = Field(description="do not deliver after this")

@@ -33,7 +33,14 @@ from pydantic import (
     model_serializer,
 )
 
-from streams.events import ACCOUNT_PATTERN, CUSTOM_TYPE, EVENT_TYPES, MAX_CAP, check_zone
+from streams.events import (
+    ACCOUNT_PATTERN,
+    CATEGORY_PATTERN,
+    CUSTOM_TYPE,
+    EVENT_TYPES,
+    MAX_CAP,
+    check_zone,
+)
 from tables.inactivity import DEFAULT_ACTIVITY_TYPES
 from tables.schedule import check_cron, cron_min_interval, parse_local
 
@@ -233,6 +240,21 @@ class Send(_Step):
     transactional: bool = False
     max_lateness: Duration | None = None
     expires_after: Duration = "1d"
+    category: str | None = Field(
+        None, pattern=CATEGORY_PATTERN,
+        description="the message category (the account policy's categories; "
+                    "docs/preferences.md); none: the contact's preferences and category "
+                    "caps do not apply")
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
+                              ) -> dict[str, Any]:
+        """``category`` is left out unset: a body written before it existed dumps as it
+        did."""
+        data: dict[str, Any] = handler(self)
+        if self.category is None:
+            data.pop("category", None)
+        return data
 
     def model_post_init(self, __context: Any) -> None:
         if self.kind == "send_email" and not self.subject:
@@ -427,6 +449,23 @@ class Caps(BaseModel):
     month: int | None = Field(None, ge=0, le=MAX_CAP)
 
 
+class Category(BaseModel):
+    """A message category of the account (docs/preferences.md): contacts subscribe to it
+    or not, per channel, and it may have caps of its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=CATEGORY_PATTERN)
+    name: str = Field(min_length=1, max_length=128)
+    subscribed_by_default: bool = Field(
+        True, description="false: only contacts who subscribed get it (opt-in)")
+    transactional: bool = Field(
+        False, description="its sends are transactional: past quiet hours, caps and "
+                           "preferences (consent and STOP still apply)")
+    caps: Caps | None = Field(
+        None, description="its own caps beside the account's, e.g. {\"week\": 2}")
+
+
 class CapPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -503,6 +542,9 @@ class AccountPolicy(BaseModel):
     quiet_hours: QuietHours | None = Field(default_factory=QuietHours)
     keywords: KeywordLists = Field(default_factory=KeywordLists)
     replies: Replies = Field(default_factory=Replies)
+    categories: list[Category] = Field(
+        default_factory=list, max_length=50,
+        description="the account's message categories (docs/preferences.md)")
     holdout: float = Field(
         0, ge=0, le=50, description="percent of the account's contacts kept out of every "
                                     "marketing send (docs/experiments.md#the-account-holdout)")
@@ -513,12 +555,22 @@ class AccountPolicy(BaseModel):
     @model_serializer(mode="wrap")
     def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
                               ) -> dict[str, Any]:
-        """``holdout`` is left out at 0: a policy published before it existed dumps as it
-        did."""
+        """``holdout`` and ``categories`` are left out unset: a policy published before
+        they existed dumps as it did."""
         data: dict[str, Any] = handler(self)
         if not self.holdout:
             data.pop("holdout", None)
+        if not self.categories:
+            data.pop("categories", None)
         return data
+
+    @field_validator("categories")
+    @classmethod
+    def _unique_categories(cls, value: list[Category]) -> list[Category]:
+        ids = [c.id for c in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("category ids must be unique")
+        return value
 
 
 class Keyword(BaseModel):
@@ -635,6 +687,17 @@ class Content(BaseModel):
     expires_after: Duration = "1d"
     max_lateness: Duration | None = Field(
         None, description="a send deferred longer than this past its time is dropped")
+    category: str | None = Field(
+        None, pattern=CATEGORY_PATTERN, description="the message category "
+                                                    "(docs/preferences.md)")
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
+                              ) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if self.category is None:
+            data.pop("category", None)
+        return data
 
     def model_post_init(self, __context: Any) -> None:
         if self.channel == "email" and not self.subject:

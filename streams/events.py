@@ -172,6 +172,31 @@ class ContactInactive(_Data):
     threshold_days: int = Field(ge=1)
 
 
+#: A message category's id (an account policy's ``categories``; docs/preferences.md).
+CATEGORY_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class PreferenceChange(BaseModel):
+    """One subscription change: a category, on one channel or (no channel) all of them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    category: str = Field(pattern=CATEGORY_PATTERN)
+    channel: Channel | None = Field(None, description="one channel; absent: every channel")
+    subscribed: bool
+
+
+class PreferencesUpdated(_Data):
+    """``contact.preferences_updated``: the contact subscribed to or unsubscribed from
+    message categories (docs/preferences.md)."""
+
+    preferences: list[PreferenceChange] = Field(min_length=1, max_length=50)
+    source: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="where the change was made (preference_page, api, a CRM…); default: "
+                    "the event's source")
+
+
 class CustomData(_Data):
     """``custom.<name>``: free-form."""
 
@@ -194,10 +219,12 @@ _DATA_MODELS: dict[str, type[_Data]] = {
     "keyword.received": KeywordReceived,
     "purchase.completed": PurchaseCompleted,
     "contact.inactive": ContactInactive,
+    "contact.preferences_updated": PreferencesUpdated,
 }
 
-#: The named v1 types: the original system's 16 plus ``contact.untagged`` (what a
-#: workflow's remove_tag step emits); ``custom.<name>`` is the open-ended one.
+#: The named v1 types: the original system's 16, ``contact.untagged`` (what a workflow's
+#: remove_tag step emits) and ``contact.preferences_updated``; ``custom.<name>`` is the
+#: open-ended one.
 EVENT_TYPES: tuple[str, ...] = tuple(_DATA_MODELS)
 
 

@@ -76,7 +76,7 @@ __all__ = [
 #: defined workflow's id, so no definition can take it).
 CAMPAIGN_WORKFLOW = "campaign:"
 #: The gate's reasons, as the progress counters group them.
-_SUPPRESSED = frozenset({"suppressed", "opted_out", "no_consent"})
+_SUPPRESSED = frozenset({"suppressed", "opted_out", "no_consent", "category_unsubscribed"})
 #: Sent nothing on purpose: an experiment's control group, the account's holdout.
 _HELD_BACK = frozenset({"control_group", "holdout"})
 
@@ -94,7 +94,8 @@ def content_workflow(campaign: Mapping[str, Any], policy: Mapping[str, Any]) -> 
             "subject": content.get("subject"),
             "media_urls": list(content.get("media_urls", [])), "transactional": False,
             "max_lateness": content.get("max_lateness"),
-            "expires_after": content.get("expires_after", "1d"), "next": None}
+            "expires_after": content.get("expires_after", "1d"), "next": None,
+            "category": content.get("category")}
 
     variants = campaign.get("variants")
     if variants:
@@ -180,7 +181,8 @@ class Delivery:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """What a delivery did for one contact: ``outcome`` is ``sent``, ``deferred``,
-    ``capped``, ``suppressed``, ``dropped`` (another gate reason), ``enrolled``,
+    ``capped``, ``suppressed``, ``held_back`` (control group, holdout), ``dropped``
+    (another gate reason), ``enrolled``,
     ``not_enrolled`` (the workflow's re-entry), ``later`` (their local time has not come:
     ``at``), ``done`` (this occurrence reached them before) or ``not_in_audience``."""
 
@@ -544,6 +546,8 @@ NOT_SENT_WHY = {
     "control_group": "the contact is in the campaign's control group (experiment.control): "
                      "counted, sent nothing",
     "holdout": "the contact is in the account's holdout (policy holdout): sent no marketing",
+    "category_unsubscribed": "the contact unsubscribed from the message's category "
+                             "(docs/preferences.md)",
 }
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "MAX_SENDS",
     "calendar_window",
     "cap_until",
+    "category_of",
     "classify_keyword",
     "default_policy",
     "quiet_until",
@@ -70,34 +71,55 @@ def calendar_window(now: datetime, zone: ZoneInfo, kind: str) -> tuple[datetime,
     return _midnight(first, zone), _midnight(after, zone)
 
 
-def _limits(policy: Mapping[str, Any], contact: Mapping[str, Any], channel: str) -> list[
-    tuple[str | None, str, int]
-]:
-    """(channel or None for all channels, window, limit) for every cap that applies."""
+#: What a cap counts: every send (None), a channel's, or a category's.
+Scope = tuple[str, str] | None
+
+
+def category_of(policy: Mapping[str, Any], category: str | None) -> dict[str, Any] | None:
+    """The policy's declaration of ``category`` (None: none, or not declared)."""
+    if category is None:
+        return None
+    return next((c for c in policy.get("categories", ()) if c["id"] == category), None)
+
+
+def _limits(policy: Mapping[str, Any], contact: Mapping[str, Any], channel: str,
+            category: str | None = None) -> list[tuple[Scope, str, int]]:
+    """(what it counts, window, limit) for every cap that applies."""
     caps = policy["caps"]
     overall = {**caps["limits"], **{k: v for k, v in (contact.get("caps") or {}).items()
                                      if k in ROLLING}}
-    out: list[tuple[str | None, str, int]] = [
+    out: list[tuple[Scope, str, int]] = [
         (None, kind, n) for kind, n in overall.items() if n is not None
     ]
     per_channel = caps.get("channels", {}).get(channel) or {}
-    out += [(channel, kind, n) for kind, n in per_channel.items() if n is not None]
+    out += [(("channel", channel), kind, n) for kind, n in per_channel.items() if n is not None]
+    declared = category_of(policy, category)
+    if declared is not None and category is not None:
+        out += [(("category", category), kind, n)
+                for kind, n in (declared.get("caps") or {}).items() if n is not None]
     return out
+
+
+def _counts(scope: Scope, send: SendRecord) -> bool:
+    if scope is None:
+        return True
+    what, name = scope
+    return send["channel"] == name if what == "channel" else send.get("category") == name
 
 
 def cap_until(
     sends: list[SendRecord], policy: Mapping[str, Any], contact: Mapping[str, Any],
-    channel: str, zone: ZoneInfo, now: datetime,
+    channel: str, zone: ZoneInfo, now: datetime, category: str | None = None,
 ) -> tuple[bool, datetime | None]:
     """(capped, when to look again). Not capped: (False, None). Capped: the earliest time
-    every window that is full now has room again (None: never, a cap of 0)."""
-    limits = _limits(policy, contact, channel)
+    every window that is full now has room again (None: never, a cap of 0). The account's
+    caps, its channel's and (``category``) the category's own."""
+    limits = _limits(policy, contact, channel, category)
     if all(len(sends) < limit for _, _, limit in limits):
         return False, None  # fewer sends remembered than any cap: no window can be full
     rolling = policy["caps"]["windows"] == "rolling"
-    times = sorted(
-        (datetime.fromisoformat(s["at"]), s["channel"]) for s in sends
-    )
+    times = sorted(((datetime.fromisoformat(s["at"]), s) for s in sends),
+                   key=lambda pair: pair[0])
     later: list[datetime] = []
     capped = False
     for scope, kind, limit in limits:
@@ -107,8 +129,9 @@ def cap_until(
             start, end = calendar_window(now, zone, kind)
         # Rolling: a send exactly one window-length old has left the window (so the time
         # returned below really has room); calendar: [start, end).
-        inside = [t for t, ch in times
-                  if (start < t if rolling else start <= t) and t <= now and scope in (None, ch)]
+        inside = [t for t, send in times
+                  if (start < t if rolling else start <= t) and t <= now
+                  and _counts(scope, send)]
         if len(inside) < limit:
             continue
         capped = True
@@ -124,9 +147,13 @@ def record_send(contact: ContactState, command: Mapping[str, Any], now: datetime
     horizon = now - KEEP_SENDS
     sends = [s for s in contact.get("sends", []) if datetime.fromisoformat(s["at"]) >= horizon]
     if all(s["id"] != command["message_id"] for s in sends):
-        sends.append({"id": command["message_id"], "at": now.astimezone(UTC).isoformat(),
-                      "channel": command["channel"], "to": command.get("to"),
-                      "transactional": bool(command.get("transactional"))})
+        record: SendRecord = {
+            "id": command["message_id"], "at": now.astimezone(UTC).isoformat(),
+            "channel": command["channel"], "to": command.get("to"),
+            "transactional": bool(command.get("transactional"))}
+        if command.get("category"):
+            record["category"] = command["category"]
+        sends.append(record)
     if len(sends) > MAX_SENDS:
         excess = len(sends) - MAX_SENDS
         oldest = [n for n, s in enumerate(sends) if s["transactional"]][:excess]

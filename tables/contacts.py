@@ -37,6 +37,7 @@ from streams.events import (
     ContactEvent,
     ContactProfile,
     GroupMembership,
+    PreferencesUpdated,
     PurchaseCompleted,
     Rejected,
     Tagged,
@@ -85,6 +86,8 @@ MAX_SEEN = 256
 MAX_MARK_CHARS = 64
 MAX_TAGS = 256
 MAX_GROUPS = 256
+#: Categories a contact holds preferences for (an account declares at most 50).
+MAX_PREFERENCES = 64
 MAX_ATTRIBUTES = 256
 #: The contact's attributes, as JSON.
 MAX_ATTRIBUTES_BYTES = 32 * 1024
@@ -101,6 +104,16 @@ class SendRecord(TypedDict):
     channel: str
     to: str | None
     transactional: bool
+    #: The send's message category, if it had one (category caps count these).
+    category: NotRequired[str]
+
+
+class Preference(TypedDict):
+    """A contact's subscription to a category on a channel (``*``: every channel)."""
+
+    subscribed: bool
+    at: str
+    source: str
 
 
 class HistoryEntry(TypedDict, total=False):
@@ -214,6 +227,8 @@ class ContactState(TypedDict):
     campaigns: NotRequired[dict[str, str]]
     #: Execution id → its open conversion window (tables/experiments.py).
     attribution: NotRequired[dict[str, Attribution]]
+    #: Category → channel (or ``*``) → the contact's subscription (docs/preferences.md).
+    preferences: NotRequired[dict[str, dict[str, Preference]]]
 
 
 def contact_key(account: str, contact_id: str) -> str:
@@ -409,6 +424,23 @@ def apply_event(
     elif isinstance(data, GroupMembership):
         new["groups"] = _with(new["groups"], data.group, event.type == "contact.added_to_group")
         _limit("groups", len(new["groups"]), MAX_GROUPS)
+    elif isinstance(data, PreferencesUpdated):
+        # The newest change (by event time) wins: an older one arriving late is ignored;
+        # one for every channel replaces the channels' own older choices.
+        source, at = data.source or event.envelope.source, event.time
+        preferences = new.setdefault("preferences", {})
+        for change in data.preferences:
+            per = preferences.setdefault(change.category, {})
+            slot = change.channel or "*"
+            if slot in per and datetime.fromisoformat(per[slot]["at"]) > at:
+                continue
+            if change.channel is None:
+                for channel in [c for c, p in per.items()
+                                if datetime.fromisoformat(p["at"]) <= at]:
+                    del per[channel]
+            per[slot] = {"subscribed": change.subscribed, "at": at.isoformat(),
+                         "source": source}
+        _limit("preferences", len(preferences), MAX_PREFERENCES)
 
     seen = [(k, t) for k, t in new["seen"].items() if t >= horizon][-(MAX_SEEN - 1):]
     new["seen"] = dict(seen)
@@ -449,6 +481,8 @@ def copy_state(state: ContactState) -> ContactState:
         new["campaigns"] = dict(state["campaigns"])
     if "attribution" in state:
         new["attribution"] = {eid: entry.copy() for eid, entry in state["attribution"].items()}
+    if "preferences" in state:
+        new["preferences"] = {c: dict(per) for c, per in state["preferences"].items()}
     return new
 
 

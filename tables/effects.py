@@ -104,6 +104,7 @@ class Draft(TypedDict, total=False):
     created_at: str
     expires_at: str
     variant: str
+    category: str
 
 
 @lru_cache(maxsize=64)

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from streams.definitions import TEMPLATE, parse_duration
 from tables import experiments, gate
-from tables.compliance import record_send
+from tables.compliance import category_of, record_send
 from tables.contacts import ContactState, Execution
 from tables.effects import (
     Draft,
@@ -154,6 +154,8 @@ def _send(
         created = iso(now)
         expires = iso(now + timedelta(seconds=parse_duration(step["expires_after"])))
     variant = ex.get("variant")
+    category = step.get("category")
+    declared = category_of(compliance.policy, category)
     command: Draft = {
         "message_id": mid,
         "channel": channel,
@@ -161,13 +163,16 @@ def _send(
         "contact_id": contact["contact_id"],
         "to": to,
         "body": render(step["body"], contact, ex["trigger"]),
-        "transactional": step.get("transactional", False),
+        "transactional": bool(step.get("transactional")
+                              or (declared is not None and declared["transactional"])),
         "origin": _origin(ex, sid),
         "created_at": created,
         "expires_at": expires,
     }
     if variant:
         command["variant"] = variant
+    if category:
+        command["category"] = category
     if channel == "email":
         command["subject"] = render(step["subject"], contact, ex["trigger"])
     if channel == "mms":

@@ -25,19 +25,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from tables.compliance import cap_until, default_policy, quiet_until
+from tables.compliance import cap_until, category_of, default_policy, quiet_until
 from tables.experiments import in_holdout
 from tables.schedule import contact_zone
 
 __all__ = ["DEFAULTS", "EXEMPT_PURPOSES", "REASONS", "Compliance", "Decision", "consent_veto",
-           "decide"]
+           "decide", "subscribed"]
 
 #: The send gate's reasons, and the ones the engine adds before it (a send held back from
 #: an experiment's control group or the account holdout, one past its max_lateness); new
 #: ones go last (the dashboard's colours follow this order).
 REASONS = ("no_destination", "suppressed", "no_consent", "opted_out", "expired",
            "quiet_hours_deferred", "quiet_hours", "frequency_capped", "holdout",
-           "control_group", "too_late")
+           "control_group", "too_late", "category_unsubscribed")
 EXEMPT_PURPOSES = ("opt_out_confirmation", "help")
 
 
@@ -84,6 +84,18 @@ def consent_veto(contact: Mapping[str, Any], channel: str) -> str | None:
     return None
 
 
+def subscribed(contact: Mapping[str, Any], declared: Mapping[str, Any] | None,
+               category: str, channel: str) -> bool:
+    """Is the contact subscribed to ``category`` on ``channel``: its own choice for the
+    channel, else for every channel, else the category's default (subscribed, for a
+    category the policy does not declare)."""
+    own = (contact.get("preferences") or {}).get(category) or {}
+    for slot in (channel, "*"):
+        if slot in own:
+            return bool(own[slot]["subscribed"])
+    return bool(declared["subscribed_by_default"]) if declared is not None else True
+
+
 def decide(
     command: Mapping[str, Any], contact: Mapping[str, Any], policy: Mapping[str, Any],
     suppressed: bool, now: datetime, on_capped: str = "drop", zone: str | None = None,
@@ -104,6 +116,10 @@ def decide(
     if (holdout := policy.get("holdout")) and in_holdout(contact["account"],
                                                           contact["contact_id"], holdout):
         return Decision("drop", "holdout")
+    category = command.get("category")
+    if category is not None and not subscribed(contact, category_of(policy, category),
+                                               category, channel):
+        return Decision("drop", "category_unsubscribed")
     local = contact_zone(contact, zone or policy["timezone"])
     quiet = policy.get("quiet_hours")
     if (opens := quiet_until(quiet, channel, local, now)) is not None:
@@ -111,7 +127,8 @@ def decide(
         if quiet["policy"] == "defer":
             return Decision("defer", "quiet_hours_deferred", opens)
         return Decision("drop", "quiet_hours")
-    capped, room = cap_until(contact.get("sends", []), policy, contact, channel, local, now)
+    capped, room = cap_until(contact.get("sends", []), policy, contact, channel, local, now,
+                             category)
     if capped:
         if on_capped == "defer" and room is not None:
             return Decision("defer", "frequency_capped", room)

@@ -90,6 +90,9 @@ EVERY_TYPE: list[tuple[str, dict[str, Any], bool]] = [
     ("purchase.completed", {"order_id": "o-1", "amount": "19.90", "currency": "USD"}, True),
     # The inactivity report must not count as activity, or it would reset itself.
     ("contact.inactive", {"threshold_days": 30}, False),
+    # A subscription change may come from anywhere (a CRM, an operator): not activity.
+    ("contact.preferences_updated",
+     {"preferences": [{"category": "promotions", "subscribed": False}]}, False),
     # Every custom.* event counts as activity.
     ("custom.trial_expiring", {"days_left": 3}, True),
 ]

@@ -26,13 +26,14 @@ from api.auth import OPERATE, READ, Allow, Principal
 from api.deps import ServicesDep
 from api.errors import Problem
 from api.paths import CONTACT_PATH
-from api.schemas import Accepted, CapsIn, Cursor, Limit, Page
+from api.schemas import Accepted, CapsIn, Cursor, Limit, Page, PreferencesIn
 from producers.admin import send_control
 from producers.publisher import build_event
 from streams.commands import APPLIES_TO, Control
 from tables.compliance import ROLLING, calendar_window
 from tables.contacts import ContactState, public_view
 from tables.experiments import in_holdout
+from tables.gate import subscribed
 
 router = APIRouter(prefix="/v1/accounts/{account}", tags=["contacts"])
 Reader = Annotated[Principal, Depends(Allow(READ))]
@@ -65,14 +66,44 @@ def cap_windows(state: ContactState, policy: dict[str, Any], now: datetime
         inside = [s for t, s in sends
                   if (start < t if rolling else start <= t) and t <= now]
         by_channel: dict[str, int] = {}
+        by_category: dict[str, int] = {}
         for s in inside:
             by_channel[s["channel"]] = by_channel.get(s["channel"], 0) + 1
+            if category := s.get("category"):
+                by_category[category] = by_category.get(category, 0) + 1
         out[kind] = {"start": start.isoformat(), "end": end.isoformat(), "sent": len(inside),
                      "transactional": sum(1 for s in inside if s.get("transactional")),
-                     "by_channel": by_channel,
+                     "by_channel": by_channel, "by_category": by_category,
                      "limit": own.get(kind, caps["limits"].get(kind)),
                      "channel_limits": {ch: c.get(kind) for ch, c in
-                                        caps.get("channels", {}).items()}}
+                                        caps.get("channels", {}).items()},
+                     "category_limits": {c["id"]: (c.get("caps") or {}).get(kind)
+                                         for c in policy.get("categories", ())
+                                         if c.get("caps")}}
+    return out
+
+
+def subscriptions(state: ContactState, policy: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per declared category and channel: is the contact subscribed, and why — its own
+    choice (when, where from) or the category's default (as the send gate decides)."""
+    own = state.get("preferences") or {}
+    out = []
+    for category in policy.get("categories", ()):
+        chosen = own.get(category["id"]) or {}
+        for channel in ("sms", "mms", "email"):
+            found = chosen.get(channel) or chosen.get("*")
+            row: dict[str, Any] = {"category": category["id"], "name": category["name"],
+                                   "channel": channel,
+                                   "transactional": category["transactional"]}
+            if category["transactional"]:
+                row.update(subscribed=True, source="transactional")
+            elif found is not None:
+                row.update(subscribed=found["subscribed"], source=found["source"],
+                           at=found["at"])
+            else:
+                row.update(subscribed=subscribed(state, category, category["id"], channel),
+                           source="default")
+            out.append(row)
     return out
 
 
@@ -124,13 +155,17 @@ async def show_contact(account: str, contact_id: ContactId, who: Reader, svc: Se
     policy = await svc.policy(account)
     return {"contact": public_view(state),
             "holdout": in_holdout(account, state["contact_id"], policy.get("holdout", 0)),
+            "subscriptions": subscriptions(state, policy),
             "cap_windows": cap_windows(state, policy, svc.clock())}
 
 
 async def _publish_caps(svc: Any, account: str, contact_id: str,
                         caps: dict[str, int] | None) -> None:
-    event = build_event(account, contact_id, "contact.updated", {"caps": caps},
-                        source="urn:dripstream:api", time=svc.clock())
+    await _publish(svc, build_event(account, contact_id, "contact.updated", {"caps": caps},
+                                    source="urn:dripstream:api", time=svc.clock()))
+
+
+async def _publish(svc: Any, event: dict[str, Any]) -> None:
     [result] = await svc.publisher.publish_many([event])
     if not result.accepted:
         raise Problem(503 if result.reason == "publish_failed" else 422,
@@ -147,6 +182,31 @@ async def put_caps(account: str, contact_id: ContactId, body: CapsIn, who: Opera
     caps = {k: v for k, v in body.model_dump().items() if v is not None}
     await _publish_caps(svc, account, contact_id, caps)
     return Accepted(detail=f"caps {caps} sent for {contact_id}")
+
+
+@router.put(f"{CONTACT_PATH}/preferences", status_code=202, response_model=Accepted,
+            summary="Subscribe a contact to, or unsubscribe it from, message categories")
+async def put_preferences(account: str, contact_id: ContactId, body: PreferencesIn,
+                          who: Operator, svc: ServicesDep) -> Accepted:
+    """A ``contact.preferences_updated`` event (docs/preferences.md; ``source`` default
+    ``api``) for a contact the read model knows (404 otherwise). A category the policy
+    declares transactional is refused (422): preferences do not apply to it."""
+    await _state(svc, account, contact_id)
+    policy = await svc.policy(account)
+    locked = {c["id"] for c in policy.get("categories", ()) if c["transactional"]}
+    for n, change in enumerate(body.preferences):
+        if change.category in locked:
+            raise Problem(422, f"category {change.category!r} is transactional: its "
+                          "messages go whatever the contact's preferences",
+                          type_="invalid-request",
+                          errors=[{"loc": ["body", "preferences", n, "category"],
+                                   "msg": "a transactional category"}])
+    data = body.model_dump(mode="json", exclude_none=True)
+    data.setdefault("source", "api")
+    await _publish(svc, build_event(account, contact_id, "contact.preferences_updated", data,
+                                    source="urn:dripstream:api", time=svc.clock()))
+    return Accepted(detail=f"{len(body.preferences)} preference change(s) sent for "
+                           f"{contact_id}")
 
 
 @router.delete(f"{CONTACT_PATH}/caps", status_code=202, response_model=Accepted,

@@ -1,0 +1,135 @@
+"""Message categories and subscription preferences end to end on a real broker: one
+contact unsubscribes from promotions by an upstream event, another on SMS through the
+admin API; order updates keep going to both; a promotions cap of 2 a week holds while the
+account's caps allow more; the API and the dashboard's contact page show each contact's
+subscriptions and the category's cap window (docs/preferences.md)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from playwright.async_api import expect
+
+from api.app import create_app
+from producers.publisher import build_event
+from tests.api.conftest import api_settings
+from tests.integration.test_dashboard import dashboard_page, served
+from tests.stack import Stack, eventually
+
+pytestmark = pytest.mark.integration
+
+POLICY = {"kind": "account", "account": "acme", "quiet_hours": None,
+          "caps": {"limits": {"day": 10, "week": 40, "month": 100}},
+          "categories": [
+              {"id": "promotions", "name": "Promotions", "caps": {"week": 2}},
+              {"id": "order_updates", "name": "Order updates"},
+              {"id": "receipts", "name": "Receipts", "transactional": True}]}
+ORDER = {"id": "order", "account": "acme", "name": "Order", "version": 1,
+         "trigger": {"event": "purchase.completed"}, "reentry": {"policy": "every_time"},
+         "start": "update",
+         "steps": {"update": {"kind": "send_sms", "body": "Order {{event.data.order_id}} "
+                                                         "shipped", "category": "order_updates",
+                              "next": "promo"},
+                   "promo": {"kind": "send_sms", "body": "20% off your next order",
+                             "category": "promotions"}}}
+PEOPLE = {"ann": "+14155550101", "bob": "+14155550102", "cat": "+14155550103"}
+
+
+def purchase(contact: str, n: int) -> dict[str, Any]:
+    return build_event("acme", contact, "purchase.completed",
+                       {"order_id": f"{contact}-{n}", "amount": 10, "currency": "USD"},
+                       event_id=f"buy-{contact}-{n}")
+
+
+async def test_unsubscribed_from_promotions_keeps_getting_order_updates(
+        stack: Stack, database_url: str, chromium: str, shots: Path) -> None:
+    await stack.define(POLICY)
+    await stack.define(ORDER)
+    stack.start_worker()
+    await stack.publisher.send_many([build_event(
+        "acme", c, "contact.created", {"phone": phone, "consent": {"sms": True}},
+        event_id=f"signup-{c}") for c, phone in PEOPLE.items()])
+    await stack.publisher.send(build_event(
+        "acme", "ann", "contact.preferences_updated",
+        {"preferences": [{"category": "promotions", "subscribed": False}], "source": "crm"},
+        event_id="ann-prefs"))
+    await stack.wait_contact("acme", "ann", 2)
+    settings = api_settings(database_url)
+    assert settings.bootstrap_key is not None
+    boot = {"Authorization": f"Bearer {settings.bootstrap_key.get_secret_value()}"}
+    app = create_app(stack.settings, settings, clock=stack.now)
+    async with served(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as c:
+        r = await c.post("/v1/accounts/acme/keys", headers=boot,
+                         json={"role": "operator", "name": "prefs"})
+        key = r.json()["key"]
+        auth = {"Authorization": f"Bearer {key}"}
+
+        async def policy_imported() -> bool:  # the API's store imports it from the topic
+            r = await c.put("/v1/accounts/acme/contacts/bob/preferences", headers=auth,
+                            json={"preferences": [{"category": "receipts",
+                                                   "subscribed": False}]})
+            return r.status_code == 422
+
+        await eventually(policy_imported, what="the policy's categories in the API's store")
+        r = await c.put("/v1/accounts/acme/contacts/bob/preferences", headers=auth,
+                        json={"preferences": [{"category": "promotions", "channel": "sms",
+                                               "subscribed": False}]})
+        assert r.status_code == 202, r.text
+        r = await c.put("/v1/accounts/acme/contacts/nobody/preferences", headers=auth,
+                        json={"preferences": [{"category": "promotions",
+                                               "subscribed": False}]})
+        assert r.status_code == 404
+        await stack.wait_contact("acme", "bob", 2)
+        # Three purchases each in one week: order updates always, promotions to cat only,
+        # and to her twice (the category's cap), though the account allows 10 a day.
+        await stack.publisher.send_many([purchase(p, n) for n in range(3) for p in PEOPLE])
+        for person in PEOPLE:  # created, (preferences,) three purchases
+            await stack.wait_contact("acme", person, 4 if person == "cat" else 5)
+
+        async def all_decided() -> list[dict[str, Any]]:
+            audit = [orjson.loads(r.value) for r in await stack.read_all("audit")]
+            sends = [orjson.loads(r.value) for r in await stack.read_all("send.sms")]
+            return sends if len(sends) + len(audit) >= 18 else []
+
+        sends = await eventually(all_decided, timeout=60, what="every send decided")
+        got = Counter((s["contact_id"], s["category"]) for s in sends)
+        assert got == {("ann", "order_updates"): 3, ("bob", "order_updates"): 3,
+                       ("cat", "order_updates"): 3, ("cat", "promotions"): 2}
+        audit = Counter((a["contact_id"], a["reason"]) for a in
+                        [orjson.loads(r.value) for r in await stack.read_all("audit")])
+        assert audit == {("ann", "category_unsubscribed"): 3,
+                         ("bob", "category_unsubscribed"): 3, ("cat", "frequency_capped"): 1}
+
+        async def shown(person: str) -> dict[str, Any]:
+            r = await c.get(f"/v1/accounts/acme/contacts/{person}", headers=auth)
+            return dict(r.json())
+
+        bob = await shown("bob")
+        rows = {(s["category"], s["channel"]): s for s in bob["subscriptions"]}
+        assert (rows["promotions", "sms"]["subscribed"], rows["promotions", "sms"]["source"]) \
+            == (False, "api")
+        assert rows["promotions", "email"]["subscribed"] is True
+        week = (await shown("cat"))["cap_windows"]["week"]
+        assert (week["by_category"]["promotions"], week["category_limits"]["promotions"]) == (
+            2, 2)
+        problems: list[str] = []
+        async with dashboard_page(chromium, problems) as page:
+            await page.goto(f"{base}/dashboard/login")
+            await page.fill("#key", key)
+            await page.click("button[type=submit]")
+            await expect(page).to_have_url(f"{base}/dashboard/acme")
+            await page.goto(f"{base}/dashboard/acme/contacts/ann")
+            await expect(page.get_by_test_id("subscription-promotions-sms").get_by_test_id(
+                "subscribed")).to_have_text("no")
+            await expect(page.get_by_test_id("subscription-order_updates-sms")
+                         .get_by_test_id("subscribed")).to_have_text("yes")
+            await page.goto(f"{base}/dashboard/acme/contacts/cat")
+            await expect(page.get_by_test_id("category-cap-promotions-week")).to_contain_text(
+                "2")
+            await page.screenshot(path=shots / "contact-preferences.png", full_page=True)
+        assert problems == []
