@@ -36,6 +36,7 @@ from streams.gapguard import GapGuard
 from streams.settings import Settings
 from streams.topics import TopicNames
 from tables.handlers import Context, Definitions
+from tables.preferences import Links
 from tables.readmodel import ReadModel
 from tables.registry import Registry, Suppressions
 from tables.store import ContactStore
@@ -134,7 +135,8 @@ class Worker:
         """What the handlers read: the registry and the suppression list (live), or what a
         batch recorded or a replay gives back (tables/journal.py)."""
         return Context(definitions or self.registry, suppressed or self.suppressions.reason,
-                       self.settings.max_causation_depth, self.settings.dedupe_window_s)
+                       self.settings.max_causation_depth, self.settings.dedupe_window_s,
+                       Links.of(self.settings))
 
 
 def build(settings: Settings, capabilities: Capabilities) -> Worker:

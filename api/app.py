@@ -23,7 +23,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 
-from api import dashboard, errors
+from api import dashboard, errors, preference_page
 from api.auth import bearer_source
 from api.db import connect, migrate
 from api.deps import Services
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None, api_settings: ApiSettings | Non
         app.include_router(module.router)
     app.include_router(simulations.shadow_router)
     dashboard.mount(app)  # /dashboard (docs/dashboard.md): a session cookie as an auth source
+    app.include_router(preference_page.router)  # /preferences/{token}: a signed link
     registry = CollectorRegistry()
     _metrics_route(app, registry)
     # Added innermost first: Metrics ends up outermost, so it counts the answers of the

@@ -113,6 +113,15 @@ def render(request: Request, template: str, code: int = 200, **context: Any
     return HTMLResponse(body, status_code=code, headers=_HEADERS)
 
 
+def render_public(template: str, code: int = 200, **context: Any) -> HTMLResponse:
+    """A page for someone who is not an operator (the preference page): no session, no
+    navigation, and no referrer sent on (its URL holds a token)."""
+    body = _env.get_template(template).render(prefix=PREFIX, session=None, who=None,
+                                              csrf="", can_operate=False, **context)
+    return HTMLResponse(body, status_code=code,
+                        headers={**_HEADERS, "Referrer-Policy": "no-referrer"})
+
+
 def _see_other(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
 

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -1236,6 +1237,10 @@ def dev(
         # The worker's metrics on a free port unless one is set: the default 9464 may be
         # taken by another worker on this host.
         env.setdefault("DRIPSTREAM_METRICS_PORT", str(free_port()))
+        # {{preferences_url}} links to this API's preference page, signed with a secret
+        # made for this run (the worker signs, the API verifies: docs/preferences.md).
+        env.setdefault("DRIPSTREAM_PREFERENCES_URL", f"http://{api_host}:{api_port}")
+        env.setdefault("DRIPSTREAM_PREFERENCES_SECRET", secrets.token_urlsafe(32))
         if "DRIPSTREAM_REDIS_URL" not in env:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:

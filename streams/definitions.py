@@ -814,13 +814,14 @@ def template_fields(text: str) -> list[str]:
 def _template_errors(where: str, text: str) -> list[str]:
     errors = []
     for field in template_fields(text):
-        ok = re.match(r"^contact\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$", field) or re.match(
+        ok = field == "preferences_url" or re.match(
+            r"^contact\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$", field) or re.match(
             r"^event\.(type|id|time|data(\.[A-Za-z0-9_]+)+)$", field
         )
         if not ok:
             errors.append(
-                f"{where}: unknown template field {{{{{field}}}}}: use contact.<name> or "
-                "event.data.<path> (event.type, event.id, event.time)"
+                f"{where}: unknown template field {{{{{field}}}}}: use contact.<name>, "
+                "event.data.<path> (event.type, event.id, event.time) or preferences_url"
             )
     count = len(template_fields(text))
     if text.count("{{") != count or text.count("}}") != count:

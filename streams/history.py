@@ -32,6 +32,7 @@ from streams.embedded import read_records, topic_ends
 from streams.settings import Settings
 from streams.topics import TopicNames
 from tables.journal import Entry
+from tables.preferences import Links
 from tables.registry import Registry, Suppressions
 from tables.simulation import Candidates, Recorded, Result, Simulator, lines, slim, summary
 
@@ -281,7 +282,7 @@ async def _simulate(settings: Settings, cand: Candidates, since: datetime, until
                             partitions=settings.partitions, cand=cand,
                             max_depth=settings.max_causation_depth,
                             dedupe_window_s=settings.dedupe_window_s, accounts=accounts,
-                            migrate=migrate)
+                            migrate=migrate, links=Links.of(settings))
 
             def run(sim: Simulator = sim, history: History = history) -> Result:
                 sim.load(history.records)

@@ -145,6 +145,13 @@ class Settings(BaseSettings):
     channel_callback_secret: SecretStr | None = Field(
         None, description="key the provider signs callbacks with (default: the webhook "
                           "secret)")
+    preferences_url: str | None = Field(
+        None, description="the admin API's public base URL: {{preferences_url}} in a "
+                          "template links to <url>/preferences/<token> (docs/preferences.md)")
+    preferences_secret: SecretStr | None = Field(
+        None, description="signs preference links; the workers and the API must share it")
+    preferences_link_days: int = Field(30, ge=1, le=365,
+                                       description="a preference link opens for this long")
     web_enabled: bool = False
     web_port: int = 6066
     metrics_port: int = Field(

@@ -42,6 +42,7 @@ from streams.history import Entries, Reader, parse_time
 from streams.settings import Settings
 from streams.topics import TopicNames
 from tables.journal import Entry
+from tables.preferences import Links
 from tables.registry import Registry, Suppressions
 from tables.simulation import Candidates, Recorded, Result, Simulator, lines, summary
 
@@ -135,7 +136,8 @@ class ShadowRunner:
                              until=FOREVER, partitions=self.settings.partitions, cand=cand,
                              max_depth=self.settings.max_causation_depth,
                              dedupe_window_s=self.settings.dedupe_window_s,
-                             accounts=accounts, lateness=self.lag)
+                             accounts=accounts, lateness=self.lag,
+                             links=Links.of(self.settings))
                 for p in every}
         pending: dict[int, list[_Pending]] = defaultdict(list)
         kinds = {self.names.events: "event", self.names.routed: "event",

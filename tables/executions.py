@@ -14,7 +14,7 @@ it); a control command repeated finds the execution already paused/resumed/cance
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from datetime import time as dtime
 from functools import lru_cache
@@ -62,6 +62,8 @@ ACTIVE = ("running", "waiting", "paused")
 KEEP_FINISHED = 5
 #: Step-history entries kept per execution (the newest).
 HISTORY_MAX = 30
+#: Template fields that render to a link made for the contact (docs/preferences.md).
+LINK_FIELDS = frozenset({"preferences_url"})
 #: Active executions one contact may have: the contact's value is one changelog record,
 #: so it must stay bounded (an every_time workflow with long waits could grow it forever).
 MAX_ACTIVE = 100
@@ -84,14 +86,20 @@ def _parts(template: str) -> tuple[str | tuple[str, str], ...]:
     return tuple(parts)
 
 
-def render(template: str, contact: Any, event: dict[str, Any]) -> str:
-    """Fill ``{{contact.first_name}}`` / ``{{event.data.order_id | your order}}``."""
+def render(template: str, contact: Any, event: dict[str, Any],
+           links: Mapping[str, str] | None = None) -> str:
+    """Fill ``{{contact.first_name}}`` / ``{{event.data.order_id | your order}}``;
+    ``links``: the values of link fields (``{{preferences_url}}``), absent when not
+    configured (their default shows)."""
     out = []
     for part in _parts(template):
         if isinstance(part, str):
             out.append(part)
             continue
         path, default = part
+        if path in LINK_FIELDS:
+            out.append((links or {}).get(path) or default)
+            continue
         value = resolve(path, event, contact)
         if value is MISSING or value is None or isinstance(value, dict | list):
             out.append(default)
@@ -153,6 +161,11 @@ def _send(
         mid = message_id(contact["account"], ex["id"], sid, ex["seq"])
         created = iso(now)
         expires = iso(now + timedelta(seconds=parse_duration(step["expires_after"])))
+    links = {}
+    if compliance.links is not None and "preferences_url" in step["body"] + (
+            step.get("subject") or ""):
+        links["preferences_url"] = compliance.links.preferences_url(
+            contact["account"], contact["contact_id"], datetime.fromisoformat(created))
     variant = ex.get("variant")
     category = step.get("category")
     declared = category_of(compliance.policy, category)
@@ -162,7 +175,7 @@ def _send(
         "account": contact["account"],
         "contact_id": contact["contact_id"],
         "to": to,
-        "body": render(step["body"], contact, ex["trigger"]),
+        "body": render(step["body"], contact, ex["trigger"], links),
         "transactional": bool(step.get("transactional")
                               or (declared is not None and declared["transactional"])),
         "origin": _origin(ex, sid),
@@ -174,7 +187,7 @@ def _send(
     if category:
         command["category"] = category
     if channel == "email":
-        command["subject"] = render(step["subject"], contact, ex["trigger"])
+        command["subject"] = render(step["subject"], contact, ex["trigger"], links)
     if channel == "mms":
         command["media_urls"] = list(step["media_urls"])
     late = step.get("max_lateness")

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from tables.compliance import cap_until, category_of, default_policy, quiet_until
 from tables.experiments import in_holdout
+from tables.preferences import Links
 from tables.schedule import contact_zone
 
 __all__ = ["DEFAULTS", "EXEMPT_PURPOSES", "REASONS", "Compliance", "Decision", "consent_veto",
@@ -59,6 +60,8 @@ class Compliance:
     policy: dict[str, Any]
     suppressed: Callable[[str], bool] = lambda address: False
     reason: Callable[[str], str | None] = lambda address: None
+    #: What ``{{preferences_url}}`` renders to (None: not configured; its default shows).
+    links: Links | None = None
 
 
 #: Defaults for an account with no policy of its own (tests, and accounts not configured).

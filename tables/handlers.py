@@ -27,6 +27,7 @@ from tables.contacts import ContactState, apply_event, copy_state
 from tables.effects import Effects, Outcome
 from tables.gate import Compliance
 from tables.keywords import on_keyword, system_keyword
+from tables.preferences import Links
 
 __all__ = [
     "Context",
@@ -71,6 +72,7 @@ class Context:
     suppressed: Callable[[str, str], str | None]
     max_depth: int = 5
     dedupe_window_s: float = 24 * 3600
+    links: Links | None = None
 
     def compliance(self, account: str) -> Compliance:
         reason = self.suppressed
@@ -78,6 +80,7 @@ class Context:
             self.definitions.policy(account),
             lambda address: reason(account, address) is not None,
             lambda address: reason(account, address),
+            self.links,
         )
 
 

@@ -21,6 +21,7 @@ Replies are transactional (no caps, no quiet hours); every reply passes the send
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -76,7 +77,7 @@ def _lifted(compliance: Compliance, phone: str | None) -> Compliance:
             return False
         return compliance.suppressed(address)
 
-    return Compliance(compliance.policy, suppressed, compliance.reason)
+    return replace(compliance, suppressed=suppressed)
 
 
 def _classify(event: dict[str, Any], policy: dict[str, Any]) -> tuple[str | None, str]:

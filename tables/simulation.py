@@ -53,6 +53,7 @@ from tables.handlers import (
 )
 from tables.inactivity import earliest, thresholds
 from tables.journal import Entry, Replayer, Versions
+from tables.preferences import Links
 from tables.store import partition_for
 
 __all__ = ["WAKEUP_LATENESS", "Candidates", "Recorded", "Result", "Simulator", "lines", "slim",
@@ -253,7 +254,8 @@ class Simulator:
                  since: datetime, until: datetime, partitions: int,
                  cand: Candidates | None = None, max_depth: int = 5,
                  dedupe_window_s: float = 24 * 3600, accounts: set[str] | None = None,
-                 migrate: bool = False, lateness: timedelta = WAKEUP_LATENESS) -> None:
+                 migrate: bool = False, lateness: timedelta = WAKEUP_LATENESS,
+                 links: Links | None = None) -> None:
         self.live = live
         self._suppressed = suppressed
         self.since, self.until = since, until
@@ -263,6 +265,7 @@ class Simulator:
         self.accounts = accounts
         self.migrate = migrate
         self.lateness = lateness
+        self.links = links
         self.states: dict[str, ContactState] = {}
         #: Suppression changes the simulation made: they hold for the rest of it.
         self.own: dict[tuple[str, str], str | None] = {}
@@ -445,7 +448,8 @@ class Simulator:
                 return base.suppressed(account, address)
             return self._suppressed(account, address)
 
-        return Context(definitions, suppressed, self.max_depth, self.dedupe_window_s)
+        return Context(definitions, suppressed, self.max_depth, self.dedupe_window_s,
+                       self.links)
 
     def _keys(self, item: _Item) -> Iterator[str]:
         if item.kind != "control" or item.payload.action != "cancel_all":

@@ -6,7 +6,9 @@ subscriptions and the category's cap window (docs/preferences.md)."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +16,11 @@ import httpx
 import orjson
 import pytest
 from playwright.async_api import expect
+from pydantic import SecretStr
 
 from api.app import create_app
 from producers.publisher import build_event
+from tables.preferences import sign
 from tests.api.conftest import api_settings
 from tests.integration.test_dashboard import dashboard_page, served
 from tests.stack import Stack, eventually
@@ -133,3 +137,85 @@ async def test_unsubscribed_from_promotions_keeps_getting_order_updates(
                 "2")
             await page.screenshot(path=shots / "contact-preferences.png", full_page=True)
         assert problems == []
+
+
+SECRET = "test-preference-secret"
+NEWS = {"id": "news", "account": "acme", "name": "News", "version": 1,
+        "trigger": {"event": "contact.created"}, "start": "hello",
+        "steps": {"hello": {"kind": "send_sms", "category": "order_updates",
+                            "body": "Welcome! Choose what we send you: {{preferences_url}}"}}}
+
+
+async def test_the_preference_page_from_a_link_in_a_message(
+        stack: Stack, database_url: str, chromium: str, shots: Path) -> None:
+    """A welcome SMS carries the contact's link; opened in Chromium, the page shows the
+    categories a contact may choose (not the transactional one), checked as the gate
+    decides; unchecking promotions and checking the opt-in newsletter is saved as the
+    contact's preferences. A forged link and an expired one open nothing."""
+    policy = {**POLICY, "categories": [*POLICY["categories"], {
+        "id": "newsletter", "name": "Newsletter", "subscribed_by_default": False}]}
+    await stack.define(policy)
+    await stack.define(NEWS)
+    link_base = "https://prefs.example.test"
+    stack.start_worker(env={"DRIPSTREAM_PREFERENCES_URL": link_base,
+                            "DRIPSTREAM_PREFERENCES_SECRET": SECRET})
+    await stack.publisher.send(build_event(
+        "acme", "ann", "contact.created", {"phone": PEOPLE["ann"], "consent": {"sms": True}},
+        event_id="signup-ann"))
+
+    async def welcomed() -> list[Any]:
+        return await stack.read_all("send.sms")
+
+    [record] = await eventually(welcomed, what="the welcome with its link")
+    body = orjson.loads(record.value)["body"]
+    link = re.search(r"https://prefs\.example\.test(/preferences/\S+)", body)
+    assert link is not None, body
+    path = link.group(1)
+    settings = stack.settings.model_copy(update={
+        "preferences_url": link_base, "preferences_secret": SecretStr(SECRET)})
+    app = create_app(settings, api_settings(database_url), clock=stack.now)
+    async with served(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as c:
+        token = path.removeprefix("/preferences/")
+        payload, _, signature = token.partition(".")
+        bob = sign(SECRET.encode(), "acme", "bob", stack.now() + timedelta(days=1))
+        for forged in (f"{payload}.{signature[:-2]}xx", f"{bob.partition('.')[0]}.{signature}"):
+            r = await c.get(f"/preferences/{forged}")
+            assert (r.status_code, "not valid" in r.text, "Promotions" in r.text) == (
+                403, True, False)
+        old = sign(SECRET.encode(), "acme", "ann", stack.now() - timedelta(minutes=1))
+        r = await c.get(f"/preferences/{old}")
+        assert (r.status_code, "expired" in r.text) == (410, True)
+        assert r.headers["referrer-policy"] == "no-referrer"
+
+        async def page_ready() -> bool:  # the API's store imports the policy from the topic
+            r = await c.get(path)
+            return r.status_code == 200 and "Newsletter" in r.text
+
+        await eventually(page_ready, what="the policy's categories in the API's store")
+        problems: list[str] = []
+        async with dashboard_page(chromium, problems) as page:
+            await page.goto(f"{base}{path}")
+            await expect(page.get_by_test_id("box-promotions-text")).to_be_checked()
+            await expect(page.get_by_test_id("box-order_updates-text")).to_be_checked()
+            await expect(page.get_by_test_id("box-newsletter-text")).not_to_be_checked()
+            await expect(page.get_by_test_id("category-receipts")).to_have_count(0)
+            await page.get_by_test_id("box-promotions-text").uncheck()
+            await page.get_by_test_id("box-newsletter-text").check()
+            await page.get_by_test_id("save").click()
+            await expect(page.get_by_test_id("saved")).to_be_visible()
+            await expect(page.get_by_test_id("box-promotions-text")).not_to_be_checked()
+            await page.screenshot(path=shots / "preference-page.png", full_page=True)
+        assert problems == []
+
+    async def saved() -> dict[str, Any] | None:
+        state = await stack.read_model.get_state("acme", "ann")
+        prefs = (state or {}).get("preferences") or {}
+        return prefs if "newsletter" in prefs else None
+
+    prefs = await eventually(saved, what="the choices in the contact's state")
+    assert {(c, ch, p["subscribed"], p["source"]) for c, per in prefs.items()
+            for ch, p in per.items()} == {
+        ("promotions", "sms", False, "preference_page"),
+        ("promotions", "mms", False, "preference_page"),
+        ("newsletter", "sms", True, "preference_page"),
+        ("newsletter", "mms", True, "preference_page")}

@@ -22,7 +22,8 @@ from streams.definitions import (
 
 Mutate = Callable[[dict[str, Any]], object]
 Raw = Callable[[], dict[str, Any]]
-TEMPLATE_HINT = "use contact.<name> or event.data.<path> (event.type, event.id, event.time)"
+TEMPLATE_HINT = ("use contact.<name>, event.data.<path> (event.type, event.id, event.time) or "
+                 "preferences_url")
 
 
 def campaign_raw() -> dict[str, Any]:

@@ -4,7 +4,7 @@ and a category's caps beside the account's, in the contact's local calendar."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ from tables.compliance import cap_until
 from tables.contacts import ContactState
 from tables.gate import Compliance, decide
 from tables.handlers import Context, handle_event
+from tables.preferences import LinkError, Links, sign, verify
 from tests.unit_campaigns.test_campaigns import T0, campaign, context, definitions, deliver
 from tests.unit_campaigns.test_campaigns import contact as contact_state
 from tests.unit_compliance.support import LA, caps, local, policy, record
@@ -217,3 +218,47 @@ def test_a_campaigns_content_names_its_category() -> None:
     out, verdict = deliver(dict(unsubscribed.state), promo, T0, defs=defs)
     assert (out.effects.sends, verdict.outcome) == ([], "suppressed")
     assert [a["reason"] for a in out.effects.audit] == ["category_unsubscribed"]
+
+
+SECRET = b"s3cret"
+
+
+def test_a_link_names_one_contact_and_expires() -> None:
+    expires = WED + timedelta(days=30)
+    token = sign(SECRET, ACCOUNT, "team/ann", expires)
+    assert verify(SECRET, token, WED) == (ACCOUNT, "team/ann", expires.replace(microsecond=0))
+    with pytest.raises(LinkError) as info:
+        verify(SECRET, token, expires)
+    assert info.value.reason == "expired"
+    payload, _, signature = token.partition(".")
+    other = sign(SECRET, ACCOUNT, "bob", expires).partition(".")[0]
+    for forged in (f"{other}.{signature}", f"{payload}.{signature[:-1]}A", payload,
+                   f"{payload}x.{signature}", token.replace(".", "")):
+        with pytest.raises(LinkError) as info:
+            verify(SECRET, forged, WED)
+        assert info.value.reason == "invalid", forged
+    with pytest.raises(LinkError):
+        verify(b"another", token, WED)
+
+
+def test_preferences_url_renders_the_same_link_for_the_same_send() -> None:
+    """The link is made from the send's creation time: a send redone after a crash (a
+    later ``now``) or deferred renders the same body; without links the default shows."""
+    flow = definition({
+        "id": "news", "account": ACCOUNT, "name": "News", "version": 1,
+        "trigger": {"event": "contact.created"}, "start": "hello",
+        "steps": {"hello": {"kind": "send_sms", "category": "promotions",
+                            "body": "Deals! Choose what you get: {{preferences_url|reply "
+                                    "STOP to stop}}"}}})
+    signup = event("contact.created", {"phone": "+14155550101", "consent": {"sms": True}},
+                   0, WED)
+    links = Links("https://prefs.example.com/", SECRET, 30)
+    with_links = Context(Registry(flow, policy=rules()), lambda a, b: None, links=links)
+    [send] = handle_event(None, signup, with_links, WED).effects.sends
+    prefix = "Deals! Choose what you get: https://prefs.example.com/preferences/"
+    assert send.body.startswith(prefix)
+    assert verify(SECRET, send.body.removeprefix(prefix), WED)[:2] == (ACCOUNT, "ann")
+    [again] = handle_event(None, signup, with_links, WED).effects.sends
+    assert again.body == send.body
+    [plain] = handle_event(None, signup, ctx(flow), WED).effects.sends
+    assert plain.body == "Deals! Choose what you get: reply STOP to stop"
