@@ -200,8 +200,29 @@ class Trigger(BaseModel):
         description="contact.inactive only: the threshold (days without activity) this "
                     "workflow reacts to; dripstream detects it for every contact")
     criteria: list[Criterion] = Field(default_factory=list)
+    debounce: Duration | None = Field(
+        None, description="start once the contact's matching events have been quiet this "
+                          "long, with the latest of them (docs/workflows.md#debounce-and-"
+                          "throttle)")
+    throttle: Duration | None = Field(
+        None, description="start at most once per this period per contact")
 
     _check_event = field_validator("event")(_event_type)
+
+    @model_serializer(mode="wrap")
+    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
+                              ) -> dict[str, Any]:
+        """``debounce`` and ``throttle`` are left out unset: a body written before they
+        existed dumps as it did."""
+        data: dict[str, Any] = handler(self)
+        for name in ("debounce", "throttle"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
+
+    def model_post_init(self, __context: Any) -> None:
+        if self.debounce is not None and self.throttle is not None:
+            raise ValueError("give debounce or throttle, not both")
 
 
 class Goal(BaseModel):
@@ -311,6 +332,24 @@ class Exit(_Step):
     kind: Literal["exit"]
 
 
+class Digest(_Step):
+    """Collect the matching events that come within ``window`` (the one that started the
+    execution too, when it matches and the digest is its first stop), up to ``max``, then
+    go on once: the sends after it see ``{{digest.count}}`` and ``{{digest.items}}``
+    (docs/workflows.md#digest). Nothing collected: the execution ends."""
+
+    kind: Literal["digest"]
+    event: str
+    criteria: list[Criterion] = Field(default_factory=list)
+    window: Duration = Field(description="how long to collect, from reaching the step")
+    max: int = Field(50, ge=1, le=100, description="released at once when this many came")
+    item: str | None = Field(
+        None, pattern=r"^event\.(type|id|data(\.[^.]+)+)$",
+        description="what each event adds to {{digest.items}}, e.g. event.data.name")
+
+    _check_event = field_validator("event")(_event_type)
+
+
 class SplitBranch(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -339,7 +378,8 @@ class Split(_Step):
 
 
 Step = Annotated[
-    Send | Wait | WaitUntil | Membership | Tagging | Branch | WaitForEvent | Exit | Split,
+    Send | Wait | WaitUntil | Membership | Tagging | Branch | WaitForEvent | Exit | Split
+    | Digest,
     Field(discriminator="kind"),
 ]
 
@@ -814,14 +854,15 @@ def template_fields(text: str) -> list[str]:
 def _template_errors(where: str, text: str) -> list[str]:
     errors = []
     for field in template_fields(text):
-        ok = field == "preferences_url" or re.match(
+        ok = field in ("preferences_url", "digest.count", "digest.items") or re.match(
             r"^contact\.[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$", field) or re.match(
             r"^event\.(type|id|time|data(\.[A-Za-z0-9_]+)+)$", field
         )
         if not ok:
             errors.append(
                 f"{where}: unknown template field {{{{{field}}}}}: use contact.<name>, "
-                "event.data.<path> (event.type, event.id, event.time) or preferences_url"
+                "event.data.<path> (event.type, event.id, event.time), preferences_url, "
+                "digest.count or digest.items"
             )
     count = len(template_fields(text))
     if text.count("{{") != count or text.count("}}") != count:
@@ -831,7 +872,7 @@ def _template_errors(where: str, text: str) -> list[str]:
 
 _STEP_KINDS = {"send_sms", "send_mms", "send_email", "wait", "wait_until", "add_to_group",
                "remove_from_group", "add_tag", "remove_tag", "branch", "wait_for_event", "exit",
-               "split"}
+               "split", "digest"}
 _SEND_KINDS = {"send_sms", "send_mms", "send_email"}
 
 

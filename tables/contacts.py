@@ -151,6 +151,24 @@ class Execution(TypedDict):
     #: The experiment arm: ``control``, or the branch names its splits chose
     #: (``a``, ``a/x`` after two splits); absent outside experiments.
     variant: NotRequired[str]
+    #: What its ``digest`` step collected (replaced whole on every change, never changed
+    #: in place: copies of the state share it).
+    digest: NotRequired[DigestState]
+
+
+class DigestState(TypedDict):
+    step: str
+    count: int
+    items: list[str]
+
+
+class Pending(TypedDict):
+    """A debounced trigger waiting for quiet: the latest matching event (trimmed as an
+    execution's trigger), its causation depth, and when the workflow starts with it."""
+
+    event: dict[str, Any]
+    depth: int
+    due: str
 
 
 class Inactivity(TypedDict):
@@ -229,6 +247,8 @@ class ContactState(TypedDict):
     attribution: NotRequired[dict[str, Attribution]]
     #: Category → channel (or ``*``) → the contact's subscription (docs/preferences.md).
     preferences: NotRequired[dict[str, dict[str, Preference]]]
+    #: Workflow id → its debounced start (docs/workflows.md#debounce-and-throttle).
+    debounced: NotRequired[dict[str, Pending]]
 
 
 def contact_key(account: str, contact_id: str) -> str:
@@ -483,6 +503,8 @@ def copy_state(state: ContactState) -> ContactState:
         new["attribution"] = {eid: entry.copy() for eid, entry in state["attribution"].items()}
     if "preferences" in state:
         new["preferences"] = {c: dict(per) for c, per in state["preferences"].items()}
+    if "debounced" in state:
+        new["debounced"] = dict(state["debounced"])  # entries are replaced whole
     return new
 
 
@@ -492,7 +514,7 @@ def _copy_execution(ex: Execution) -> Execution:
     return new
 
 
-_PRIVATE = ("seen", "executions", "runs", "next_due", "attribution")
+_PRIVATE = ("seen", "executions", "runs", "next_due", "attribution", "debounced")
 
 
 def public_view(state: ContactState) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from streams.definitions import TEMPLATE, parse_duration
 from tables import experiments, gate
 from tables.compliance import category_of, record_send
-from tables.contacts import ContactState, Execution
+from tables.contacts import ContactState, DigestState, Execution, Pending
 from tables.effects import (
     Draft,
     Effects,
@@ -62,8 +62,11 @@ ACTIVE = ("running", "waiting", "paused")
 KEEP_FINISHED = 5
 #: Step-history entries kept per execution (the newest).
 HISTORY_MAX = 30
-#: Template fields that render to a link made for the contact (docs/preferences.md).
-LINK_FIELDS = frozenset({"preferences_url"})
+#: Template fields that are not paths into the contact or the event: a link made for the
+#: contact, what a digest step collected (docs/preferences.md).
+SPECIAL_FIELDS = frozenset({"preferences_url", "digest.count", "digest.items"})
+#: A digest item is cut to this many characters.
+DIGEST_ITEM_CHARS = 200
 #: Active executions one contact may have: the contact's value is one changelog record,
 #: so it must stay bounded (an every_time workflow with long waits could grow it forever).
 MAX_ACTIVE = 100
@@ -87,18 +90,17 @@ def _parts(template: str) -> tuple[str | tuple[str, str], ...]:
 
 
 def render(template: str, contact: Any, event: dict[str, Any],
-           links: Mapping[str, str] | None = None) -> str:
+           special: Mapping[str, str] | None = None) -> str:
     """Fill ``{{contact.first_name}}`` / ``{{event.data.order_id | your order}}``;
-    ``links``: the values of link fields (``{{preferences_url}}``), absent when not
-    configured (their default shows)."""
+    ``special``: the values of :data:`SPECIAL_FIELDS` (absent: their default shows)."""
     out = []
     for part in _parts(template):
         if isinstance(part, str):
             out.append(part)
             continue
         path, default = part
-        if path in LINK_FIELDS:
-            out.append((links or {}).get(path) or default)
+        if path in SPECIAL_FIELDS:
+            out.append((special or {}).get(path) or default)
             continue
         value = resolve(path, event, contact)
         if value is MISSING or value is None or isinstance(value, dict | list):
@@ -166,6 +168,9 @@ def _send(
             step.get("subject") or ""):
         links["preferences_url"] = compliance.links.preferences_url(
             contact["account"], contact["contact_id"], datetime.fromisoformat(created))
+    if (collected := ex.get("digest")) is not None:
+        links["digest.count"] = str(collected["count"])
+        links["digest.items"] = ", ".join(collected["items"])
     variant = ex.get("variant")
     category = step.get("category")
     declared = category_of(compliance.policy, category)
@@ -271,6 +276,8 @@ def _run(
             result = criteria_hold(step["condition"], ex["trigger"], contact)
             _history(ex, sid, "true" if result else "false", now)
             ex["step"] = step["true"] if result else step["false"]
+        elif kind == "digest":
+            _digest(ex, sid, step, contact, now)
         elif kind == "split":  # a control or holdout member goes on too, sent nothing
             branch = experiments.choose(contact["account"], contact["contact_id"], wf["id"],
                                         sid, step["branches"])
@@ -282,6 +289,38 @@ def _run(
         else:  # exit
             _end(ex, "completed", "exit", now)
     return fx
+
+
+def _digest(ex: Execution, sid: str, step: dict[str, Any], contact: ContactState,
+            now: datetime) -> None:
+    """Reach a digest step: start collecting (the event that started the execution counts
+    when it matches and this is its first stop) and wait for the window, or go on at once
+    when that already makes ``max``."""
+    ex["digest"] = {"step": sid, "count": 0, "items": []}
+    trigger = ex["trigger"]
+    if (ex["started_at"] == iso(now) and trigger["type"] == step["event"]
+            and criteria_hold(step["criteria"], trigger, contact)):
+        ex["digest"] = _collected(ex["digest"], step, trigger, contact)
+    if ex["digest"]["count"] >= step["max"]:
+        _history(ex, sid, "released", now, count=ex["digest"]["count"])
+        _goto(ex, step.get("next"), now)
+        return
+    due = now + timedelta(seconds=parse_duration(step["window"]))
+    ex.update({"status": "waiting", "due_at": iso(due),
+               "waiting_for": {"event": step["event"], "criteria": step["criteria"],
+                               "digest": True}})
+    _history(ex, sid, "collecting", now, until=iso(due))
+
+
+def _collected(state: DigestState, step: dict[str, Any], event: dict[str, Any],
+               contact: ContactState) -> DigestState:
+    """``state`` with ``event`` counted (a new dict: executions' values are shared)."""
+    items = state["items"]
+    if step.get("item"):
+        value = resolve(step["item"], event, contact)
+        if value is not MISSING and value is not None and not isinstance(value, dict | list):
+            items = [*items, str(value)[:DIGEST_ITEM_CHARS]]
+    return {"step": state["step"], "count": state["count"] + 1, "items": items}
 
 
 def _prune(contact: ContactState) -> None:
@@ -300,6 +339,7 @@ def next_due(contact: ContactState) -> str | None:
             if e["status"] == "waiting" and e["due_at"]]
     if (closes := experiments.earliest_close(contact)) is not None:
         dues.append(closes)
+    dues += [p["due"] for p in (contact.get("debounced") or {}).values()]
     return min(dues, key=datetime.fromisoformat) if dues else None
 
 
@@ -314,6 +354,10 @@ def _may_start(contact: ContactState, wf: dict[str, Any], now: datetime) -> bool
     running = any(e["workflow_id"] == wf["id"] and e["status"] in ACTIVE
                   for e in contact["executions"].values())
     runs = contact["runs"].get(wf["id"])
+    if (period := wf["trigger"].get("throttle")) is not None and runs is not None and (
+            now < datetime.fromisoformat(runs["last_started_at"])
+            + timedelta(seconds=parse_duration(period))):
+        return False  # started less than a period ago
     policy = wf["reentry"]
     if policy["policy"] == "every_time":
         return True
@@ -350,6 +394,9 @@ def _trigger_fields(wf: dict[str, Any]) -> list[list[str]]:
         texts = [step.get("body") or "", step.get("subject") or ""]
         fields = [m.group(1).strip() for t in texts for m in TEMPLATE.finditer(t)]
         fields += [c.get("field") or "" for c in step.get("condition") or []]
+        if step["kind"] == "digest":  # the trigger may be its first item
+            fields += [c.get("field") or "" for c in step["criteria"]]
+            fields.append(step.get("item") or "")
         for name in fields:
             parts = name.split(".")
             if len(parts) > 2 and parts[:2] == ["event", "data"]:
@@ -381,6 +428,7 @@ def on_event(
     holds the profile change this event made). ``workflows``: the account's active
     definitions, newest version of each."""
     fx = Effects()
+    collected: set[str] = set()  # workflows whose digest took the event: it starts no other
     for ex in list(contact["executions"].values()):
         if ex["status"] not in ACTIVE:
             continue
@@ -390,6 +438,20 @@ def on_event(
         waiting = ex.get("waiting_for")
         due_at = ex["due_at"]
         if (ex["status"] == "waiting" and waiting and waiting["event"] == event["type"]
+                and due_at is not None
+                and datetime.fromisoformat(due_at) > now  # else it timed out already
+                and criteria_hold(waiting["criteria"], event, contact)
+                and waiting.get("digest")):
+            step = wf["steps"][ex["step"]]
+            ex["digest"] = _collected(ex["digest"], step, event, contact)
+            collected.add(wf["id"])
+            if ex["digest"]["count"] >= step["max"]:  # full: released now
+                _history(ex, ex["step"], "released", now, count=ex["digest"]["count"])
+                ex.update({"status": "running", "due_at": None, "waiting_for": None,
+                           "scheduled_at": iso(now)})
+                _goto(ex, step.get("next"), now)
+                fx += _run(ex, wf, contact, now, compliance)
+        elif (ex["status"] == "waiting" and waiting and waiting["event"] == event["type"]
                 and due_at is not None
                 and datetime.fromisoformat(due_at) > now  # else it timed out already
                 and criteria_hold(waiting["criteria"], event, contact)):
@@ -405,7 +467,8 @@ def on_event(
         ):
             _end(ex, "completed", "goal_reached", now, contact, fx)
 
-    matching = [wf for wf in workflows if trigger_matches(wf, event, contact)]
+    matching = [wf for wf in workflows
+                if wf["id"] not in collected and trigger_matches(wf, event, contact)]
     depth = int(event.get("causationdepth", 0))
     if matching and depth >= max_depth:
         fx.audit.append(audit_record(contact, now, "loop_guard", event_id=event["id"],
@@ -413,9 +476,29 @@ def on_event(
                                      workflows=[wf["id"] for wf in matching]))
         matching = []
     for wf in matching:
+        if (quiet := wf["trigger"].get("debounce")) is not None:
+            # Start later, with the latest event, once they stop coming for ``quiet``.
+            contact.setdefault("debounced", {})[wf["id"]] = {
+                "event": _trigger(event, wf), "depth": depth,
+                "due": iso(now + timedelta(seconds=parse_duration(quiet)))}
+            continue
         fx += enrol(contact, wf, event, now, depth, compliance)[0]
     finish(contact)
     return fx
+
+
+def _quiet(contact: ContactState, now: datetime) -> list[tuple[str, Pending]]:
+    """The debounced starts due at ``now``, taken out of the contact (oldest first)."""
+    pending = contact.get("debounced")
+    if not pending:
+        return []
+    due = sorted(((wf_id, p) for wf_id, p in pending.items()
+                  if datetime.fromisoformat(p["due"]) <= now), key=lambda item: item[1]["due"])
+    for wf_id, _ in due:
+        del pending[wf_id]
+    if not pending:
+        del contact["debounced"]
+    return due
 
 
 def enrol(
@@ -469,6 +552,7 @@ HOLD = timedelta(minutes=15)
 def on_wakeup(
     contact: ContactState, lookup: Lookup, now: datetime, compliance: Compliance = DEFAULTS,
     campaign_status: Callable[[str], str] = lambda campaign_id: "running",
+    active: Callable[[], list[dict[str, Any]]] = list,
 ) -> Effects | None:
     """Fire every wait that is due at ``now`` (none early); None if nothing was due (a
     repeated or early wake-up). A content campaign's deferred send waits while its
@@ -477,6 +561,13 @@ def on_wakeup(
     fx, fired = Effects(), False
     fx.outcomes += experiments.close_due(contact, now)
     fired = bool(fx.outcomes)
+    if debounced := _quiet(contact, now):  # debounced triggers whose quiet came
+        fired = True
+        workflows = {wf["id"]: wf for wf in active()}
+        for wf_id, pending in debounced:
+            if (wf := workflows.get(wf_id)) is not None:  # else deactivated meanwhile
+                fx += enrol(contact, wf, pending["event"], now, pending["depth"], compliance,
+                            datetime.fromisoformat(pending["due"]))[0]
     for ex in list(contact["executions"].values()):
         if ex["status"] != "waiting" or not ex["due_at"]:
             continue
@@ -501,6 +592,17 @@ def on_wakeup(
         if step["kind"].startswith("send_"):  # a deferred send: try it again
             _history(ex, ex["step"], "retrying", now, due_at=ex["due_at"])
             ex.update({"status": "running", "due_at": None})
+            fx += _run(ex, wf, contact, now, compliance)
+            continue
+        if step["kind"] == "digest":
+            collected = ex["digest"]["count"]
+            _history(ex, ex["step"], "released", now, due_at=ex["due_at"], count=collected)
+            ex.update({"status": "running", "due_at": None, "waiting_for": None,
+                       "scheduled_at": iso(due)})
+            if collected:
+                _goto(ex, step.get("next"), now)
+            else:  # nothing came: nothing to send
+                _end(ex, "completed", "digest_empty", now)
             fx += _run(ex, wf, contact, now, compliance)
             continue
         timed_out = step["kind"] == "wait_for_event"

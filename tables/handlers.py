@@ -141,7 +141,8 @@ def handle_wakeup(
     account = wakeup.account
     fx = executions.on_wakeup(
         new, ctx.definitions.lookup, now, ctx.compliance(account),
-        lambda campaign_id: ctx.definitions.campaign_status(account, campaign_id))
+        lambda campaign_id: ctx.definitions.campaign_status(account, campaign_id),
+        lambda: ctx.definitions.active(account))
     inactive = inactivity.on_wakeup(new, ctx.definitions.inactivity_thresholds(account), now)
     if fx is None and inactive is None:
         return Outcome()

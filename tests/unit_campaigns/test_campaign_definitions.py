@@ -22,8 +22,8 @@ from streams.definitions import (
 
 Mutate = Callable[[dict[str, Any]], object]
 Raw = Callable[[], dict[str, Any]]
-TEMPLATE_HINT = ("use contact.<name>, event.data.<path> (event.type, event.id, event.time) or "
-                 "preferences_url")
+TEMPLATE_HINT = ("use contact.<name>, event.data.<path> (event.type, event.id, event.time), "
+                 "preferences_url, digest.count or digest.items")
 
 
 def campaign_raw() -> dict[str, Any]:

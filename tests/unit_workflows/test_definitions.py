@@ -14,8 +14,8 @@ from streams.definitions import DefinitionError, parse_definition, parse_duratio
 from tests.unit_workflows.support import docs_example, welcome_raw
 
 Mutate = Callable[[dict[str, Any]], object]
-TEMPLATE_HINT = ("use contact.<name>, event.data.<path> (event.type, event.id, event.time) or "
-                 "preferences_url")
+TEMPLATE_HINT = ("use contact.<name>, event.data.<path> (event.type, event.id, event.time), "
+                 "preferences_url, digest.count or digest.items")
 DURATION_HINT = "use e.g. 30m, 2d, 1d12h, 1w"
 
 
