@@ -2,8 +2,8 @@
 the signed link in a message (``{{preferences_url}}``), sees the account's message
 categories with its choices, and saves them — no login. The link names the contact: a
 tampered or expired one opens nothing (403, 410), never another contact's page. A save
-is a ``contact.preferences_updated`` event (source ``preference_page``) for each choice
-that changed; text messages are SMS and MMS together.
+is a ``contact.preferences_updated`` event (source ``preference_page``) with every box the
+page showed; text messages are SMS and MMS together.
 """
 
 from __future__ import annotations
@@ -80,15 +80,24 @@ async def save(token: str, request: Request, svc: ServicesDep) -> HTMLResponse:
     if isinstance(opened, HTMLResponse):
         return opened
     account, state, policy = opened
+    if request.headers.get("content-type", "").split(";")[0].strip() != (
+            "application/x-www-form-urlencoded"):
+        return render_public("preference_error.html", 400,
+                             detail="Send your choices from the page's form.")
     form = await sessions.form(request)
+    # Every box the page showed is saved as it was submitted (the newest choice wins, so
+    # saving twice is harmless): not only those that differ from what the read model —
+    # a moment behind — holds now. A box the page did not show is left alone.
+    seen = set(form.get("shown", "").split(","))
     shown = rows(state, policy)
     changes = []
     for row in shown:
-        for name, was in row["boxes"].items():
+        for name in row["boxes"]:
+            if f"{row['id']}.{name}" not in seen:
+                continue
             wanted = form.get(f"{row['id']}.{name}") == "on"
-            if wanted != was:
-                changes += [{"category": row["id"], "channel": channel, "subscribed": wanted}
-                            for channel in CHANNELS[name]]
+            changes += [{"category": row["id"], "channel": channel, "subscribed": wanted}
+                        for channel in CHANNELS[name]]
             row["boxes"][name] = wanted
     if changes:
         event = build_event(account, state["contact_id"], "contact.preferences_updated",

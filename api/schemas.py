@@ -114,7 +114,7 @@ class PreferencesIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preferences: list[PreferenceChange] = Field(min_length=1, max_length=50)
+    preferences: list[PreferenceChange] = Field(min_length=1, max_length=150)
     source: str | None = Field(None, min_length=1, max_length=128,
                                description="where the change was made; default: api")
 

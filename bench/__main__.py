@@ -115,6 +115,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="read-model Redis; an embedded Valkey is started if it does not answer")
     p.add_argument("--timeout", type=float, default=180.0, help="deadline of each phase, s (180)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (worker logs)")
+    p.add_argument("--categories", action="store_true",
+                   help="workflow paths: the policy declares message categories (one with "
+                        "caps) and the send names one, so the gate reads the contact's "
+                        "preferences and the category's caps (docs/preferences.md)")
     args = p.parse_args(argv)
     if min(args.events, args.latency_events, args.partitions, args.workers,
            args.campaign_contacts) < 1 or min(
@@ -171,6 +175,7 @@ async def run(args: argparse.Namespace, broker: Broker, workdir: Path, run_id: s
         contacts=args.contacts, contacts_stores=args.contacts_stores,
         idle_seconds=args.idle_seconds,
         idle_fetch_waits=tuple(round(w) for w in args.idle_fetch_waits), pyspy=args.pyspy,
+        categories=args.categories,
         broker=broker.kind, broker_pid=broker.pid, campaign_contacts=args.campaign_contacts,
         recovery_contacts=args.recovery_contacts, sim_events=args.sim_events,
         sim_contacts=args.sim_contacts, sim_rate=args.sim_rate, guarantee=args.guarantee,

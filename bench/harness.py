@@ -59,6 +59,20 @@ WORKFLOW = {
     "trigger": {"event": "contact.created"}, "start": "sms",
     "steps": {"sms": {"kind": "send_sms", "body": "{{contact.sent_at}}"}},
 }
+#: ``--categories``: the same with message categories declared, one with caps, and the
+#: send naming it — the gate reads the contact's preferences and the category's caps.
+CATEGORY_POLICY = {**POLICY, "categories": [
+    {"id": "promotions", "name": "Promotions", "caps": {"week": 100}},
+    {"id": "news", "name": "News", "subscribed_by_default": False}]}
+CATEGORY_WORKFLOW = {**WORKFLOW, "steps": {"sms": {**WORKFLOW["steps"]["sms"],  # type: ignore[dict-item]
+                                                   "category": "promotions"}}}
+
+
+def welcome(cfg: Config) -> list[dict[str, Any]]:
+    """The workflow path's policy and workflow (with categories under ``--categories``)."""
+    return [CATEGORY_POLICY, CATEGORY_WORKFLOW] if cfg.categories else [POLICY, WORKFLOW]
+
+
 #: The contacts (memory) mode: a signup series that sends, then waits two days...
 ONBOARDING = {
     "kind": "workflow", "id": "bench-onboarding", "account": ACCOUNT, "name": "onboarding",
@@ -103,6 +117,8 @@ class Config:
     idle_seconds: float = 30.0
     idle_fetch_waits: tuple[int, ...] = (10, 50, 100, 250)
     pyspy: float = 0.0
+    #: ``--categories``: the workflow's send names a message category (:func:`welcome`).
+    categories: bool = False
     #: ``tansu`` (started here), ``kafka`` (an Apache Kafka node started here) or
     #: ``given`` (``--broker HOST:PORT``: not ours to restart, its CPU not measured).
     broker: str = "tansu"

@@ -113,6 +113,7 @@ from bench.harness import (
     tps_of,
     wait_count,
     wait_for_topic,
+    welcome,
 )
 from bench.recovery import recovery
 from bench.simulate import simulate
@@ -366,7 +367,7 @@ async def _workflow_workers(bench: Bench, base: Result) -> None:
     n, w = cfg.events, cfg.workers
     result = Result(f"workflow, {w} workers", events=n, workers=w, baseline=base.path)
     bench.results.append(result)
-    s = await prepare(cfg, cfg.prefix(f"workflow{w}w"), [POLICY, WORKFLOW])
+    s = await prepare(cfg, cfg.prefix(f"workflow{w}w"), welcome(cfg))
     deadline = time.monotonic() + cfg.timeout
     workers = await start_group(cfg, s.topic_prefix, w, deadline)
     try:
@@ -396,7 +397,7 @@ async def workflow(bench: Bench) -> None:
     path = "dripstream workflow"
     result = Result(path, events=n)
     bench.results.append(result)
-    s = await prepare(cfg, cfg.prefix("workflow"), [POLICY, WORKFLOW])
+    s = await prepare(cfg, cfg.prefix("workflow"), welcome(cfg))
     in_topic, sms = topic_name(s, "contact-events"), topic_name(s, "send.sms")
     now = time.time()
     created = [stamped_event(cfg.run_id, "w", i, "contact.created", now) for i in range(n)]

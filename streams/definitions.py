@@ -371,8 +371,6 @@ class Split(_Step):
             raise ValueError("branch names must be unique")
         if "control" in names:
             raise ValueError("'control' is the control group's name (experiment.control)")
-        if "holdout" in names:
-            raise ValueError("'holdout' is the account holdout's name (policy holdout)")
         if self.next is not None:
             raise ValueError("a split goes on through its branches' next, not its own")
 

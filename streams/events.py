@@ -190,7 +190,9 @@ class PreferencesUpdated(_Data):
     """``contact.preferences_updated``: the contact subscribed to or unsubscribed from
     message categories (docs/preferences.md)."""
 
-    preferences: list[PreferenceChange] = Field(min_length=1, max_length=50)
+    preferences: list[PreferenceChange] = Field(
+        min_length=1, max_length=150, description="every category (at most 50) on each of "
+                                                  "the 3 channels")
     source: str | None = Field(
         None, min_length=1, max_length=128,
         description="where the change was made (preference_page, api, a CRM…); default: "

@@ -452,7 +452,10 @@ def apply_event(
         for change in data.preferences:
             per = preferences.setdefault(change.category, {})
             slot = change.channel or "*"
-            if slot in per and datetime.fromisoformat(per[slot]["at"]) > at:
+            # Older than what it would replace, or than a change for every channel
+            # (which replaced the channels' own): a late arrival, ignored.
+            if any(s in per and datetime.fromisoformat(per[s]["at"]) > at
+                   for s in {slot, "*"}):
                 continue
             if change.channel is None:
                 for channel in [c for c, p in per.items()

@@ -181,8 +181,10 @@ def _send(
         "contact_id": contact["contact_id"],
         "to": to,
         "body": render(step["body"], contact, ex["trigger"], links),
-        "transactional": bool(step.get("transactional")
-                              or (declared is not None and declared["transactional"])),
+        # A category makes a workflow's send transactional, never a campaign's: a
+        # campaign is marketing (docs/campaigns.md).
+        "transactional": bool(step.get("transactional") or (
+            declared is not None and declared["transactional"] and "campaign" not in wf)),
         "origin": _origin(ex, sid),
         "created_at": created,
         "expires_at": expires,
@@ -224,8 +226,9 @@ def _send(
         fx.audit.append(audit_record(contact, now, decision.reason or "", message_id=mid,
                                channel=channel, origin=_origin(ex, sid), action="drop"))
         _history(ex, sid, "not_sent", now, message_id=mid, reason=decision.reason)
-    if decision.action != "defer":  # the entry reached a send step
-        experiments.note(contact, ex, now, sent=decision.action == "send")
+    # The entry reached a send step (an after-send window opens now, however the gate
+    # answered: a deferral too, so that every arm opens at the same moment).
+    experiments.note(contact, ex, now, sent=decision.action == "send")
     return decision.action
 
 
@@ -310,6 +313,22 @@ def _digest(ex: Execution, sid: str, step: dict[str, Any], contact: ContactState
                "waiting_for": {"event": step["event"], "criteria": step["criteria"],
                                "digest": True}})
     _history(ex, sid, "collecting", now, until=iso(due))
+
+
+def _release(ex: Execution, wf: dict[str, Any], contact: ContactState, now: datetime,
+             scheduled: datetime, compliance: Compliance) -> Effects:
+    """A digest's window is over (or it is full): go on with what it collected, or end
+    when it collected nothing."""
+    step = wf["steps"][ex["step"]]
+    count = ex["digest"]["count"]
+    _history(ex, ex["step"], "released", now, count=count)
+    ex.update({"status": "running", "due_at": None, "waiting_for": None,
+               "scheduled_at": iso(scheduled)})
+    if count:
+        _goto(ex, step.get("next"), now)
+    else:  # nothing came: nothing to send
+        _end(ex, "completed", "digest_empty", now)
+    return _run(ex, wf, contact, now, compliance)
 
 
 def _collected(state: DigestState, step: dict[str, Any], event: dict[str, Any],
@@ -437,20 +456,20 @@ def on_event(
             continue
         waiting = ex.get("waiting_for")
         due_at = ex["due_at"]
-        if (ex["status"] == "waiting" and waiting and waiting["event"] == event["type"]
-                and due_at is not None
-                and datetime.fromisoformat(due_at) > now  # else it timed out already
-                and criteria_hold(waiting["criteria"], event, contact)
-                and waiting.get("digest")):
+        if ex["status"] == "waiting" and waiting and waiting.get("digest"):
+            assert due_at is not None
             step = wf["steps"][ex["step"]]
-            ex["digest"] = _collected(ex["digest"], step, event, contact)
-            collected.add(wf["id"])
-            if ex["digest"]["count"] >= step["max"]:  # full: released now
-                _history(ex, ex["step"], "released", now, count=ex["digest"]["count"])
-                ex.update({"status": "running", "due_at": None, "waiting_for": None,
-                           "scheduled_at": iso(now)})
-                _goto(ex, step.get("next"), now)
-                fx += _run(ex, wf, contact, now, compliance)
+            if datetime.fromisoformat(due_at) <= now:
+                # Its window ended before this event (the wake-up is late): what it has
+                # goes now, and the event may start the next digest.
+                fx += _release(ex, wf, contact, now, datetime.fromisoformat(due_at),
+                               compliance)
+            elif (waiting["event"] == event["type"]
+                    and criteria_hold(waiting["criteria"], event, contact)):
+                ex["digest"] = _collected(ex["digest"], step, event, contact)
+                collected.add(wf["id"])
+                if ex["digest"]["count"] >= step["max"]:  # full: released now
+                    fx += _release(ex, wf, contact, now, now, compliance)
         elif (ex["status"] == "waiting" and waiting and waiting["event"] == event["type"]
                 and due_at is not None
                 and datetime.fromisoformat(due_at) > now  # else it timed out already
@@ -467,6 +486,7 @@ def on_event(
         ):
             _end(ex, "completed", "goal_reached", now, contact, fx)
 
+    _forget_debounced(contact, workflows, event)
     matching = [wf for wf in workflows
                 if wf["id"] not in collected and trigger_matches(wf, event, contact)]
     depth = int(event.get("causationdepth", 0))
@@ -485,6 +505,22 @@ def on_event(
         fx += enrol(contact, wf, event, now, depth, compliance)[0]
     finish(contact)
     return fx
+
+
+def _forget_debounced(contact: ContactState, workflows: list[dict[str, Any]],
+                      event: dict[str, Any]) -> None:
+    """A goal of a workflow reached while its debounced start waits: it will not start
+    (the cart was bought before the reminder)."""
+    pending = contact.get("debounced")
+    if not pending:
+        return
+    for wf in workflows:
+        if wf["id"] in pending and any(
+                g["event"] == event["type"] and criteria_hold(g["criteria"], event, contact)
+                for g in wf["goals"]):
+            del pending[wf["id"]]
+    if not pending:
+        del contact["debounced"]
 
 
 def _quiet(contact: ContactState, now: datetime) -> list[tuple[str, Pending]]:
@@ -595,15 +631,7 @@ def on_wakeup(
             fx += _run(ex, wf, contact, now, compliance)
             continue
         if step["kind"] == "digest":
-            collected = ex["digest"]["count"]
-            _history(ex, ex["step"], "released", now, due_at=ex["due_at"], count=collected)
-            ex.update({"status": "running", "due_at": None, "waiting_for": None,
-                       "scheduled_at": iso(due)})
-            if collected:
-                _goto(ex, step.get("next"), now)
-            else:  # nothing came: nothing to send
-                _end(ex, "completed", "digest_empty", now)
-            fx += _run(ex, wf, contact, now, compliance)
+            fx += _release(ex, wf, contact, now, due, compliance)
             continue
         timed_out = step["kind"] == "wait_for_event"
         _history(ex, ex["step"], "timed_out" if timed_out else "waited", now,
@@ -645,12 +673,17 @@ def control(
 
 
 def cancel_all(contact: ContactState, workflow_id: str, now: datetime) -> Effects | None:
-    """Cancel every active execution of ``workflow_id``; None if there was none."""
+    """Cancel every active execution of ``workflow_id`` and its debounced start; None if
+    there was none."""
     fx, count = Effects(), 0
     for ex in contact["executions"].values():
         if ex["workflow_id"] == workflow_id and ex["status"] in ACTIVE:
             _end(ex, "cancelled", "cancelled_all", now, contact, fx)
             count += 1
+    if (pending := contact.get("debounced")) and pending.pop(workflow_id, None) is not None:
+        count += 1
+        if not pending:
+            del contact["debounced"]
     if not count:
         return None
     finish(contact)

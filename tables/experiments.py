@@ -109,8 +109,8 @@ def open_window(contact: ContactState, ex: Execution, wf: Mapping[str, Any],
 def note(contact: ContactState, ex: Execution, now: datetime | None = None, *,
          sent: bool = False) -> None:
     """Keep the window's arm and send count up to date with its execution. ``now``: the
-    entry reached a send step (sent, held back or dropped — a deferral is not one yet),
-    which opens an ``after: send`` window."""
+    entry reached a send step (sent, held back, deferred or dropped), which opens an
+    ``after: send`` window."""
     entry = contact.get("attribution", {}).get(ex["id"])
     if entry is not None:
         entry["variant"] = ex.get("variant")

@@ -2,8 +2,8 @@
 preference page from a link in a message, signed so that it names one contact of one
 account, cannot be changed into another's, and expires.
 
-A token is ``<payload>.<signature>``: the payload is the account, the contact id and the
-expiry (whole seconds) in URL-safe base64; the signature is the first 128 bits of
+A token is ``<payload>.<signature>``: the payload is the JSON list [account, contact id,
+expiry in whole seconds] in URL-safe base64; the signature is the first 128 bits of
 HMAC-SHA256 over the payload with the shared secret (``DRIPSTREAM_PREFERENCES_SECRET``:
 the workers sign, the API verifies). Pure: ``now`` and the secret are given.
 """
@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
+import orjson
+
 if TYPE_CHECKING:
     from streams.settings import Settings
 
 __all__ = ["LinkError", "Links", "sign", "verify"]
-
-_SEP = "\x1f"
-
 
 class LinkError(ValueError):
     """A link that does not open a page: ``invalid`` (malformed or tampered with) or
@@ -48,7 +47,7 @@ def _signature(secret: bytes, payload: str) -> str:
 
 
 def sign(secret: bytes, account: str, contact_id: str, expires: datetime) -> str:
-    payload = _b64(_SEP.join((account, contact_id, str(int(expires.timestamp())))).encode())
+    payload = _b64(orjson.dumps([account, contact_id, int(expires.timestamp())]))
     return f"{payload}.{_signature(secret, payload)}"
 
 
@@ -56,12 +55,15 @@ def verify(secret: bytes, token: str, now: datetime) -> tuple[str, str, datetime
     """``(account, contact id, expiry)`` of a token this secret signed and that has not
     expired at ``now``; else :class:`LinkError`."""
     payload, _, signature = token.partition(".")
-    if not hmac.compare_digest(signature, _signature(secret, payload)):
+    if not hmac.compare_digest(signature.encode(), _signature(secret, payload).encode()):
         raise LinkError("invalid")
     try:
-        account, contact_id, expiry = _unb64(payload).decode().split(_SEP)
-        expires = datetime.fromtimestamp(int(expiry), UTC)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        account, contact_id, expiry = orjson.loads(_unb64(payload))
+        if not (isinstance(account, str) and isinstance(contact_id, str)
+                and isinstance(expiry, int)):
+            raise ValueError(payload)
+        expires = datetime.fromtimestamp(expiry, UTC)
+    except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
         raise LinkError("invalid") from None
     if now >= expires:
         raise LinkError("expired")

@@ -217,5 +217,7 @@ async def test_the_preference_page_from_a_link_in_a_message(
             for ch, p in per.items()} == {
         ("promotions", "sms", False, "preference_page"),
         ("promotions", "mms", False, "preference_page"),
+        ("order_updates", "sms", True, "preference_page"),  # every box shown is saved
+        ("order_updates", "mms", True, "preference_page"),
         ("newsletter", "sms", True, "preference_page"),
         ("newsletter", "mms", True, "preference_page")}

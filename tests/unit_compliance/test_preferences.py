@@ -232,7 +232,8 @@ def test_a_link_names_one_contact_and_expires() -> None:
     assert info.value.reason == "expired"
     payload, _, signature = token.partition(".")
     other = sign(SECRET, ACCOUNT, "bob", expires).partition(".")[0]
-    for forged in (f"{other}.{signature}", f"{payload}.{signature[:-1]}A", payload,
+    changed = signature[:-1] + ("B" if signature[-1] != "B" else "C")
+    for forged in (f"{other}.{signature}", f"{payload}.{changed}", payload,
                    f"{payload}x.{signature}", token.replace(".", "")):
         with pytest.raises(LinkError) as info:
             verify(SECRET, forged, WED)
@@ -262,3 +263,35 @@ def test_preferences_url_renders_the_same_link_for_the_same_send() -> None:
     assert again.body == send.body
     [plain] = handle_event(None, signup, ctx(flow), WED).effects.sends
     assert plain.body == "Deals! Choose what you get: reply STOP to stop"
+
+
+def test_a_campaign_is_never_transactional_by_its_category() -> None:
+    """Content naming a transactional category is still marketing: quiet hours, caps,
+    the holdout apply to it (docs/campaigns.md: there is no transactional campaign)."""
+    receipt = campaign(content={"category": "receipts"})
+    defs = definitions(receipt, policy=rules(caps={"limits": {"day": 0}}))
+    out, verdict = deliver(contact_state("c-1"), receipt, T0, defs=defs)
+    assert (out.effects.sends, verdict.outcome) == ([], "capped")
+
+
+def test_a_late_per_channel_change_does_not_undo_a_newer_one_for_every_channel() -> None:
+    flows = ctx()
+    early, late = local(LA, 2026, 3, 1), local(LA, 2026, 3, 2)
+    state: ContactState | None = None
+    for n, (at, change) in enumerate([
+            (late, {"category": "promotions", "subscribed": False}),
+            (early, {"category": "promotions", "channel": "sms", "subscribed": True})]):
+        state = handle_event(state, event("contact.preferences_updated",
+                                          {"preferences": [change]}, n, at), flows, WED).state
+    assert state is not None
+    assert list(state["preferences"]["promotions"]) == ["*"]
+    assert decide(command("promotions"), contact(state["preferences"]), rules(), False,
+                  WED).reason == "category_unsubscribed"
+
+
+def test_a_token_with_strange_characters_is_simply_invalid() -> None:
+    token = sign(SECRET, ACCOUNT, "a\x1fb/ç", WED + timedelta(days=1))
+    assert verify(SECRET, token, WED)[1] == "a\x1fb/ç"
+    for junk in ("é.é", "..", "", "x.ÿ", token + "é"):
+        with pytest.raises(LinkError):
+            verify(SECRET, junk, WED)

@@ -162,3 +162,30 @@ def test_bad_digests_and_triggers_are_named(change: dict[str, Any], message: str
     with pytest.raises(DefinitionError) as info:
         parse_any(raw)
     assert message in str(info.value)
+
+
+def test_a_late_wakeup_releases_the_digest_before_a_new_event() -> None:
+    """The hour ended at T0+1h but the wake-up has not run when a click comes at
+    T0+1h+1m: the digest goes with what it had, and the click starts the next one."""
+    flows = ctx(flow())
+    state, sends = feed(signed_up(flows), flows, [(click(0, T0), T0)])
+    assert sends == []
+    state, sends = feed(state, flows, [(click(1, T0 + HOUR + MINUTE), T0 + HOUR + MINUTE)])
+    [send] = sends
+    assert send.subject == "Your 1 picks"
+    assert sorted((ex["status"], ex["digest"]["count"]) for ex in state["executions"].values()
+                  ) == [("completed", 1), ("waiting", 1)]
+
+
+def test_a_goal_drops_a_debounced_start() -> None:
+    wf = definition({
+        "id": "nudge", "account": ACCOUNT, "name": "Nudge", "version": 1,
+        "trigger": {"event": "custom.cart_updated", "debounce": "30m"},
+        "goals": [{"event": "purchase.completed"}], "start": "hi",
+        "steps": {"hi": {"kind": "send_email", "subject": "Your cart", "body": "Come back"}}})
+    flows = ctx(wf)
+    buy = event("purchase.completed", {"order_id": "o-1", "amount": 5, "currency": "EUR"},
+                "buy", T0 + 10 * MINUTE)
+    state, _ = feed(signed_up(flows), flows, [(cart(0, T0, 10), T0), (buy, T0 + 10 * MINUTE)])
+    assert "debounced" not in state and state["next_due"] is None
+    assert wake(state, flows, T0 + HOUR).state is None  # nothing left to start

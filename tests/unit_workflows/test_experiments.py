@@ -259,3 +259,22 @@ def test_an_entry_that_ends_before_any_send_is_counted_unconverted() -> None:
     [record] = outcome_after(state, flows, T0 + 2 * HOUR).effects.outcomes
     assert (record["opened_at"], record["closed_at"], record["sends"], record["converted"]) == (
         None, (T0 + HOUR).isoformat(), 0, False)
+
+
+def test_after_send_windows_open_at_the_same_moment_in_every_arm() -> None:
+    """At 22:00 (quiet hours) a treated entry's offer is deferred to 08:00 and a control
+    entry's is held back: both windows open at 22:00, when each reached its send step."""
+    wf = definition({**split_flow(control=50), "experiment": {"control": 50, "conversion": {
+        "event": "purchase.completed", "window": "1d", "after": "send"}}})
+    flows = ctx(wf)
+    night = T0.replace(hour=22) if T0.hour < 22 else T0
+    opened = {}
+    for n in range(40):
+        contact = f"c-{n}"
+        state = handle_event(None, parsed_event(
+            "contact.created", {"phone": f"+1415555{n:04d}", "consent": {"sms": True}},
+            event_id=f"signup-{contact}", at=night, contact_id=contact), flows, night).state
+        assert state is not None
+        [window] = state["attribution"].values()
+        opened[in_control(ACCOUNT, contact, "promo", 50)] = window["opened_at"]
+    assert opened == {True: night.isoformat(), False: night.isoformat()}
