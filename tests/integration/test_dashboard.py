@@ -32,6 +32,7 @@ from api.app import create_app
 from api.charts import colour
 from api.dashboard import CHANNELS
 from producers.publisher import build_event
+from streams.settings import Settings
 from tests.api.conftest import api_settings
 from tests.api.test_end_to_end import DRIP
 from tests.stack import Stack, eventually
@@ -86,6 +87,31 @@ async def dashboard_page(chromium: str, problems: list[str]) -> AsyncIterator[Pa
             yield page
         finally:
             await browser.close()
+
+
+@asynccontextmanager
+async def admin_api(stack: Stack, database_url: str, role: str = "viewer",
+                    settings: Settings | None = None
+                    ) -> AsyncIterator[tuple[str, httpx.AsyncClient, str]]:
+    """The admin API for ``stack`` (its settings, or ``settings``) served on a free port,
+    a client of it, and a new API key of ``role`` for acme: (base URL, client, key)."""
+    api = api_settings(database_url)
+    assert api.bootstrap_key is not None
+    boot = {"Authorization": f"Bearer {api.bootstrap_key.get_secret_value()}"}
+    app = create_app(settings or stack.settings, api, clock=stack.now)
+    async with served(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as c:
+        r = await c.post("/v1/accounts/acme/keys", headers=boot,
+                         json={"role": role, "name": role})
+        assert "key" in r.json(), r.text
+        yield base, c, r.json()["key"]
+
+
+async def log_in(page: Page, base: str, key: str) -> None:
+    """The dashboard's login form with ``key``: the account's overview opens."""
+    await page.goto(f"{base}/dashboard/login")
+    await page.fill("#key", key)
+    await page.click("button[type=submit]")
+    await expect(page).to_have_url(f"{base}/dashboard/acme")
 
 
 def watch(page: Page, problems: list[str]) -> None:

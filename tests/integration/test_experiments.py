@@ -12,17 +12,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from playwright.async_api import expect
 
-from api.app import create_app
 from producers.publisher import build_event
 from tables.experiments import choose, in_control, in_holdout
-from tests.api.conftest import api_settings
 from tests.integration.test_campaigns import completed_everywhere, local, signups
-from tests.integration.test_dashboard import dashboard_page, served
+from tests.integration.test_dashboard import admin_api, dashboard_page, log_in
 from tests.stack import ROOT, Stack, eventually
 
 pytestmark = pytest.mark.integration
@@ -133,14 +130,7 @@ async def test_the_report_route_and_page_show_each_arm(
     """``GET …/workflows/promo/report`` and the dashboard's experiment page: the same arms
     and counts, the chart drawn with a bar per arm."""
     arms = await run_experiment(stack, crash=False)
-    settings = api_settings(database_url)
-    assert settings.bootstrap_key is not None
-    boot = {"Authorization": f"Bearer {settings.bootstrap_key.get_secret_value()}"}
-    app = create_app(stack.settings, settings, clock=stack.now)
-    async with served(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as c:
-        r = await c.post("/v1/accounts/acme/keys", headers=boot,
-                         json={"role": "viewer", "name": "exp"})
-        key = r.json()["key"]
+    async with admin_api(stack, database_url) as (base, c, key):
         r = await c.get("/v1/accounts/acme/workflows/promo/report",
                         headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 200, r.text
@@ -149,10 +139,7 @@ async def test_the_report_route_and_page_show_each_arm(
                                  row["revenue"]) for row in answer["arms"]} == expected(arms)
         problems: list[str] = []
         async with dashboard_page(chromium, problems) as page:
-            await page.goto(f"{base}/dashboard/login")
-            await page.fill("#key", key)
-            await page.click("button[type=submit]")
-            await expect(page).to_have_url(f"{base}/dashboard/acme")
+            await log_in(page, base, key)
             await page.goto(f"{base}/dashboard/acme/workflows/promo")
             await page.get_by_test_id("experiment-link").click()
             await expect(page).to_have_url(f"{base}/dashboard/acme/workflows/promo/report")
@@ -269,14 +256,7 @@ async def test_a_campaigns_variants_control_and_holdout_survive_sigkills(
                       10.0 * bought)
     assert got == want
 
-    settings = api_settings(database_url)
-    assert settings.bootstrap_key is not None
-    boot = {"Authorization": f"Bearer {settings.bootstrap_key.get_secret_value()}"}
-    app = create_app(stack.settings, settings, clock=stack.now)
-    async with served(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as c:
-        r = await c.post("/v1/accounts/acme/keys", headers=boot,
-                         json={"role": "viewer", "name": "exp"})
-        key = r.json()["key"]
+    async with admin_api(stack, database_url) as (base, c, key):
         auth = {"Authorization": f"Bearer {key}"}
         r = await c.get("/v1/accounts/acme/campaigns/spring/report", headers=auth)
         assert r.status_code == 200, r.text
@@ -303,10 +283,7 @@ async def test_a_campaigns_variants_control_and_holdout_survive_sigkills(
         assert r.json()["holdout"] is True
         problems: list[str] = []
         async with dashboard_page(chromium, problems) as page:
-            await page.goto(f"{base}/dashboard/login")
-            await page.fill("#key", key)
-            await page.click("button[type=submit]")
-            await expect(page).to_have_url(f"{base}/dashboard/acme")
+            await log_in(page, base, key)
             await page.goto(f"{base}/dashboard/acme/campaigns")
             await page.get_by_test_id("campaign-report-spring").click()
             await expect(page).to_have_url(f"{base}/dashboard/acme/campaigns/spring/report")

@@ -12,17 +12,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from playwright.async_api import expect
 from pydantic import SecretStr
 
-from api.app import create_app
 from producers.publisher import build_event
 from tables.preferences import sign
-from tests.api.conftest import api_settings
-from tests.integration.test_dashboard import dashboard_page, served
+from tests.integration.test_dashboard import admin_api, dashboard_page, log_in
 from tests.stack import Stack, eventually
 
 pytestmark = pytest.mark.integration
@@ -63,14 +60,7 @@ async def test_unsubscribed_from_promotions_keeps_getting_order_updates(
         {"preferences": [{"category": "promotions", "subscribed": False}], "source": "crm"},
         event_id="ann-prefs"))
     await stack.wait_contact("acme", "ann", 2)
-    settings = api_settings(database_url)
-    assert settings.bootstrap_key is not None
-    boot = {"Authorization": f"Bearer {settings.bootstrap_key.get_secret_value()}"}
-    app = create_app(stack.settings, settings, clock=stack.now)
-    async with served(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as c:
-        r = await c.post("/v1/accounts/acme/keys", headers=boot,
-                         json={"role": "operator", "name": "prefs"})
-        key = r.json()["key"]
+    async with admin_api(stack, database_url, "operator") as (base, c, key):
         auth = {"Authorization": f"Bearer {key}"}
 
         async def policy_imported() -> bool:  # the API's store imports it from the topic
@@ -123,10 +113,7 @@ async def test_unsubscribed_from_promotions_keeps_getting_order_updates(
             2, 2)
         problems: list[str] = []
         async with dashboard_page(chromium, problems) as page:
-            await page.goto(f"{base}/dashboard/login")
-            await page.fill("#key", key)
-            await page.click("button[type=submit]")
-            await expect(page).to_have_url(f"{base}/dashboard/acme")
+            await log_in(page, base, key)
             await page.goto(f"{base}/dashboard/acme/contacts/ann")
             await expect(page.get_by_test_id("subscription-promotions-sms").get_by_test_id(
                 "subscribed")).to_have_text("no")
@@ -173,8 +160,7 @@ async def test_the_preference_page_from_a_link_in_a_message(
     path = link.group(1)
     settings = stack.settings.model_copy(update={
         "preferences_url": link_base, "preferences_secret": SecretStr(SECRET)})
-    app = create_app(settings, api_settings(database_url), clock=stack.now)
-    async with served(app) as base, httpx.AsyncClient(base_url=base, timeout=60) as c:
+    async with admin_api(stack, database_url, settings=settings) as (base, c, _):
         token = path.removeprefix("/preferences/")
         payload, _, signature = token.partition(".")
         bob = sign(SECRET.encode(), "acme", "bob", stack.now() + timedelta(days=1))
