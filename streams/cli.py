@@ -746,15 +746,28 @@ def report(
     interval and p-value. Entries are counted once their conversion window has closed
     (docs/experiments.md).
 
-    Exit status: 0, 1 the broker cannot be reached, 2 an invalid window."""
+    Exit status: 0, 1 no such workflow or campaign or the broker cannot be reached, 2 an
+    invalid window."""
     from streams.history import read_outcomes
     from tables.campaigns import CAMPAIGN_WORKFLOW
     from tables.experiments import report as lift_report
 
-    if campaign:
-        workflow = CAMPAIGN_WORKFLOW + workflow
     settings = _one_shot()
     start, end = _window(since, until, _now(settings))
+    registry = _registry(settings)
+    if campaign:
+        bodies = [_campaign(registry, account, workflow)]
+        workflow = CAMPAIGN_WORKFLOW + workflow
+    else:
+        bodies = list(registry.versions("workflow", account, workflow).values())
+        if not bodies:
+            hint = (" (a campaign's? add --campaign)"
+                    if registry.campaign(account, workflow) is not None else "")
+            typer.echo(f"no workflow {account}/{workflow}{hint}", err=True)
+            raise typer.Exit(1)
+    if not any((b.get("experiment") or {}).get("conversion") for b in bodies):
+        typer.echo(f"{workflow} has no experiment.conversion: no entry is counted "
+                   "(docs/experiments.md)", err=True)
     found = _reaching_the_broker(settings, lambda: asyncio.run(
         read_outcomes(settings, account, workflow, start, end)))
     result = lift_report(found, workflow)
@@ -765,10 +778,12 @@ def report(
 
 
 def _report_table(result: dict[str, Any]) -> str:
+    ident = str(result["workflow_id"])
+    name = f"campaign {ident.split(':', 1)[1]}" if ident.startswith("campaign:") else ident
     if not result["arms"]:
-        return (f"{result['workflow_id']}: no closed conversion window yet (entries are "
-                "counted when their window closes)")
-    out = [f"{result['workflow_id']}: {result['entries']} entries, against "
+        return (f"{name}: no closed conversion window yet (entries are counted when their "
+                "window closes)")
+    out = [f"{name}: {result['entries']} entries, against "
            f"{result['baseline']} (95 % intervals)",
            f"{'arm':<12} {'entered':>8} {'sent':>7} {'conv.':>6} {'rate':>21} "
            f"{'lift':>27} {'p':>7} {'revenue/contact':>16}"]

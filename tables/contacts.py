@@ -445,9 +445,10 @@ def apply_event(
         new["groups"] = _with(new["groups"], data.group, event.type == "contact.added_to_group")
         _limit("groups", len(new["groups"]), MAX_GROUPS)
     elif isinstance(data, PreferencesUpdated):
-        # The newest change (by event time) wins: an older one arriving late is ignored;
-        # one for every channel replaces the channels' own older choices.
-        source, at = data.source or event.envelope.source, event.time
+        # The newest change (by event time, never later than now: a publisher's clock
+        # ahead of ours must not lock later changes out) wins: an older one arriving late
+        # is ignored; one for every channel replaces the channels' own older choices.
+        source, at = data.source or event.envelope.source, min(event.time, now)
         preferences = new.setdefault("preferences", {})
         for change in data.preferences:
             per = preferences.setdefault(change.category, {})

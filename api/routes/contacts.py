@@ -137,7 +137,7 @@ async def holdout(account: str, who: Reader, svc: ServicesDep, limit: Limit = 50
     """The contacts the account's policy ``holdout`` keeps out of every marketing send
     (docs/experiments.md#the-account-holdout): among the contacts the read model knows,
     how many are members, and the members' ids (sorted, a page at a time)."""
-    percent = (await svc.policy(account)).get("holdout", 0)
+    percent = float((await svc.policy(account)).get("holdout", 0))
     ids = sorted(await svc.read_model.contact_ids(account))
     members = [i for i in ids if in_holdout(account, i, percent)]
     after = [i for i in members if cursor is None or i > cursor]
@@ -190,12 +190,18 @@ async def put_preferences(account: str, contact_id: ContactId, body: Preferences
                           who: Operator, svc: ServicesDep) -> Accepted:
     """A ``contact.preferences_updated`` event (docs/preferences.md; ``source`` default
     ``api``) for a contact the read model knows (404 otherwise). A category the policy
-    declares transactional is refused (422): preferences do not apply to it."""
+    declares transactional, or one it does not declare, is refused (422)."""
     await _state(svc, account, contact_id)
     policy = await svc.policy(account)
-    locked = {c["id"] for c in policy.get("categories", ()) if c["transactional"]}
+    declared = {c["id"]: c for c in policy.get("categories", ())}
     for n, change in enumerate(body.preferences):
-        if change.category in locked:
+        if change.category not in declared:
+            raise Problem(422, f"category {change.category!r} is not one of the account "
+                          f"policy's: {', '.join(sorted(declared)) or 'none declared'}",
+                          type_="invalid-request",
+                          errors=[{"loc": ["body", "preferences", n, "category"],
+                                   "msg": "not a declared category"}])
+        if declared[change.category]["transactional"]:
             raise Problem(422, f"category {change.category!r} is transactional: its "
                           "messages go whatever the contact's preferences",
                           type_="invalid-request",

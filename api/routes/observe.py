@@ -16,11 +16,13 @@ from typing import Annotated, Any, Literal
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, Path, Query
 
+from api import store
 from api.auth import READ, Allow, Principal
 from api.deps import ServicesDep
 from api.errors import Problem
 from api.schemas import Cursor, Instant, Limit, Page
 from streams.history import PartitionMismatch, read_outcomes
+from tables.campaigns import CAMPAIGN_WORKFLOW
 from tables.experiments import report
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,13 @@ async def workflow_report(account: str, workflow_id: WorkflowId, who: Reader,
 async def experiment_report(svc: Any, account: str, workflow_id: str,
                             since: datetime | None = None, until: datetime | None = None
                             ) -> dict[str, Any]:
-    """The report behind the route and the dashboard's experiment section."""
+    """The report behind the route and the dashboard's experiment section: 404 for a
+    workflow or campaign the account does not have (a typo is not "wait longer")."""
+    kind, ident = (("campaign", workflow_id.removeprefix(CAMPAIGN_WORKFLOW))
+                   if workflow_id.startswith(CAMPAIGN_WORKFLOW) else ("workflow", workflow_id))
+    async with svc.sessions() as session:
+        if await store.live(session, account=account, kind=kind, def_id=ident) is None:
+            raise Problem(404, f"no {kind} {ident!r}")
     if since is not None and until is not None and since >= until:
         msg = f"since {since.isoformat()} is not before until {until.isoformat()}"
         raise Problem(422, f"invalid window: {msg}", type_="invalid-request",

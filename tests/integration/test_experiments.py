@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from playwright.async_api import expect
@@ -96,6 +97,17 @@ async def run_experiment(stack: Stack, *, crash: bool) -> dict[str, str]:
     return arms
 
 
+async def reported(c: httpx.AsyncClient, auth: dict[str, str], what: str) -> dict[str, Any]:
+    """``GET …/<what>/report`` once the API's store has imported the definition from the
+    topic (before that it is a 404: the account has no such workflow or campaign)."""
+    async def answer() -> dict[str, Any] | None:
+        r = await c.get(f"/v1/accounts/acme/{what}/report", headers=auth)
+        assert r.status_code in (200, 404), r.text
+        return dict(r.json()) if r.status_code == 200 else None
+
+    return await eventually(answer, what=f"the report of {what}")
+
+
 def expected(arms: dict[str, str]) -> dict[str, tuple[int, int, int, float]]:
     """Per arm: entered, sent, converted, revenue."""
     out = {}
@@ -123,6 +135,10 @@ async def test_a_split_with_a_control_group_reports_each_arm_once(stack: Stack) 
         subprocess.run, [sys.executable, "-m", "streams.cli", "report", "acme", "promo"],
         env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert table.returncode == 0 and "against control" in table.stdout, table.stdout
+    typo = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "streams.cli", "report", "acme", "promoo"],
+        env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert (typo.returncode, typo.stderr.strip()) == (1, "no workflow acme/promoo")
 
 
 async def test_the_report_route_and_page_show_each_arm(
@@ -131,10 +147,10 @@ async def test_the_report_route_and_page_show_each_arm(
     and counts, the chart drawn with a bar per arm."""
     arms = await run_experiment(stack, crash=False)
     async with admin_api(stack, database_url) as (base, c, key):
-        r = await c.get("/v1/accounts/acme/workflows/promo/report",
-                        headers={"Authorization": f"Bearer {key}"})
-        assert r.status_code == 200, r.text
-        answer = r.json()
+        auth = {"Authorization": f"Bearer {key}"}
+        answer = await reported(c, auth, "workflows/promo")
+        r = await c.get("/v1/accounts/acme/workflows/nope/report", headers=auth)
+        assert (r.status_code, r.json()["detail"]) == (404, "no workflow 'nope'")
         assert {row["variant"]: (row["entered"], row["sent"], row["converted"],
                                  row["revenue"]) for row in answer["arms"]} == expected(arms)
         problems: list[str] = []
@@ -258,9 +274,7 @@ async def test_a_campaigns_variants_control_and_holdout_survive_sigkills(
 
     async with admin_api(stack, database_url) as (base, c, key):
         auth = {"Authorization": f"Bearer {key}"}
-        r = await c.get("/v1/accounts/acme/campaigns/spring/report", headers=auth)
-        assert r.status_code == 200, r.text
-        assert r.json()["arms"] == report["arms"]
+        assert (await reported(c, auth, "campaigns/spring"))["arms"] == report["arms"]
         members = sorted(c for c in contacts if arms[c] == "holdout")
         async def imported() -> bool:  # the API's store imports the policy from the topic
             r = await c.get("/v1/accounts/acme/holdout", headers=auth)

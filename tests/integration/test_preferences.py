@@ -67,9 +67,13 @@ async def test_unsubscribed_from_promotions_keeps_getting_order_updates(
             r = await c.put("/v1/accounts/acme/contacts/bob/preferences", headers=auth,
                             json={"preferences": [{"category": "receipts",
                                                    "subscribed": False}]})
-            return r.status_code == 422
+            return r.status_code == 422 and "is transactional" in r.json()["detail"]
 
         await eventually(policy_imported, what="the policy's categories in the API's store")
+        r = await c.put("/v1/accounts/acme/contacts/bob/preferences", headers=auth,
+                        json={"preferences": [{"category": "promotion", "subscribed": False}]})
+        assert (r.status_code, r.json()["errors"][0]["loc"]) == (
+            422, ["body", "preferences", 0, "category"])
         r = await c.put("/v1/accounts/acme/contacts/bob/preferences", headers=auth,
                         json={"preferences": [{"category": "promotions", "channel": "sms",
                                                "subscribed": False}]})

@@ -295,3 +295,18 @@ def test_a_token_with_strange_characters_is_simply_invalid() -> None:
     for junk in ("é.é", "..", "", "x.ÿ", token + "é"):
         with pytest.raises(LinkError):
             verify(SECRET, junk, WED)
+
+
+def test_a_change_dated_in_the_future_does_not_lock_later_ones_out() -> None:
+    """A publisher's clock an hour ahead: its change counts as made now, and a change a
+    minute later (by our clock) still wins."""
+    flows = ctx()
+    ahead = event("contact.preferences_updated", {"preferences": [
+        {"category": "promotions", "subscribed": False}]}, 1, WED + timedelta(hours=1))
+    state = handle_event(None, ahead, flows, WED).state
+    assert state is not None
+    assert state["preferences"]["promotions"]["*"]["at"] == WED.isoformat()
+    later = WED + timedelta(minutes=1)
+    state = handle_event(state, event("contact.preferences_updated", {"preferences": [
+        {"category": "promotions", "subscribed": True}]}, 2, later), flows, later).state
+    assert state is not None and state["preferences"]["promotions"]["*"]["subscribed"]
