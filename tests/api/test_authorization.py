@@ -38,6 +38,7 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("GET", f"{A}/contacts/{{contact_id}}"): READ,
     ("PUT", f"{A}/contacts/{{contact_id}}/caps"): OPERATE,
     ("DELETE", f"{A}/contacts/{{contact_id}}/caps"): OPERATE,
+    ("PUT", f"{A}/contacts/{{contact_id}}/preferences"): OPERATE,
     ("GET", f"{A}/contacts/{{contact_id}}/executions"): READ,
     ("GET", f"{A}/contacts/{{contact_id}}/executions/{{execution_id}}"): READ,
     ("POST", f"{A}/contacts/{{contact_id}}/executions/{{execution_id}}/{{action}}"): OPERATE,
