@@ -19,7 +19,7 @@ import re
 import string
 from datetime import time as dtime
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import available_timezones
 
 from pydantic import (
@@ -190,8 +190,28 @@ class Criterion(BaseModel):
             raise ValueError("in needs a list value")
 
 
-class Trigger(BaseModel):
+class Additive(BaseModel):
+    """A model whose fields added after its first release (``LATER_FIELDS``) are left out
+    of its dump while they hold their defaults: a body written before they existed dumps
+    as it did (the API's store compares bodies), and a worker of that time still reads the
+    bodies that do not use them."""
+
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_later_defaults(self, handler: SerializerFunctionWrapHandler
+                                ) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in self.LATER_FIELDS:
+            field = type(self).model_fields[name]
+            if getattr(self, name) == field.get_default(call_default_factory=True):
+                data.pop(name, None)
+        return data
+
+
+class Trigger(Additive):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("debounce", "throttle")
 
     event: str
     keyword: str | None = Field(None, description="keyword.received only; case-insensitive")
@@ -209,16 +229,6 @@ class Trigger(BaseModel):
 
     _check_event = field_validator("event")(_event_type)
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
-                              ) -> dict[str, Any]:
-        """``debounce`` and ``throttle`` are left out unset: a body written before they
-        existed dumps as it did."""
-        data: dict[str, Any] = handler(self)
-        for name in ("debounce", "throttle"):
-            if data.get(name) is None:
-                data.pop(name, None)
-        return data
 
     def model_post_init(self, __context: Any) -> None:
         if self.debounce is not None and self.throttle is not None:
@@ -247,13 +257,15 @@ class Reentry(BaseModel):
             raise ValueError("days is required with (and only with) policy after_days")
 
 
-class _Step(BaseModel):
+class _Step(Additive):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     next: str | None = None
 
 
 class Send(_Step):
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("category",)
+
     kind: Literal["send_sms", "send_mms", "send_email"]
     body: str = Field(min_length=1)
     subject: str | None = None
@@ -267,15 +279,6 @@ class Send(_Step):
                     "docs/preferences.md); none: the contact's preferences and category "
                     "caps do not apply")
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
-                              ) -> dict[str, Any]:
-        """``category`` is left out unset: a body written before it existed dumps as it
-        did."""
-        data: dict[str, Any] = handler(self)
-        if self.category is None:
-            data.pop("category", None)
-        return data
 
     def model_post_init(self, __context: Any) -> None:
         if self.kind == "send_email" and not self.subject:
@@ -382,11 +385,12 @@ Step = Annotated[
 ]
 
 
-class Conversion(BaseModel):
+class Conversion(Additive):
     """What counts as converting, and for how long after entry or after the first send
     (docs/experiments.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("after",)
 
     event: str
     criteria: list[Criterion] = Field(default_factory=list)
@@ -400,15 +404,6 @@ class Conversion(BaseModel):
 
     _check_event = field_validator("event")(_event_type)
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
-                              ) -> dict[str, Any]:
-        """``after`` is left out at ``entry``: bodies published before it existed dump as
-        they did (the API's store compares bodies)."""
-        data: dict[str, Any] = handler(self)
-        if self.after == "entry":
-            data.pop("after", None)
-        return data
 
 
 class Experiment(BaseModel):
@@ -420,8 +415,9 @@ class Experiment(BaseModel):
     conversion: Conversion | None = None
 
 
-class Workflow(BaseModel):
+class Workflow(Additive):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("shadow", "experiment")
 
     kind: Literal["workflow"] = "workflow"
     id: str = Field(pattern=_IDENT)
@@ -451,18 +447,6 @@ class Workflow(BaseModel):
     def key(self) -> str:
         return f"workflow:{self.account}:{self.id}"
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
-                              ) -> dict[str, Any]:
-        """``shadow`` and ``experiment`` are left out at their defaults: a body written
-        before they existed dumps as it did (the API's store compares bodies), and a
-        worker of that time still reads the bodies that do not use them."""
-        data: dict[str, Any] = handler(self)
-        if not self.shadow:
-            data.pop("shadow", None)
-        if self.experiment is None:
-            data.pop("experiment", None)
-        return data
 
 
 Channel = Literal["sms", "mms", "email"]
@@ -565,10 +549,11 @@ class InactivityPolicy(BaseModel):
     _check_types = field_validator("activity_types")(_event_types)
 
 
-class AccountPolicy(BaseModel):
+class AccountPolicy(Additive):
     """Per-account compliance settings (``kind: account``); defaults apply without one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("holdout", "categories")
 
     kind: Literal["account"] = "account"
     account: str = Field(pattern=ACCOUNT_PATTERN)
@@ -590,17 +575,6 @@ class AccountPolicy(BaseModel):
         "1h", description="recurring campaigns may not fire more often than this")
     inactivity: InactivityPolicy = Field(default_factory=InactivityPolicy)
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
-                              ) -> dict[str, Any]:
-        """``holdout`` and ``categories`` are left out unset: a policy published before
-        they existed dumps as it did."""
-        data: dict[str, Any] = handler(self)
-        if not self.holdout:
-            data.pop("holdout", None)
-        if not self.categories:
-            data.pop("categories", None)
-        return data
 
     @field_validator("categories")
     @classmethod
@@ -712,11 +686,12 @@ class Audience(BaseModel):
         return value
 
 
-class Content(BaseModel):
+class Content(Additive):
     """What a content campaign sends (templates as in workflow sends; a campaign send is
     marketing: it passes consent, suppression, quiet hours and caps)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("category",)
 
     channel: Channel
     body: str = Field(min_length=1)
@@ -729,13 +704,6 @@ class Content(BaseModel):
         None, pattern=CATEGORY_PATTERN, description="the message category "
                                                     "(docs/preferences.md)")
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
-                              ) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if self.category is None:
-            data.pop("category", None)
-        return data
 
     def model_post_init(self, __context: Any) -> None:
         if self.channel == "email" and not self.subject:
@@ -775,12 +743,13 @@ class Variant(BaseModel):
     content: Content
 
 
-class Campaign(BaseModel):
+class Campaign(Additive):
     """A scheduled campaign (``kind: campaign``): content to send (or ``variants`` of it,
     an A/B/n test), or a workflow to enrol the audience in (``workflow``, required for
     drip schedules)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    LATER_FIELDS: ClassVar[tuple[str, ...]] = ("variants", "experiment")
 
     kind: Literal["campaign"] = "campaign"
     id: str = Field(pattern=_IDENT)
@@ -820,16 +789,6 @@ class Campaign(BaseModel):
                 raise ValueError("'control' and 'holdout' are the names of the groups sent "
                                  "nothing (experiment.control, the account's holdout)")
 
-    @model_serializer(mode="wrap")
-    def _without_new_defaults(self, handler: SerializerFunctionWrapHandler
-                              ) -> dict[str, Any]:
-        """``variants`` and ``experiment`` are left out unset: a body written before they
-        existed dumps as it did."""
-        data: dict[str, Any] = handler(self)
-        for name in ("variants", "experiment"):
-            if data.get(name) is None:
-                data.pop(name, None)
-        return data
 
 
 class CampaignControl(BaseModel):
