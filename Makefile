@@ -6,6 +6,9 @@
 #   make test-kafka – the broker-facing (integration) tests on Apache Kafka, started here
 #                from Maven Central's jars (needs Java 17+ and Maven)
 PYTHON ?= python3.11
+# Test processes (pytest-xdist): the integration tests mostly wait on their subprocesses,
+# so four keep two cores busy; TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 4
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -26,10 +29,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --maxschedchunk 2 --durations=15
 
 test-kafka: $(STAMP)
-	DRIPSTREAM_TEST_BROKER=kafka $(BIN)/pytest -m integration
+	DRIPSTREAM_TEST_BROKER=kafka $(BIN)/pytest -m "integration and not surface" -n $(TEST_WORKERS) --maxschedchunk 2 --durations=15
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

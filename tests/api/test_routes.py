@@ -12,7 +12,7 @@ from streams.events import Rejected, encode_event, parse_event
 from tests.api.conftest import Api
 from tests.stack import eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.surface]
 
 WORKFLOW: dict[str, Any] = {
     "id": "welcome", "name": "Welcome",

@@ -23,7 +23,7 @@ from tests.api.conftest import Databases
 from tests.api.test_store import _free_port, _serve, _wait_up
 from tests.stack import Stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.surface]
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 #: Per operation: the whole run stays a few seconds. DRIPSTREAM_TEST_FUZZ_EXAMPLES raises

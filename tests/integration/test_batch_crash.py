@@ -81,6 +81,7 @@ WAIT_FLOW = {
 }
 
 
+@pytest.mark.slow
 async def test_a_wakeup_redone_after_the_table_write_still_reaches_the_read_model(
     stack: Stack,
 ) -> None:

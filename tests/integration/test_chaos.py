@@ -26,6 +26,7 @@ SEED = 11
 BROKER = "kafka" if os.environ.get("DRIPSTREAM_TEST_BROKER") == "kafka" else "tansu"
 
 
+@pytest.mark.slow
 async def test_the_short_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
     """Lost 0, early 0, over cap 0, after STOP 0, every check 0; on Tansu repeats only
     with the same message id (counted, allowed), on Kafka none at all (exactly-once, read

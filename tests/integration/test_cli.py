@@ -19,11 +19,12 @@ import httpx
 import pytest
 
 from producers.publisher import build_event
+from streams.embedded import free_port
 from streams.events import encode_event
 from streams.topics import TOPICS
 from tests.stack import ROOT, Stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.surface]
 
 
 async def dripstream(
@@ -287,6 +288,7 @@ WELCOME: dict[str, object] = {
 }
 
 
+@pytest.mark.slow
 async def test_define_refuses_what_the_workers_would_ignore(stack: Stack) -> None:
     """A changed body at a published version and a version below the newest are refused
     (exit 3, what to publish instead) and never reach the topic; this very body again is
@@ -486,6 +488,7 @@ WAITING: dict[str, object] = {
 }
 
 
+@pytest.mark.slow
 async def test_control_checks_the_execution_before_sending(stack: Stack) -> None:
     """An execution the read model does not have is refused, exit 1, nothing sent (it
     said "sent pause"); one whose status the action does not change too; a waiting one
@@ -582,6 +585,7 @@ def _kafka_or_skip() -> None:
     # The same stack and demo on Apache Kafka (its jars from the Maven cache).
     ("kafka", "ctrl-c"),
 ])
+@pytest.mark.slow
 def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path, broker: str,
                                                       stop: str) -> None:
     """`dev --demo` starts its own broker, Redis and worker, shows the demo contact at
@@ -596,6 +600,10 @@ def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path, broker: st
     env: dict[str, str] = {k: v for k, v in os.environ.items() if not k.startswith("DRIPSTREAM_")}
     env["DRIPSTREAM_TOPIC_PREFIX"] = f"t{uuid.uuid4().hex[:10]}."
     env["DRIPSTREAM_DATA_DIR"] = str(tmp_path / "data")
+    if (broker, stop) != ("tansu", "ctrl-c"):
+        # One variant takes dev's default port; the others run beside it in a parallel
+        # run (make test), each on a port of its own.
+        env["DRIPSTREAM_API_PORT"] = str(free_port())
     # An earlier run's API store: a fresh broker's dev must not bring it back (found by
     # the new-user trial: old definitions and keys listed, unknown to the new workers).
     (tmp_path / "data").mkdir()

@@ -219,6 +219,7 @@ async def test_a_send_right_after_start_goes_out_before_the_list_catches_up(
     assert len(await records(stack, "audit")) == 1
 
 
+@pytest.mark.slow
 async def test_a_stop_in_a_backlog_is_applied_before_a_wait_due_after_it(
         stack: Stack) -> None:
     """A wait comes due while its worker is down; the contact's STOP reached the broker

@@ -37,7 +37,7 @@ from tests.api.conftest import api_settings
 from tests.api.test_end_to_end import DRIP
 from tests.stack import Stack, eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.surface]
 
 CAMPAIGN = {"id": "spring", "name": "Spring", "content": {"channel": "sms", "body": "Sale!"},
             "schedule": {"type": "once", "at": "2030-03-01T10:00"}}
@@ -150,6 +150,7 @@ async def no_raw_times(page: Page) -> None:
     assert not RAW_TIME.search(text), (page.url, RAW_TIME.findall(text))
 
 
+@pytest.mark.slow
 async def test_dashboard_pages_buttons_and_roles(stack: Stack, database_url: str,
                                                  chromium: str, shots: Path) -> None:
     """Each page shows what the JSON API answers; pause pauses; viewers get no buttons

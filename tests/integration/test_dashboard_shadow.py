@@ -23,7 +23,7 @@ from tests.integration.test_shadow import SHADOW, start_shadow
 from tests.integration.test_simulation import WELCOME, signup, sms_count
 from tests.stack import Stack, eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.surface]
 
 URL = "/v1/accounts/acme"
 
@@ -43,6 +43,7 @@ def body(definition: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in definition.items() if k not in ("account", "version")}
 
 
+@pytest.mark.slow
 async def test_a_shadow_published_through_the_api_is_reported_on_the_page(
         stack: Stack, database_url: str, chromium: str, shots: Path) -> None:
     """The API keeps showing the live version while v2 is in shadow; the worker runs v1;

@@ -25,7 +25,7 @@ from tests.integration.test_dashboard import expected_error, served, watch
 from tests.integration.test_simulation import WELCOME, traffic
 from tests.stack import Stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.surface]
 
 #: A simulation reads every topic to its end: a page waits this long for one (ms).
 RUN_MS = 240_000

@@ -119,6 +119,7 @@ def expected(arms: dict[str, str]) -> dict[str, tuple[int, int, int, float]]:
     return out
 
 
+@pytest.mark.slow
 async def test_a_split_with_a_control_group_reports_each_arm_once(stack: Stack) -> None:
     arms = await run_experiment(stack, crash=True)
     done = await asyncio.to_thread(
@@ -188,6 +189,7 @@ def campaign_arm(contact: str) -> str:
                       CAMPAIGN_BRANCHES)["name"])
 
 
+@pytest.mark.slow
 async def test_a_campaigns_variants_control_and_holdout_survive_sigkills(
         stack: Stack, database_url: str, chromium: str, shots: Path) -> None:
     """A campaign A/B test to 600 contacts with a 20 % control group, in an account with a

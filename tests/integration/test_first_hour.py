@@ -14,7 +14,7 @@ from streams.cli import DEMO_DEFINITIONS, DEMO_WORKFLOW
 from tests.integration.test_cli import dripstream
 from tests.stack import Stack, eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.surface]
 
 #: A January day: Los Angeles is UTC-8, its quiet hours end at 08:00 = 16:00 UTC.
 DAY = datetime(2027, 1, 15, tzinfo=UTC)
@@ -72,6 +72,7 @@ async def test_the_readme_campaign_sends_at_any_hour(stack: Stack, utc_hour: int
     assert status["next_occurrence"] is None
 
 
+@pytest.mark.slow
 async def test_a_deferred_send_says_why_and_until_when(stack: Stack) -> None:
     """With the default quiet hours (no demo policy) at 02:00 in Los Angeles, the send is
     deferred, and `campaign status` and `contact` say why and until when (08:00 there)."""

@@ -237,6 +237,7 @@ def cli(env: dict[str, str], *args: str, stdin: str | None = None,
                           input=stdin, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 async def test_everything_connects_to_a_sasl_ssl_broker(secure_stack: Stack,
                                                         postgres: Postgres) -> None:
     """Worker, channel worker, publisher SDK, CLI and admin API on SCRAM-SHA-512 over TLS

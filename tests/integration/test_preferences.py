@@ -22,7 +22,7 @@ from tables.preferences import sign
 from tests.integration.test_dashboard import admin_api, dashboard_page, log_in
 from tests.stack import Stack, eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.surface]
 
 POLICY = {"kind": "account", "account": "acme", "quiet_hours": None,
           "caps": {"limits": {"day": 10, "week": 40, "month": 100}},

@@ -59,6 +59,7 @@ async def report(stack: Stack, *args: str) -> tuple[list[dict[str, Any]], dict[s
     return out[:-1], out[-1]["summary"]
 
 
+@pytest.mark.slow
 async def test_a_shadow_runs_beside_the_live_version_and_sends_nothing(
         stack: Stack, tmp_path: Path) -> None:
     since = (stack.now() - timedelta(minutes=1)).isoformat()
