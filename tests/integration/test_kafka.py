@@ -298,6 +298,7 @@ async def _calls_at_least(stack: Stack, count: int) -> list[dict[str, Any]] | No
     return calls if len(calls) >= count else None
 
 
+@pytest.mark.slow  # collected beside the other test of the secured broker (one fixture)
 @pytest.mark.parametrize(("change", "expected"), [
     ({"sasl_password": "not-the-password"}, "refused the credentials"),
     ({"ssl_cafile": "/etc/ssl/certs/ca-certificates.crt"}, "TLS failed"),
