@@ -557,7 +557,8 @@ class _Lines:
 
 def _started(output: str) -> list[int]:
     """The pids of what `dev` printed it started (its banner, printed twice with --demo)."""
-    pids = {int(m) for m in re.findall(r"(?:broker|worker|api)\s+.*?pid (\d+)", output)}
+    pids = {int(m) for m in re.findall(r"(?:broker|worker|shadow|api)\s+.*?pid (\d+)",
+                                       output)}
     for found in re.findall(r"channels .* pids \[([0-9, ]+)\]", output):  # console workers
         pids |= {int(p) for p in found.split(",")}
     return sorted(pids)
@@ -657,7 +658,8 @@ def test_dev_demo_runs_everything_and_stops_on_sigint(tmp_path: Path, broker: st
     assert "+14155550101" == state["phone"]
     assert "stopped" == output.splitlines()[-1]
     assert (0, []) == (returncode, leftovers)
-    assert len(started) == 5, output  # broker, worker, API, the sms and email channel workers
+    # broker, worker, shadow runner, API, the sms and email channel workers
+    assert len(started) == 6, output
     assert f"data      {(tmp_path / 'data').resolve()}" in output
     assert 200 == answered
     # Everything dev printed before the state: the banner, twice, around the demo.
