@@ -41,7 +41,8 @@ from typing import IO, Any
 
 from streams.embedded import free_port, wait_for_port
 
-__all__ = ["KAFKA_VERSION", "KafkaCluster", "KafkaUnavailable", "Node", "kafka_classpath"]
+__all__ = ["KAFKA_VERSION", "KafkaCluster", "KafkaPrerequisitesMissing", "KafkaUnavailable",
+           "Node", "kafka_classpath"]
 
 #: The broker version fetched (a 4.x release; the tests and the bench ran on it).
 KAFKA_VERSION = os.environ.get("DRIPSTREAM_KAFKA_VERSION", "4.1.1")
@@ -81,7 +82,13 @@ logger.authorizer.level = WARN
 
 
 class KafkaUnavailable(RuntimeError):
-    """Apache Kafka cannot be run here (no Java or Maven, or the fetch failed)."""
+    """Apache Kafka cannot be run here (no Java or Maven, the fetch failed, a node did not
+    start)."""
+
+
+class KafkaPrerequisitesMissing(KafkaUnavailable):
+    """This machine has no Java or no Maven: the one case tests skip on (anything else,
+    a node that does not start, is a failure)."""
 
 
 def _cache_dir(version: str) -> Path:
@@ -100,7 +107,7 @@ def kafka_classpath(version: str = KAFKA_VERSION) -> Path:
         return lib
     missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
     if missing:
-        raise KafkaUnavailable(f"Apache Kafka needs Java 17+ and Maven on PATH; missing: "
+        raise KafkaPrerequisitesMissing(f"Apache Kafka needs Java 17+ and Maven on PATH; missing: "
                                f"{', '.join(missing)}")
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / ".lock", "w") as lock:

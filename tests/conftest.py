@@ -117,14 +117,16 @@ def _running_broker(workdir: Path) -> Iterator[Broker]:
         finally:
             tansu.stop()
     elif choice == "kafka":
-        from streams.apache_kafka import KafkaCluster, KafkaUnavailable
+        from streams.apache_kafka import KafkaCluster, KafkaPrerequisitesMissing
 
         cluster = KafkaCluster(workdir)
         try:
             cluster.start()
-        except KafkaUnavailable as exc:
-            cluster.stop()  # a node that started and then failed is not left running
+        except KafkaPrerequisitesMissing as exc:
             pytest.skip(f"Apache Kafka cannot run here: {exc}")
+        except BaseException:
+            cluster.stop()  # a node that started and then failed is not left running
+            raise
         try:
             yield Broker(cluster.bootstrap, embedded=True, kind="kafka")
         finally:

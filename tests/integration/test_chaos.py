@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import report, run, short_config
-from streams.apache_kafka import KafkaUnavailable
+from streams.apache_kafka import KafkaPrerequisitesMissing
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ async def test_the_short_chaos_run_keeps_every_promise(tmp_path: Path) -> None:
     cfg = replace(short_config(SEED, broker=BROKER), workdir=tmp_path / "chaos")
     try:
         outcome = await run(cfg)
-    except KafkaUnavailable as exc:
+    except KafkaPrerequisitesMissing as exc:
         pytest.skip(f"Apache Kafka cannot run here: {exc}")
     text = report(outcome, cfg)
     print(f"\n{text}")

@@ -573,11 +573,11 @@ def _alive(pid: int) -> bool:
 
 
 def _kafka_or_skip() -> None:
-    from streams.apache_kafka import KafkaUnavailable, kafka_classpath
+    from streams.apache_kafka import KafkaPrerequisitesMissing, kafka_classpath
 
     try:
         kafka_classpath()
-    except KafkaUnavailable as exc:
+    except KafkaPrerequisitesMissing as exc:
         pytest.skip(str(exc))
 
 

@@ -29,7 +29,7 @@ from api.app import create_app
 from producers.providers import read_calls
 from producers.publisher import build_event
 from streams import capabilities
-from streams.apache_kafka import KafkaCluster, KafkaUnavailable
+from streams.apache_kafka import KafkaCluster, KafkaPrerequisitesMissing
 from tests.api.conftest import Databases, api_settings
 from tests.conftest import Postgres
 from tests.stack import ROOT, Stack, eventually
@@ -202,10 +202,14 @@ async def test_a_zombie_worker_cannot_commit_behind_its_successor(stack: Stack) 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    cluster = KafkaCluster(tmp_path_factory.mktemp("kafka-sasl"), sasl_ssl=True)
     try:
-        cluster = KafkaCluster(tmp_path_factory.mktemp("kafka-sasl"), sasl_ssl=True).start()
-    except KafkaUnavailable as exc:
+        cluster.start()
+    except KafkaPrerequisitesMissing as exc:
         pytest.skip(f"Apache Kafka cannot run here: {exc}")
+    except BaseException:
+        cluster.stop()
+        raise
     try:
         yield cluster
     finally:
