@@ -229,7 +229,6 @@ class Trigger(Additive):
 
     _check_event = field_validator("event")(_event_type)
 
-
     def model_post_init(self, __context: Any) -> None:
         if self.debounce is not None and self.throttle is not None:
             raise ValueError("give debounce or throttle, not both")
@@ -278,7 +277,6 @@ class Send(_Step):
         description="the message category (the account policy's categories; "
                     "docs/preferences.md); none: the contact's preferences and category "
                     "caps do not apply")
-
 
     def model_post_init(self, __context: Any) -> None:
         if self.kind == "send_email" and not self.subject:
@@ -405,7 +403,6 @@ class Conversion(Additive):
     _check_event = field_validator("event")(_event_type)
 
 
-
 class Experiment(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -446,7 +443,6 @@ class Workflow(Additive):
     @property
     def key(self) -> str:
         return f"workflow:{self.account}:{self.id}"
-
 
 
 Channel = Literal["sms", "mms", "email"]
@@ -574,7 +570,6 @@ class AccountPolicy(Additive):
     campaign_min_interval: Duration = Field(
         "1h", description="recurring campaigns may not fire more often than this")
     inactivity: InactivityPolicy = Field(default_factory=InactivityPolicy)
-
 
     @field_validator("categories")
     @classmethod
@@ -704,7 +699,6 @@ class Content(Additive):
         None, pattern=CATEGORY_PATTERN, description="the message category "
                                                     "(docs/preferences.md)")
 
-
     def model_post_init(self, __context: Any) -> None:
         if self.channel == "email" and not self.subject:
             raise ValueError("email needs a subject")
@@ -788,7 +782,6 @@ class Campaign(Additive):
             if "control" in names or "holdout" in names:
                 raise ValueError("'control' and 'holdout' are the names of the groups sent "
                                  "nothing (experiment.control, the account's holdout)")
-
 
 
 class CampaignControl(BaseModel):

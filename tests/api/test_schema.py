@@ -19,8 +19,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from streams.embedded import free_port
 from tests.api.conftest import Databases
-from tests.api.test_store import _free_port, _serve, _wait_up
+from tests.api.test_store import _serve, _wait_up
 from tests.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.surface]
@@ -62,7 +63,7 @@ def _fuzz(base: str, key: str) -> list[str]:
 
 
 async def test_every_route_conforms_to_its_schema(stack: Stack, databases: Databases) -> None:
-    url, key, port = databases.new(), f"boot-{uuid.uuid4().hex}", _free_port()
+    url, key, port = databases.new(), f"boot-{uuid.uuid4().hex}", free_port()
     proc = _serve(stack, url, key, port, "api-schema.log")
     try:
         _wait_up(port, proc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from api.db import migrate, sync_url
+from streams.embedded import free_port
 from tests.api.conftest import Databases
 from tests.stack import ROOT, Stack, eventually
 
@@ -44,12 +44,6 @@ def test_migrations_upgrade_downgrade_upgrade(databases: Databases) -> None:
             inspect(engine).get_table_names())
     finally:
         engine.dispose()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _serve(stack: Stack, database_url: str, key: str, port: int, log: str,
@@ -81,7 +75,7 @@ async def test_outbox_relay_killed_between_commit_and_publish(
 ) -> None:
     """SIGKILLed right after the third commit: on restart the relay publishes what was
     committed, every version exactly as stored, in order, none lost."""
-    url, key, port = databases.new(), f"boot-{uuid.uuid4().hex}", _free_port()
+    url, key, port = databases.new(), f"boot-{uuid.uuid4().hex}", free_port()
     auth = {"Authorization": f"Bearer {key}"}
     base = f"http://127.0.0.1:{port}/v1/accounts/acme/workflows"
     proc = _serve(stack, url, key, port, "api-0.log", fault="after_commit:3")
